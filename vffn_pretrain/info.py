@@ -1,0 +1,137 @@
+"""`vffn-info`: parameter and FLOP counts of the model a Hydra config describes, as JSON.
+
+Usage: ``vffn-info model=354m ffn=versatile`` (any Hydra overrides). Prints one JSON object with
+params_total, params_non_embedding, flops_per_token_train, flops_per_token_eval, eval_loop_mix,
+num_layers, d_model, d_ff (and a few more descriptive keys). Nothing is allocated: the numbers come
+from :mod:`vffn_pretrain.model.counting`.
+
+Config keys read (names fixed across the project): model.num_layers, model.hidden_size,
+model.ffn_hidden_size, model.num_attention_heads, model.num_query_groups (optional),
+model.vocab_size (unpadded), model.seq_length or train.seq_length, ffn.kind, ffn.num_experts,
+ffn.top_k, ffn.max_loops, ffn.loops, parallel.tp (optional, default 1). Optional extras:
+model.tied_embeddings (default false) and info.eval_loop_mix (list of L_max fractions; default
+uniform), e.g. ``+info.eval_loop_mix=[0.1,0.2,0.3,0.4]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from vffn_pretrain.model.counting import (
+    ADAPTIVE_DEPTH_KINDS,
+    FFNShape,
+    ModelShape,
+    count_params,
+    flops_per_token,
+    padded_vocab_size,
+    uniform_loop_mix,
+)
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# Which ffn.* keys each kind needs: a missing one is an error rather than a silent default.
+_FFN_KEYS = {
+    "dense": (),
+    "kloop": ("loops",),
+    "moe": ("num_experts", "top_k"),
+    "width_only": ("num_experts", "top_k"),
+    "depth_only": ("max_loops",),
+    "versatile": ("num_experts", "top_k", "max_loops"),
+}
+
+
+def _select(cfg: DictConfig, key: str, default: Any = ...) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        if default is ...:
+            raise KeyError(f"config key {key!r} is missing (or null); it is needed to count the model")
+        return default
+    return value
+
+
+def info_from_config(cfg: DictConfig | dict) -> dict:
+    """Compute the `vffn-info` report from a composed config (DictConfig or plain nested dict)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+
+    seq_length = _select(cfg, "model.seq_length", None)
+    if seq_length is None:
+        seq_length = _select(cfg, "train.seq_length")
+    tp = int(_select(cfg, "parallel.tp", 1))
+    vocab = int(_select(cfg, "model.vocab_size"))
+    groups = _select(cfg, "model.num_query_groups", None)
+    m = ModelShape(
+        num_layers=int(_select(cfg, "model.num_layers")),
+        d_model=int(_select(cfg, "model.hidden_size")),
+        d_ff=int(_select(cfg, "model.ffn_hidden_size")),
+        num_heads=int(_select(cfg, "model.num_attention_heads")),
+        num_query_groups=None if groups is None else int(groups),
+        vocab_size=padded_vocab_size(vocab, tensor_parallel=tp),
+        seq_length=int(seq_length),
+        tied_embeddings=bool(_select(cfg, "model.tied_embeddings", False)),
+    )
+
+    kind = str(_select(cfg, "ffn.kind"))
+    if kind not in _FFN_KEYS:
+        raise ValueError(f"ffn.kind={kind!r} is not one of {sorted(_FFN_KEYS)}")
+    ffn_kwargs = {key: int(_select(cfg, f"ffn.{key}")) for key in _FFN_KEYS[kind]}
+    f = FFNShape(kind, **ffn_kwargs)
+
+    loop_mix = None
+    if kind in ADAPTIVE_DEPTH_KINDS:
+        raw = _select(cfg, "info.eval_loop_mix", None)
+        if isinstance(raw, ListConfig):
+            raw = OmegaConf.to_container(raw)
+        loop_mix = [float(x) for x in raw] if raw is not None else uniform_loop_mix(f.max_loops)
+
+    params = count_params(m, f)
+    return {
+        "params_total": params["params_total"],
+        "params_non_embedding": params["params_non_embedding"],
+        "flops_per_token_train": flops_per_token(m, f, training=True),
+        "flops_per_token_eval": flops_per_token(m, f, training=False, loop_mix=loop_mix),
+        "eval_loop_mix": loop_mix,
+        "num_layers": m.num_layers,
+        "d_model": m.d_model,
+        "d_ff": m.d_ff,
+        "num_heads": m.num_heads,
+        "num_query_groups": m.kv_heads,
+        "vocab_size_padded": m.vocab_size,
+        "seq_length": m.seq_length,
+        "ffn": {"kind": kind, **ffn_kwargs},
+    }
+
+
+# Printing a report should not leave an outputs/ directory or log files behind: unless the user
+# chose otherwise, run the job in place without Hydra's output subdir and job logging.
+_QUIET_DEFAULTS = {
+    "hydra.output_subdir": "hydra.output_subdir=null",
+    "hydra.run.dir": "hydra.run.dir=.",
+    "hydra/job_logging": "hydra/job_logging=disabled",
+    "hydra/hydra_logging": "hydra/hydra_logging=disabled",
+}
+
+
+def _add_quiet_defaults(argv: list[str]) -> list[str]:
+    given = {arg.lstrip("+~").split("=", 1)[0] for arg in argv}
+    return argv + [override for key, override in _QUIET_DEFAULTS.items() if key not in given]
+
+
+def main() -> None:
+    import hydra  # imported here so info_from_config stays usable without Hydra's side effects
+
+    @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
+    def _run(cfg: DictConfig) -> None:
+        print(json.dumps(info_from_config(cfg), indent=2))
+
+    sys.argv = [sys.argv[0], *_add_quiet_defaults(sys.argv[1:])]
+    _run()
+
+
+if __name__ == "__main__":
+    main()

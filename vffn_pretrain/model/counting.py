@@ -1,0 +1,296 @@
+"""Closed-form parameter and FLOP counts for the GPT + (Versatile)FFN models of this project.
+
+Pure arithmetic: nothing here allocates tensors or imports torch, so it is usable from launchers,
+sweep planners and the scaling-law tools on any machine.
+
+Architecture counted (spec §2, §9.1): pre-norm GPT blocks with RMSNorm (scale only) before attention
+and before the FFN, a final RMSNorm, fused QKV without bias (grouped-query aware), attention output
+projection without bias, SwiGLU FFN (fc1: d -> 2*d_ff, fc2: d_ff -> d, no bias), RoPE (no
+parameters), token embedding and LM head over the *padded* vocabulary (untied unless
+``tied_embeddings``).
+
+FLOP conventions (spec §13), all per token:
+
+* 2 FLOPs per multiply-accumulate; only matmuls are counted (norms, activations, softmax, RoPE,
+  residual adds and the embedding lookup are ignored, as in the spec and in Megatron's MFU formula).
+* Attention projections: 2 * (QKV params + out-proj params) per layer.
+* Attention core: QK^T and AV each cost 2 * d * T_eff FLOPs per query token, where d =
+  num_heads * head_dim (GQA shares K/V heads but every query head still scores every key) and
+  T_eff = T/2 for causal attention (the mean number of keys a query sees, dropping the O(1) diagonal
+  term) or T for full attention. So the core is 2 * 2 * d * T_eff per layer: 2*T*d when causal.
+* FFN: one dense SwiGLU pass costs F = 2 * 3 * d * d_ff = 6 * d * d_ff. The FFN variants scale F by
+  the multiplier returned by :func:`ffn_flops_multiplier`.
+* Router (d -> N) and loop head (d -> L_max): 2 * d * N and 2 * d * L_max.
+* LM head: 2 * d * V_padded (once per token, not per layer).
+* ``training=True`` returns forward + backward = 3 x forward (backward = 2 x forward: the
+  gradients w.r.t. activations and w.r.t. weights each cost one forward's matmuls).
+
+With these conventions the 354M dense model at T=4096 is 0.733 GFLOP/token forward, matching the
+spec §13 breakdown (0.126 + 0.126 + 0.378 + 0.103).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+FFN_KINDS = ("dense", "kloop", "moe", "versatile", "width_only", "depth_only")
+# Kinds whose per-token loop count is predicted, so their inference cost depends on a loop mix.
+ADAPTIVE_DEPTH_KINDS = ("versatile", "depth_only")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Shape of the transformer backbone.
+
+    ``vocab_size`` must already be padded (see :func:`padded_vocab_size`): the embedding and LM
+    head are allocated with the padded row count, so that is what gets counted.
+    ``num_query_groups`` is the number of K/V heads (GQA); None means plain multi-head attention.
+    """
+
+    num_layers: int
+    d_model: int
+    d_ff: int
+    num_heads: int
+    num_query_groups: int | None
+    vocab_size: int
+    seq_length: int
+    tied_embeddings: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "d_model", "d_ff", "num_heads", "vocab_size", "seq_length"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"ModelShape.{name} must be positive, got {getattr(self, name)}")
+        if self.d_model % self.num_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+        groups = self.kv_heads
+        if groups <= 0 or self.num_heads % groups:
+            raise ValueError(f"num_heads={self.num_heads} is not divisible by num_query_groups={groups}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_query_groups is None else self.num_query_groups
+
+
+@dataclass(frozen=True)
+class FFNShape:
+    """Which FFN every layer uses, and its hyperparameters.
+
+    kind: 'dense' (one SwiGLU pass), 'kloop' (the same residual FFN applied ``loops`` times),
+    'moe' (spec §9.4: the dense FFN kept always on plus ``num_experts`` real experts of width
+    d_ff/N, top-``top_k``), 'versatile' (spec §3-§6), 'width_only' (dense FFN always on plus
+    top-k virtual experts, spec Table 3), 'depth_only' (adaptive loop count, no width path).
+    Fields irrelevant to a kind are ignored.
+    """
+
+    kind: str
+    num_experts: int = 8
+    top_k: int = 2
+    max_loops: int = 4
+    loops: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in FFN_KINDS:
+            raise ValueError(f"unknown FFN kind {self.kind!r}; expected one of {FFN_KINDS}")
+        if self.kind in ("moe", "versatile", "width_only"):
+            if self.num_experts <= 0 or not 0 < self.top_k <= self.num_experts:
+                raise ValueError(
+                    f"need 0 < top_k <= num_experts, got top_k={self.top_k}, num_experts={self.num_experts}"
+                )
+        if self.kind in ADAPTIVE_DEPTH_KINDS and self.max_loops <= 0:
+            raise ValueError(f"max_loops must be positive, got {self.max_loops}")
+        if self.kind == "kloop" and self.loops <= 0:
+            raise ValueError(f"loops must be positive, got {self.loops}")
+
+
+def padded_vocab_size(vocab_size: int, tensor_parallel: int = 1, divisible_by: int = 128) -> int:
+    """Round ``vocab_size`` up to a multiple of ``divisible_by * tensor_parallel`` (Megatron's rule:
+    every TP rank gets an equal, 128-aligned slice of the embedding). 50,280 -> 50,304 at TP=1."""
+    multiple = divisible_by * tensor_parallel
+    return -(-vocab_size // multiple) * multiple
+
+
+def _check_expert_width(m: ModelShape, f: FFNShape) -> None:
+    # The virtual experts are a contiguous equal partition of d_ff (spec §3.1, §12 #2) and the MoE
+    # baseline's real experts are d_ff/N wide (§9.4): both need N | d_ff.
+    if m.d_ff % f.num_experts:
+        raise ValueError(f"d_ff={m.d_ff} is not divisible by num_experts={f.num_experts} ({f.kind})")
+
+
+def count_params(m: ModelShape, f: FFNShape) -> dict:
+    """Exact parameter counts.
+
+    Returns a dict of ints:
+      params_total, params_non_embedding (total minus the embedding and LM-head matrices; the norms
+      stay in), params_embedding, params_lm_head (0 when tied), params_per_layer,
+      params_attention_per_layer, params_ffn_per_layer (FFN weights + router/loop head/experts),
+      params_ffn_extra_per_layer (what the variant adds over a dense SwiGLU), params_norms.
+    """
+    d, d_ff = m.d_model, m.d_ff
+    kv_dim = m.kv_heads * m.head_dim
+    attn = d * (d + 2 * kv_dim) + d * d  # fused QKV + output projection
+    dense_ffn = 3 * d * d_ff  # fc1 (d -> 2*d_ff, gate and value) + fc2 (d_ff -> d)
+
+    n, k_max = f.num_experts, f.max_loops
+    if f.kind in ("dense", "kloop"):
+        extra = 0  # k-loop reuses the same weights k times
+    elif f.kind == "versatile":
+        _check_expert_width(m, f)
+        extra = d * (n + k_max)  # router d->N + loop head d->L_max, no bias (spec §8)
+    elif f.kind == "width_only":
+        _check_expert_width(m, f)
+        extra = d * n
+    elif f.kind == "depth_only":
+        extra = d * k_max
+    else:  # moe
+        _check_expert_width(m, f)
+        extra = n * 3 * d * (d_ff // n) + d * n  # N real SwiGLU experts of width d_ff/N + router
+
+    norms_per_layer = 2 * d
+    per_layer = attn + dense_ffn + extra + norms_per_layer
+    norms = m.num_layers * norms_per_layer + d  # + final norm
+    embedding = m.vocab_size * d
+    lm_head = 0 if m.tied_embeddings else m.vocab_size * d
+    total = m.num_layers * per_layer + d + embedding + lm_head
+    return {
+        "params_total": total,
+        "params_non_embedding": total - embedding - lm_head,
+        "params_embedding": embedding,
+        "params_lm_head": lm_head,
+        "params_per_layer": per_layer,
+        "params_attention_per_layer": attn,
+        "params_ffn_per_layer": dense_ffn + extra,
+        "params_ffn_extra_per_layer": extra,
+        "params_norms": norms,
+    }
+
+
+def uniform_loop_mix(max_loops: int) -> list[float]:
+    """The default eval loop mix: every loop count 1..L_max equally likely."""
+    return [1.0 / max_loops] * max_loops
+
+
+def _validate_loop_mix(loop_mix: list[float], max_loops: int) -> list[float]:
+    p = [float(x) for x in loop_mix]
+    if len(p) != max_loops:
+        raise ValueError(f"loop_mix has {len(p)} entries, expected max_loops={max_loops}")
+    if any(x < 0 or not math.isfinite(x) for x in p):
+        raise ValueError(f"loop_mix entries must be finite and >= 0, got {p}")
+    if abs(sum(p) - 1.0) > 1e-6:
+        raise ValueError(f"loop_mix must sum to 1, got sum {sum(p)}")
+    return p
+
+
+def ffn_flops_multiplier(
+    f: FFNShape, *, training: bool, loop_mix: list[float] | None = None, width_reuse: bool = False
+) -> float:
+    """Forward FFN cost per token in units of one dense SwiGLU pass F (spec §13).
+
+    dense 1; kloop k; moe 1 + k/N; width_only 1 + k/N; versatile training L_max + k/N (every loop
+    and the width path run for every token); versatile eval sum_l p_l*l + P(l < L_max)*k/N;
+    depth_only training L_max, eval sum_l p_l*l.
+
+    ``loop_mix[i]`` is the fraction of tokens that use i+1 loops (default uniform); it only matters
+    for adaptive-depth kinds at eval and is ignored otherwise. ``width_reuse`` applies the spec §7
+    identity: the width path reuses loop 1's up/gate activations and only pays its k/N share of fc2,
+    i.e. (k/N)/3 of F instead of k/N (versatile and width_only only).
+    """
+    kn = f.top_k / f.num_experts
+    width = kn / 3.0 if width_reuse else kn
+    if f.kind == "dense":
+        return 1.0
+    if f.kind == "kloop":
+        return float(f.loops)
+    if f.kind == "moe":
+        return 1.0 + kn  # real experts: no reuse possible
+    if f.kind == "width_only":
+        return 1.0 + width
+    if training:
+        return f.max_loops + (width if f.kind == "versatile" else 0.0)
+    p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(f.max_loops), f.max_loops)
+    mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
+    if f.kind == "depth_only":
+        return mean_loops
+    p_below_max = sum(p[:-1])  # tokens at L_max skip the width path at inference (spec §5)
+    return mean_loops + p_below_max * width
+
+
+def flops_breakdown(
+    m: ModelShape,
+    f: FFNShape,
+    *,
+    training: bool,
+    loop_mix: list[float] | None = None,
+    width_reuse: bool = False,
+    causal: bool = True,
+) -> dict:
+    """FLOPs per token by component, summed over layers (see the module docstring for conventions).
+
+    Keys: attention_proj, attention_core, ffn, router (router + loop head), lm_head, forward
+    (their sum) and total (forward, times 3 when ``training``).
+    """
+    d, L = m.d_model, m.num_layers
+    kv_dim = m.kv_heads * m.head_dim
+    t_eff = m.seq_length / 2.0 if causal else float(m.seq_length)
+
+    attention_proj = L * 2.0 * (d * (d + 2 * kv_dim) + d * d)
+    attention_core = L * 2.0 * 2.0 * d * t_eff
+    ffn = (
+        L
+        * 6.0
+        * d
+        * m.d_ff
+        * ffn_flops_multiplier(f, training=training, loop_mix=loop_mix, width_reuse=width_reuse)
+    )
+
+    n, k_max = f.num_experts, f.max_loops
+    if f.kind in ("moe", "width_only"):
+        router = 2.0 * d * n
+    elif f.kind == "depth_only":
+        router = 2.0 * d * k_max
+    elif f.kind == "versatile":
+        if training:
+            router = 2.0 * d * (n + k_max)  # router runs for every token in training (spec §5)
+        else:
+            # Inference: the loop head runs for every token, the router only for tokens with
+            # l < L_max, which are the only ones that take the width path (Algorithm 2).
+            p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(k_max), k_max)
+            router = 2.0 * d * (k_max + n * sum(p[:-1]))
+    else:
+        router = 0.0
+    router *= L
+
+    lm_head = 2.0 * d * m.vocab_size
+    forward = attention_proj + attention_core + ffn + router + lm_head
+    return {
+        "attention_proj": attention_proj,
+        "attention_core": attention_core,
+        "ffn": ffn,
+        "router": router,
+        "lm_head": lm_head,
+        "forward": forward,
+        "total": 3.0 * forward if training else forward,
+    }
+
+
+def flops_per_token(
+    m: ModelShape,
+    f: FFNShape,
+    *,
+    training: bool,
+    loop_mix: list[float] | None = None,
+    width_reuse: bool = False,
+    causal: bool = True,
+) -> float:
+    """Model FLOPs per token: the forward pass, or forward + backward (3x) when ``training``.
+
+    This is the compute the model really performs (training counts all L_max loops plus the width
+    path), the number to use for C = flops_per_token * tokens and for MFU.
+    """
+    return flops_breakdown(
+        m, f, training=training, loop_mix=loop_mix, width_reuse=width_reuse, causal=causal
+    )["total"]

@@ -1,0 +1,66 @@
+"""`ffn.*` config group: which FFN fills the MLP slot, and VersatileFFN's own settings (spec §12)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vffn_pretrain.config_errors import ConfigError
+
+FFN_KINDS = ("dense", "kloop", "moe", "versatile", "width_only", "depth_only")
+
+
+@dataclass
+class FFNConfig:
+    """Validated `ffn.*` keys.
+
+    kind: dense | kloop | moe | versatile | width_only | depth_only.
+    num_experts (N), top_k (k): virtual experts of the width path (real experts for moe).
+    max_loops (L_max): depth path loops; loops: k of the k-loop baseline.
+    tau0, tau_decay, tau_min: Gumbel temperature tau_t = max(tau0 * tau_decay**t, tau_min), t = optimizer step;
+    tau_decay_to_end: if true, tau_decay is set so tau reaches tau_min at the run's last step.
+    balance_coeff: Switch balance loss alpha (0 or balance_loss=false turns it off).
+    """
+
+    kind: str = "versatile"
+    num_experts: int = 8
+    top_k: int = 2
+    max_loops: int = 4
+    loops: int = 4
+    tau0: float = 5.0
+    tau_decay: float = 0.99984
+    tau_min: float = 0.1
+    tau_decay_to_end: bool = False
+    balance_loss: bool = True
+    balance_coeff: float = 1e-5
+
+    def validate(self, d_ff: int, tp: int = 1) -> None:
+        if self.kind not in FFN_KINDS:
+            raise ConfigError("ffn.kind", f"must be one of {', '.join(FFN_KINDS)}, got {self.kind!r}")
+        uses_experts = self.kind in ("versatile", "width_only", "moe")
+        uses_loops = self.kind in ("versatile", "depth_only")
+        if uses_experts:
+            if not isinstance(self.num_experts, int) or self.num_experts < 1:
+                raise ConfigError("ffn.num_experts", f"must be a positive integer, got {self.num_experts!r}")
+            if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.num_experts:
+                raise ConfigError(
+                    "ffn.top_k", f"must be between 1 and ffn.num_experts={self.num_experts}, got {self.top_k!r}"
+                )
+            if d_ff % self.num_experts:
+                raise ConfigError(
+                    "ffn.num_experts", f"ffn.num_experts={self.num_experts} does not divide d_ff={d_ff}"
+                )
+        if d_ff % tp:
+            raise ConfigError("parallel.tp", f"parallel.tp={tp} does not divide d_ff={d_ff}")
+        if uses_loops:
+            if not isinstance(self.max_loops, int) or self.max_loops < 1:
+                raise ConfigError("ffn.max_loops", f"must be an integer >= 1, got {self.max_loops!r}")
+            if not self.tau0 > 0:
+                raise ConfigError("ffn.tau0", f"must be > 0, got {self.tau0!r}")
+            if not 0 < self.tau_min <= self.tau0:
+                raise ConfigError("ffn.tau_min", f"must be in (0, ffn.tau0={self.tau0}], got {self.tau_min!r}")
+            if not 0 < self.tau_decay <= 1:
+                raise ConfigError("ffn.tau_decay", f"must be in (0, 1], got {self.tau_decay!r}")
+        if self.kind == "kloop" and (not isinstance(self.loops, int) or self.loops < 1):
+            raise ConfigError("ffn.loops", f"must be an integer >= 1, got {self.loops!r}")
+        if self.balance_coeff < 0:
+            raise ConfigError("ffn.balance_coeff", f"must be >= 0, got {self.balance_coeff!r}")

@@ -1,0 +1,57 @@
+"""`parallel.*` config group: how the world is cut into tensor, pipeline and data parallel ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vffn_pretrain.config_errors import ConfigError
+
+
+@dataclass
+class ParallelConfig:
+    """Validated `parallel.*` keys. DP is whatever is left of the world: world / (tp * pp * cp)."""
+
+    tp: int = 1
+    pp: int = 1
+    vpp: int | None = None  # virtual pipeline stages per pipeline rank (interleaved 1F1B)
+    sp: bool = False  # sequence parallelism (needs tp > 1)
+    cp: int = 1  # context parallelism; only 1 is supported for now
+    ep: int = 1  # expert parallelism (MoE baseline)
+    pipeline_layout: str | None = None  # megatron-core layout string, e.g. "Ettt|tttL"
+    distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    init_timeout_s: float = 300.0
+
+    def validate_static(self) -> None:
+        for key in ("tp", "pp", "cp", "ep"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"parallel.{key}", f"must be a positive integer, got {value!r}")
+        if self.vpp is not None and (not isinstance(self.vpp, int) or self.vpp < 1):
+            raise ConfigError("parallel.vpp", f"must be null or a positive integer, got {self.vpp!r}")
+        if self.vpp is not None and self.vpp > 1 and self.pp < 2:
+            raise ConfigError("parallel.vpp", f"virtual pipeline stages need parallel.pp >= 2, got pp={self.pp}")
+        if self.sp and self.tp < 2:
+            raise ConfigError("parallel.sp", "sequence parallelism needs parallel.tp >= 2")
+        if self.cp != 1:
+            raise ConfigError("parallel.cp", "context parallelism is not supported yet; use 1")
+        if self.overlap_param_gather and not self.distributed_optimizer:
+            raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
+
+    def data_parallel_size(self, world_size: int) -> int:
+        model_parallel = self.tp * self.pp * self.cp
+        if world_size % model_parallel != 0:
+            raise ConfigError(
+                "parallel.tp",
+                f"world size {world_size} is not divisible by parallel.tp x parallel.pp x parallel.cp "
+                f"= {self.tp} x {self.pp} x {self.cp} = {model_parallel}",
+            )
+        dp = world_size // model_parallel
+        if self.ep > 1 and (dp * self.cp) % self.ep != 0:
+            raise ConfigError("parallel.ep", f"expert parallel size {self.ep} must divide DP x CP = {dp * self.cp}")
+        return dp
+
+    @property
+    def effective_vpp(self) -> int | None:
+        return self.vpp if self.vpp and self.vpp > 1 else None

@@ -1,0 +1,84 @@
+"""Process-group set-up: one entry point for torchrun (any world size) and a plain single process.
+
+Model code never touches process groups: it asks megatron-core's `parallel_state`, which `setup_model_parallel`
+initialises here.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import socket
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from vffn_pretrain.parallel import cpu_compat
+from vffn_pretrain.parallel.config import ParallelConfig
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def device() -> torch.device:
+    """The device this rank computes on: its local GPU, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
+    """Initialise torch.distributed (nccl on GPU, gloo on CPU) and the CPU shims; returns (rank, world_size).
+
+    Under torchrun (RANK/WORLD_SIZE/MASTER_ADDR set) it joins that world; otherwise it makes a world of one on a
+    free loopback port. Idempotent.
+    """
+    cpu_compat.activate()
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def setup_model_parallel(cfg: ParallelConfig) -> None:
+    """(Re-)initialise megatron-core's parallel_state for `cfg` over the current world."""
+    from megatron.core import parallel_state as ps
+
+    cfg.validate_static()
+    cfg.data_parallel_size(dist.get_world_size())  # raises a ConfigError naming the key if impossible
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    ps.initialize_model_parallel(
+        tensor_model_parallel_size=cfg.tp,
+        pipeline_model_parallel_size=cfg.pp,
+        virtual_pipeline_model_parallel_size=cfg.effective_vpp,
+        context_parallel_size=cfg.cp,
+        expert_model_parallel_size=cfg.ep,
+    )
+
+
+def seed_all(seed: int) -> None:
+    """Seed every generator reproducibly. Call after `setup_model_parallel`.
+
+    Python, numpy and torch's default generators get `seed` on every rank (the same in a TP group, which the
+    Gumbel noise and the replicated router rely on); megatron's tracker gets its per-TP-rank streams for
+    model-parallel dropout and initialisation.
+    """
+    from megatron.core import tensor_parallel
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)

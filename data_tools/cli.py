@@ -1,0 +1,173 @@
+"""The ``vffn-data`` command: make and examine megatron-core indexed datasets.
+
+Subcommands: ``tokenize``, ``train-tokenizer``, ``merge``, ``inspect``. Run ``vffn-data SUBCOMMAND --help``.
+Errors are printed as one line (``vffn-data: error: ...``) with exit status 1; bad usage exits with 2.
+Heavy imports (megatron-core, torch) happen inside the subcommands, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+
+from data_tools import readers
+
+TOKENIZER_HELP = ("tokenizer: a HuggingFace tokenizer.json, a tiktoken BPE file (optionally 'tiktoken:PATH'), "
+                  "'null:N' (megatron-core's null tokenizer, for tests), or 'bundled' (the default: the BPE shipped "
+                  "with the bundled corpus)")
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", nargs="+", required=True, metavar="FILE_OR_GLOB",
+                   help="input files or globs (quote globs); .jsonl/.ndjson/.json, .txt/.text/.md or .parquet, "
+                        "optionally .gz or .zst compressed (not parquet)")
+    p.add_argument("--text-key", default="text", help="field (jsonl) or column (parquet) holding the text [text]")
+    p.add_argument("--split-on-blank-lines", action="store_true",
+                   help="plain text: every blank-line-separated block is a document (default: one per file)")
+    p.add_argument("--format", default="auto", choices=("auto", *readers.FORMATS),
+                   help="input format (default: from the file suffix)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vffn-data",
+        description="Make and examine Megatron indexed datasets (.bin/.idx) for vffn-pretrain.",
+        epilog="Every tokenize/merge/train-tokenizer run writes a JSON report next to its output.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "tokenize", help="tokenize text into PREFIX.bin/.idx",
+        description="Tokenize documents into a megatron-core indexed dataset PREFIX.bin/.idx (one sequence per "
+                    "document, end-of-document token appended), plus PREFIX.report.json. Bad records (malformed "
+                    "JSON, missing text field, invalid UTF-8, empty documents) are skipped and counted with their "
+                    "file and line, or are errors with --strict. Output is written under temporary names and "
+                    "renamed at the end; it is byte-identical for any --workers.",
+    )
+    _add_input_options(p)
+    p.add_argument("--output-prefix", required=True, metavar="PREFIX", help="output path without .bin/.idx")
+    p.add_argument("--tokenizer", default="bundled", metavar="PATH", help=TOKENIZER_HELP)
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="tokenizer worker processes (0: in the main process) [number of CPUs, at most 16]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output prefix")
+    p.add_argument("--strict", action="store_true", help="stop with an error at the first bad record")
+    p.add_argument("--chunk-mb", type=float, default=1.0, help="input chunk size handed to a worker [1.0]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "train-tokenizer", help="train a byte-level BPE tokenizer (HuggingFace tokenizer.json)",
+        description="Train a byte-level BPE with the HuggingFace tokenizers library. Special tokens: "
+                    "<|endoftext|> (id 0, end of document) and <|pad|> (id 1). Writes OUTPUT and a report "
+                    "OUTPUT_STEM.report.json.",
+    )
+    _add_input_options(p)
+    p.add_argument("--vocab-size", type=int, required=True, metavar="N", help="vocabulary size, special tokens included")
+    p.add_argument("--output", required=True, metavar="PATH", help="tokenizer.json to write")
+    p.add_argument("--min-frequency", type=int, default=2, help="minimum pair count for a merge [2]")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "merge", help="concatenate several PREFIX.bin/.idx into one",
+        description="Concatenate indexed datasets in the order given. Inputs must share the token dtype and "
+                    "(when their reports say) the tokenizer.",
+    )
+    p.add_argument("--input", nargs="+", required=True, metavar="PREFIX", help="input prefixes")
+    p.add_argument("--output-prefix", required=True, metavar="PREFIX")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output prefix")
+    p.add_argument("--allow-mixed-tokenizers", action="store_true",
+                   help="merge even if the inputs' reports name different tokenizers")
+
+    p = sub.add_parser(
+        "inspect", help="counts, dtype, length histogram and a decoded sample",
+        description="Describe an indexed dataset. The files are verified structurally on opening; --verify "
+                    "also compares their checksums with the report.",
+    )
+    p.add_argument("prefix", metavar="PREFIX")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer for the decoded sample [the one named in the report]")
+    p.add_argument("--sample", type=int, default=0, metavar="DOC", help="document to decode [0]; -1 for none")
+    p.add_argument("--sample-chars", type=int, default=600, help="characters of the sample to show [600]")
+    p.add_argument("--verify", action="store_true", help="check file checksums against the report")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def _summary(report: dict) -> str:
+    docs = report["documents"]
+    skipped = report.get("skipped") or {}
+    reasons = ", ".join(f"{k}: {v}" for k, v in (skipped.get("by_reason") or {}).items())
+    return (f"wrote {report['output_prefix']}.bin/.idx: {docs['written']:,} documents, {report['tokens']:,} tokens "
+            f"({report['dtype']}); skipped {docs['skipped']:,}{f' ({reasons})' if reasons else ''}; "
+            f"{report['elapsed_s']:.1f}s; report {report['output_prefix']}.report.json")
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.command == "tokenize":
+        from data_tools.pipeline import TokenizeOptions, default_workers, run_tokenize
+
+        workers = default_workers() if args.workers is None else args.workers
+        if workers < 0:
+            raise ValueError("--workers must be >= 0")
+        if args.chunk_mb <= 0:
+            raise ValueError("--chunk-mb must be positive")
+        report = run_tokenize(TokenizeOptions(
+            inputs=args.input, output_prefix=args.output_prefix, tokenizer=args.tokenizer, workers=workers,
+            text_key=args.text_key, split_on_blank_lines=args.split_on_blank_lines, format=args.format,
+            overwrite=args.overwrite, strict=args.strict, chunk_bytes=int(args.chunk_mb * (1 << 20)),
+            progress=not args.no_progress and sys.stderr.isatty(), argv=argv,
+        ))
+        print(_summary(report))
+    elif args.command == "train-tokenizer":
+        from data_tools.train_tokenizer import (
+            TrainTokenizerOptions,
+            run_train_tokenizer,
+            tokenizer_report_path,
+        )
+
+        report = run_train_tokenizer(TrainTokenizerOptions(
+            inputs=args.input, output=args.output, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+            text_key=args.text_key, split_on_blank_lines=args.split_on_blank_lines, format=args.format,
+            overwrite=args.overwrite, progress=not args.no_progress and sys.stderr.isatty(), argv=argv,
+        ))
+        tok = report["tokenizer"]
+        print(f"wrote {report['output']}: vocab {tok['vocab_size']}, eod {tok['eod']}, sha256 {tok['hash'][:16]}…, "
+              f"from {report['documents']['used']:,} documents; report {tokenizer_report_path(report['output'])}")
+    elif args.command == "merge":
+        from data_tools.merge import MergeOptions, run_merge
+
+        report = run_merge(MergeOptions(inputs=args.input, output_prefix=args.output_prefix,
+                                        overwrite=args.overwrite, allow_mixed_tokenizers=args.allow_mixed_tokenizers,
+                                        argv=argv))
+        print(f"wrote {report['output_prefix']}.bin/.idx: {report['documents']['written']:,} documents, "
+              f"{report['tokens']:,} tokens from {len(report['inputs'])} inputs")
+    elif args.command == "inspect":
+        from data_tools.inspection import format_inspect, inspect_prefix
+
+        info = inspect_prefix(args.prefix, tokenizer=args.tokenizer, sample_index=args.sample,
+                              sample_chars=args.sample_chars, verify=args.verify)
+        print(json.dumps(info, indent=2) if args.json else format_inspect(info))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``vffn-data``. Returns the exit status (also when called from Python)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    # megatron-core warns at import about optional GPU libraries that a CPU data tool never uses.
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    try:
+        return _run(args, argv)
+    except KeyboardInterrupt:
+        print("vffn-data: interrupted; no output was written", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, readers.InputError) as err:
+        # Expected failures (bad input, existing output, corrupt dataset, strict-mode record): one clear line.
+        print(f"vffn-data: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

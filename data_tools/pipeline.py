@@ -1,0 +1,170 @@
+"""``vffn-data tokenize``: input files to one megatron-core indexed dataset, in parallel and in bounded memory.
+
+The main process reads the inputs as chunks of whole records (``readers``), hands them to a pool of worker
+processes (``worker.process_chunk``: decode, validate, tokenize, append EOS), and writes the results strictly in
+input order through ``AtomicIndexedWriter``. At most ``window`` chunks are in flight, so memory does not grow
+with the input. Because the chunking is fixed by the input and results are written in order, the output is
+byte-identical for any number of workers (``--workers 0`` runs everything in the main process).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+from data_tools import readers
+from data_tools.report import SkipLog, base_report, now_iso, write_json_atomic
+from data_tools.worker import ChunkResult, WorkerConfig, init_worker, process_chunk, set_state
+
+
+class StrictModeError(ValueError):
+    """A bad record was met with ``--strict``."""
+
+
+@dataclass
+class TokenizeOptions:
+    inputs: list[str]
+    output_prefix: str
+    tokenizer: str | None = None
+    workers: int = 0
+    text_key: str = "text"
+    split_on_blank_lines: bool = False
+    format: str = "auto"
+    overwrite: bool = False
+    strict: bool = False
+    chunk_bytes: int = readers.DEFAULT_CHUNK_BYTES
+    progress: bool = False
+    argv: list[str] | None = None
+    # Test hook: called with each result before it is written (lets tests interrupt a run mid-way).
+    on_result: Callable[[ChunkResult], None] | None = None
+
+
+def default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def _ordered_parallel_map(fn, items: Iterable, executor: ProcessPoolExecutor, window: int) -> Iterator:
+    """``map`` over a process pool, yielding results in input order with at most ``window`` tasks pending
+    (``Executor.map`` and ``Pool.imap`` would read the whole input ahead)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(executor.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+class _Progress:
+    """A tqdm bar over on-disk input bytes, with documents, tokens and throughput in the postfix."""
+
+    def __init__(self, total_bytes: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="tokenize",
+                            dynamic_ncols=True)
+        self.last = 0.0
+
+    def update(self, result: ChunkResult, docs: int, tokens: int, text_bytes: int, t0: float) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(result.progress_bytes)
+        now = time.perf_counter()
+        if now - self.last > 0.5:
+            self.last = now
+            rate = text_bytes / max(now - t0, 1e-9) / 1e6
+            self.bar.set_postfix(docs=f"{docs:,}", tokens=f"{tokens:,}", text=f"{rate:.1f}MB/s", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_tokenize(opts: TokenizeOptions) -> dict:
+    """Tokenize ``opts.inputs`` into ``opts.output_prefix``; return the report (also written next to it).
+
+    Raises ``readers.InputError`` (bad input file), ``writer.OutputExistsError`` (prefix exists, no overwrite),
+    ``StrictModeError`` (bad record with ``strict``) or ``ValueError`` (bad tokenizer), leaving no output.
+    """
+    from data_tools.writer import AtomicIndexedWriter, report_path, smallest_dtype
+    from vffn_pretrain.data.tokenizer import build_tokenizer
+
+    t_start = time.perf_counter()
+    report = base_report("tokenize", opts.argv)
+    files = readers.resolve_inputs(opts.inputs, opts.format)  # all input errors before any output
+    tokenizer = build_tokenizer(opts.tokenizer)
+    dtype = smallest_dtype(tokenizer.vocab_size)
+    config = WorkerConfig(text_key=opts.text_key, dtype=dtype.__name__)
+    skips = SkipLog()
+    per_file: dict[str, dict] = {f.path: {"documents_read": 0, "documents_written": 0, "skipped": 0, "blank_lines_ignored": 0}
+                                 for f in files}
+    docs_written = tokens = text_bytes = 0
+    progress = _Progress(sum(f.size for f in files), opts.progress)
+    executor = None
+    with AtomicIndexedWriter(opts.output_prefix, dtype, overwrite=opts.overwrite) as out:
+        try:
+            chunks = readers.iter_chunks(files, text_key=opts.text_key,
+                                         split_on_blank_lines=opts.split_on_blank_lines,
+                                         chunk_bytes=opts.chunk_bytes)
+            if opts.workers > 0:
+                # spawn, not fork: the parent holds torch/megatron state and threads that a fork would copy.
+                executor = ProcessPoolExecutor(opts.workers, mp_context=multiprocessing.get_context("spawn"),
+                                               initializer=init_worker, initargs=(tokenizer.spec, config))
+                results = _ordered_parallel_map(process_chunk, chunks, executor, window=2 * opts.workers + 2)
+            else:
+                set_state(tokenizer, config)
+                results = map(process_chunk, chunks)
+            t0 = time.perf_counter()
+            for result in results:
+                if opts.on_result is not None:
+                    opts.on_result(result)
+                stats = per_file[result.path]
+                for line, reason, detail in result.skips:
+                    if opts.strict:
+                        raise StrictModeError(f"{result.path}:{line}: {reason}: {detail} (--strict)")
+                    skips.add(result.path, line, reason, detail)
+                out.add_documents(result.tokens, result.lengths)
+                stats["documents_read"] += result.docs_read
+                stats["documents_written"] += len(result.lengths)
+                stats["skipped"] += len(result.skips)
+                stats["blank_lines_ignored"] += result.blank_lines
+                docs_written += len(result.lengths)
+                tokens += int(result.tokens.size)
+                text_bytes += result.text_bytes
+                progress.update(result, docs_written, tokens, text_bytes, t0)
+            files_info = out.commit()
+        finally:
+            progress.close()
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
+
+    elapsed = time.perf_counter() - t_start
+    docs_read = sum(s["documents_read"] for s in per_file.values())
+    report.update({
+        "finished_at": now_iso(),
+        "elapsed_s": round(elapsed, 3),
+        "inputs": [{"path": f.path, "format": f.format, "compression": f.compression, "bytes": f.size,
+                    **per_file[f.path]} for f in files],
+        "output_prefix": os.path.abspath(opts.output_prefix),
+        "output": files_info,
+        "dtype": dtype.__name__,
+        "options": {"text_key": opts.text_key, "split_on_blank_lines": opts.split_on_blank_lines,
+                    "format": opts.format, "strict": opts.strict, "workers": opts.workers},
+        "tokenizer": tokenizer.identity(),
+        "documents": {"read": docs_read, "written": docs_written, "skipped": skips.total},
+        "tokens": tokens,
+        "eod_appended": True,
+        "skipped": skips.to_dict(),
+        "throughput": {"tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+                       "text_mb_per_s": round(text_bytes / max(elapsed, 1e-9) / 1e6, 3),
+                       "text_bytes": text_bytes},
+    })
+    write_json_atomic(report_path(opts.output_prefix), report)
+    return report

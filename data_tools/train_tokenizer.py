@@ -1,0 +1,112 @@
+"""``vffn-data train-tokenizer``: a byte-level BPE trained with HuggingFace ``tokenizers``.
+
+Byte-level means every byte has a token, so any text round-trips exactly (no unknown token, no normalisation).
+The special tokens ``<|endoftext|>`` (id 0, the end-of-document token) and ``<|pad|>`` (id 1) come first.
+Training reads documents through the same readers as ``tokenize`` (jsonl, text, parquet, compressed); records
+that are not valid UTF-8 or lack the text field are skipped, as in ``tokenize``. The output is a
+``tokenizer.json`` that ``build_tokenizer`` (and any HuggingFace tooling) loads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_tools import readers
+from data_tools.report import SkipLog, base_report, now_iso, write_json_atomic
+from data_tools.worker import WorkerConfig, _records
+
+EOD_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+@dataclass
+class TrainTokenizerOptions:
+    inputs: list[str]
+    output: str
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    text_key: str = "text"
+    split_on_blank_lines: bool = False
+    format: str = "auto"
+    overwrite: bool = False
+    progress: bool = False
+    argv: list[str] | None = None
+
+
+def tokenizer_report_path(output: str | os.PathLike) -> Path:
+    """``dir/name.json`` -> ``dir/name.report.json``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".report.json")
+
+
+def _texts(files, opts: TrainTokenizerOptions, skips: SkipLog, counts: dict) -> Iterator[str]:
+    config = WorkerConfig(text_key=opts.text_key, dtype="int32")
+    for chunk in readers.iter_chunks(files, text_key=opts.text_key, split_on_blank_lines=opts.split_on_blank_lines):
+        bad: list = []
+        for _line, text in _records(chunk, config.text_key, bad, []):
+            counts["documents"] += 1
+            counts["bytes"] += len(text)
+            yield text
+        for line, reason, detail in bad:
+            skips.add(chunk.path, line, reason, detail)
+
+
+def run_train_tokenizer(opts: TrainTokenizerOptions) -> dict:
+    """Train, write ``opts.output`` (atomically) and its report; return the report."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if opts.vocab_size < 256 + 2:
+        raise ValueError(f"--vocab-size must be at least 258 (256 bytes + 2 special tokens), got {opts.vocab_size}")
+    output = Path(opts.output)
+    if output.exists() and not opts.overwrite:
+        raise FileExistsError(f"output {output} already exists; pass --overwrite to replace it")
+    files = readers.resolve_inputs(opts.inputs, opts.format)
+    t0 = time.perf_counter()
+    report = base_report("train-tokenizer", opts.argv)
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=opts.vocab_size,
+        min_frequency=opts.min_frequency,
+        special_tokens=[EOD_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=opts.progress,
+    )
+    skips = SkipLog()
+    counts = {"documents": 0, "bytes": 0}
+    tok.train_from_iterator(_texts(files, opts, skips, counts), trainer=trainer)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + f".partial-{os.getpid()}")
+    try:
+        tok.save(str(tmp))
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+    from vffn_pretrain.data.tokenizer import build_tokenizer
+
+    built = build_tokenizer(str(output))
+    report.update({
+        "finished_at": now_iso(),
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+        "inputs": [{"path": f.path, "format": f.format, "compression": f.compression, "bytes": f.size}
+                   for f in files],
+        "output": str(output.resolve()),
+        "options": {"vocab_size": opts.vocab_size, "min_frequency": opts.min_frequency, "text_key": opts.text_key,
+                    "split_on_blank_lines": opts.split_on_blank_lines, "format": opts.format},
+        "documents": {"read": counts["documents"] + skips.total, "used": counts["documents"],
+                      "skipped": skips.total},
+        "text_chars": counts["bytes"],
+        "skipped": skips.to_dict(),
+        "tokenizer": built.identity(),
+    })
+    write_json_atomic(tokenizer_report_path(output), report)
+    return report

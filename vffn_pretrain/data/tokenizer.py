@@ -102,6 +102,8 @@ class HFTokenizer(BaseTokenizer):
         # encode_ordinary): otherwise documents could forge document boundaries.
         self._tok.encode_special_tokens = True
         vocab = self._tok.get_vocab(with_added_tokens=True)
+        if not vocab:
+            raise ValueError(f"tokenizer {self.path} has an empty vocabulary")
         # Ids may be sparse; the embedding must cover the largest one.
         self.vocab_size = max(vocab.values()) + 1
         eod = next((vocab[t] for t in EOD_CANDIDATES if t in vocab), None)

@@ -1,0 +1,170 @@
+"""``build_datasets``: the train/valid/test datasets of a run, with megatron-core's ``GPTDataset`` and
+``BlendedMegatronDatasetBuilder``.
+
+Collective: every rank of the default process group calls it (a world of one is fine). Rank 0 goes first: it
+tokenizes the bundled corpus if needed, runs the start-up checks (``checks``) and prints the epochs implied;
+then megatron-core's builder builds (and caches under ``cache_dir/indices``) the sample indices on rank 0
+before the other ranks load them. A failure on rank 0 is sent to every rank, so all raise the same error
+instead of waiting forever at a barrier.
+
+Sample order is a pure function of the data, ``split``, seed, sequence length and requested sample counts
+(megatron-core shuffles documents and samples with ``numpy.random.RandomState(seed)``): two runs with the same
+config see the same samples in the same order, which is what makes resume exact (see ``loader``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vffn_pretrain.data import checks
+from vffn_pretrain.data.config import BUNDLED, Blend, DataConfig
+
+
+def _resolve_prefix(prefix: str, cfg: DataConfig, tokenizer, *, materialize: bool) -> str:
+    if prefix == BUNDLED:
+        from data_tools.bundled import bundled_cache_prefix, ensure_bundled_prefix
+
+        if materialize:
+            return str(ensure_bundled_prefix(cfg.cache_dir, tokenizer, workers=cfg.bundled_tokenize_workers))
+        return str(bundled_cache_prefix(cfg.cache_dir, tokenizer))
+    return str(Path(prefix).expanduser().resolve())
+
+
+def _resolve_blend(blend: Blend | None, cfg: DataConfig, tokenizer, materialize: bool) -> Blend | None:
+    if blend is None:
+        return None
+    prefixes, weights = blend
+    return [_resolve_prefix(p, cfg, tokenizer, materialize=materialize) for p in prefixes], weights
+
+
+def _explicit_weights(blend: Blend | None) -> Blend | None:
+    """Give an unweighted multi-prefix blend weights proportional to each prefix's tokens.
+
+    megatron-core would otherwise build one epoch of each prefix and cap the blend at their total, so a run
+    longer than one epoch would silently get fewer samples than it asked for. A single prefix needs no weight.
+    """
+    from vffn_pretrain.data.indexed import verify_prefix
+
+    if blend is None:
+        return None
+    prefixes, weights = blend
+    if len(prefixes) == 1:
+        return prefixes, None
+    if weights is None:
+        weights = [float(max(verify_prefix(p).num_tokens, 1)) for p in prefixes]
+    return prefixes, weights
+
+
+def _verify_all(blends: list[Blend | None], key: str) -> None:
+    from vffn_pretrain.data.indexed import CorruptDatasetError, verify_prefix
+
+    for blend in blends:
+        for prefix in blend[0] if blend else []:
+            try:
+                verify_prefix(prefix)
+            except CorruptDatasetError as err:
+                raise ValueError(f"{key}: {err}") from None
+
+
+def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int, num_samples, materialize: bool):
+    """Resolve prefixes (tokenizing the bundled corpus when ``materialize``), run the checks, plan the splits."""
+    blend, per_split = cfg.blends()
+    key = "data.paths" if per_split is None else "data.train_paths"
+    blend = _resolve_blend(blend, cfg, tokenizer, materialize)
+    per_split = None if per_split is None else [_resolve_blend(b, cfg, tokenizer, materialize) for b in per_split]
+    if materialize:
+        _verify_all([blend] if per_split is None else per_split, key)
+    blend = _explicit_weights(blend)
+    per_split = None if per_split is None else [_explicit_weights(b) for b in per_split]
+    if not materialize:
+        return blend, per_split, None
+    prefixes = {p for b in ([blend] if per_split is None else per_split) if b for p in b[0]}
+    for prefix in sorted(prefixes):
+        if cfg.check_token_ids:
+            checks.check_token_ids(prefix, tokenizer, padded_vocab_size, key=key)
+        checks.check_report_tokenizer(prefix, tokenizer)
+    plans = checks.plan_splits([blend] * 3 if per_split is None else per_split,
+                               cfg.split if per_split is None else None, num_samples, seq_length, key=key)
+    return blend, per_split, plans
+
+
+def _rank0_first(fn):
+    """Run ``fn`` on rank 0 and send its result, or its error, to every rank.
+
+    Rank 0 re-raises its own exception; the others raise a ValueError (RuntimeError) with the same message.
+    Without this, an error on rank 0 would leave the other ranks waiting at the next collective forever.
+    """
+    rank = torch.distributed.get_rank()
+    payload: list = [None]
+    error: Exception | None = None
+    if rank == 0:
+        try:
+            payload[0] = ("ok", fn())
+        except Exception as err:
+            error = err
+            # Sent as text: exceptions need not pickle.
+            payload[0] = ("error", (isinstance(err, RuntimeError), str(err)))
+    torch.distributed.broadcast_object_list(payload, src=0)
+    status, value = payload[0]
+    if error is not None:
+        raise error
+    if status == "error":
+        is_runtime, message = value
+        raise RuntimeError(message) if is_runtime else ValueError(message)
+    return value
+
+
+def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, num_samples: tuple[int, int, int], tokenizer,
+                   padded_vocab_size: int):
+    """Build (train, valid, test) datasets; each item is megatron-core's GPTDataset sample dict
+    (``tokens``, ``labels``, ``loss_mask``, ``position_ids``). A split with no source (per-split paths without
+    ``valid_paths``, say) is ``None``. Raises ValueError naming ``data.<key>`` when the data does not fit.
+    """
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        raise RuntimeError("build_datasets must be called inside an initialised torch.distributed process group "
+                           "(a 1-rank gloo group is enough)")
+    if len(num_samples) != 3 or any(int(n) < 0 for n in num_samples):
+        raise ValueError(f"num_samples must be three non-negative counts, got {num_samples}")
+    num_samples = tuple(int(n) for n in num_samples)
+    checks.check_vocab_fits(tokenizer, padded_vocab_size)
+    data_seed = cfg.seed if cfg.seed is not None else seed
+
+    def prepare_on_rank0():
+        _, _, plans = _prepare(cfg, tokenizer, padded_vocab_size, seq_length, num_samples, materialize=True)
+        for plan in plans:
+            if plan is not None:
+                print(plan.describe(seq_length), flush=True)
+        return [None if p is None else [c.documents for c in p.components] for p in plans]
+
+    docs_per_split = _rank0_first(prepare_on_rank0)
+    blend, per_split, _ = _prepare(cfg, tokenizer, padded_vocab_size, seq_length, num_samples, materialize=False)
+
+    config = GPTDatasetConfig(
+        random_seed=data_seed,
+        sequence_length=seq_length,
+        blend=blend,
+        blend_per_split=per_split,
+        split=cfg.split if per_split is None else None,
+        path_to_cache=str(Path(cfg.cache_dir).expanduser().resolve() / "indices"),
+        tokenizer=tokenizer,
+        reset_position_ids=cfg.reset_position_ids,
+        reset_attention_mask=cfg.reset_attention_mask,
+        eod_mask_loss=cfg.eod_mask_loss,
+        # The model builds its own causal mask; a seq x seq mask per sample would only cost memory.
+        create_attention_mask=False,
+        mmap_bin_files=True,
+    )
+    if per_split is None:
+        # A split that has no documents and is asked for no samples is not built (megatron-core would
+        # loop forever looking for a non-empty epoch); plan_splits already rejected such splits with samples.
+        for i, docs in enumerate(docs_per_split):
+            if config.split_matrix[i] is not None and (docs is None or sum(docs) == 0):
+                config.split_matrix[i] = None
+    sizes = list(num_samples)
+    datasets = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return tuple(datasets)

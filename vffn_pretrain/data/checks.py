@@ -1,0 +1,170 @@
+"""Start-up checks on the data, run before any dataset index is built.
+
+* the tokenizer fits the model: ``tokenizer.vocab_size <= padded_vocab_size``;
+* each prefix is structurally sound (``indexed.verify_prefix``) and not empty;
+* a sample of token ids (spread over the whole file, first and last sequence included) is below the model's
+  padded vocab and the tokenizer's vocab: a mismatch means the data was made with another tokenizer, or the
+  file is damaged;
+* the report next to a prefix, when there is one, names the same tokenizer (a warning otherwise);
+* every split that must deliver samples has documents, and the number of epochs each requested sample count
+  implies is computed (``plan_splits``), so that it can be printed.
+
+Errors are ``ValueError`` naming the config key to fix (``data.tokenizer``, ``data.paths``, ``data.split``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from vffn_pretrain.data.indexed import CorruptDatasetError, open_indexed_dataset
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+def check_vocab_fits(tokenizer, padded_vocab_size: int) -> None:
+    if tokenizer.vocab_size > padded_vocab_size:
+        raise ValueError(
+            f"data.tokenizer: {tokenizer.name} has {tokenizer.vocab_size} ids but the model's padded vocab size "
+            f"is {padded_vocab_size}; use a larger model vocab or a smaller tokenizer"
+        )
+
+
+def sample_positions(n: int, max_samples: int) -> np.ndarray:
+    """Up to ``max_samples`` indices spread evenly over ``range(n)``, first and last included."""
+    if n <= max_samples:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_samples).round().astype(np.int64))
+
+
+def check_token_ids(prefix: str, tokenizer, padded_vocab_size: int, *, key: str = "data.paths",
+                    max_sequences: int = 256, max_tokens_per_sequence: int = 4096) -> int:
+    """Sampled check that the ids in ``prefix`` fit the tokenizer and the model. Returns the largest id seen."""
+    try:
+        ds = open_indexed_dataset(prefix)
+    except CorruptDatasetError as err:
+        raise ValueError(f"{key}: {err}") from None
+    n = len(ds)
+    if n == 0:
+        raise ValueError(f"{key}: {prefix} holds no documents")
+    largest = -1
+    for i in sample_positions(n, max_sequences):
+        length = int(ds.sequence_lengths[i])
+        if length == 0:
+            continue
+        ids = ds.get(int(i), offset=0, length=min(length, max_tokens_per_sequence))
+        top = int(ids.max())
+        if top > largest:
+            largest = top
+        if top >= padded_vocab_size:
+            raise ValueError(
+                f"{key}: {prefix}.bin: token id {top} in sequence {int(i)} is not below the model's padded vocab "
+                f"size {padded_vocab_size}: the data was tokenized with a larger tokenizer, or the file is damaged"
+            )
+        if top >= tokenizer.vocab_size:
+            raise ValueError(
+                f"data.tokenizer: {prefix}.bin holds token id {top} (sequence {int(i)}) but {tokenizer.name} has "
+                f"only {tokenizer.vocab_size} ids: the data was made with another tokenizer"
+            )
+    return largest
+
+
+def check_report_tokenizer(prefix: str, tokenizer) -> str | None:
+    """Warn (and return the message) if the prefix's report names a different tokenizer."""
+    from data_tools.report import read_report
+    from data_tools.writer import report_path
+
+    report = read_report(report_path(prefix)) or {}
+    made_with = report.get("tokenizer") or {}
+    if made_with.get("hash") and made_with["hash"] != tokenizer.hash:
+        msg = (f"{prefix} was tokenized with {made_with.get('name')} (sha256 {made_with['hash'][:12]}), but "
+               f"data.tokenizer is {tokenizer.name} (sha256 {tokenizer.hash[:12]}); decoded text will be wrong if "
+               f"they differ")
+        warnings.warn(msg, stacklevel=2)
+        return msg
+    return None
+
+
+def split_document_ranges(num_documents: int, split: str | None) -> list[tuple[int, int] | None]:
+    """The [begin, end) documents of each split, exactly as megatron-core's dataset builder computes them."""
+    from megatron.core.datasets.blended_megatron_dataset_config import (
+        convert_split_vector_to_split_matrix,
+        parse_and_normalize_split,
+    )
+
+    if split is None:  # per-split paths: each prefix is wholly its split
+        return [(0, num_documents)] * 3
+    matrix = convert_split_vector_to_split_matrix(parse_and_normalize_split(split))
+    return [None if m is None else (int(round(m[0] * num_documents)), int(round(m[1] * num_documents)))
+            for m in matrix]
+
+
+@dataclass
+class Component:
+    prefix: str
+    weight: float
+    documents: int
+    tokens: int
+    samples: int
+    epochs: float
+
+
+@dataclass
+class SplitPlan:
+    name: str
+    samples: int
+    components: list[Component]
+
+    def describe(self, seq_length: int) -> str:
+        head = f"[data] {self.name}: {self.samples:,} samples x {seq_length} tokens"
+        parts = []
+        for c in self.components:
+            repeat = " (repeats the data)" if c.epochs > 1 else ""
+            parts.append(f"{c.prefix} (weight {c.weight:.3f}): {c.documents:,} documents, {c.tokens:,} tokens -> "
+                         f"{c.epochs:.3f} epochs{repeat}")
+        return head + "; " + "; ".join(parts)
+
+
+def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split: str | None,
+                num_samples: tuple[int, int, int], seq_length: int, *, key: str) -> list[SplitPlan | None]:
+    """Per split, the documents and tokens each prefix contributes and the epochs the request implies.
+
+    ``blends[i]`` is the blend of split i (the same blend thrice for ``paths`` + ``split``). Raises ValueError
+    when a split must deliver samples but has no tokens (megatron-core would loop forever on it).
+    """
+    from vffn_pretrain.data.indexed import verify_prefix
+
+    infos: dict[str, tuple[np.ndarray, int]] = {}
+    plans: list[SplitPlan | None] = []
+    for i, name in enumerate(SPLIT_NAMES):
+        blend = blends[i]
+        if blend is None:
+            plans.append(None)
+            continue
+        prefixes, weights = blend
+        weights = weights or [1.0] * len(prefixes)
+        total_w = sum(weights)
+        components = []
+        for prefix, w in zip(prefixes, weights):
+            if prefix not in infos:
+                info = verify_prefix(prefix)
+                ds = open_indexed_dataset(prefix)
+                infos[prefix] = (np.asarray(ds.sequence_lengths), info.num_sequences)
+            lengths, n = infos[prefix]
+            rng = split_document_ranges(n, split)[i]
+            if rng is None:
+                continue
+            docs = rng[1] - rng[0]
+            tokens = int(lengths[rng[0]:rng[1]].sum(dtype=np.int64))
+            samples = math.ceil(num_samples[i] * w / total_w)
+            if samples > 0 and tokens == 0:
+                where = f"the {name} split ({split}) of " if split else ""
+                raise ValueError(f"{key if not split else 'data.split'}: {where}{prefix} has no tokens "
+                                 f"({docs} documents) but {num_samples[i]} {name} samples are requested")
+            epochs = (samples * seq_length + 1) / tokens if tokens else 0.0
+            components.append(Component(prefix, w / total_w, docs, tokens, samples, epochs))
+        plans.append(SplitPlan(name, num_samples[i], components) if components else None)
+    return plans

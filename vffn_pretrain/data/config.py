@@ -1,0 +1,176 @@
+"""``DataConfig``: the ``data`` group of the training config (``conf/data/default.yaml``).
+
+Where the tokens come from:
+
+* ``paths``: one prefix (``/data/web`` for ``/data/web.bin`` + ``.idx``), a list of prefixes (blended in
+  proportion to their sizes), or a blend ``[w1, prefix1, w2, prefix2, ...]``; split into train/valid/test by
+  ``split`` (``"969,30,1"``: proportions of the documents, in file order). ``null`` (the default), or the
+  word ``bundled`` inside a list, means the corpus shipped with the repo, tokenized on first use into
+  ``cache_dir``.
+* or ``train_paths``/``valid_paths``/``test_paths``: a prefix or blend per split (``split`` is then unused and
+  ``paths`` must be ``null``). ``valid_paths``/``test_paths`` may be left out.
+
+``tokenizer``: ``null`` (the bundled BPE), a ``tokenizer.json``, a tiktoken file, or ``null:N``
+(see ``vffn_pretrain.data.tokenizer``). ``cache_dir`` holds megatron-core's sample-index cache and the
+tokenized bundled corpus; a relative path is relative to the working directory (``.cache/vffn-data``, ignored
+by git). ``seed`` overrides the training seed for the sample order (``null``: use the training seed).
+
+``DataConfig.from_dict`` validates everything and raises ``ValueError`` naming the key as ``data.<key>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+BUNDLED = "bundled"
+
+Blend = tuple[list[str], list[float] | None]
+
+
+@dataclass
+class DataConfig:
+    paths: list | str | None = None
+    train_paths: list | str | None = None
+    valid_paths: list | str | None = None
+    test_paths: list | str | None = None
+    split: str = "969,30,1"
+    tokenizer: str | None = None
+    cache_dir: str = ".cache/vffn-data"
+    num_workers: int = 0
+    check_token_ids: bool = True
+    seed: int | None = None
+    # Passed to megatron-core's GPTDatasetConfig (see its documentation).
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    eod_mask_loss: bool = False
+    # Documents of the bundled corpus are tokenized with this many worker processes on first use.
+    bundled_tokenize_workers: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None) -> DataConfig:
+        """Build and validate from a mapping (a plain dict or an OmegaConf DictConfig)."""
+        d = _to_plain(d or {})
+        if not isinstance(d, Mapping):
+            raise ValueError(f"data: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"data.{key}: unknown key (known keys: {', '.join(sorted(known))})")
+        cfg = cls(**dict(d))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ``ValueError("data.<key>: ...")`` for the first bad value."""
+        for name in ("paths", "train_paths", "valid_paths", "test_paths"):
+            value = getattr(self, name)
+            if value is not None:
+                parse_blend(value, f"data.{name}")
+        per_split = any(getattr(self, n) is not None for n in ("train_paths", "valid_paths", "test_paths"))
+        if per_split:
+            if self.paths is not None:
+                raise ValueError("data.paths: cannot be combined with data.train_paths/valid_paths/test_paths; "
+                                 "set data.paths to null for per-split paths")
+            if self.train_paths is None:
+                raise ValueError("data.train_paths: required when valid_paths/test_paths are given")
+        parse_split(self.split)
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer.strip()):
+            raise ValueError(f"data.tokenizer: expected null or a tokenizer path/spec, got {self.tokenizer!r}")
+        if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
+            raise ValueError(f"data.cache_dir: expected a directory path, got {self.cache_dir!r}")
+        for name in ("num_workers", "bundled_tokenize_workers"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ValueError(f"data.{name}: expected an integer >= 0, got {value!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"data.seed: expected null or an integer >= 0, got {self.seed!r}")
+        for name in ("check_token_ids", "reset_position_ids", "reset_attention_mask", "eod_mask_loss"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"data.{name}: expected true or false, got {getattr(self, name)!r}")
+
+    def blends(self) -> tuple[Blend | None, list[Blend | None] | None]:
+        """(blend, None) for ``paths`` + ``split``, or (None, [train, valid, test]) for per-split paths.
+        ``paths: null`` gives the bundled corpus as a one-prefix blend."""
+        per_split = [self.train_paths, self.valid_paths, self.test_paths]
+        if any(p is not None for p in per_split):
+            return None, [None if p is None else parse_blend(p, f"data.{n}_paths")
+                          for p, n in zip(per_split, ("train", "valid", "test"))]
+        return parse_blend(self.paths if self.paths is not None else BUNDLED, "data.paths"), None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _to_plain(obj: Any) -> Any:
+    """OmegaConf containers to plain dicts/lists (without importing omegaconf when not in use)."""
+    if type(obj).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def _clean_prefix(p: str, key: str) -> str:
+    if not isinstance(p, str) or not p.strip():
+        raise ValueError(f"{key}: expected a dataset prefix (path without .bin/.idx), got {p!r}")
+    p = p.strip()
+    # A common slip: naming one of the two files instead of the prefix.
+    for suffix in (".bin", ".idx"):
+        if p.endswith(suffix):
+            p = p[: -len(suffix)]
+    return p
+
+
+def parse_blend(value: Any, key: str = "data.paths") -> Blend:
+    """A prefix, a list of prefixes, or ``[w1, p1, w2, p2, ...]`` -> (prefixes, weights or None).
+
+    Weights must be positive numbers (strings of numbers are accepted, as on megatron's command line).
+    """
+    value = _to_plain(value)
+    if isinstance(value, str):
+        return [_clean_prefix(value, key)], None
+    if not isinstance(value, Sequence) or isinstance(value, bytes) or len(value) == 0:
+        raise ValueError(f"{key}: expected a prefix, a list of prefixes or [weight, prefix, ...], got {value!r}")
+    items = list(value)
+    numbers = [_number(v) for v in items]
+    if all(n is None for n in numbers):
+        return [_clean_prefix(p, key) for p in items], None
+    if len(items) % 2 or any(n is None for n in numbers[0::2]) or any(n is not None for n in numbers[1::2]):
+        raise ValueError(f"{key}: a weighted blend alternates weight and prefix: [w1, prefix1, w2, prefix2, ...]; "
+                         f"got {items!r}")
+    weights = [float(n) for n in numbers[0::2]]
+    if any(not w > 0 for w in weights) or any(w != w or w == float("inf") for w in weights):
+        raise ValueError(f"{key}: blend weights must be positive finite numbers, got {weights}")
+    return [_clean_prefix(p, key) for p in items[1::2]], weights
+
+
+def parse_split(split: Any) -> list[float]:
+    """``"969,30,1"`` -> [969.0, 30.0, 1.0] (up to three non-negative numbers, not all zero)."""
+    if not isinstance(split, str):
+        raise ValueError(f"data.split: expected a string like \"969,30,1\", got {split!r}")
+    parts = [s.strip() for s in re.split(r"[,/]", split)]
+    try:
+        values = [float(s) for s in parts]
+    except ValueError:
+        raise ValueError(f"data.split: expected comma-separated numbers like \"969,30,1\", got {split!r}") from None
+    if not 1 <= len(values) <= 3 or any(v < 0 or v != v or v == float("inf") for v in values) or sum(values) <= 0:
+        raise ValueError(f"data.split: expected 1 to 3 non-negative numbers, not all zero, got {split!r}")
+    return values + [0.0] * (3 - len(values))

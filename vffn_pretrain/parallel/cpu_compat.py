@@ -27,7 +27,9 @@ import logging
 import os
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -37,6 +39,10 @@ SHIMS = ("current_device", "synchronize", "cuda_literals", "rng", "distopt_ckpt"
 
 _active: set[str] = set()
 _literal_mode: CudaLiteralMode | None = None
+# How often each shim was used in this process (tests check every active shim is exercised).
+HITS: Counter[str] = Counter()
+# While tracing: megatron-core sites (file:line) whose literal the targeted proxy rewrote.
+_targeted_trace: set[str] | None = None
 
 # Modules of megatron-core 0.16.1 that build tensors with a hard-coded device="cuda"; the targeted variant
 # gives each of them a `torch` proxy that rewrites the device. Sites (file:line) are listed in KNOWN_LITERAL_SITES.
@@ -151,13 +157,20 @@ def activate(disable: Iterable[str] = (), literals: str | None = None) -> frozen
 
 
 def _install_current_device() -> None:
-    torch.cuda.current_device = lambda: torch.device("cpu")
+    def current_device():
+        HITS["current_device"] += 1
+        return torch.device("cpu")
+
+    torch.cuda.current_device = current_device
 
 
 def _install_synchronize() -> None:
     # p2p_communication.py:242,398 (after batch_isend_irecv, every PP>1 run) and
     # dist_checkpointing/strategies/filesystem_async.py:230.
-    torch.cuda.synchronize = lambda device=None: None
+    def synchronize(device=None):
+        HITS["synchronize"] += 1
+
+    torch.cuda.synchronize = synchronize
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -187,7 +200,12 @@ class _CpuTorch:
             @functools.wraps(fn)
             def factory(*args, _fn=fn, **kwargs):
                 if "device" in kwargs:
-                    kwargs["device"] = _to_cpu_device(kwargs["device"])
+                    dev = _to_cpu_device(kwargs["device"])
+                    if dev is not kwargs["device"]:
+                        HITS["cuda_literals"] += 1
+                        if _targeted_trace is not None:
+                            _targeted_trace.add(_megatron_site())
+                    kwargs["device"] = dev
                 return _fn(*args, **kwargs)
 
             setattr(self, name, factory)
@@ -202,6 +220,7 @@ _orig_tensor_type = torch.Tensor.type
 
 def _cpu_tensor_cuda(self, *args, **kwargs):
     # language_module.py:244 (tied embeddings with PP>1), distrib_optimizer.py:1089, grad_scaler.py:140.
+    HITS["cuda_literals"] += 1
     return self
 
 
@@ -209,7 +228,10 @@ def _cuda_named_type(self, dtype=None, non_blocking=False, **kwargs):
     # clip_grads.py:167, optimizer.py:671,690, distrib_optimizer.py:361,420,582 assert 'torch.cuda.*Tensor'.
     if dtype is None and not kwargs:
         name = _orig_tensor_type(self)
-        return name.replace("torch.", "torch.cuda.", 1) if self.device.type == "cpu" else name
+        if self.device.type != "cpu":
+            return name
+        HITS["cuda_literals"] += 1
+        return name.replace("torch.", "torch.cuda.", 1)
     return _orig_tensor_type(self, dtype, non_blocking, **kwargs)
 
 
@@ -241,13 +263,9 @@ class CudaLiteralMode(TorchFunctionMode):
         self.sites: set[str] = set()
 
     def _record(self):
-        if not self.trace:
-            return
-        for frame in reversed(traceback.extract_stack()[:-2]):
-            path = frame.filename.replace(os.sep, "/")
-            if "/megatron/core/" in path:
-                self.sites.add(f"{path.split('/megatron/core/', 1)[1]}:{frame.lineno}")
-                return
+        HITS["cuda_literals"] += 1
+        if self.trace:
+            self.sites.add(_megatron_site())
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
@@ -273,12 +291,35 @@ class CudaLiteralMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _megatron_site() -> str:
+    """The innermost megatron-core frame on the stack, as 'path/below/megatron/core.py:line'."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename.replace(os.sep, "/")
+        if "/megatron/core/" in path:
+            return f"{path.split('/megatron/core/', 1)[1]}:{frame.lineno}"
+    return "<outside megatron-core>"
+
+
+@dataclass
+class LiteralTrace:
+    targeted: set[str]  # sites the targeted proxy rewrote (each must be in KNOWN_LITERAL_SITES)
+    uncovered: set[str]  # sites only the tracing mode caught: the targeted variant would crash there
+
+
 @contextlib.contextmanager
 def trace_cuda_literals():
-    """Run a block under a tracing `CudaLiteralMode`; yields it (read `.sites` afterwards)."""
+    """Trace CUDA literals in a block. A tracing `CudaLiteralMode` sits on top of the installed shims, so a
+    literal the targeted variant misses is rewritten (the block runs on) and its file:line recorded."""
+    global _targeted_trace
+    trace = LiteralTrace(targeted=set(), uncovered=set())
+    _targeted_trace = trace.targeted
     mode = CudaLiteralMode(trace=True)
-    with mode:
-        yield mode
+    mode.sites = trace.uncovered
+    try:
+        with mode:
+            yield trace
+    finally:
+        _targeted_trace = None
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -293,6 +334,7 @@ def _install_rng() -> None:
 
     class CpuRNGStatesTracker(mrandom.CudaRNGStatesTracker):
         def add(self, name, seed):
+            HITS["rng"] += 1
             if seed in self.seeds_:
                 raise Exception(f"seed {seed} already exists")
             if name in self.states_:
@@ -346,6 +388,7 @@ def _install_distopt_ckpt() -> None:
     @functools.wraps(orig_sharded_state_dict)
     def sharded_state_dict(self, model_sharded_state_dict=None, is_loading=False, sharding_type=None,
                            metadata=None):
+        HITS["distopt_ckpt"] += 1
         if is_loading:
             _ensure_adam_state(self)  # (a)
         return orig_sharded_state_dict(self, model_sharded_state_dict or {}, is_loading, sharding_type, metadata)

@@ -84,12 +84,14 @@ def train_step(
     micro_batch_size: int,
     noise_seed: int | None = None,
     forward_only: bool = False,
+    before_optimizer=None,
 ) -> StepResult:
     """Run forward+backward over this DP rank's micro-batches of one global batch, then the optimizer.
 
     `micro_batches` are dicts of [micro_batch_size, seq_length] tensors on this rank's device, each with an
     `mb_key` (global step, global micro-batch index) that seeds the micro-batch's Gumbel noise.
-    With `forward_only`, no gradients and no optimizer step (evaluation).
+    With `forward_only`, no gradients and no optimizer step (evaluation). `before_optimizer()`, if given, is
+    called once the gradients are final (reduced and scaled) and before the optimizer uses them.
     """
     if not forward_only:
         for chunk in ddp_chunks:
@@ -108,5 +110,7 @@ def train_step(
     loss, tokens = reduce_lm_loss(losses)
     if forward_only:
         return StepResult(loss, None, False, tokens)
+    if before_optimizer is not None:
+        before_optimizer()
     update_successful, grad_norm, _ = optimizer.step()
     return StepResult(loss, None if grad_norm is None else float(grad_norm), bool(update_successful), tokens)

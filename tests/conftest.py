@@ -1,0 +1,43 @@
+"""Shared fixtures: CPU shims for in-process tests, and pools of gloo ranks reused across the session."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+warnings.filterwarnings("ignore")
+
+
+@pytest.fixture(scope="session")
+def rank_pools():
+    """`rank_pools(n)` returns a pool of n gloo ranks, started on first use and shared by the whole session."""
+    from vffn_pretrain.testing import RankPool
+
+    pools: dict[int, RankPool] = {}
+
+    def get(world_size: int) -> RankPool:
+        pool = pools.get(world_size)
+        if pool is None or pool.broken:
+            pool = pools[world_size] = RankPool(world_size)
+        return pool
+
+    yield get
+    for pool in pools.values():
+        pool.close()
+
+
+@pytest.fixture
+def single_rank():
+    """A world of one (gloo on a free loopback port) with megatron-core's parallel state set up at TP=PP=1."""
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
+
+    init_distributed()
+    setup_model_parallel(ParallelConfig())
+    seed_all(1234)
+    yield
+    ps.destroy_model_parallel()

@@ -15,6 +15,7 @@ from vffn_pretrain.model.backend import select_backend
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import build_ffn_slot
 from vffn_pretrain.model.ffn.config import FFNConfig
+from vffn_pretrain.model.ffn.registry import transformer_config_overrides
 from vffn_pretrain.model.specs import gpt_block_spec
 from vffn_pretrain.parallel.config import ParallelConfig
 
@@ -41,14 +42,18 @@ def build_transformer_config(
     params_dtype: torch.dtype = torch.float32,
     recompute: RecomputeConfig | None = None,
     use_cpu_initialization: bool | None = None,
+    ffn: FFNConfig | None = None,
 ) -> TransformerConfig:
+    """`ffn`: when given, its kind may add TransformerConfig fields (ffn registry's config-override hook)."""
     recompute = recompute or RecomputeConfig()
     bf16 = params_dtype == torch.bfloat16
     if use_cpu_initialization is None:
         use_cpu_initialization = not torch.cuda.is_available()
     init = truncated_normal_init(model.init_std)
     full = recompute.granularity == "full"
+    extra = transformer_config_overrides(ffn, model, parallel) if ffn is not None else {}
     return TransformerConfig(
+        **extra,
         num_layers=model.num_layers,
         hidden_size=model.hidden_size,
         ffn_hidden_size=model.ffn_hidden_size,
@@ -109,7 +114,7 @@ def build_model(
     Call after `setup_model_parallel(parallel)` and `seed_all(seed)`.
     """
     tp = ps.get_tensor_model_parallel_world_size()
-    config = build_transformer_config(model, parallel, params_dtype=params_dtype, recompute=recompute)
+    config = build_transformer_config(model, parallel, params_dtype=params_dtype, recompute=recompute, ffn=ffn)
     chosen = select_backend(backend)
     slot = build_ffn_slot(ffn.kind, ffn, chosen)
     vpp = ps.get_virtual_pipeline_model_parallel_world_size()

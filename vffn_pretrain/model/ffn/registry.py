@@ -37,7 +37,11 @@ def build_ffn_slot(kind: str, ffn_cfg, backend) -> FFNSlot:
 
 
 # Modules whose import registers builders; add a module here when adding an FFN kind.
-BUILDER_MODULES = ("vffn_pretrain.model.ffn.dense",)
+BUILDER_MODULES = (
+    "vffn_pretrain.model.ffn.dense",
+    "vffn_pretrain.model.ffn.versatile",
+    "vffn_pretrain.model.ffn.moe",
+)
 
 
 def _import_builders() -> None:
@@ -50,3 +54,27 @@ def _import_builders() -> None:
 def registered_kinds() -> list[str]:
     _import_builders()
     return sorted(_BUILDERS)
+
+
+# ---- TransformerConfig fields an FFN kind needs (e.g. the MoE baseline's num_moe_experts) ----
+
+_CONFIG_OVERRIDES: dict[str, Callable] = {}
+
+
+def register_config_overrides(kind: str):
+    """Decorator: `hook(ffn_cfg, model_cfg, parallel_cfg) -> dict` of TransformerConfig fields for `ffn.kind`.
+
+    The hook may raise ConfigError for combinations the kind cannot run (it sees the whole configuration)."""
+
+    def wrap(hook):
+        _CONFIG_OVERRIDES[kind] = hook
+        return hook
+
+    return wrap
+
+
+def transformer_config_overrides(ffn_cfg, model_cfg, parallel_cfg) -> dict[str, Any]:
+    """Extra TransformerConfig keyword arguments for `ffn_cfg.kind` ({} for kinds that need none)."""
+    _import_builders()
+    hook = _CONFIG_OVERRIDES.get(ffn_cfg.kind)
+    return {} if hook is None else dict(hook(ffn_cfg, model_cfg, parallel_cfg))

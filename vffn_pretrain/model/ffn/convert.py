@@ -1,0 +1,67 @@
+"""Dense checkpoint -> FFN variant: which keys move, and which are new (continued pre-training, spec §8, §12 #14).
+
+Keys are megatron's, per transformer layer (`decoder.layers.<i>.` + suffix; the same suffixes appear in
+torch_dist sharded keys). The attention, embeddings and final norm keep their names for every kind.
+
+| kind                                          | dense key                    | variant key                           |
+|-----------------------------------------------|------------------------------|---------------------------------------|
+| versatile, depth_only, width_only, kloop      | pre_mlp_layernorm.weight     | mlp.norm.weight                       |
+|                                               | mlp.linear_fc1.weight        | mlp.linear_fc1.weight (unchanged)     |
+|                                               | mlp.linear_fc2.weight        | mlp.linear_fc2.weight (unchanged)     |
+| moe                                           | mlp.linear_fc1.weight        | mlp.shared_experts.linear_fc1.weight  |
+|                                               | mlp.linear_fc2.weight        | mlp.shared_experts.linear_fc2.weight  |
+|                                               | pre_mlp_layernorm.weight     | pre_mlp_layernorm.weight (unchanged)  |
+
+New (missing from a dense checkpoint, keep their fresh N(0, 0.02) init truncated at 3 sigma): mlp.router.weight
+(versatile, width_only, moe), mlp.loop_head.weight (versatile, depth_only), mlp.experts.* (moe). megatron's
+`_extra_state` entries of the linear layers move with their weights.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SHARED_KINDS = ("versatile", "depth_only", "width_only", "kloop")
+
+
+def dense_to_variant_key_map(kind: str) -> dict[str, str]:
+    """Per-layer key fragments to rename when loading a dense checkpoint into `kind` ({} for dense)."""
+    if kind == "dense":
+        return {}
+    if kind in _SHARED_KINDS:
+        return {".pre_mlp_layernorm.": ".mlp.norm."}
+    if kind == "moe":
+        return {".mlp.linear_fc1.": ".mlp.shared_experts.linear_fc1.",
+                ".mlp.linear_fc2.": ".mlp.shared_experts.linear_fc2."}
+    raise ValueError(f"unknown ffn kind {kind!r}")
+
+
+def new_parameter_patterns(kind: str) -> list[str]:
+    """Regexes of the variant's keys a dense checkpoint lacks (the only keys allowed to be missing)."""
+    patterns = {
+        "dense": [],
+        "kloop": [],
+        "versatile": [r"\.mlp\.router\.weight$", r"\.mlp\.loop_head\.weight$"],
+        "width_only": [r"\.mlp\.router\.weight$"],
+        "depth_only": [r"\.mlp\.loop_head\.weight$"],
+        "moe": [r"\.mlp\.router\.weight$", r"\.mlp\.router\.expert_bias$", r"\.mlp\.experts\."],
+    }
+    if kind not in patterns:
+        raise ValueError(f"unknown ffn kind {kind!r}")
+    return patterns[kind]
+
+
+def rename_dense_key(key: str, kind: str) -> str:
+    for old, new in dense_to_variant_key_map(kind).items():
+        if old in key:
+            return key.replace(old, new)
+    return key
+
+
+def convert_dense_state_dict(state_dict: dict, kind: str) -> dict:
+    """A dense model's (regular) state dict with its keys renamed for `kind`; values are not copied."""
+    return {rename_dense_key(k, kind): v for k, v in state_dict.items()}
+
+
+def is_new_parameter(key: str, kind: str) -> bool:
+    return any(re.search(p, key) for p in new_parameter_patterns(kind))

@@ -1,0 +1,124 @@
+"""Tensor maths of VersatileFFN (spec §3–§5, §7), free of modules and process groups.
+
+Shapes use `...` for the token dims ([s, b] in megatron's layout, or a flat [T]); `h` is the hidden size, `U` a
+rank's local hidden units of the FFN (d_ff / TP), `N` the number of (virtual) experts, `L` the number of loops.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """megatron-core's GLU layout: fc1's output is [gate ; up] per rank, so phi = SiLU(gate) * up.
+    [..., 2U] -> [..., U], same dtype."""
+    gate, up = torch.chunk(x, 2, dim=-1)
+    return F.silu(gate) * up
+
+
+def router_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of a bias-free head on the un-normalised stream (spec §12 #3, #4, #8).
+    hidden [..., h] (any dtype), weight [out, h] -> [..., out] fp32."""
+    return F.linear(hidden.float(), weight.float())
+
+
+def topk_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of the raw logits, softmax over the k selected only (spec §3.3), in fp32.
+
+    logits [..., N] fp32 -> (gates [..., N] fp32, zero outside the top-k, summing to 1; indices [..., k] int64).
+    """
+    top_val, top_idx = torch.topk(logits, k, dim=-1)
+    weights = torch.softmax(top_val, dim=-1)
+    gates = torch.zeros_like(logits).scatter(-1, top_idx, weights)
+    return gates, top_idx
+
+
+class _StraightThroughOneHot(torch.autograd.Function):
+    """Forward: the exact one-hot `hard`; backward: the incoming gradient goes to `soft` unchanged.
+
+    `hard - soft.detach() + soft` is the textbook form, but in floating point it is not exactly the one-hot, and
+    the forward value must be exactly H^(l_sampled) mixed with the width path (spec §4.2, §5)."""
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def gumbel_straight_through(logits: torch.Tensor, noise: torch.Tensor, tau: float
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard Gumbel-softmax with the straight-through estimator (spec §4.2), all in fp32.
+
+    logits, noise [..., L] fp32 -> (p [..., L] fp32: forward one-hot of argmax(logits + noise), backward the
+    gradient of softmax((logits + noise) / tau); index [...] int64 of the sampled loop count minus one).
+    """
+    perturbed = logits + noise
+    index = perturbed.argmax(dim=-1)
+    soft = torch.softmax(perturbed / tau, dim=-1)
+    hard = torch.zeros_like(soft).scatter_(-1, index.unsqueeze(-1), 1.0)
+    return _StraightThroughOneHot.apply(soft, hard), index
+
+
+class _MixStates(torch.autograd.Function):
+    """Y_depth = sum_l p_l * H^(l) without stacking the states into a new [L, ...] tensor.
+
+    The states are already alive (each is the next loop's input), so saving them costs no memory, while
+    torch.stack + einsum would keep a second copy of all L_max states for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor, *states: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(p, *states)
+        weights = p.to(states[0].dtype).unsqueeze(-1)
+        out = states[0] * weights[..., 0, :]
+        for i in range(1, len(states)):
+            out.add_(states[i] * weights[..., i, :])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        p, *states = ctx.saved_tensors
+        grad_p = torch.stack([(grad.float() * s.float()).sum(-1) for s in states], dim=-1)
+        weights = p.to(grad.dtype).unsqueeze(-1)
+        grads = [grad * weights[..., i, :] if ctx.needs_input_grad[i + 1] else None for i in range(len(states))]
+        return (grad_p if ctx.needs_input_grad[0] else None), *grads
+
+
+def mix_states(p: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
+    """sum_l p[..., l] * states[l]. p [..., L] fp32, states L x [..., h] -> [..., h] in the states' dtype.
+    With a one-hot p the forward value is exactly the selected state."""
+    if len(states) == 1:
+        return states[0] * p[..., :1].to(states[0].dtype)
+    return _MixStates.apply(p, *states)
+
+
+def expert_segments(d_ff: int, num_experts: int, tp_rank: int, tp_size: int) -> tuple[torch.Tensor, int]:
+    """How this TP rank's local hidden units split into virtual-expert slices.
+
+    Expert e owns global units [e*d_ff/N, (e+1)*d_ff/N) in both the gate and up halves (spec §3.1). Rank r holds
+    global units [r*U, (r+1)*U), U = d_ff/TP (megatron's stride-2 GLU split keeps the halves aligned). Cutting the
+    local units into segments of width gcd(U, d_ff/N) gives pieces that each belong to exactly one expert, for
+    any N and TP that divide d_ff. Returns (expert index of each local segment [n_seg] int64, segment width).
+    """
+    local = d_ff // tp_size
+    width = math.gcd(local, d_ff // num_experts)
+    starts = tp_rank * local + torch.arange(0, local, width)
+    return (starts // (d_ff // num_experts)).to(torch.int64), width
+
+
+def mask_units(act: torch.Tensor, gates: torch.Tensor, seg_expert: torch.Tensor, seg_width: int,
+               offset: float = 0.0) -> torch.Tensor:
+    """m ⊙ a₁ of spec §7 on this rank's units: each unit scaled by (offset + its expert's gate).
+
+    act [..., U] (model dtype), gates [..., N] fp32 (the full N, replicated on every TP rank) -> [..., U].
+    offset=1 gives the width_only ablation's (1 + m) ⊙ a₁ (dense FFN always on plus the routed experts)."""
+    seg_gates = gates.index_select(-1, seg_expert).to(act.dtype)
+    if offset:
+        seg_gates = seg_gates + offset
+    shape = act.shape
+    return (act.view(*shape[:-1], -1, seg_width) * seg_gates.unsqueeze(-1)).view(shape)

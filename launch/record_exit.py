@@ -1,0 +1,52 @@
+"""Run a module as ``__main__`` (like ``python -m MODULE ARGS``) and record its exit code.
+
+    python launch/record_exit.py MODULE [ARG ...]
+
+torchrun reports any failed worker as exit code 1, which hides the trainer's "exit 3 = requeue me"
+contract. launch/torchrun.sh therefore starts each worker through this file: the module runs in
+this same process (so signals reach the trainer directly, and torchrun can still kill it), and the
+exit code is written to ``$VFFN_EXIT_DIR/rank-$RANK`` before the process exits with that code.
+Without VFFN_EXIT_DIR it only runs the module.
+"""
+
+import os
+import runpy
+import signal
+import sys
+
+
+def _record(code: int) -> None:
+    exit_dir = os.environ.get("VFFN_EXIT_DIR")
+    if exit_dir:
+        path = os.path.join(exit_dir, f"rank-{os.environ.get('RANK', '0')}")
+        with open(path, "w") as f:
+            f.write(f"{code}\n")
+
+
+def _exit_code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    return e.code if isinstance(e.code, int) else 1  # sys.exit("message") exits 1
+
+
+def main() -> None:
+    if len(sys.argv) < 2:
+        sys.exit("usage: record_exit.py MODULE [ARG ...]")
+    module = sys.argv[1]
+    # torchrun.sh starts torchrun with SIGUSR1 ignored and children inherit that; give the trainer
+    # the default disposition back so this launcher trick is invisible to it.
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    sys.argv = [module, *sys.argv[2:]]  # run_module sets argv[0] to the module's file
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        _record(_exit_code(e))
+        raise
+    except BaseException:
+        _record(1)
+        raise
+    _record(0)
+
+
+if __name__ == "__main__":
+    main()

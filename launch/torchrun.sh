@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Launch the trainer (python -m vffn_pretrain.train) with torchrun on this node.
+#
+#   launch/torchrun.sh [HYDRA_OVERRIDE ...]          e.g.  launch/torchrun.sh model=tiny train.max_steps=20
+#
+# Every argument is passed through to the trainer as a Hydra override. Run it once per node: on one
+# machine directly, on a cluster once per node (launch/slurm/pretrain.sbatch does that with srun).
+#
+# Rendezvous (which ranks find each other). Defaults come from SLURM when running under srun:
+#   NNODES          number of nodes                         default $SLURM_NNODES, else 1
+#   NODE_RANK       this node's index, 0..NNODES-1          default $SLURM_NODEID, else 0
+#   NPROC_PER_NODE  worker processes (one per GPU)          default: visible GPUs (nvidia-smi -L,
+#                                                           or CUDA_VISIBLE_DEVICES), else 1 on CPU
+#   MASTER_ADDR     address of node 0                       default 127.0.0.1
+#   MASTER_PORT     TCP port on node 0                      default 29500
+#   RDZV_ENDPOINT   host:port of a c10d rendezvous. When set, nodes join dynamically (NODE_RANK and
+#                   MASTER_* are not used); all nodes must use the same RDZV_ID.
+#   RDZV_ID         rendezvous id                           default $SLURM_JOB_ID, else "vffn"
+# With NNODES=1 and neither RDZV_ENDPOINT nor MASTER_PORT set, torchrun runs --standalone (a
+# private rendezvous on a free port), so several single-node runs can share a machine.
+#
+# Process environment. Each default below is applied only when the variable is unset:
+#   OMP_NUM_THREADS=<CPUs / NPROC_PER_NODE>   CPU threads per worker for intra-op parallelism; torchrun
+#                   would otherwise force 1, which starves the data loader and CPU-side work.
+#   CUDA_DEVICE_MAX_CONNECTIONS=1   one hardware work queue per GPU, so kernels launch in issue order;
+#                   megatron-core requires it to overlap tensor/sequence-parallel communication with
+#                   compute (and checks it when those overlaps are enabled).
+#   TORCH_NCCL_ASYNC_ERROR_HANDLING=1   when a collective fails or times out, tear the process down
+#                   instead of hanging forever (torch's own default in recent versions; set here so
+#                   older torch behaves the same).
+#   NCCL_DEBUG=WARN   NCCL prints errors and warnings only (INFO to debug topology/transport issues).
+#   PYTHONUNBUFFERED=1   log lines reach the job log immediately, not when a buffer fills.
+#   PYTHONPATH gets this checkout prepended, so the trainer runs without `pip install`.
+# Site-specific, never set here (set them in your environment when your fabric needs them):
+#   NCCL_SOCKET_IFNAME (which NIC bootstraps NCCL), NCCL_IB_HCA / NCCL_IB_TIMEOUT (InfiniBand),
+#   NCCL_NVLS_ENABLE (NVLink SHARP), TORCH_NCCL_BLOCKING_WAIT, CUDA_VISIBLE_DEVICES.
+#
+# Launcher knobs:
+#   PYTHON            interpreter                         default python
+#   TRAIN_MODULE      module to run                       default vffn_pretrain.train
+#   SHUTDOWN_TIMEOUT  seconds workers get to save a checkpoint after SIGTERM/SIGUSR1 before
+#                     torchrun kills them                 default 300
+#
+# Signals and exit code. SIGUSR1, SIGTERM and SIGINT sent to this script are forwarded to the worker
+# processes (the trainer saves, then exits 3 to ask for a requeue). torchrun itself is started with
+# SIGUSR1 ignored, so a USR1 that hits the whole process group (SLURM signals job steps that way) does
+# not kill torchrun; the trainer may see a signal twice and must treat repeats as one. torchrun turns
+# any worker failure into exit code 1, so each worker's real exit code is recorded by
+# launch/record_exit.py and this script exits 3 when any worker on this node exited 3, else with
+# torchrun's own exit code.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+NNODES="${NNODES:-${SLURM_NNODES:-1}}"
+NODE_RANK="${NODE_RANK:-${SLURM_NODEID:-0}}"
+RDZV_ID="${RDZV_ID:-${SLURM_JOB_ID:-vffn}}"
+PYTHON="${PYTHON:-python}"
+TRAIN_MODULE="${TRAIN_MODULE:-vffn_pretrain.train}"
+SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-300}"
+
+count_gpus() {
+  if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+    local ids
+    IFS=, read -r -a ids <<<"$CUDA_VISIBLE_DEVICES"
+    echo "${#ids[@]}"
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+  else
+    echo 0
+  fi
+}
+if [[ -z "${NPROC_PER_NODE:-}" ]]; then
+  NPROC_PER_NODE="$(count_gpus)"
+  ((NPROC_PER_NODE > 0)) || NPROC_PER_NODE=1
+fi
+
+cpus="$(nproc)"
+threads=$((cpus / NPROC_PER_NODE))
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}"
+export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
+export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
+export PYTHONUNBUFFERED=1
+export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
+
+if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
+  rdzv=(--nnodes="$NNODES" --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="$RDZV_ID")
+elif [[ "$NNODES" == 1 && -z "${MASTER_PORT:-}" ]]; then
+  rdzv=(--standalone)
+else
+  rdzv=(--nnodes="$NNODES" --node-rank="$NODE_RANK"
+        --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port="${MASTER_PORT:-29500}")
+fi
+
+# Worker exit codes land here (one file per global rank); see launch/record_exit.py.
+VFFN_EXIT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/vffn-exit.XXXXXX")"
+export VFFN_EXIT_DIR
+trap 'rm -rf "$VFFN_EXIT_DIR"' EXIT
+
+echo "[torchrun.sh] $(hostname -s) node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE} proc/node, ${rdzv[*]}," \
+  "OMP_NUM_THREADS=${OMP_NUM_THREADS}"
+
+# Started with USR1 ignored (the disposition is inherited across exec), see the header.
+trap '' USR1
+"$PYTHON" -m torch.distributed.run "${rdzv[@]}" \
+  --nproc-per-node="$NPROC_PER_NODE" --max-restarts=0 --shutdown-timeout="$SHUTDOWN_TIMEOUT" \
+  "$REPO_ROOT/launch/record_exit.py" "$TRAIN_MODULE" "$@" &
+torchrun_pid=$!
+
+# shellcheck disable=SC2317  # called from the traps below
+forward() {
+  echo "[torchrun.sh] got SIG$1, forwarding it to the workers of torchrun (pid $torchrun_pid)" >&2
+  pkill "-$1" -P "$torchrun_pid" || true
+}
+trap 'forward USR1' USR1
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+
+# `wait` returns early (status > 128) whenever a trapped signal arrives: keep waiting until
+# torchrun has really exited.
+rc=0
+wait "$torchrun_pid" || rc=$?
+while kill -0 "$torchrun_pid" 2>/dev/null; do
+  rc=0
+  wait "$torchrun_pid" || rc=$?
+done
+
+if grep -qx 3 "$VFFN_EXIT_DIR"/rank-* 2>/dev/null; then
+  echo "[torchrun.sh] a worker exited 3: requeue requested" >&2
+  exit 3
+fi
+exit "$rc"

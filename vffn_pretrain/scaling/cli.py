@@ -1,0 +1,85 @@
+"""`vffn-scaling SWEEP_DIR [--out DIR] [--metric final_val_loss|final_train_loss] [--json]`
+
+Reads every summary.json below SWEEP_DIR, fits scaling laws per FFN variant (see
+:mod:`vffn_pretrain.scaling.compare`), prints the fitted parameters with 95% confidence intervals
+and the equal-compute / equal-parameter comparisons, and writes into --out (default
+SWEEP_DIR/scaling): loss_vs_compute.png, loss_vs_params.png and scaling_fits.json.
+Exit status: 0 on success, 2 when the sweep cannot be read (the message names the directory, or the
+file and key that are wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from vffn_pretrain.scaling.compare import analyse
+from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
+from vffn_pretrain.scaling.summaries import METRICS, SummaryError, load_runs
+
+
+def _fmt(est: dict) -> str:
+    v, lo, hi = est["value"], est["lo"], est["hi"]
+    if lo is None:  # no interval (exact fit)
+        return f"{v:.4g}"
+    return f"{v:.4g} [{lo:.4g}, {hi:.4g}]"
+
+
+def _fit_line(name: str, fit: dict, keys: tuple[str, ...]) -> str:
+    if "skipped" in fit:
+        return f"  {name}: not fitted ({fit['skipped']})"
+    params = ", ".join(f"{k}={_fmt(fit[k])}" for k in keys)
+    ci = {"covariance": "", "bootstrap": ", CI by bootstrap", "none": ", exact fit: no CI"}[fit["ci_method"]]
+    return f"  {name}: {fit['form']}: {params}  (n={fit['n_points']}, rmse(log L)={fit['rmse_log']:.2g}{ci})"
+
+
+def format_report(result: dict) -> str:
+    lines = [f"{result['n_runs']} runs, metric {result['metric']}; 95% confidence intervals in brackets"]
+    for variant, v in result["variants"].items():
+        lines.append(f"{variant} ({v['n_runs']} runs; models: {', '.join(v['models'])})")
+        lines.append(_fit_line("loss vs compute C", v["loss_vs_compute"], ("a", "b", "c")))
+        lines.append(_fit_line("loss vs params N", v["loss_vs_params"], ("a", "b", "c")))
+        lines.append(_fit_line("Chinchilla L(N,D)", v["chinchilla"], ("E", "A", "alpha", "B", "beta")))
+    lines.append(result["equal_compute"]["text"])
+    lines.append(result["equal_params"]["text"])
+    for p in result["plots"]:
+        lines.append(f"wrote {p}")
+    return "\n".join(lines)
+
+
+def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "final_val_loss") -> dict:
+    """Load, fit, compare and plot; returns the JSON-ready result (also written to scaling_fits.json)."""
+    runs = load_runs(sweep_dir)
+    out_dir = Path(out) if out is not None else Path(sweep_dir) / "scaling"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = analyse(runs, metric)
+    compute_fits, param_fits = result.pop("_compute_fits"), result.pop("_param_fits")
+    result["sweep_dir"] = str(sweep_dir)
+    result["plots"] = [
+        str(plot_loss_vs_compute(runs, compute_fits, metric, out_dir / "loss_vs_compute.png")),
+        str(plot_loss_vs_params(runs, param_fits, metric, out_dir / "loss_vs_params.png")),
+    ]
+    (out_dir / "scaling_fits.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vffn-scaling", description=__doc__.split("\n\n")[1])
+    parser.add_argument("sweep_dir", help="directory searched (any depth) for run summary.json files")
+    parser.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/scaling)")
+    parser.add_argument("--metric", choices=METRICS, default="final_val_loss")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
+    args = parser.parse_args(argv)
+    try:
+        result = run(args.sweep_dir, args.out, args.metric)
+    except SummaryError as e:
+        print(f"vffn-scaling: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

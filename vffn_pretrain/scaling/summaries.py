@@ -1,0 +1,110 @@
+"""Reading a sweep: every ``summary.json`` below a directory, validated into :class:`Run` records.
+
+A run directory (at any depth) holds ``summary.json`` with at least the keys in
+:data:`REQUIRED_KEYS`. Anything wrong with a file is reported as a :class:`SummaryError` that names
+the file and the key, so a broken run in a sweep of hundreds is found at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+# key -> kind of value it must hold
+REQUIRED_KEYS: dict[str, str] = {
+    "variant": "str",
+    "model": "str",
+    "params_total": "positive",
+    "params_non_embedding": "positive",
+    "flops_per_token_train": "positive",
+    "flops_per_token_eval": "positive",
+    "tokens": "positive",
+    "steps": "positive",
+    "final_train_loss": "loss",
+    "final_val_loss": "loss",
+    "wall_time_s": "nonnegative",
+}
+METRICS = ("final_val_loss", "final_train_loss")
+
+
+class SummaryError(ValueError):
+    """A sweep directory without summaries, or a summary that is unreadable or incomplete."""
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+    variant: str
+    model: str
+    params_total: float
+    params_non_embedding: float
+    flops_per_token_train: float
+    flops_per_token_eval: float
+    tokens: float
+    steps: float
+    final_train_loss: float
+    final_val_loss: float
+    wall_time_s: float
+
+    @property
+    def compute(self) -> float:
+        """Training compute C = FLOPs per training token (forward + backward) x tokens seen."""
+        return self.flops_per_token_train * self.tokens
+
+    def loss(self, metric: str) -> float:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        return getattr(self, metric)
+
+
+def _check_value(path: Path, key: str, kind: str, value: object) -> object:
+    def bad(why: str) -> SummaryError:
+        return SummaryError(f"{path}: key {key!r} {why} (got {value!r})")
+
+    if kind == "str":
+        if not isinstance(value, str) or not value:
+            raise bad("must be a non-empty string")
+        return value
+    # bool is an int subclass in Python; a true/false here is certainly a bug upstream
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad("must be a number")
+    value = float(value)
+    if not math.isfinite(value):
+        raise bad("must be finite")
+    if kind == "positive" and value <= 0:
+        raise bad("must be > 0")
+    if kind == "nonnegative" and value < 0:
+        raise bad("must be >= 0")
+    if kind == "loss" and value <= 0:
+        raise bad("must be a positive loss")
+    return value
+
+
+def load_run(path: Path) -> Run:
+    """Parse and validate one summary.json."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SummaryError(f"{path}: not readable as JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise SummaryError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    fields = {}
+    for key, kind in REQUIRED_KEYS.items():
+        if key not in data:
+            raise SummaryError(f"{path}: missing key {key!r}")
+        fields[key] = _check_value(path, key, kind, data[key])
+    return Run(path=path, **fields)
+
+
+def load_runs(sweep_dir: str | Path) -> list[Run]:
+    """All runs below ``sweep_dir`` (any depth), sorted by path. Raises SummaryError when the
+    directory does not exist, holds no summary.json, or any summary is malformed."""
+    root = Path(sweep_dir)
+    if not root.is_dir():
+        raise SummaryError(f"sweep directory {root} does not exist or is not a directory")
+    paths = sorted(root.rglob("summary.json"))
+    if not paths:
+        raise SummaryError(f"no summary.json found anywhere below {root}")
+    return [load_run(p) for p in paths]

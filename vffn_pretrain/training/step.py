@@ -8,6 +8,8 @@ DP ranks, which is what the parallel-equivalence tests rely on.
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -25,6 +27,13 @@ class StepResult:
     grad_norm: float | None
     update_successful: bool
     num_tokens: int
+    skipped: bool = False  # NaN/Inf in the loss or gradients: the optimizer did not step
+
+
+def _fault_nan_steps() -> set[int]:
+    """Test hook: VFFN_FAULT_NAN_STEPS="5,6" makes the loss NaN on those global steps (fault-injection tests)."""
+    raw = os.environ.get("VFFN_FAULT_NAN_STEPS", "")
+    return {int(s) for s in raw.split(",") if s.strip()}
 
 
 def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -49,6 +58,8 @@ def forward_step(data_iterator, model, *, noise_seed: int | None = None):
         attention_mask=None,
         labels=batch["labels"],
     )
+    if batch["mb_key"][0] in _fault_nan_steps():
+        output = output * float("nan")
     return output, partial(lm_loss_func, batch["loss_mask"])
 
 
@@ -112,5 +123,15 @@ def train_step(
         return StepResult(loss, None, False, tokens)
     if before_optimizer is not None:
         before_optimizer()
+    if not math.isfinite(loss) or not grads_finite(ddp_chunks):
+        return StepResult(loss, float("nan"), False, tokens, skipped=True)
     update_successful, grad_norm, _ = optimizer.step()
     return StepResult(loss, None if grad_norm is None else float(grad_norm), bool(update_successful), tokens)
+
+
+def grads_finite(ddp_chunks: list) -> bool:
+    """True when every rank's reduced gradients are finite (one all-reduce of a flag over the world)."""
+    bad = any(not torch.isfinite(buf.grad_data).all() for chunk in ddp_chunks for buf in chunk.buffers)
+    flag = torch.tensor([1.0 if bad else 0.0], device=ddp_chunks[0].buffers[0].grad_data.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0

@@ -1,0 +1,148 @@
+"""The whole run's configuration: Hydra's composed config validated into typed dataclasses.
+
+`load_run_config(cfg, world_size)` runs before any heavy work (no process group, no model); every error is a
+`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.data.config import DataConfig
+from vffn_pretrain.model.config import ModelConfig
+from vffn_pretrain.model.ffn.config import FFNConfig
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.training.config import CheckpointConfig, LoggingConfig, TrainConfig, WandbConfig
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig
+    ffn: FFNConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    train: TrainConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+    run_name: str
+    run_dir: Path
+    world_size: int
+    raw: dict  # the resolved config as plain containers (saved with checkpoints and in run_dir/config.yaml)
+
+    @property
+    def dp_size(self) -> int:
+        return self.parallel.data_parallel_size(self.world_size)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
+
+
+def _build(cls, group: str, values: Any):
+    """A dataclass from a mapping, refusing unknown keys (naming them)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(group, f"must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in fields:
+            raise ConfigError(f"{group}.{key}", f"unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = dict(values)
+    for name, value in kwargs.items():
+        default = fields[name].default
+        if default is dataclasses.MISSING or default is None or value is None or "|" in str(fields[name].type):
+            continue
+        expected = (int, float) if type(default) is float else type(default)
+        if isinstance(value, bool) and type(default) is not bool or not isinstance(value, expected):
+            raise ConfigError(f"{group}.{name}", f"expected {type(default).__name__}, got {value!r}")
+    if cls is LoggingConfig and "wandb" in kwargs:
+        kwargs["wandb"] = _build(WandbConfig, f"{group}.wandb", kwargs["wandb"])
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(group, str(e)) from None
+
+
+def resolve_run_dir(run_dir: str | None, run_name: str, multirun_dir: str | None = None) -> Path:
+    """The run directory, identical on every rank: `run_dir` if set; else the multirun job's directory; else
+    runs/<run_name>, suffixed with SLURM_JOB_ID under SLURM (a requeued job keeps its id, so it resumes)."""
+    if run_dir:
+        return Path(run_dir)
+    if multirun_dir:
+        return Path(multirun_dir)
+    job = os.environ.get("SLURM_JOB_ID")
+    return Path("runs") / (f"{run_name}-{job}" if job else run_name)
+
+
+def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None = None) -> RunConfig:
+    try:
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # an interpolation or missing mandatory value
+        raise ConfigError(getattr(e, "full_key", "config") or "config", str(e).splitlines()[0]) from None
+    raw.pop("hydra", None)
+    known = {"model", "ffn", "parallel", "data", "train", "checkpoint", "logging", "run_name", "run_dir"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(key, f"unknown top-level key (known: {', '.join(sorted(known))})")
+    model = _build(ModelConfig, "model", raw.get("model"))
+    ffn = _build(FFNConfig, "ffn", raw.get("ffn"))
+    parallel = _build(ParallelConfig, "parallel", raw.get("parallel"))
+    try:
+        data = DataConfig.from_dict(raw.get("data") or {})
+    except ValueError as e:
+        key, _, reason = str(e).partition(": ")
+        raise ConfigError(key, reason or str(e)) from None
+    train = _build(TrainConfig, "train", raw.get("train"))
+    checkpoint = _build(CheckpointConfig, "checkpoint", raw.get("checkpoint"))
+    logging_cfg = _build(LoggingConfig, "logging", raw.get("logging"))
+
+    parallel.validate_static()
+    dp = parallel.data_parallel_size(world_size)
+    model.validate(tp=parallel.tp)
+    ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp)
+    train.validate(dp)
+    checkpoint.validate()
+    logging_cfg.validate()
+    if parallel.pipeline_layout is None and parallel.pp > 1:
+        stages = parallel.pp * (parallel.effective_vpp or 1)
+        if model.num_layers % stages:
+            raise ConfigError(
+                "model.num_layers",
+                f"{model.num_layers} layers are not divisible by parallel.pp x parallel.vpp = {stages}; "
+                "set parallel.pipeline_layout for uneven stages",
+            )
+    if parallel.pipeline_layout is not None:
+        _validate_layout(parallel, model)
+    if train.seq_length > model.max_position_embeddings:
+        raise ConfigError("train.seq_length",
+                          f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
+    if parallel.sp and train.seq_length % parallel.tp:
+        raise ConfigError("train.seq_length", f"must be divisible by parallel.tp={parallel.tp} with parallel.sp")
+    run_name = str(raw.get("run_name") or f"{model.name}-{ffn.kind}")
+    run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
+    return RunConfig(model, ffn, parallel, data, train, checkpoint, logging_cfg, run_name, run_dir,
+                     world_size, raw)
+
+
+def _validate_layout(parallel: ParallelConfig, model: ModelConfig) -> None:
+    from megatron.core.transformer.pipeline_parallel_layer_layout import PipelineParallelLayerLayout
+
+    try:
+        layout = PipelineParallelLayerLayout(parallel.pipeline_layout, parallel.pp)
+        layout.validate_layer_layout(num_layers=model.num_layers, mtp_num_layers=None)
+    except Exception as e:  # megatron raises assertion/value errors with its own wording
+        raise ConfigError("parallel.pipeline_layout", f"{parallel.pipeline_layout!r}: {e}") from None
+    implied = layout.virtual_pipeline_model_parallel_size
+    if parallel.vpp is None:
+        parallel.vpp = implied  # the layout string is the single source of the stage assignment
+    elif parallel.vpp != implied:
+        raise ConfigError("parallel.vpp", f"{parallel.pipeline_layout!r} implies {implied} virtual stages per "
+                                          f"pipeline rank, but parallel.vpp={parallel.vpp}")

@@ -1,0 +1,381 @@
+"""The pretraining loop: set-up, resume, steps, evaluation, checkpoints, signals and the end-of-run summary.
+
+Side concerns (console, metrics.jsonl, wandb, TensorBoard) are callbacks on rank 0; the math lives in the model
+and in `step.train_step`; the parallel plumbing in megatron-core and `vffn_pretrain.parallel`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+from omegaconf import OmegaConf
+
+from vffn_pretrain.config import RunConfig
+from vffn_pretrain.model import counting
+from vffn_pretrain.model.ffn import state as ffn_state
+from vffn_pretrain.model.gpt import RecomputeConfig, build_model
+from vffn_pretrain.parallel import device as rank_device
+from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.preflight import preflight
+from vffn_pretrain.training import callbacks as cb
+from vffn_pretrain.training.checkpointing import CheckpointManager
+from vffn_pretrain.training.lr import build_scheduler
+from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
+from vffn_pretrain.training.signals import EXIT_REQUEUE, StopRequest
+from vffn_pretrain.training.step import train_step
+from vffn_pretrain.training.throughput import device_peak_flops, mfu
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps
+
+
+def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape]:
+    m = cfg.model
+    model_shape = counting.ModelShape(
+        num_layers=m.num_layers, d_model=m.hidden_size, d_ff=m.ffn_hidden_size, num_heads=m.num_attention_heads,
+        num_query_groups=m.num_query_groups, vocab_size=m.padded_vocab_size(cfg.parallel.tp),
+        seq_length=cfg.train.seq_length, tied_embeddings=m.tied_embeddings,
+    )
+    f = cfg.ffn
+    ffn_shape = counting.FFNShape(kind=f.kind, num_experts=f.num_experts, top_k=f.top_k, max_loops=f.max_loops,
+                                  loops=f.loops)
+    return model_shape, ffn_shape
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.callbacks: list[cb.Callback] = []
+        self.wandb: cb.WandbLogger | None = None
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
+        self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
+        setup_model_parallel(cfg.parallel)
+        seed_all(cfg.train.seed)
+        self.device = rank_device()
+        self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+        self.num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.dp_size)
+        if self.rank == 0:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
+        use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
+        self.params_dtype = torch.bfloat16 if use_bf16 else torch.float32
+
+        self._build_data()
+        recompute = RecomputeConfig(cfg.train.recompute_granularity, cfg.train.recompute_method,
+                                    cfg.train.recompute_num_layers)
+        self.chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, params_dtype=self.params_dtype,
+                                  recompute=recompute, backend=cfg.train.backend)
+        self.ddp = wrap_ddp(self.chunks, cfg.parallel)
+        t = cfg.train
+        self.optimizer = build_optimizer(
+            self.ddp, OptimConfig(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay,
+                                  beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
+            cfg.parallel, bf16=use_bf16)
+        self.scheduler = build_scheduler(self.optimizer, t)
+        self.ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.checkpoint.keep)
+        self.layout = {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.effective_vpp,
+                       "dp": self.dp_size, "world": self.world}
+        self.step, self.consumed_samples, wandb_id = 0, 0, None
+        self.last_checkpoint: Path | None = None
+        loaded = self.ckpt.load_latest(self.ddp, self.optimizer, self.layout) if cfg.checkpoint.resume else None
+        if loaded is not None:
+            common = loaded.common
+            self.step, self.consumed_samples = int(common["step"]), int(common["consumed_samples"])
+            self.scheduler.load_state_dict(common["scheduler"])
+            wandb_id = common.get("wandb_id")
+            self.last_checkpoint = loaded.path
+        elif t.init_from:
+            from vffn_pretrain.training.convert import load_dense_into
+
+            load_dense_into(t.init_from, self.ddp, cfg)
+        self.start_step = self.step
+        self.train_iter = self._loader(self.train_ds, self.consumed_samples, cycle=False)
+        self._setup_callbacks(wandb_id)
+
+    def _build_data(self) -> None:
+        from vffn_pretrain.data.builder import build_datasets
+        from vffn_pretrain.data.tokenizer import build_tokenizer
+
+        cfg, t = self.cfg, self.cfg.train
+        self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+        evals = t.max_steps // t.eval_interval + 1
+        num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size),
+                       t.global_batch_size)
+        self.train_ds, self.valid_ds, _ = build_datasets(
+            cfg.data, seq_length=t.seq_length, seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
+            num_samples=num_samples, tokenizer=self.tokenizer,
+            padded_vocab_size=cfg.model.padded_vocab_size(cfg.parallel.tp))
+
+    def _loader(self, dataset, consumed: int, cycle: bool):
+        from vffn_pretrain.data.loader import build_dataloader
+
+        t = self.cfg.train
+        return build_dataloader(dataset, consumed_samples=consumed, micro_batch_size=t.micro_batch_size,
+                                global_batch_size=t.global_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size,
+                                num_workers=self.cfg.data.num_workers, cycle=cycle)
+
+    def _setup_callbacks(self, wandb_id: str | None) -> None:
+        cfg = self.cfg
+        m_shape, f_shape = model_shapes(cfg)
+        params = counting.count_params(m_shape, f_shape)
+        self.flops_per_token_train = counting.flops_per_token(m_shape, f_shape, training=True)
+        self.device_name, self.peak = device_peak_flops()
+        self.info = {
+            "run_name": cfg.run_name, "run_dir": str(cfg.run_dir), "checkpoint_dir": str(cfg.checkpoint_dir),
+            "params_total": params["params_total"], "params_non_embedding": params["params_non_embedding"],
+            "flops_per_token_train": self.flops_per_token_train, "world_size": self.world, "tp": cfg.parallel.tp,
+            "pp": cfg.parallel.pp, "dp": self.dp_size, "device": self.device_name, "start_step": self.step,
+            "max_steps": cfg.train.max_steps,
+        }
+        if self.rank != 0:
+            return
+        self.callbacks = [cb.ConsoleLogger(cfg.logging.progress_bar), cb.MetricsFile(cfg.run_dir / "metrics.jsonl")]
+        if cfg.logging.wandb.enabled:
+            w = cfg.logging.wandb
+            try:
+                self.wandb = cb.WandbLogger(w.project, w.entity, w.mode, cfg.run_dir, cfg.run_name, wandb_id, cfg.raw)
+                self.callbacks.append(self.wandb)
+            except Exception as e:  # noqa: BLE001 - logging must not cost the run
+                log.warning("wandb disabled: %s", e)
+        if cfg.logging.tensorboard:
+            self.callbacks.append(cb.TensorBoardLogger(cfg.run_dir / "tensorboard"))
+        for c in self.callbacks:
+            c.on_train_start(self.info)
+
+    def _emit(self, hook: str, payload) -> None:
+        for c in self.callbacks:
+            getattr(c, hook)(payload)
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def _micro_batches(self, iterator, step: int) -> list[dict]:
+        out = []
+        for m in range(self.num_micro):
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(iterator).items()}
+            batch["mb_key"] = (step, self.dp_rank * self.num_micro + m)
+            out.append(batch)
+        return out
+
+    def _agree(self, flag: bool) -> bool:
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def fit(self) -> int:
+        cfg, t = self.cfg, self.cfg.train
+        stop = StopRequest()
+        tokens_per_step = t.global_batch_size * t.seq_length
+        skipped_total, skipped_in_a_row = 0, 0
+        window_loss, window_steps, window_start = [], 0, time.perf_counter()
+        self.run_start = time.perf_counter()
+        self.final_train_loss = self.final_val_loss = None
+        self.val_record: dict | None = None
+        exit_code = EXIT_OK
+        try:
+            while self.step < t.max_steps:
+                ffn_state.set_training_step(self.ddp, self.step, t.max_steps)
+                micro = self._micro_batches(self.train_iter, self.step)
+                result = train_step(self.ddp, self.optimizer, micro, seq_length=t.seq_length,
+                                    micro_batch_size=t.micro_batch_size, noise_seed=t.seed)
+                self.scheduler.step(increment=1)
+                self.step += 1
+                self.consumed_samples += t.global_batch_size
+                if result.skipped:
+                    skipped_total += 1
+                    skipped_in_a_row += 1
+                    self._emit("on_message", f"step {self.step}: loss {result.loss} or gradient not finite; "
+                                             f"skipped ({skipped_in_a_row} in a row)")
+                    if skipped_in_a_row >= t.max_skipped_steps:
+                        where = self.last_checkpoint or "none saved yet"
+                        msg = (f"stopping: {skipped_in_a_row} consecutive steps had NaN/Inf loss or gradients "
+                               f"(train.max_skipped_steps={t.max_skipped_steps}) at step {self.step}. "
+                               f"Last good checkpoint: {where}. A vocab/tokenizer mismatch or too high a "
+                               "train.lr are the usual causes.")
+                        self._emit("on_message", msg)
+                        log.error(msg)
+                        exit_code = EXIT_DIVERGED
+                        break
+                else:
+                    skipped_in_a_row = 0
+                    window_loss.append(result.loss)
+                    self.final_train_loss = result.loss
+                window_steps += 1
+
+                if self.step % cfg.logging.interval == 0 or self.step == t.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = self._train_record(result, window_loss, window_steps, elapsed, tokens_per_step,
+                                                skipped_total)
+                    self._emit("on_log", record)
+                    window_loss, window_steps, window_start = [], 0, time.perf_counter()
+                paused = time.perf_counter()
+                if t.eval_iters and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
+                    self.evaluate()
+                if self.step % cfg.checkpoint.interval == 0 or self.step == t.max_steps:
+                    self.save()
+                window_start += time.perf_counter() - paused  # throughput counts training time only
+                if self._agree(stop.requested):
+                    if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
+                        self.save()
+                    self._emit("on_message", f"{stop.signal_name or 'stop signal'} received: saved "
+                                             f"{self.last_checkpoint}; exiting with {EXIT_REQUEUE} (requeue)")
+                    exit_code = EXIT_REQUEUE
+                    break
+        finally:
+            stop.restore()
+        self.finish(exit_code)
+        return exit_code
+
+    def _train_record(self, result, window_loss, window_steps, elapsed, tokens_per_step, skipped_total) -> dict:
+        t = self.cfg.train
+        tokens_per_sec = tokens_per_step * window_steps / max(elapsed, 1e-9)
+        tflops = self.flops_per_token_train * tokens_per_sec / self.world / 1e12
+        stats = self._ffn_stats()
+        record: dict[str, Any] = {
+            "step": self.step,
+            "max_steps": t.max_steps,
+            "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_samples * t.seq_length,
+            "loss": result.loss,
+            "loss_avg": float(np.mean(window_loss)) if window_loss else float("nan"),
+            "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
+            "grad_norm": result.grad_norm,
+            "tau": ffn_state.current_tau(self.cfg.ffn, self.step, t.max_steps) if stats else None,
+            "mean_loops": stats.get("mean_loops") if stats else None,
+            "tokens_per_sec": tokens_per_sec,
+            "tflops_per_device": tflops,
+            "mfu": mfu(tflops, self.peak),
+            "skipped_steps": skipped_total,
+            "elapsed_s": time.perf_counter() - self.run_start,
+            "eta_s": (t.max_steps - self.step) * elapsed / max(window_steps, 1),
+        }
+        if stats and (self.step % self.cfg.logging.stats_interval == 0 or self.step == t.max_steps):
+            record["layers"] = {str(n): {k: v for k, v in layer.items() if k != "raw"}
+                                for n, layer in ffn_state.layer_stats(stats).items()}
+        return record
+
+    def _ffn_stats(self) -> dict | None:
+        """Per-layer FFN statistics since the last call, summed over the ranks holding different tokens and
+        merged over pipeline stages (collective). None for FFNs without any (dense, kloop)."""
+        stats = ffn_state.reduce_stats(ffn_state.collect_stats(self.ddp, reset=True))
+        return stats if ffn_state.layer_stats(stats) else None
+
+    # ------------------------------------------------------------------------------------------------ eval
+    def evaluate(self) -> dict:
+        t = self.cfg.train
+        ffn_state.collect_stats(self.ddp, reset=True)  # training stats since the last log line are dropped
+        for chunk in self.ddp:
+            chunk.eval()
+        it = self._loader(self.valid_ds, 0, cycle=True)
+        loss_sum, tokens = 0.0, 0
+        with torch.no_grad():
+            for i in range(t.eval_iters):
+                micro = self._micro_batches(it, -1 - i)
+                res = train_step(self.ddp, self.optimizer, micro, seq_length=t.seq_length,
+                                 micro_batch_size=t.micro_batch_size, forward_only=True)
+                loss_sum += res.loss * res.num_tokens
+                tokens += res.num_tokens
+        for chunk in self.ddp:
+            chunk.train()
+        stats = self._ffn_stats()
+        val_loss = loss_sum / max(tokens, 1)
+        record = {"step": self.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)),
+                  "val_mean_loops": stats.get("mean_loops") if stats else None}
+        if stats:
+            hist = None
+            for layer in ffn_state.layer_stats(stats).values():
+                h = np.asarray(layer["raw"]["loop_hist"], dtype=np.float64)
+                hist = h if hist is None else hist + h
+            record["val_loop_hist"] = None if hist is None else hist.tolist()
+        self.final_val_loss = val_loss
+        self.val_record = record
+        self._emit("on_eval", record)
+        return record
+
+    # ------------------------------------------------------------------------------------------------ saving
+    def save(self) -> None:
+        common = {
+            "step": self.step,
+            "consumed_samples": self.consumed_samples,
+            "scheduler": self.scheduler.state_dict(),
+            "wandb_id": self.wandb.run_id if self.wandb else None,
+            "config": self.cfg.raw,
+        }
+        self.last_checkpoint = self.ckpt.save(self.step, self.ddp, self.optimizer, common, self.layout)
+        self._emit("on_message", f"saved checkpoint {self.last_checkpoint}")
+
+    # ------------------------------------------------------------------------------------------------ the end
+    def finish(self, exit_code: int) -> None:
+        cfg = self.cfg
+        m_shape, f_shape = model_shapes(cfg)
+        loop_mix = None
+        if self.val_record and self.val_record.get("val_loop_hist"):
+            hist = np.asarray(self.val_record["val_loop_hist"], dtype=np.float64)
+            if hist.sum() > 0:
+                loop_mix = [float(x) for x in hist / hist.sum()]
+        try:
+            flops_eval = counting.flops_per_token(m_shape, f_shape, training=False, loop_mix=loop_mix)
+        except (ValueError, TypeError):
+            flops_eval = counting.flops_per_token(m_shape, f_shape, training=False)
+        wall = time.perf_counter() - self.run_start
+        summary = {
+            "variant": cfg.ffn.kind,
+            "model": cfg.model.name,
+            "params_total": self.info["params_total"],
+            "params_non_embedding": self.info["params_non_embedding"],
+            "flops_per_token_train": self.flops_per_token_train,
+            "flops_per_token_eval": flops_eval,
+            "eval_loop_mix": loop_mix,
+            "tokens": self.consumed_samples * cfg.train.seq_length,
+            "steps": self.step,
+            "final_train_loss": self.final_train_loss,
+            "final_val_loss": self.final_val_loss,
+            "final_val_ppl": math.exp(min(self.final_val_loss, 50.0)) if self.final_val_loss is not None else None,
+            "wall_time_s": wall,
+            "exit_code": exit_code,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "metrics": str(cfg.run_dir / "metrics.jsonl"),
+            "wandb": self.wandb.files if self.wandb else None,
+        }
+        if self.rank == 0:
+            entropy = self._unigram_entropy()
+            if entropy is not None:
+                summary["unigram_entropy"] = entropy
+            with open(cfg.run_dir / "summary.json", "w") as f:
+                json.dump(summary, f, indent=2)
+        self._emit("on_train_end", summary)
+        self.summary = summary
+
+    def _unigram_entropy(self, max_samples: int = 2000) -> float | None:
+        """Entropy (nats/token) of the training data's unigram distribution, from a sample of it: the loss a
+        model that ignores context would reach. A trained model's validation loss should be well below."""
+        try:
+            n = len(self.train_ds)
+            idx = np.linspace(0, n - 1, num=min(n, max_samples), dtype=np.int64)
+            counts = np.zeros(self.cfg.model.padded_vocab_size(self.cfg.parallel.tp), dtype=np.int64)
+            for i in idx:
+                tokens = np.asarray(self.train_ds[int(i)]["tokens"])
+                counts += np.bincount(tokens, minlength=counts.size)[: counts.size]
+            p = counts[counts > 0] / counts.sum()
+            return float(-(p * np.log(p)).sum())
+        except Exception:  # noqa: BLE001 - a diagnostic only
+            return None
+
+
+def run(cfg: RunConfig) -> int:
+    trainer = Trainer(cfg)
+    trainer.setup()
+    return trainer.fit()

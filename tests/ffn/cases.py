@@ -1,0 +1,90 @@
+"""Case functions run on every rank of a RankPool (module level so they pickle), or in-process at TP=1.
+
+Each sets up its own model parallelism, returns plain floats / lists, and leaves parallel state destroyed.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state as ps
+
+from tests.ffn.common import LAYER, SEED, make_ffn, max_err, module_grads, ref_weights, seq_gather, seq_shard
+from tests.ffn.reference import reference
+from vffn_pretrain.model import noise
+from vffn_pretrain.model.ffn import state
+
+S, B = 8, 2  # sequence length (divisible by TP) and micro-batch size
+
+
+def _inputs(d: int):
+    gen = torch.Generator().manual_seed(99)
+    h = torch.randn(S, B, d, generator=gen)
+    g = torch.randn(S, B, d, generator=gen)
+    return h, g
+
+
+def parity(kind: str, tp: int = 1, sp: bool = False, training: bool = True, balance_coeff: float = 0.0,
+           tau: float = 0.7, setup: bool = True, **ffn_kw) -> dict:
+    """The module against the float64 reference: forward output, input grad and every parameter grad
+    (training), or the eval output; plus the loop histogram the module recorded. Returns {name: (err, scale)}
+    and the histograms."""
+    mod = make_ffn(kind, tp, sp, setup=setup, balance_loss=balance_coeff > 0, balance_coeff=balance_coeff,
+                   **ffn_kw)
+    mod.train(training)
+    mod.tau = tau
+    sp_active = sp and tp > 1
+    h_full, g_full = _inputs(mod.config.hidden_size)
+    h_local = (seq_shard(h_full) if sp_active else h_full).clone().requires_grad_(training)
+    noise.seed_microbatch(SEED, (5, 1))
+    y, bias = mod(h_local)
+    assert bias is None
+    if training:
+        (y * (seq_shard(g_full) if sp_active else g_full)).sum().backward()
+    y_full = seq_gather(y.detach()) if sp_active else y.detach()
+
+    L = mod.max_loops
+    noise.seed_microbatch(SEED, (5, 1))
+    g_noise = noise.gumbel_noise((S, B, L), LAYER, torch.device("cpu")).reshape(S * B, L).double()
+    wt = ref_weights(mod)
+    H64 = h_full.double().reshape(S * B, -1).requires_grad_(True)
+    cfg = mod.ffn_cfg
+    Y, aux, loops, took_width = reference(
+        H64, wt, kind=kind, num_experts=cfg.num_experts, top_k=cfg.top_k, max_loops=cfg.max_loops,
+        loops=cfg.loops, noise=g_noise, tau=tau, training=training, balance_coeff=balance_coeff)
+    out = {"y": max_err(y_full.reshape(S * B, -1), Y.detach())}
+    if training:
+        ((Y * g_full.double().reshape(S * B, -1)).sum() + aux).backward()
+        grad_h = seq_gather(h_local.grad) if sp_active else h_local.grad
+        out["grad_h"] = max_err(grad_h.reshape(S * B, -1), H64.grad)
+        grads = module_grads(mod)
+        for name, ref in (("w1", wt.w1), ("w2", wt.w2), ("norm", wt.norm), ("router", wt.router),
+                          ("loop_head", wt.loop_head)):
+            if ref is not None:
+                out[name] = max_err(grads[name], ref.grad)
+    stats = state.reduce_stats(state.collect_stats([mod]))
+    out["hist"] = stats[LAYER]["loop_hist"]
+    out["ref_hist"] = torch.bincount(loops - 1, minlength=L).tolist()
+    out["width_tokens"] = mod.last_width_tokens if not training else None
+    out["ref_width_tokens"] = int(took_width.sum())
+    out["loop_work"] = list(mod.last_loop_work) if not training else None
+    out["ref_loop_work"] = [int((loops >= i).sum()) for i in range(1, L + 1)]
+    if setup:
+        ps.destroy_model_parallel()
+    return out
+
+
+def tp2_parity_suite() -> dict:
+    """The TP=2 layouts (with and without sequence parallelism), one call on a 2-rank pool."""
+    runs = {
+        "versatile": dict(kind="versatile", balance_coeff=0.05),
+        "versatile_sp": dict(kind="versatile", sp=True, balance_coeff=0.05),
+        "versatile_eval_sp": dict(kind="versatile", sp=True, training=False),
+        "versatile_eval": dict(kind="versatile", training=False),
+        "depth_only_sp": dict(kind="depth_only", sp=True),
+        "width_only_sp": dict(kind="width_only", sp=True, balance_coeff=0.05),
+        "kloop_sp": dict(kind="kloop", sp=True, loops=3),
+        # N=4 experts over 2 ranks of 64 units: whole experts per rank; N=16: 8 per rank; N=2 with TP=2:
+        # one expert per rank. num_experts=8, tp=2 is the default above.
+        "versatile_n2": dict(kind="versatile", num_experts=2, top_k=1, balance_coeff=0.05),
+    }
+    return {name: parity(tp=2, **kw) for name, kw in runs.items()}

@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine with Python 3.11 (see README.md):
+#   make train   set up .venv and run the main job (the tiny VersatileFFN GPT on the bundled corpus)
+#   make test    set up .venv and run the test suite
+# TORCH_SPEC pins the CPU build used here and in CI; on a GPU machine use the Dockerfile instead.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+TORCH_SPEC ?= torch==2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup train test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+train: setup
+	$(VENV)/bin/vffn-pretrain $(ARGS)
+
+# pytest's exit code 5 ("no tests collected") counts as a failure.
+test: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) runs outputs multirun .cache .pytest_cache

@@ -88,3 +88,59 @@ def tp2_parity_suite() -> dict:
         "versatile_n2": dict(kind="versatile", num_experts=2, top_k=1, balance_coeff=0.05),
     }
     return {name: parity(tp=2, **kw) for name, kw in runs.items()}
+
+
+def analytic_balance_grad(x: torch.Tensor, weight: torch.Tensor, top_k: int, alpha: float) -> torch.Tensor:
+    """d/dW of alpha * N * sum_e f_e * sum_t softmax(W x_t)_e with f fixed (the token-weighted Switch term
+    alpha * L_bal * T), written out: dlogits_t = s_t ⊙ (f - <s_t, f>). x [T, d], W [N, d] -> [N, d] float64."""
+    x, weight = x.double(), weight.double()
+    logits = x @ weight.T
+    n = weight.shape[0]
+    s = torch.softmax(logits, -1)
+    top = torch.topk(logits, top_k, dim=-1).indices
+    f = torch.nn.functional.one_hot(top, n).sum((0, 1)).double() / (x.shape[0] * top_k)
+    dlogits = s * (f - (s * f).sum(-1, keepdim=True))
+    return alpha * n * dlogits.T @ x
+
+
+def switch_value(x: torch.Tensor, weight: torch.Tensor, top_k: int) -> float:
+    """L_bal = N * sum_e f_e * P_e over the tokens x [T, d]."""
+    logits = x.double() @ weight.double().T
+    n = weight.shape[0]
+    top = torch.topk(logits, top_k, dim=-1).indices
+    f = torch.nn.functional.one_hot(top, n).sum((0, 1)).double() / (x.shape[0] * top_k)
+    return float(n * (f * torch.softmax(logits, -1).mean(0)).sum())
+
+
+def dp_balance_case() -> dict:
+    """TP=1, DP=2, each rank its own tokens: the balance statistics are global (all-reduced over DP), so the
+    router gradients summed over DP (what DDP does) equal the analytic gradient over all tokens, and
+    reduce_stats gives the global token count, expert load and L_bal."""
+    import torch.distributed as dist
+
+    alpha = 1.0
+    mod = make_ffn("versatile", tp=1, balance_loss=True, balance_coeff=alpha)
+    mod.train()
+    rank = dist.get_rank()
+    h = torch.randn(S, B, mod.config.hidden_size, generator=torch.Generator().manual_seed(100 + rank))
+    noise.seed_microbatch(SEED, (0, rank))
+    y, _ = mod(h)
+    (y * 0).sum().backward()  # only the balance term reaches the router
+    grad = mod.router.weight.grad.clone()
+    dist.all_reduce(grad)
+    parts = [torch.empty_like(h) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, h)
+    x_all = torch.cat(parts).reshape(-1, h.shape[-1])
+    expected = analytic_balance_grad(x_all, mod.router.weight.detach(), mod.ffn_cfg.top_k, alpha)
+    stats = state.reduce_stats(state.collect_stats([mod]))[LAYER]
+    logits = x_all.double() @ mod.router.weight.detach().double().T
+    top = torch.topk(logits, mod.ffn_cfg.top_k, dim=-1).indices
+    load = (torch.nn.functional.one_hot(top, mod.num_experts).sum((0, 1)).double() / top.numel()).tolist()
+    out = {
+        "grad": max_err(grad, expected),
+        "tokens": stats["tokens"],
+        "expert_load": max(abs(a - b) for a, b in zip(stats["expert_load"], load)),
+        "balance": (stats["balance_loss"], switch_value(x_all, mod.router.weight.detach(), mod.ffn_cfg.top_k)),
+    }
+    ps.destroy_model_parallel()
+    return out

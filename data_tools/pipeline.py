@@ -44,6 +44,15 @@ class TokenizeOptions:
     on_result: Callable[[ChunkResult], None] | None = None
 
 
+def _mp_context():
+    """fork where available: workers start in milliseconds and, unlike spawn and forkserver, do not re-import
+    the caller's ``__main__`` (which breaks for stdin or notebooks, and re-runs unguarded scripts such as a
+    training entry point that tokenizes the bundled corpus). The workers only tokenize: they never touch the
+    torch, gloo or tokenizer-thread state they inherit, and rebuild their tokenizer from its spec."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
@@ -114,8 +123,7 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
                                          split_on_blank_lines=opts.split_on_blank_lines,
                                          chunk_bytes=opts.chunk_bytes)
             if opts.workers > 0:
-                # spawn, not fork: the parent holds torch/megatron state and threads that a fork would copy.
-                executor = ProcessPoolExecutor(opts.workers, mp_context=multiprocessing.get_context("spawn"),
+                executor = ProcessPoolExecutor(opts.workers, mp_context=_mp_context(),
                                                initializer=init_worker, initargs=(tokenizer.spec, config))
                 results = _ordered_parallel_map(process_chunk, chunks, executor, window=2 * opts.workers + 2)
             else:

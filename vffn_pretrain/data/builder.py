@@ -82,9 +82,10 @@ def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int
         return blend, per_split, None
     prefixes = {p for b in ([blend] if per_split is None else per_split) if b for p in b[0]}
     for prefix in sorted(prefixes):
+        # The warning first: it explains a failing id check.
+        checks.check_report_tokenizer(prefix, tokenizer)
         if cfg.check_token_ids:
             checks.check_token_ids(prefix, tokenizer, padded_vocab_size, key=key)
-        checks.check_report_tokenizer(prefix, tokenizer)
     plans = checks.plan_splits([blend] * 3 if per_split is None else per_split,
                                cfg.split if per_split is None else None, num_samples, seq_length, key=key)
     return blend, per_split, plans

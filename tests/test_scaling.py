@@ -241,3 +241,26 @@ def test_unparseable_summary(tmp_path, capsys):
     (tmp_path / "r" / "summary.json").write_text("[1, 2]")
     with pytest.raises(SummaryError, match="expected a JSON object"):
         load_runs(tmp_path)
+
+
+def test_null_loss_only_matters_for_the_analysed_metric(tmp_path, capsys):
+    write_ladder(tmp_path, "dense", 1.0, lambda c: 1e3 * c**-0.2 + 1.5)
+    write_summary(tmp_path / "noval", params_non_embedding=3e6, tokens=6e7, final_val_loss=None)
+    assert main([str(tmp_path), "--metric", "final_train_loss", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_runs"] == 7
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "noval" / "summary.json") in err and "'final_val_loss' is null" in err
+
+
+def test_runs_that_stopped_early_are_left_out(tmp_path, capsys):
+    write_ladder(tmp_path, "dense", 1.0, lambda c: 1e3 * c**-0.2 + 1.5)
+    write_summary(
+        tmp_path / "requeued", params_non_embedding=3e6, tokens=1e6, final_val_loss=9.0, exit_code=3
+    )
+    assert main([str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert (
+        "6 runs" in text
+        and f"skipped (stopped early, exit_code 3): {tmp_path / 'requeued' / 'summary.json'}" in text
+    )

@@ -37,6 +37,8 @@ def _fit_line(name: str, fit: dict, keys: tuple[str, ...]) -> str:
 
 def format_report(result: dict) -> str:
     lines = [f"{result['n_runs']} runs, metric {result['metric']}; 95% confidence intervals in brackets"]
+    for s in result["skipped_runs"]:
+        lines.append(f"skipped (stopped early, exit_code {s['exit_code']}): {s['path']}")
     for variant, v in result["variants"].items():
         lines.append(f"{variant} ({v['n_runs']} runs; models: {', '.join(v['models'])})")
         lines.append(_fit_line("loss vs compute C", v["loss_vs_compute"], ("a", "b", "c")))
@@ -51,12 +53,19 @@ def format_report(result: dict) -> str:
 
 def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "final_val_loss") -> dict:
     """Load, fit, compare and plot; returns the JSON-ready result (also written to scaling_fits.json)."""
-    runs = load_runs(sweep_dir)
+    runs = load_runs(sweep_dir, metric)
+    # A summary with a non-zero exit_code belongs to a run that stopped early (requeued, diverged):
+    # its loss is not the end of training, so it is left out and listed.
+    skipped = [{"path": str(r.path), "exit_code": r.exit_code} for r in runs if not r.complete]
+    runs = [r for r in runs if r.complete]
+    if not runs:
+        raise SummaryError(f"every run below {sweep_dir} stopped early (non-zero exit_code); nothing to fit")
     out_dir = Path(out) if out is not None else Path(sweep_dir) / "scaling"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = analyse(runs, metric)
     compute_fits, param_fits = result.pop("_compute_fits"), result.pop("_param_fits")
     result["sweep_dir"] = str(sweep_dir)
+    result["skipped_runs"] = skipped
     result["plots"] = [
         str(plot_loss_vs_compute(runs, compute_fits, metric, out_dir / "loss_vs_compute.png")),
         str(plot_loss_vs_params(runs, param_fits, metric, out_dir / "loss_vs_params.png")),

@@ -2,7 +2,9 @@
 
 A run directory (at any depth) holds ``summary.json`` with at least the keys in
 :data:`REQUIRED_KEYS`. Anything wrong with a file is reported as a :class:`SummaryError` that names
-the file and the key, so a broken run in a sweep of hundreds is found at once.
+the file and the key, so a broken run in a sweep of hundreds is found at once. A loss may be null
+(a run without validation has no final_val_loss); it is an error only when that loss is the metric
+being analysed. The optional ``exit_code`` (written by the trainer) marks runs that stopped early.
 """
 
 from __future__ import annotations
@@ -45,8 +47,14 @@ class Run:
     tokens: float
     steps: float
     final_train_loss: float
-    final_val_loss: float
+    final_val_loss: float  # NaN when the summary has null
     wall_time_s: float
+    exit_code: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """False when the trainer recorded a non-zero exit (e.g. 3: stopped to be requeued)."""
+        return not self.exit_code
 
     @property
     def compute(self) -> float:
@@ -63,6 +71,8 @@ def _check_value(path: Path, key: str, kind: str, value: object) -> object:
     def bad(why: str) -> SummaryError:
         return SummaryError(f"{path}: key {key!r} {why} (got {value!r})")
 
+    if kind == "loss" and value is None:
+        return float("nan")
     if kind == "str":
         if not isinstance(value, str) or not value:
             raise bad("must be a non-empty string")
@@ -95,16 +105,29 @@ def load_run(path: Path) -> Run:
         if key not in data:
             raise SummaryError(f"{path}: missing key {key!r}")
         fields[key] = _check_value(path, key, kind, data[key])
-    return Run(path=path, **fields)
+    code = data.get("exit_code")
+    if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
+        raise SummaryError(f"{path}: key 'exit_code' must be an integer or null (got {code!r})")
+    return Run(path=path, exit_code=code, **fields)
 
 
-def load_runs(sweep_dir: str | Path) -> list[Run]:
+def load_runs(sweep_dir: str | Path, metric: str | None = None) -> list[Run]:
     """All runs below ``sweep_dir`` (any depth), sorted by path. Raises SummaryError when the
-    directory does not exist, holds no summary.json, or any summary is malformed."""
+    directory does not exist, holds no summary.json, any summary is malformed, or (with ``metric``)
+    a run has no value for that metric."""
     root = Path(sweep_dir)
     if not root.is_dir():
         raise SummaryError(f"sweep directory {root} does not exist or is not a directory")
     paths = sorted(root.rglob("summary.json"))
     if not paths:
         raise SummaryError(f"no summary.json found anywhere below {root}")
-    return [load_run(p) for p in paths]
+    runs = [load_run(p) for p in paths]
+    if metric is not None:
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        for r in runs:
+            if math.isnan(r.loss(metric)):
+                raise SummaryError(
+                    f"{r.path}: key {metric!r} is null; analyse another metric or remove the run"
+                )
+    return runs

@@ -1,0 +1,267 @@
+"""Plan a scaling ladder: for each model size, the token budget, global batch and peak LR, by rules.
+
+    python -m vffn_pretrain.scaling.ladder [--config conf/sweep/ladder.yaml] --ladder cpu
+        [--variants dense,versatile] [--format table|overrides|multirun] [--launcher submitit_slurm]
+
+The rules (parameters in the ``rules:`` block of conf/sweep/ladder.yaml), with N the non-embedding
+parameter count of the *dense* model of a size, so every FFN variant of a size gets the same run:
+
+* tokens   D = tokens_per_param x N (20: the Chinchilla compute-optimal ratio).
+* peak LR  ref x (N / ref_params)^exponent, clipped to [min, max]. Defaults are anchored at the
+  paper's 354M model (5e-4) with exponent -1/3, which reproduces the paper's 720M and 1.21B LRs to
+  within 5%.
+* batch    tokens = coef x C^exponent with C = 6 N D (DeepSeek LLM's compute-optimal batch fit),
+  in sequences rounded to the nearest power of two, clipped to [min_sequences, max_sequences], then
+  halved while the run would have fewer than min_steps optimizer steps.
+* steps    ceil(D / batch tokens); the run sees steps x batch tokens >= D.
+
+The FFN variant is the second axis: each variant is a conf/ffn/<name>.yaml group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vffn_pretrain.model.counting import (
+    FFNShape,
+    ModelShape,
+    count_params,
+    flops_per_token,
+    padded_vocab_size,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "conf" / "sweep" / "ladder.yaml"
+FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+
+
+@dataclass(frozen=True)
+class LadderRules:
+    tokens_per_param: float = 20.0
+    lr_ref: float = 5e-4
+    lr_ref_params: float = 251_689_984  # non-embedding parameters of the paper's 354M model
+    lr_exponent: float = -1 / 3
+    lr_min: float = 1e-4
+    lr_max: float = 2e-3
+    batch_coef: float = 0.292
+    batch_exponent: float = 0.3271
+    batch_min_sequences: int = 8
+    batch_max_sequences: int = 1024
+    min_steps: int = 100
+
+    @classmethod
+    def from_config(cls, rules: DictConfig | dict) -> LadderRules:
+        r = OmegaConf.to_container(rules) if isinstance(rules, DictConfig) else rules
+        lr, batch = r.get("lr", {}), r.get("batch", {})
+        d = cls()
+        return cls(
+            tokens_per_param=float(r.get("tokens_per_param", d.tokens_per_param)),
+            lr_ref=float(lr.get("ref", d.lr_ref)),
+            lr_ref_params=float(lr.get("ref_params", d.lr_ref_params)),
+            lr_exponent=float(lr.get("exponent", d.lr_exponent)),
+            lr_min=float(lr.get("min", d.lr_min)),
+            lr_max=float(lr.get("max", d.lr_max)),
+            batch_coef=float(batch.get("coef", d.batch_coef)),
+            batch_exponent=float(batch.get("exponent", d.batch_exponent)),
+            batch_min_sequences=int(batch.get("min_sequences", d.batch_min_sequences)),
+            batch_max_sequences=int(batch.get("max_sequences", d.batch_max_sequences)),
+            min_steps=int(batch.get("min_steps", d.min_steps)),
+        )
+
+
+def peak_lr(n_params: float, rules: LadderRules = LadderRules()) -> float:
+    """Peak learning rate for a model with ``n_params`` non-embedding parameters."""
+    lr = rules.lr_ref * (n_params / rules.lr_ref_params) ** rules.lr_exponent
+    return min(max(lr, rules.lr_min), rules.lr_max)
+
+
+def token_budget(n_params: float, rules: LadderRules = LadderRules()) -> int:
+    return int(round(rules.tokens_per_param * n_params))
+
+
+def global_batch_sequences(n_params: float, seq_length: int, rules: LadderRules = LadderRules()) -> int:
+    """Global batch size in sequences (a power of two) for a model of ``n_params`` trained on its
+    token budget."""
+    tokens = token_budget(n_params, rules)
+    batch_tokens = rules.batch_coef * (6.0 * n_params * tokens) ** rules.batch_exponent
+    seqs = 2 ** round(math.log2(max(batch_tokens / seq_length, 1.0)))
+    seqs = min(max(seqs, rules.batch_min_sequences), rules.batch_max_sequences)
+    # Too few steps leave no room for warmup and decay: trade batch for steps.
+    while seqs > rules.batch_min_sequences and math.ceil(tokens / (seqs * seq_length)) < rules.min_steps:
+        seqs //= 2
+    return seqs
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One model size of a ladder, with its derived training recipe."""
+
+    name: str
+    shape: ModelShape
+    params_non_embedding: int  # of the dense model: the N the rules use
+    params_total: int
+    tokens_target: int
+    global_batch_size: int  # sequences
+    max_steps: int
+    lr: float
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the run actually sees (whole steps)."""
+        return self.max_steps * self.global_batch_size * self.shape.seq_length
+
+
+def plan_ladder(ladder: DictConfig | dict, rules: LadderRules = LadderRules()) -> list[Rung]:
+    """The rungs of one ``ladders.<name>`` block, in the order given."""
+    if not isinstance(ladder, DictConfig):
+        ladder = OmegaConf.create(ladder)
+    seq = int(ladder.seq_length)
+    rungs = []
+    for size in ladder.sizes:
+        d = int(size.hidden_size)
+        shape = ModelShape(
+            num_layers=int(size.num_layers),
+            d_model=d,
+            d_ff=int(size.get("ffn_hidden_size") or 4 * d),
+            num_heads=int(size.num_attention_heads),
+            num_query_groups=size.get("num_query_groups"),
+            vocab_size=padded_vocab_size(int(ladder.vocab_size)),
+            seq_length=seq,
+        )
+        params = count_params(shape, FFNShape("dense"))
+        n = params["params_non_embedding"]
+        tokens = token_budget(n, rules)
+        batch = global_batch_sequences(n, seq, rules)
+        rungs.append(
+            Rung(
+                name=str(size.name),
+                shape=shape,
+                params_non_embedding=n,
+                params_total=params["params_total"],
+                tokens_target=tokens,
+                global_batch_size=batch,
+                max_steps=math.ceil(tokens / (batch * seq)),
+                lr=peak_lr(n, rules),
+            )
+        )
+    return rungs
+
+
+def ffn_shape(variant: str, ffn_conf_dir: Path = FFN_CONF_DIR) -> FFNShape:
+    """The FFNShape of a conf/ffn/<variant>.yaml group (for compute estimates)."""
+    path = ffn_conf_dir / f"{variant}.yaml"
+    if not path.exists():
+        raise ValueError(f"unknown FFN variant {variant!r}: {path} does not exist")
+    cfg = OmegaConf.load(path)
+    keys = ("num_experts", "top_k", "max_loops", "loops")
+    return FFNShape(str(cfg.kind), **{k: int(cfg[k]) for k in keys if cfg.get(k) is not None})
+
+
+def model_overrides(ladder: DictConfig, rung: Rung) -> list[str]:
+    s = rung.shape
+    out = [
+        f"model={ladder.base_model}",
+        f"model.name={rung.name}",
+        f"model.num_layers={s.num_layers}",
+        f"model.hidden_size={s.d_model}",
+        f"model.ffn_hidden_size={s.d_ff}",
+        f"model.num_attention_heads={s.num_heads}",
+        f"model.vocab_size={int(ladder.vocab_size)}",
+    ]
+    if s.num_query_groups is not None:
+        out.append(f"model.num_query_groups={s.num_query_groups}")
+    return out + [
+        f"train.seq_length={s.seq_length}",
+        f"train.lr={rung.lr:.4g}",
+        f"train.global_batch_size={rung.global_batch_size}",
+        f"train.max_steps={rung.max_steps}",
+        *[str(o) for o in ladder.get("overrides") or []],
+    ]
+
+
+def run_overrides(ladder_name: str, ladder: DictConfig, rung: Rung, variant: str) -> list[str]:
+    """Hydra overrides for the trainer that train ``rung`` with the FFN ``variant``."""
+    return [*model_overrides(ladder, rung), f"ffn={variant}", f"run_name={ladder_name}-{rung.name}-{variant}"]
+
+
+def multirun_command(
+    ladder_name: str, ladder: DictConfig, rung: Rung, variants: list[str], launcher: str
+) -> str:
+    """One Hydra multirun over the variants of one size; all sizes share the sweep root
+    multirun/ladder-<name>, which is what vffn-scaling reads."""
+    args = [
+        "python", "-m", "vffn_pretrain.train", "-m", f"hydra/launcher={launcher}",
+        *model_overrides(ladder, rung),
+        f"ffn={','.join(variants)}",
+        f"run_name={ladder_name}-{rung.name}-${{hydra:runtime.choices.ffn}}",
+        f"hydra.sweep.dir=multirun/ladder-{ladder_name}/{rung.name}",
+        "hydra.sweep.subdir=${hydra:runtime.choices.ffn}",
+    ]  # fmt: skip
+    return shlex.join(args)
+
+
+def format_table(rungs: list[Rung], variants: list[str]) -> str:
+    shapes = {v: ffn_shape(v) for v in variants}
+    head = f"{'size':>6} {'N non-emb':>12} {'N total':>12} {'tokens':>11} {'batch':>5} {'steps':>6} {'LR':>8}"
+    lines = [head + "".join(f" {'C ' + v:>14}" for v in variants)]
+    for r in rungs:
+        row = (
+            f"{r.name:>6} {r.params_non_embedding:>12,} {r.params_total:>12,} {r.tokens:>11.3g} "
+            f"{r.global_batch_size:>5} {r.max_steps:>6} {r.lr:>8.2e}"
+        )
+        for v in variants:
+            row += f" {flops_per_token(r.shape, shapes[v], training=True) * r.tokens:>14.3g}"
+        lines.append(row)
+    lines.append("C = training FLOPs of the whole run (forward + backward, all loops), per variant.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m vffn_pretrain.scaling.ladder", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--ladder", required=True, help="a key of `ladders:` in the config")
+    parser.add_argument(
+        "--variants", default=None, help="comma-separated conf/ffn groups (default: the config's)"
+    )
+    parser.add_argument("--format", choices=("table", "overrides", "multirun"), default="table")
+    parser.add_argument("--launcher", default="submitit_slurm", help="hydra/launcher for --format multirun")
+    args = parser.parse_args(argv)
+
+    cfg = OmegaConf.load(args.config)
+    if args.ladder not in cfg.ladders:
+        print(
+            f"unknown ladder {args.ladder!r}; {args.config} defines {', '.join(cfg.ladders)}", file=sys.stderr
+        )
+        return 2
+    ladder = cfg.ladders[args.ladder]
+    variants = args.variants.split(",") if args.variants else [str(v) for v in cfg.variants]
+    try:
+        for v in variants:
+            ffn_shape(v)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    rungs = plan_ladder(ladder, LadderRules.from_config(cfg.get("rules", {})))
+    if args.format == "table":
+        print(format_table(rungs, variants))
+    elif args.format == "overrides":
+        for r in rungs:
+            for v in variants:
+                print(shlex.join(run_overrides(args.ladder, ladder, r, v)))
+    else:
+        for r in rungs:
+            print(multirun_command(args.ladder, ladder, r, variants, args.launcher))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

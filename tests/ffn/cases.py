@@ -144,3 +144,122 @@ def dp_balance_case() -> dict:
     }
     ps.destroy_model_parallel()
     return out
+
+
+# ---- whole-model cases: checkpoint resharding, expert parallelism ------------------------------------------------
+
+TINY_GPT = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=256)  # = padded at TP 1 and 2
+
+
+def _gpt(kind: str, tp: int = 1, sp: bool = False, ep: int = 1, seed: int = SEED, **ffn_kw):
+    from vffn_pretrain.model.config import ModelConfig
+    from vffn_pretrain.model.ffn.config import FFNConfig
+    from vffn_pretrain.model.gpt import build_model
+    from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+
+    parallel = ParallelConfig(tp=tp, sp=sp, ep=ep)
+    setup_model_parallel(parallel)
+    seed_all(seed)
+    return build_model(ModelConfig(**TINY_GPT), FFNConfig(kind=kind, **ffn_kw), parallel)[0]
+
+
+def _full_logits(model, training: bool = False) -> torch.Tensor:
+    """Logits [b, s, V] for fixed tokens, gathered over the vocabulary-parallel TP shards."""
+    import torch.distributed as dist
+
+    model.train(training)
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, TINY_GPT["vocab_size"], (2, 8), generator=gen)
+    pos = torch.arange(8).expand(2, 8)
+    noise.seed_microbatch(SEED, (3, 0))
+    with torch.no_grad():
+        logits = model(tokens, pos, None)
+    tp = ps.get_tensor_model_parallel_world_size()
+    if tp > 1:
+        parts = [torch.empty_like(logits) for _ in range(tp)]
+        dist.all_gather(parts, logits.contiguous(), group=ps.get_tensor_model_parallel_group())
+        logits = torch.cat(parts, -1)
+    return logits
+
+
+def _scale_heads(model):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("mlp.router.weight", "mlp.loop_head.weight")):
+                p.mul_(40.0)  # decisive routing, so a wrongly loaded head would change the outputs
+
+
+def reshard_case(directory: str) -> dict:
+    """Save a versatile GPT at TP=2, load it at TP=1, save that, load it back at TP=2 (fresh weights each
+    time): eval and train-mode logits (same noise) must match the original."""
+    from megatron.core import dist_checkpointing
+
+    kind = "versatile"
+    model = _gpt(kind, tp=2)
+    _scale_heads(model)
+    ref_eval, ref_train = _full_logits(model), _full_logits(model, training=True)
+    dist_checkpointing.save(model.sharded_state_dict(), f"{directory}/tp2")
+
+    def load(tp, path, seed):
+        m = _gpt(kind, tp=tp, seed=seed)
+        m.load_state_dict(dist_checkpointing.load(m.sharded_state_dict(), path))
+        return m
+
+    out = {}
+    m1 = load(1, f"{directory}/tp2", seed=11)
+    out["tp2->tp1"] = (max_err(_full_logits(m1), ref_eval)[0], max_err(_full_logits(m1, True), ref_train)[0])
+    dist_checkpointing.save(m1.sharded_state_dict(), f"{directory}/tp1")
+    m2 = load(2, f"{directory}/tp1", seed=12)
+    out["tp1->tp2"] = (max_err(_full_logits(m2), ref_eval)[0], max_err(_full_logits(m2, True), ref_train)[0])
+    out["scale"] = float(ref_eval.abs().max())
+    ps.destroy_model_parallel()
+    return out
+
+
+def ep_case() -> dict:
+    """The MoE baseline with expert parallelism 2 (each rank holds 4 of the 8 experts) equals EP=1 with the same
+    weights: the same outputs for the same tokens; each expert's weight gradient is that of EP=1 summed over the
+    two ranks (both feed the same tokens here, and the all-gather dispatcher brings them to the expert)."""
+    import torch.distributed as dist
+
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(0, TINY_GPT["vocab_size"], (2, 8), generator=gen)
+    pos = torch.arange(8).expand(2, 8)
+
+    def fwd_bwd(model):
+        model.train()
+        noise.seed_microbatch(SEED, (0, 0))
+        loss = model(tokens, pos, None, labels=tokens)
+        loss.sum().backward()
+        return loss.detach()
+
+    ref = _gpt("moe", ep=1)
+    ref_sd = {k: v.clone() if torch.is_tensor(v) else v for k, v in ref.state_dict().items()}
+    ref_loss = fwd_bwd(ref)
+    ref_grads = {n: p.grad.clone() for n, p in ref.named_parameters()}
+
+    model = _gpt("moe", ep=2, seed=99)
+    ep_rank, per_rank = ps.get_expert_model_parallel_rank(), 8 // 2
+    sd = {}
+    for key in model.state_dict():
+        src = key
+        if ".local_experts." in key:
+            head, tail = key.split(".local_experts.")
+            local, rest = tail.split(".", 1)
+            src = f"{head}.local_experts.{ep_rank * per_rank + int(local)}.{rest}"
+        sd[key] = ref_sd[src]
+    model.load_state_dict(sd)
+    loss = fwd_bwd(model)
+    expert_err, other_err = 0.0, 0.0
+    for name, p in model.named_parameters():
+        if ".local_experts." in name:
+            head, tail = name.split(".local_experts.")
+            local, rest = tail.split(".", 1)
+            ref_g = ref_grads[f"{head}.local_experts.{ep_rank * per_rank + int(local)}.{rest}"]
+            expert_err = max(expert_err, max_err(p.grad, 2 * ref_g)[0])
+        else:
+            other_err = max(other_err, max_err(p.grad, ref_grads[name])[0])
+    out = {"loss": max_err(loss, ref_loss), "expert_grad": expert_err, "other_grad": other_err,
+           "ep": ps.get_expert_model_parallel_world_size(), "rank": dist.get_rank()}
+    ps.destroy_model_parallel()
+    return out

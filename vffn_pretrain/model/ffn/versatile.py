@@ -294,7 +294,10 @@ class VersatileFFN(MLP):
         singleton = (metadata or {}).get("singleton_local_shards", False)
         out = {}
         for name, module in self._modules.items():
-            sub = sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata)
+            # tp_group must be explicit: without it megatron gives replicated tensors replica id 0 on every TP
+            # rank, and the checkpoint validation rejects the duplicate main replicas.
+            sub = sharded_state_dict_default(module, f"{prefix}{name}.", sharded_offsets, metadata,
+                                             tp_group=self.tp_group)
             if name == "linear_fc1":
                 key = f"{prefix}{name}.weight"
                 sub[key] = apply_swiglu_sharded_factory(sub[key], sharded_offsets, singleton)

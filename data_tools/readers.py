@@ -120,6 +120,56 @@ def resolve_inputs(patterns: list[str], fmt: str = "auto") -> list[InputFile]:
     return files
 
 
+class _ZstdRaw(io.RawIOBase):
+    """A (possibly multi-frame) zstd stream that raises OSError on corrupt or truncated data.
+
+    zstandard's own ``stream_reader`` ends silently at a truncated frame, which would turn a damaged download
+    into a quietly shorter dataset.
+    """
+
+    def __init__(self, raw):
+        import zstandard
+
+        self._zstd = zstandard
+        self._raw = raw
+        self._dobj = zstandard.ZstdDecompressor().decompressobj()
+        self._in_frame = False
+        self._buf = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while self._pos >= len(self._buf):
+            data = self._raw.read(1 << 20)
+            if not data:
+                if self._in_frame:
+                    raise OSError("truncated zstd stream: the last frame is incomplete")
+                return 0
+            self._buf, self._pos = self._feed(data), 0
+        n = min(len(b), len(self._buf) - self._pos)
+        b[:n] = self._buf[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def _feed(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            try:
+                out.append(self._dobj.decompress(data))
+            except self._zstd.ZstdError as err:
+                raise OSError(f"corrupt zstd data ({err})") from None
+            if self._dobj.eof:  # a frame ended; what follows belongs to the next frame
+                data = self._dobj.unused_data
+                self._dobj = self._zstd.ZstdDecompressor().decompressobj()
+                self._in_frame = False
+            else:
+                data = b""
+                self._in_frame = True
+        return b"".join(out)
+
+
 class _Source:
     """An open input: a decompressed binary stream plus the position in the file on disk."""
 
@@ -128,10 +178,7 @@ class _Source:
         if spec.compression == "gzip":
             self.stream = gzip.GzipFile(fileobj=self.raw, mode="rb")
         elif spec.compression == "zstd":
-            import zstandard
-
-            reader = zstandard.ZstdDecompressor().stream_reader(self.raw, read_across_frames=True)
-            self.stream = io.BufferedReader(reader, buffer_size=1 << 20)
+            self.stream = io.BufferedReader(_ZstdRaw(self.raw), buffer_size=1 << 20)
         else:
             self.stream = self.raw
         self._reported = 0
@@ -254,11 +301,7 @@ def iter_chunks(files: list[InputFile], *, text_key: str = "text", split_on_blan
                 yield from _jsonl_chunks(spec, src, chunk_bytes)
             else:
                 yield from _text_chunks(spec, src, chunk_bytes, split_on_blank_lines)
-        except (OSError, EOFError) as err:
+        except (OSError, EOFError) as err:  # gzip and zstd report damage as these
             raise InputError(f"{spec.path}: unreadable ({err})") from None
-        except Exception as err:
-            if type(err).__module__.startswith("zstandard") or "zstd" in type(err).__name__.lower():
-                raise InputError(f"{spec.path}: unreadable ({err})") from None
-            raise
         finally:
             src.close()

@@ -89,6 +89,8 @@ def test_tokenizer_failures_and_out_of_range_ids_are_skipped(tmp_path):
     (lambda d: str(d / "nothing-*.jsonl"), "no input file matches"),
     (lambda d: str(d), "not a regular file"),
     (lambda d: _write(d / "trunc.jsonl.gz", gzip.compress(b'{"text": "1"}\n' * 1000)[:-30]), "unreadable"),
+    (lambda d: _write(d / "trunc.jsonl.zst", _zstd(b'{"text": "1"}\n' * 1000)[:-5]), "truncated zstd stream"),
+    (lambda d: _write(d / "bad.jsonl.zst", _zstd(b'{"text": "1"}\n') + b"not zstd at all"), "corrupt zstd data"),
     (lambda d: _write(d / "bad.parquet", b"PAR1 this is not parquet"), "not a readable parquet file"),
     (lambda d: _write(d / "notes.csv", b"a,b\n"), "cannot tell the format"),
 ])
@@ -100,6 +102,12 @@ def test_unusable_input_file_is_a_clear_error_and_writes_nothing(tmp_path, capsy
     assert main(["tokenize", "--input", str(good), make_input(inputs), "--output-prefix", str(out), *NULL]) == 1
     assert message in capsys.readouterr().err
     assert not [p for p in os.listdir(tmp_path) if p.startswith("out")]
+
+
+def _zstd(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
 
 
 def _write(path, data: bytes) -> str:

@@ -49,7 +49,7 @@ from vffn_pretrain.model.ffn.functional import (
     swiglu,
     topk_gates,
 )
-from vffn_pretrain.model.ffn.registry import FFNSlot, register_ffn
+from vffn_pretrain.model.ffn.registry import FFNSlot, register_config_overrides, register_ffn
 from vffn_pretrain.model.ffn.stats import FFNStats
 
 SHARED_WEIGHT_KINDS = ("versatile", "depth_only", "width_only", "kloop")
@@ -331,5 +331,13 @@ def shared_weight_slot(ffn_cfg, backend) -> FFNSlot:
     return FFNSlot(mlp=mlp, pre_mlp_layernorm=IdentityOp, mlp_bda=get_no_residual_bda)
 
 
+def validate_shared_weight_kind(ffn_cfg, model_cfg, parallel_cfg) -> dict:
+    """Config check at start-up, before any module is built: megatron's build_module re-raises exceptions from
+    module constructors with a changed message and type signature, which would lose the ConfigError's key."""
+    ffn_cfg.validate(model_cfg.ffn_hidden_size, parallel_cfg.tp)
+    return {}
+
+
 for _kind in SHARED_WEIGHT_KINDS:
     register_ffn(_kind)(shared_weight_slot)
+    register_config_overrides(_kind)(validate_shared_weight_kind)

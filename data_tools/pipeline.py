@@ -112,8 +112,9 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     dtype = smallest_dtype(tokenizer.vocab_size)
     config = WorkerConfig(text_key=opts.text_key, dtype=dtype.__name__)
     skips = SkipLog()
-    per_file: dict[str, dict] = {f.path: {"documents_read": 0, "documents_written": 0, "skipped": 0, "blank_lines_ignored": 0}
-                                 for f in files}
+    per_file: dict[str, dict] = {
+        f.path: {"documents_read": 0, "documents_written": 0, "skipped": 0, "blank_lines_ignored": 0} for f in files
+    }
     docs_written = tokens = text_bytes = 0
     progress = _Progress(sum(f.size for f in files), opts.progress)
     executor = None

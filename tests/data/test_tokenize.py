@@ -143,3 +143,14 @@ def test_console_script_runs():
     assert out.returncode == 0
     for command in ("tokenize", "train-tokenizer", "merge", "inspect"):
         assert command in out.stdout
+
+
+def test_progress_bar_reports_documents_and_tokens(tmp_path, capsys):
+    from data_tools.pipeline import TokenizeOptions, run_tokenize
+
+    src = write_jsonl(tmp_path / "a.jsonl", number_docs(200, seed=4))
+    report = run_tokenize(TokenizeOptions([str(src)], str(tmp_path / "out"), tokenizer="null:100", progress=True,
+                                          chunk_bytes=500))
+    err = capsys.readouterr().err
+    assert "tokenize" in err and "100%" in err
+    assert report["documents"]["written"] == 200

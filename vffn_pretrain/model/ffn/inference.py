@@ -2,7 +2,8 @@
 
 Each token's loop count is argmax(W_loop H) + 1 (no noise) or the forced count. Tokens are processed in a
 shrinking active set: loop l runs the FFN only on the tokens whose count is >= l, so no token pays for a deeper
-one (the official code runs max(l) loops for the whole batch). Tokens with l = L_max skip the width path
+one (the official code runs max(l) loops for the whole batch). The tokens are sorted by count once, so each
+loop's active set is a contiguous prefix and the width-path tokens a contiguous suffix. Tokens with l = L_max skip the width path
 (router included); the others take it with loop 1's activations (spec §7). Every row is computed independently,
 so a token's output equals what it would get alone (up to matmul blocking).
 
@@ -56,39 +57,41 @@ def adaptive_inference(mod, hidden: torch.Tensor, token_weight: torch.Tensor | N
             delta = reduce_from_tensor_model_parallel_region(delta, group=group)
         return a, delta
 
-    out = torch.empty_like(X)
-    ids = torch.arange(num_tokens, device=X.device)
-    z, a1, work = X, None, []
-    for loop in range(1, int(loops.max()) + 1):
-        a, delta = ffn_delta(z)
+    # Grouped early exit: order the tokens by loop count, deepest first. The tokens still running at loop l are
+    # then a prefix of that order (rows [0, n_l)), so every loop works on a contiguous slice without gathers, and
+    # the width-path tokens (count < L_max) are the contiguous suffix.
+    order = torch.argsort(loops, descending=True, stable=True)
+    sorted_loops = loops.index_select(0, order)
+    per_count = torch.bincount(loops, minlength=L + 1)
+    running = per_count.flip(0).cumsum(0).flip(0).tolist()  # running[l] = tokens with count >= l
+    z = X.index_select(0, order)
+    a1, work = None, []
+    for loop in range(1, int(sorted_loops[0]) + 1):
+        n = running[loop]
+        a, delta = ffn_delta(z[:n])
         if loop == 1:
-            a1 = a  # rows in token order: every token runs loop 1
-        z = z + delta
-        work.append(int(ids.numel()))
-        done = loops.index_select(0, ids) == loop
-        out.index_copy_(0, ids[done], z[done])
-        keep = ~done
-        ids, z = ids[keep], z[keep]
-        if ids.numel() == 0:
-            break
+            a1 = a  # every token runs loop 1
+        z[:n] += delta
+        work.append(n)
 
     use_width = mod.kind == "versatile" and not mod.disable_width
-    width_ids = torch.nonzero(loops < L).squeeze(1) if use_width else ids[:0]
+    first = running[L] if use_width else num_tokens  # rows [first, T) take the width path
     top_idx = None
-    if width_ids.numel():
-        hw = X.index_select(0, width_ids)
+    if first < num_tokens:
+        hw = X.index_select(0, order[first:])
         gates, top_idx = topk_gates(router_logits(hw, mod.router.weight), mod.ffn_cfg.top_k)
-        dw = F.linear(mask_units(a1.index_select(0, width_ids), gates, mod.seg_expert, mod.seg_width), w2)
+        dw = F.linear(mask_units(a1[first:], gates, mod.seg_expert, mod.seg_width), w2)
         if tp > 1:
             dw = reduce_from_tensor_model_parallel_region(dw, group=group)
         y_width = hw + dw
-        y_depth = out.index_select(0, width_ids)
-        lam = ((L - loops.index_select(0, width_ids).to(torch.float32)) / L).unsqueeze(-1)
+        y_depth = z[first:]
+        lam = ((L - sorted_loops[first:].to(torch.float32)) / L).unsqueeze(-1)
         if y_width.dtype == torch.float32:
-            mixed = lam * y_width + (1 - lam) * y_depth
+            z[first:] = lam * y_width + (1 - lam) * y_depth
         else:
-            mixed = (lam * y_width.float() + (1 - lam) * y_depth.float()).to(y_width.dtype)
-        out.index_copy_(0, width_ids, mixed)
+            z[first:] = (lam * y_width.float() + (1 - lam) * y_depth.float()).to(y_width.dtype)
+    out = torch.empty_like(X).index_copy_(0, order, z)
+    width_ids = order[first:]
     mod.last_loop_work = work
     mod.last_width_tokens = int(width_ids.numel())
 

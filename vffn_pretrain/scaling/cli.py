@@ -31,7 +31,11 @@ def _fit_line(name: str, fit: dict, keys: tuple[str, ...]) -> str:
     if "skipped" in fit:
         return f"  {name}: not fitted ({fit['skipped']})"
     params = ", ".join(f"{k}={_fmt(fit[k])}" for k in keys)
-    ci = {"covariance": "", "bootstrap": ", CI by bootstrap", "none": ", exact fit: no CI"}[fit["ci_method"]]
+    ci = {
+        "covariance": "",
+        "bootstrap": ", CI by bootstrap",
+        "none": ", as many points as parameters: no CI",
+    }[fit["ci_method"]]
     return f"  {name}: {fit['form']}: {params}  (n={fit['n_points']}, rmse(log L)={fit['rmse_log']:.2g}{ci})"
 
 

@@ -13,6 +13,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from vffn_pretrain.model.backend import select_backend
 from vffn_pretrain.model.config import ModelConfig
+from vffn_pretrain.model.init import init_layout_invariant
 from vffn_pretrain.model.ffn import build_ffn_slot
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.registry import transformer_config_overrides
@@ -108,10 +109,12 @@ def build_model(
     params_dtype: torch.dtype = torch.float32,
     recompute: RecomputeConfig | None = None,
     backend: str = "auto",
+    init_seed: int | None = None,
 ) -> list[GPTModel]:
     """The GPT chunks this rank holds (one per virtual pipeline stage), on this rank's device, not DDP-wrapped.
 
-    Call after `setup_model_parallel(parallel)` and `seed_all(seed)`.
+    Call after `setup_model_parallel(parallel)` and `seed_all(seed)`. With `init_seed`, every parameter gets
+    the layout-invariant initialisation of `model.init` (the same model at any TP/PP/VPP layout).
     """
     tp = ps.get_tensor_model_parallel_world_size()
     config = build_transformer_config(model, parallel, params_dtype=params_dtype, recompute=recompute, ffn=ffn)
@@ -136,4 +139,6 @@ def build_model(
         if torch.cuda.is_available():
             gpt.cuda(torch.cuda.current_device())
         chunks.append(gpt)
+    if init_seed is not None:
+        init_layout_invariant(chunks, init_seed, model.init_std)
     return chunks

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from vffn_pretrain.training import dist_ckpt
 
@@ -105,6 +106,8 @@ class CheckpointManager:
         dist_ckpt.save(tmp, ddp_chunks, optimizer, common={**common, "layout": layout})
         (tmp / "rng").mkdir(exist_ok=True)
         torch.save({"layout": layout, "state": rng_state()}, tmp / "rng" / f"rank_{rank:05d}.pt")
+        if os.environ.get("VFFN_FAULT_KILL_IN_SAVE") == str(step):
+            os.kill(os.getpid(), 9)  # test hook: die after writing, before the checkpoint is complete
         dist.barrier()
         if rank == 0:
             if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
@@ -135,7 +138,7 @@ class CheckpointManager:
         error = None
         try:
             common = dist_ckpt.load(path, ddp_chunks, optimizer)
-        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: report it, fall back to an older one
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             common = {}
         failed = torch.tensor([1.0 if error else 0.0])

@@ -40,6 +40,7 @@ class TrainConfig:
     recompute_method: str = "uniform"
     recompute_num_layers: int = 1
     backend: str = "auto"
+    exit_interval: int | None = None  # stop (after saving) once this process has run this many steps
 
     def validate(self, dp_size: int) -> None:
         _positive_int("train", self, "max_steps", "global_batch_size", "micro_batch_size", "seq_length",
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ConfigError("train.recompute_method", f"must be uniform or block, got {self.recompute_method!r}")
         if self.backend not in ("auto", "local", "te"):
             raise ConfigError("train.backend", f"must be auto, local or te, got {self.backend!r}")
+        if self.exit_interval is not None and (not isinstance(self.exit_interval, int) or self.exit_interval < 1):
+            raise ConfigError("train.exit_interval", f"must be null or a positive integer, got {self.exit_interval!r}")
         if self.clip_grad < 0:
             raise ConfigError("train.clip_grad", f"must be >= 0, got {self.clip_grad}")
 

@@ -31,7 +31,7 @@ class StepResult:
 
 
 def _fault_nan_steps() -> set[int]:
-    """Test hook: VFFN_FAULT_NAN_STEPS="5,6" makes the loss NaN on those global steps (fault-injection tests)."""
+    """Test hook: VFFN_FAULT_NAN_STEPS="5,6" makes the loss NaN on those steps (numbered as logged, from 1)."""
     raw = os.environ.get("VFFN_FAULT_NAN_STEPS", "")
     return {int(s) for s in raw.split(",") if s.strip()}
 
@@ -58,7 +58,7 @@ def forward_step(data_iterator, model, *, noise_seed: int | None = None):
         attention_mask=None,
         labels=batch["labels"],
     )
-    if batch["mb_key"][0] in _fault_nan_steps():
+    if batch["mb_key"][0] + 1 in _fault_nan_steps():
         output = output * float("nan")
     return output, partial(lm_loss_func, batch["loss_mask"])
 

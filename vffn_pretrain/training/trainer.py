@@ -79,7 +79,7 @@ class Trainer:
         recompute = RecomputeConfig(cfg.train.recompute_granularity, cfg.train.recompute_method,
                                     cfg.train.recompute_num_layers)
         self.chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, params_dtype=self.params_dtype,
-                                  recompute=recompute, backend=cfg.train.backend)
+                                  recompute=recompute, backend=cfg.train.backend, init_seed=cfg.train.seed)
         self.ddp = wrap_ddp(self.chunks, cfg.parallel)
         t = cfg.train
         self.optimizer = build_optimizer(
@@ -114,8 +114,8 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         self.tokenizer = build_tokenizer(cfg.data.tokenizer)
         evals = t.max_steps // t.eval_interval + 1
-        num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size),
-                       t.global_batch_size)
+        # The test split is not used in training: ask for no test samples.
+        num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size), 0)
         self.train_ds, self.valid_ds, _ = build_datasets(
             cfg.data, seq_length=t.seq_length, seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
             num_samples=num_samples, tokenizer=self.tokenizer,
@@ -227,6 +227,12 @@ class Trainer:
                 if self.step % cfg.checkpoint.interval == 0 or self.step == t.max_steps:
                     self.save()
                 window_start += time.perf_counter() - paused  # throughput counts training time only
+                if t.exit_interval and self.step - self.start_step >= t.exit_interval and self.step < t.max_steps:
+                    if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
+                        self.save()
+                    self._emit("on_message", f"train.exit_interval={t.exit_interval} reached at step {self.step}; "
+                                             "run the same command again to continue")
+                    break
                 if self._agree(stop.requested):
                     if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
                         self.save()

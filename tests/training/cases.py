@@ -1,0 +1,144 @@
+"""Run the real trainer from tests: in this process, on every rank of a RankPool, or as a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vffn_pretrain.conf_path import CONF_DIR
+
+VOCAB = 512
+# A small model and batch; the data is a synthetic indexed dataset (see make_dataset).
+BASE = [
+    "model.num_layers=4", "model.hidden_size=64", "model.ffn_hidden_size=256", "model.num_attention_heads=4",
+    f"model.vocab_size={VOCAB}", "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=2",
+    "train.lr=3e-3", "train.eval_interval=1000", "train.eval_iters=1", "logging.interval=1",
+    "logging.wandb.enabled=false", "logging.progress_bar=false", f"data.tokenizer=null:{VOCAB}",
+]
+
+
+def make_dataset(directory: Path, num_docs: int = 400, seed: int = 0) -> str:
+    """A synthetic corpus as a Megatron indexed dataset: documents of a repeating pattern with noise, so a
+    model can learn it. Returns the prefix."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(seed)
+    prefix = str(directory / "synthetic")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(num_docs):
+        period = int(rng.integers(2, 8))
+        motif = rng.integers(1, VOCAB - 1, size=period)
+        doc = np.tile(motif, 200 // period + 1)[: int(rng.integers(60, 200))]
+        noise = rng.random(doc.size) < 0.1
+        doc[noise] = rng.integers(1, VOCAB - 1, size=int(noise.sum()))
+        builder.add_document(torch.from_numpy(np.append(doc, VOCAB - 1).astype(np.int64)), [doc.size + 1])
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def run_config(overrides: list[str], world_size: int = 1):
+    from vffn_pretrain.config import load_run_config
+
+    return load_run_config(compose(overrides), world_size=world_size)
+
+
+def train(overrides: list[str]) -> dict:
+    """Run the trainer in this process (every rank of a pool calls it); returns the summary and the losses."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.training.trainer import Trainer
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    trainer = Trainer(run_config(overrides, world_size=world))
+    trainer.setup()
+    code = trainer.fit()
+    ps.destroy_model_parallel()
+    return {"exit_code": code, "summary": trainer.summary, "losses": read_losses(trainer.cfg.run_dir)}
+
+
+def read_losses(run_dir) -> dict[int, float]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]
+    return out
+
+
+class Finished:
+    def __init__(self, returncode: int, stdout: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, ""
+
+
+class Running:
+    """A trainer process whose output goes to a file (a pipe would be held open by the checkpoint writer's
+    helper processes after a kill -9, and reading it would hang)."""
+
+    def __init__(self, cmd, env, log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+
+    def poll(self):
+        return self.proc.poll()
+
+    def send_signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> Finished:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            self._log.close()
+            _kill_group(self.proc.pid)
+        return Finished(code, self.log_path.read_text())
+
+    @property
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+
+def _kill_group(pid: int) -> None:
+    import signal
+
+    try:
+        os.killpg(pid, signal.SIGKILL)  # leftover helper processes of a killed trainer
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+_counter = [0]
+
+
+def train_subprocess(overrides: list[str], *, env: dict | None = None, timeout: float = 300,
+                     wait: bool = True):
+    """`python -m vffn_pretrain.train OVERRIDES` as a fresh process; returns Finished (wait) or Running."""
+    import tempfile
+
+    cmd = [sys.executable, "-m", "vffn_pretrain.train", *overrides]
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        full_env.pop(key, None)
+    _counter[0] += 1
+    log_path = Path(tempfile.mkdtemp(prefix="vffn-train-log-")) / f"run{_counter[0]}.log"
+    running = Running(cmd, full_env, log_path)
+    return running.wait(timeout=timeout) if wait else running

@@ -13,10 +13,10 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from vffn_pretrain.model.backend import select_backend
 from vffn_pretrain.model.config import ModelConfig
-from vffn_pretrain.model.init import init_layout_invariant
 from vffn_pretrain.model.ffn import build_ffn_slot
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.registry import transformer_config_overrides
+from vffn_pretrain.model.init import init_layout_invariant
 from vffn_pretrain.model.specs import gpt_block_spec
 from vffn_pretrain.parallel.config import ParallelConfig
 

@@ -42,9 +42,10 @@ def _hydra_main(cfg: DictConfig) -> int:
     for noisy in ("megatron", "torch.distributed", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.parallel.init import launcher_world_size
 
     try:
-        run_cfg = load_run_config(cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")),
+        run_cfg = load_run_config(cfg, world_size=launcher_world_size(),
                                   multirun_dir=_multirun_dir())
     except ConfigError as e:
         if _is_rank0():

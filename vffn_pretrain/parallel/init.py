@@ -42,14 +42,49 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
     cpu_compat.activate()
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    if "RANK" not in os.environ and slurm_step_world_size() > 1:
+        _env_from_slurm_tasks()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except Exception as e:  # a store that never answers, a port in use, ...: say where we tried to go
+        raise RuntimeError(
+            f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join the process group at "
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within {timeout_s:.0f} s "
+            f"(parallel.init_timeout_s): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
+            "Check MASTER_ADDR/MASTER_PORT and that every node was started."
+        ) from e
     return dist.get_rank(), dist.get_world_size()
+
+
+def slurm_step_world_size() -> int:
+    """Tasks in this srun step (1 outside srun): each task is one rank when no launcher set RANK."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) if "SLURM_STEP_ID" in os.environ else 1
+
+
+def launcher_world_size() -> int:
+    """The world size the launcher will give init_distributed (read before any process group exists)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return slurm_step_world_size()
+
+
+def _env_from_slurm_tasks() -> None:
+    """One srun task per rank without torchrun (e.g. submitit): derive torch.distributed's variables."""
+    import subprocess
+
+    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                           capture_output=True, text=True, check=True).stdout.split()
+    os.environ.update(
+        RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=str(slurm_step_world_size()),
+        LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"), MASTER_ADDR=os.environ.get("MASTER_ADDR", nodes[0]),
+    )
+    os.environ.setdefault("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000))
 
 
 def setup_model_parallel(cfg: ParallelConfig) -> None:

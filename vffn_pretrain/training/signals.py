@@ -1,4 +1,5 @@
-"""SIGTERM / SIGUSR1 (what SLURM sends before preemption or the time limit): finish the step, save, exit.
+"""SIGTERM / SIGUSR1 (what SLURM sends before preemption or the time limit; SIGUSR2 is submitit's): finish the
+step, save, exit.
 
 EXIT_REQUEUE (3) tells the launcher the run saved a checkpoint and wants to be requeued; the same command
 resumes from it.
@@ -14,7 +15,7 @@ EXIT_REQUEUE = 3
 class StopRequest:
     """Records the first stop signal; the trainer polls `requested` at step boundaries."""
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1)):
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)):
         self.signal_name: str | None = None
         self._previous = {}
         for sig in signals:

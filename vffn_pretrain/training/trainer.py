@@ -338,7 +338,8 @@ class Trainer:
             flops_eval = counting.flops_per_token(m_shape, f_shape, training=False)
         wall = time.perf_counter() - self.run_start
         summary = {
-            "variant": cfg.ffn.kind,
+            # k-loop variants differ by k: keep them apart in sweeps.
+            "variant": f"kloop{cfg.ffn.loops}" if cfg.ffn.kind == "kloop" else cfg.ffn.kind,
             "model": cfg.model.name,
             "params_total": self.info["params_total"],
             "params_non_embedding": self.info["params_non_embedding"],

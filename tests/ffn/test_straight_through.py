@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tests.ffn.common import LAYER, SEED, make_ffn
 from vffn_pretrain.model import noise
-from vffn_pretrain.model.ffn.functional import mask_units, router_logits
+from vffn_pretrain.model.ffn.functional import router_logits
 
 S, B = 8, 2
 
@@ -47,8 +47,8 @@ def test_forward_is_exactly_the_sampled_loop_mixed_with_width(single_rank):
     mod, h, _, P, g, idx, _, y_depth, a1, y = _run("versatile", tau=0.5)
     L = mod.max_loops
     with torch.no_grad():
-        gates, _, _ = mod._route(h)
-        y_width = h + mod.linear_fc2(mask_units(a1, gates, mod.seg_expert, mod.seg_width))[0]
+        gates, top_idx, _ = mod._route(h)
+        y_width = h + mod._width_delta(a1, gates, top_idx)  # the width form itself is checked elsewhere
         lam = ((L - (idx + 1).to(torch.float32)) / L).unsqueeze(-1)
         expected = lam * y_width + (1 - lam) * y_depth
     assert len(set(idx.flatten().tolist())) > 1, "the test needs several sampled loop counts"
@@ -72,8 +72,8 @@ def test_loop_head_gradient_is_the_soft_gumbel_formula(single_rank):
     mod, h, g_up, P, g, idx, stacked, y_depth, a1, _ = _run("versatile", tau=tau)
     L = mod.max_loops
     with torch.no_grad():
-        gates, _, _ = mod._route(h)
-        y_width = h + mod.linear_fc2(mask_units(a1, gates, mod.seg_expert, mod.seg_width))[0]
+        gates, top_idx, _ = mod._route(h)
+        y_width = h + mod._width_delta(a1, gates, top_idx)
     lam = ((L - (idx + 1)).double() / L).unsqueeze(-1)
     G = g_up.double()
     ell = torch.arange(1, L + 1, dtype=torch.float64)
@@ -105,3 +105,20 @@ def test_sampling_follows_the_categorical(single_rank):
         counts += F.one_hot((logits + gnoise).argmax(-1), 4).sum(0)
     freq = counts / counts.sum()
     assert torch.allclose(freq, torch.softmax(logits, 0), atol=0.01)
+
+
+def test_sparse_and_masked_width_forms_agree(single_rank):
+    """The TP=1 sparse width product (one matmul per expert) equals the masked-dense one used under TP."""
+    from vffn_pretrain.model.ffn.functional import mask_units, swiglu
+
+    mod = make_ffn("versatile", setup=False)
+    h = torch.randn(S, B, mod.config.hidden_size, generator=torch.Generator().manual_seed(8))
+    a1 = swiglu(mod.linear_fc1(mod.norm(h))[0])
+    gates, top_idx, _ = mod._route(h)
+    sparse = mod._width_delta(a1, gates, top_idx)
+    masked = mod.linear_fc2(mask_units(a1, gates, mod.seg_expert, mod.seg_width))[0]
+    assert torch.allclose(sparse, masked, atol=1e-7, rtol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (mod.linear_fc2.weight, mod.router.weight), retain_graph=True)
+             for out in (sparse, masked)]
+    for g_sparse, g_masked in zip(*grads):
+        assert torch.allclose(g_sparse, g_masked, atol=1e-7, rtol=1e-5)

@@ -122,3 +122,32 @@ def mask_units(act: torch.Tensor, gates: torch.Tensor, seg_expert: torch.Tensor,
         seg_gates = seg_gates + offset
     shape = act.shape
     return (act.view(*shape[:-1], -1, seg_width) * seg_gates.unsqueeze(-1)).view(shape)
+
+
+def routed_expert_delta(act: torch.Tensor, top_weight: torch.Tensor, top_idx: torch.Tensor,
+                        weight_out: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """sum_j g_j * W_out[:, I(e_j)] @ a1[I(e_j)] per token, each expert multiplying only its own tokens' slices.
+
+    The sparse form of the width path's fc2 (spec §7: k/N of the masked-dense product's work), for when one
+    rank holds every hidden unit (TP=1); under TP it would leave the ranks holding popular experts with more
+    work, so the masked-dense form is used there. act [T, d_ff] (loop 1's activations), top_weight [T, k] fp32,
+    top_idx [T, k], weight_out [h, d_ff] -> [T, h] in act's dtype. Differentiable in act, top_weight, weight_out.
+    """
+    T, units = act.shape
+    k = top_idx.shape[1]
+    width = units // num_experts
+    flat = top_idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)  # assignments grouped by expert
+    tokens = torch.div(order, k, rounding_mode="floor")
+    experts = flat.index_select(0, order)
+    counts = torch.bincount(flat, minlength=num_experts).tolist()
+    # One gather of every assignment's slice: row t*N + e of the [T*N, width] view is a1[t, I(e)].
+    slices = act.reshape(T * num_experts, width).index_select(0, tokens * num_experts + experts)
+    outs, start = [], 0
+    for e, n in enumerate(counts):
+        if n:
+            outs.append(F.linear(slices[start:start + n], weight_out[:, e * width:(e + 1) * width]))
+        start += n
+    gate = top_weight.reshape(-1).index_select(0, order).to(act.dtype).unsqueeze(-1)
+    contrib = torch.cat(outs) * gate
+    return act.new_zeros(T, weight_out.shape[0]).index_add(0, tokens, contrib)

@@ -22,7 +22,13 @@ from megatron.core.tensor_parallel.mappings import (
     reduce_from_tensor_model_parallel_region,
 )
 
-from vffn_pretrain.model.ffn.functional import mask_units, router_logits, swiglu, topk_gates
+from vffn_pretrain.model.ffn.functional import (
+    mask_units,
+    routed_expert_delta,
+    router_logits,
+    swiglu,
+    topk_gates,
+)
 
 
 @torch.no_grad()
@@ -80,8 +86,10 @@ def adaptive_inference(mod, hidden: torch.Tensor, token_weight: torch.Tensor | N
     if first < num_tokens:
         hw = X.index_select(0, order[first:])
         gates, top_idx = topk_gates(router_logits(hw, mod.router.weight), mod.ffn_cfg.top_k)
-        dw = F.linear(mask_units(a1[first:], gates, mod.seg_expert, mod.seg_width), w2)
-        if tp > 1:
+        if tp == 1:  # sparse: k/N of the masked product's work (see VersatileFFN._width_delta)
+            dw = routed_expert_delta(a1[first:], gates.gather(-1, top_idx), top_idx, w2, mod.num_experts)
+        else:
+            dw = F.linear(mask_units(a1[first:], gates, mod.seg_expert, mod.seg_width), w2)
             dw = reduce_from_tensor_model_parallel_region(dw, group=group)
         y_width = hw + dw
         y_depth = z[first:]

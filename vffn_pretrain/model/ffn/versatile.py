@@ -10,8 +10,8 @@ Training forward of `versatile` for this rank's tokens H [s, b, h] (s is the seq
       token on every TP rank, whatever the layout, and replayed exactly by activation recompute);
   H^(l) = H^(l-1) + fc2(phi(fc1(norm(H^(l-1))))) for l = 1..L_max (all loops, for the straight-through grads);
   Y_width = H + fc2(m ⊙ a1): spec §7, the width path is loop 1's activations a1 masked by the router's top-k
-      gates (m_j = g_e on expert e's units). Computed densely, so every TP rank does the same work for any
-      routing, and the width path needs no second fc1;
+      gates (m_j = g_e on expert e's units), so it needs no second fc1. Under TP it is computed densely (every
+      rank does the same work for any routing); at TP=1 sparsely, one matmul per expert on its own tokens;
   lambda = (L_max - sum_l l p_l) / L_max, Y = lambda * Y_width + (1 - lambda) * sum_l p_l H^(l).
 The router and loop head see the un-normalised H, are replicated on every TP rank and run on the rank's own
 tokens. Under TP their outputs are used on every rank's slice of hidden units, so the gate tensor passes through
@@ -45,6 +45,7 @@ from vffn_pretrain.model.ffn.functional import (
     gumbel_straight_through,
     mask_units,
     mix_states,
+    routed_expert_delta,
     router_logits,
     swiglu,
     topk_gates,
@@ -240,8 +241,7 @@ class VersatileFFN(MLP):
             return y_depth
 
         gates, top_idx, logits = self._route(h)
-        y_width = h + self.linear_fc2(mask_units(a1, self._replicate_gates(gates), self.seg_expert,
-                                                 self.seg_width))[0]
+        y_width = h + self._width_delta(a1, gates, top_idx)
         steps = torch.arange(1, num_loops + 1, device=h.device, dtype=torch.float32)
         lam = ((num_loops - (p * steps).sum(-1, keepdim=True)) / num_loops)  # exact in the forward pass
         if y_width.dtype == torch.float32:
@@ -250,6 +250,20 @@ class VersatileFFN(MLP):
             y = (lam * y_width.float() + (1 - lam) * y_depth.float()).to(y_width.dtype)
         return self._balance_and_stats(y, logits, top_idx, token_weight, record, lam=lam.squeeze(-1),
                                        loop_index=loop_index)
+
+    def _width_delta(self, a1: torch.Tensor, gates: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
+        """fc2(m ⊙ a1) of spec §7 for this rank's tokens ([s, b, h]).
+
+        TP=1: sparse, each expert multiplies only its tokens' slices (k/N of the work). TP>1: masked-dense, so
+        every rank does the same work whatever the routing (a sparse form would load the ranks that hold the
+        popular experts); the gates are replicated onto the tokens fc1 ran on (all of the sequence under SP)."""
+        if self.tp_group.size() == 1:
+            k = top_idx.shape[-1]
+            delta = routed_expert_delta(a1.reshape(-1, a1.shape[-1]), gates.gather(-1, top_idx).reshape(-1, k),
+                                        top_idx.reshape(-1, k), self.linear_fc2.weight, self.num_experts)
+            return delta.view(*a1.shape[:-1], -1)
+        masked = mask_units(a1, self._replicate_gates(gates), self.seg_expert, self.seg_width)
+        return self.linear_fc2(masked)[0]
 
     def _record_fixed(self, h: torch.Tensor, token_weight) -> None:
         """Statistics of a pass where every token runs `max_loops` loops (kloop, width path off)."""

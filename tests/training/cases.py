@@ -142,3 +142,39 @@ def train_subprocess(overrides: list[str], *, env: dict | None = None, timeout: 
     log_path = Path(tempfile.mkdtemp(prefix="vffn-train-log-")) / f"run{_counter[0]}.log"
     running = Running(cmd, full_env, log_path)
     return running.wait(timeout=timeout) if wait else running
+
+
+def converted_logits(overrides: list[str], dense_ckpt: str, kind: str) -> dict:
+    """Logits of the dense model in `dense_ckpt`, and of a `kind` model initialised from it (init_from) with one
+    loop forced and the width path off, on one batch. Runs on every rank of a pool (TP/PP as configured)."""
+    import torch
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.model.ffn import state as ffn_state
+    from vffn_pretrain.training.batches import synthetic_global_batch
+    from vffn_pretrain.training.trainer import Trainer
+
+    out = {}
+    for name, extra in (("dense", ["ffn=dense", "checkpoint.resume=false", f"train.init_from={dense_ckpt}"]),
+                        (kind, [f"ffn={kind}", "checkpoint.resume=false", f"train.init_from={dense_ckpt}"])):
+        trainer = Trainer(run_config([*overrides, *extra]))
+        trainer.setup()
+        model = trainer.ddp[0].module
+        model.eval()
+        ffn_state.set_inference_overrides(trainer.ddp, force_loops=1, disable_width=True)
+        batch = synthetic_global_batch(7, 0, 2, 32, VOCAB)
+        with torch.no_grad():
+            logits = model(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
+        out[name] = logits.float().numpy()
+        ps.destroy_model_parallel()
+    return out
+
+
+def generate(argv: list[str]) -> str:
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.generate import generate as run
+
+    text = run(argv)
+    ps.destroy_model_parallel()
+    return text

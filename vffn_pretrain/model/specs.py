@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
@@ -12,6 +14,15 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 
 from vffn_pretrain.model.backend import Backend
 from vffn_pretrain.model.ffn import FFNSlot
+
+
+class _KnownCustomMLP(logging.Filter):
+    # TransformerLayer warns about any MLP class other than megatron's own; ours are deliberate.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Unknown MLP type" not in record.getMessage()
+
+
+logging.getLogger("megatron.core.transformer.transformer_layer").addFilter(_KnownCustomMLP())
 
 
 def gpt_layer_spec(backend: Backend, ffn: FFNSlot) -> ModuleSpec:

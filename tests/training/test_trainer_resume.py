@@ -19,15 +19,20 @@ def _args(base_overrides, run_dir, *extra):
 def test_resume_is_bitwise_equal_to_uninterrupted(base_overrides, tmp_path):
     straight = cases.train_subprocess(_args(base_overrides, tmp_path / "a", "train.max_steps=6"))
     assert straight.returncode == 0, straight.stdout[-3000:]
-    first = cases.train_subprocess(_args(base_overrides, tmp_path / "b", "train.max_steps=6", "train.exit_interval=3"))
+    wandb = ["logging.wandb.enabled=true", "logging.wandb.mode=offline"]
+    first = cases.train_subprocess(_args(base_overrides, tmp_path / "b", "train.max_steps=6", "train.exit_interval=3",
+                                         *wandb))
     assert first.returncode == 0, first.stdout[-3000:]
     assert (tmp_path / "b" / "checkpoints" / "step_0000003").is_dir()
-    second = cases.train_subprocess(_args(base_overrides, tmp_path / "b", "train.max_steps=6"))
+    second = cases.train_subprocess(_args(base_overrides, tmp_path / "b", "train.max_steps=6", *wandb))
     assert second.returncode == 0, second.stdout[-3000:]
     assert "resumed from step 3" in second.stdout
     a, b = cases.read_losses(tmp_path / "a"), cases.read_losses(tmp_path / "b")
     assert sorted(b) == list(range(1, 7))
     assert [b[s] for s in range(1, 7)] == [a[s] for s in range(1, 7)]  # bitwise, data order included
+    # The resumed process continued the same wandb run (its id is kept in the checkpoint).
+    runs = sorted((tmp_path / "b" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and len({r.name.rsplit("-", 1)[1] for r in runs}) == 1, runs
 
 
 def test_kill_9_then_same_command_resumes(base_overrides, tmp_path):

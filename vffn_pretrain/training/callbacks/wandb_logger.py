@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import uuid
 
 from vffn_pretrain.training.callbacks.base import Callback
 
@@ -31,7 +32,7 @@ class WandbLogger(Callback):
         self.mode = mode
         self._wandb = wandb
         self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), name=run_name,
-                              id=run_id or wandb.util.generate_id(), resume="allow", config=config,
+                              id=run_id or uuid.uuid4().hex[:12], resume="allow", config=config,
                               settings=wandb.Settings(silent=True, console="off"))
         self.run_id = self.run.id
 

@@ -1,0 +1,120 @@
+"""What the trainer costs on top of a bare megatron-core loop.
+
+Both run in this process on the same model, optimizer and batch shape (the main job's: tiny VersatileFFN,
+global batch 16 x 128 tokens, micro-batch 8, fp32 on CPU):
+
+- bare: `get_forward_backward_func` + `optimizer.step()` over one fixed batch, nothing else;
+- trainer: `Trainer.fit()` with default logging (a line, a metrics.jsonl record and the FFN statistics every
+  10 steps, wandb offline unless disabled, the per-step stop-signal check and NaN check, the data loader),
+  timed between its first and last log record, so set-up, evaluation and the final checkpoint are excluded.
+
+The two alternate (bare, trainer, bare, trainer, ...) and the medians are compared.
+
+    python benchmarks/trainer_overhead.py [--steps 50] [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=50, help="steps per measurement (a multiple of 10)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--wandb", action="store_true", help="also log to wandb (offline) as the default config does")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+
+    from functools import partial
+
+    from hydra import compose, initialize_config_dir
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from vffn_pretrain.conf_path import CONF_DIR
+    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.model.ffn import state as ffn_state
+    from vffn_pretrain.training.callbacks import Callback
+    from vffn_pretrain.training.step import forward_step
+    from vffn_pretrain.training.trainer import Trainer
+
+    run_dir = tempfile.mkdtemp(prefix="vffn-overhead-")
+    total = args.steps * (args.repeats + 1) + 10
+    overrides = [f"run_dir={run_dir}", f"train.max_steps={total}", "train.eval_iters=0",
+                 f"checkpoint.interval={10 * total}", f"logging.wandb.enabled={str(args.wandb).lower()}",
+                 "logging.progress_bar=false"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = load_run_config(compose("config", overrides=overrides), world_size=1)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    t = cfg.train
+
+    class LogTimes(Callback):
+        def __init__(self):
+            self.times = []
+
+        def on_log(self, record):
+            self.times.append((record["step"], time.perf_counter()))
+
+    log_times = LogTimes()
+    trainer.callbacks.append(log_times)
+    trainer.save = lambda: None  # the final checkpoint is outside the timed window anyway
+
+    fixed = trainer._micro_batches(trainer.train_iter, 0)
+    fb = get_forward_backward_func()
+
+    def bare(steps: int) -> float:
+        start = time.perf_counter()
+        for step in range(steps):
+            ffn_state.set_training_step(trainer.ddp, step, t.max_steps)
+            for chunk in trainer.ddp:
+                chunk.zero_grad_buffer()
+            trainer.optimizer.zero_grad()
+            fb(forward_step_func=partial(forward_step, noise_seed=t.seed), data_iterator=iter(fixed),
+               model=trainer.ddp[0], num_microbatches=len(fixed), seq_length=t.seq_length,
+               micro_batch_size=t.micro_batch_size, decoder_seq_length=t.seq_length, forward_only=False)
+            trainer.optimizer.step()
+        return args.steps * t.global_batch_size * t.seq_length / (time.perf_counter() - start)
+
+    def trained(steps: int) -> float:
+        log_times.times.clear()
+        t.max_steps = trainer.step + steps + 10  # +10: the first log record opens the timed window
+        trainer.fit()
+        (s0, t0), (s1, t1) = log_times.times[0], log_times.times[-1]
+        return (s1 - s0) * t.global_batch_size * t.seq_length / (t1 - t0)
+
+    bare(10)  # warm-up
+    bare_tps, trainer_tps = [], []
+    for _ in range(args.repeats):
+        bare_tps.append(bare(args.steps))
+        trainer_tps.append(trained(args.steps))
+    b, tr = statistics.median(bare_tps), statistics.median(trainer_tps)
+    result = {
+        "steps_per_measurement": args.steps,
+        "repeats": args.repeats,
+        "bare_tokens_per_sec": b,
+        "trainer_tokens_per_sec": tr,
+        "trainer_overhead": 1 - tr / b,
+        "bare_all": bare_tps,
+        "trainer_all": trainer_tps,
+        "wandb": args.wandb,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{'loop':<10}{'tokens/s (median)':>20}{'ratio to bare':>16}")
+    print(f"{'bare':<10}{b:>20.0f}{1.0:>16.3f}")
+    print(f"{'trainer':<10}{tr:>20.0f}{tr / b:>16.3f}")
+    print(f"trainer overhead: {100 * (1 - tr / b):.1f}% (target <= 5%)")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

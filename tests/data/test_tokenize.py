@@ -136,8 +136,12 @@ def test_help_documents_the_public_flags(capsys):
 def test_console_script_runs():
     import shutil
     import subprocess
+    import sys
+    from pathlib import Path
 
-    exe = shutil.which("vffn-data")
+    # The script sits next to the interpreter of the environment it was installed into (PATH may not have it).
+    beside = Path(sys.executable).parent / "vffn-data"
+    exe = str(beside) if beside.exists() else shutil.which("vffn-data")
     assert exe, "run `pip install -e . --no-deps` to install the vffn-data console script"
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0

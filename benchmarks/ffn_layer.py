@@ -9,7 +9,9 @@ dense forward. Kinds are timed in interleaved rounds, so drift in machine load h
 
 Times: on GPU, wall-clock median. On CPU, where this benchmark usually shares the cores with other jobs, the
 primary figure is the process CPU time per step (median over rounds), which load from other processes inflates
-far less than wall-clock time; the wall-clock minimum is printed next to it. FLOP ratios come from
+far less than wall-clock time; the wall-clock minimum is printed next to it. The default is one intra-op thread
+on CPU: with several, idle OpenMP threads spin and that spinning is charged as CPU time whenever the cores are
+contended (--threads 2 uses both cores; then run it on a quiet machine). FLOP ratios come from
 vffn_pretrain.model.counting (spec §13 accounting: versatile training costs L_max + k/N dense passes; eval costs
 E[l] + P(l < L_max) * k/N at the measured loop mix). "time/FLOP" is the time ratio divided by the FLOP ratio: 1.0
 means the layer costs exactly what its arithmetic costs relative to dense. The "§7" columns use the cheaper
@@ -147,14 +149,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: 1 on CPU, see the module docstring)")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc settings")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     if argv is None:
         maybe_reexec_with_malloc_tuning(args.no_malloc_tuning)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads or not torch.cuda.is_available():
+        torch.set_num_threads(args.threads or 1)
 
     from megatron.core import parallel_state as ps
 

@@ -14,6 +14,8 @@ LAYOUTS_4 = {
     "pp2_vpp2": {"pp": 2, "vpp": 2},
     "tp2_sp": {"tp": 2, "sp": True},
     "pp4": {"pp": 4},
+    "pp2_uneven_layout": {"pp": 2, "pipeline_layout": "Et|tttL"},
+    "pp2_layout_vpp2": {"pp": 2, "vpp": 2, "pipeline_layout": "Et|t|t|tL"},
 }
 
 

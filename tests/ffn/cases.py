@@ -263,3 +263,40 @@ def ep_case() -> dict:
            "ep": ps.get_expert_model_parallel_world_size(), "rank": dist.get_rank()}
     ps.destroy_model_parallel()
     return out
+
+
+def pp_case(directory: str) -> dict:
+    """A versatile GPT at PP=2 (weights loaded from the PP=1 model) gives the PP=1 training-mode loss: the Gumbel
+    noise is keyed by the global layer number and micro-batch, not by the stage or the DP rank."""
+    from megatron.core import dist_checkpointing
+
+    from vffn_pretrain.training.batches import split_global_batch, synthetic_global_batch
+    from vffn_pretrain.training.step import train_step
+
+    def loss_of(model):
+        model.train()
+        batch = synthetic_global_batch(SEED, 3, 4, 8, TINY_GPT["vocab_size"])
+        micro = split_global_batch(batch, step=3, dp_rank=ps.get_data_parallel_rank(),
+                                   dp_size=ps.get_data_parallel_world_size(), micro_batch_size=1)
+        with torch.no_grad():
+            return train_step([model], None, micro, seq_length=8, micro_batch_size=1, noise_seed=SEED,
+                              forward_only=True).loss
+
+    ref = _gpt("versatile")
+    _scale_heads(ref)
+    ref_loss = loss_of(ref)
+    dist_checkpointing.save(ref.sharded_state_dict(), directory)
+    from vffn_pretrain.model.config import ModelConfig
+    from vffn_pretrain.model.ffn.config import FFNConfig
+    from vffn_pretrain.model.gpt import build_model
+    from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+
+    parallel = ParallelConfig(pp=2)
+    setup_model_parallel(parallel)
+    seed_all(5)
+    model = build_model(ModelConfig(**TINY_GPT), FFNConfig(kind="versatile"), parallel)[0]
+    model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), directory))
+    out = {"pp1": ref_loss, "pp2": loss_of(model),
+           "layers": sorted(m.layer_number for m in state.ffn_modules(model))}
+    ps.destroy_model_parallel()
+    return out

@@ -1,7 +1,7 @@
 """Whole-model parallel checks: a VersatileFFN checkpoint written at TP=2 loads at TP=1 and back with the same
 outputs (eval and train mode), and the MoE baseline runs with expert parallelism, matching EP=1."""
 
-from tests.ffn.cases import ep_case, reshard_case
+from tests.ffn.cases import ep_case, pp_case, reshard_case
 
 
 def test_checkpoint_reshards_between_tp2_and_tp1(rank_pools, tmp_path):
@@ -22,3 +22,10 @@ def test_moe_with_expert_parallelism_matches_ep1(rank_pools):
         assert err <= 1e-5 * max(1.0, scale)
         assert out["expert_grad"] < 1e-6
         assert out["other_grad"] < 1e-6
+
+
+def test_pipeline_parallel_matches_pp1(rank_pools, tmp_path):
+    results = rank_pools(2).run(pp_case, str(tmp_path))
+    assert [r["layers"] for r in results] == [[1], [2]]  # global layer numbers key the noise
+    for out in results:
+        assert abs(out["pp2"] - out["pp1"]) < 1e-5 * abs(out["pp1"])

@@ -58,7 +58,7 @@ SEQ, MBS, NUM_MB, VOCAB = 16, 2, 2, 128
 @pytest.mark.parametrize("kind", ["versatile", "moe"])
 def test_schedule_scales_balance_gradient_per_token(single_rank, kind):
     """Through get_forward_backward_func with calculate_per_token_loss and megatron DDP: the router gradient
-    added by the balance loss is sum over micro-batches m of grad(alpha * L_bal_m * T_m) / T_total."""
+    added by the balance loss is sum over micro-batches m of grad(alpha / num_layers * L_bal_m * T_m) / T_total."""
     parallel = ParallelConfig()
     seed_all(SEED)
     ffn = FFNConfig(kind=kind, balance_loss=True, balance_coeff=1.0)
@@ -96,8 +96,9 @@ def test_schedule_scales_balance_gradient_per_token(single_rank, kind):
     last = max(routers)
     for n, (weight, inputs) in [(last, routers[last])]:
         assert len(inputs) == NUM_MB
-        expected = sum(analytic_balance_grad(x.reshape(-1, x.shape[-1]), weight.detach(), ffn.top_k, 1.0)
-                       for x in inputs) / total_tokens
+        # alpha / num_layers: the per-layer losses are averaged over the layers
+        expected = sum(analytic_balance_grad(x.reshape(-1, x.shape[-1]), weight.detach(), ffn.top_k,
+                                             1.0 / model.num_layers) for x in inputs) / total_tokens
         got = (with_balance[n] - without[n]).double()
         assert float(expected.abs().max()) > 1e-4
         assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4), n

@@ -13,6 +13,10 @@ tokens) (f is a count, no gradient), so each rank attaches A_r = alpha * N * sum
 of its own tokens' probabilities; the ranks' gradient contributions add up through DDP (and, under sequence
 parallelism, through the TP all-reduce of the router weight, which is marked `sequence_parallel`).
 
+Layers. Each layer attaches its own term with alpha / num_layers (the caller passes that as `alpha`), so the model
+adds alpha times the mean of the per-layer L_bal over its layers (spec §12 #6), not their sum as megatron's MoE
+aux losses do.
+
 The attached value never enters the forward output, so the reported LM loss is unchanged.
 """
 

@@ -18,7 +18,8 @@ class FFNConfig:
     max_loops (L_max): depth path loops; loops: k of the k-loop baseline.
     tau0, tau_decay, tau_min: Gumbel temperature tau_t = max(tau0 * tau_decay**t, tau_min), t = optimizer step;
     tau_decay_to_end: if true, tau_decay is set so tau reaches tau_min at the run's last step.
-    balance_coeff: Switch balance loss alpha (0 or balance_loss=false turns it off).
+    balance_coeff: Switch balance loss alpha; the loss added is alpha * mean over layers of N * sum_e f_e P_e
+    (spec §12 #6; 0 or balance_loss=false turns it off).
     """
 
     kind: str = "versatile"

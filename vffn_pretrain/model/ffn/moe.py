@@ -51,8 +51,9 @@ class BalancedTopKRouter(TopKRouter):
         value, counts = None, None
         if self.training and cfg.balance_loss and cfg.balance_coeff > 0 and (grad or record):
             sp = bool(self.config.sequence_parallel) and self.tp_group.size() > 1
-            terms = switch_balance(torch.softmax(flat.float(), dim=-1), routing_map, cfg.top_k, cfg.balance_coeff,
-                                   token_group(sp), weight)
+            # alpha / num_layers: the loss is averaged over layers (spec §12 #6), like VersatileFFN's
+            terms = switch_balance(torch.softmax(flat.float(), dim=-1), routing_map, cfg.top_k,
+                                   cfg.balance_coeff / self.config.num_layers, token_group(sp), weight)
             if grad:
                 probs = attach_aux_loss(probs, terms.attach, self.config)
             value, counts = terms.value, terms.counts

@@ -285,7 +285,8 @@ class VersatileFFN(MLP):
         grad = torch.is_grad_enabled() and self.training
         if self.training and cfg.balance_loss and cfg.balance_coeff > 0 and (grad or record):
             probs = torch.softmax(logits, dim=-1).reshape(-1, n)
-            terms = switch_balance(probs, assign.reshape(-1, n), cfg.top_k, cfg.balance_coeff,
+            # alpha / num_layers: the per-layer losses are averaged over the model's layers (spec §12 #6)
+            terms = switch_balance(probs, assign.reshape(-1, n), cfg.top_k, cfg.balance_coeff / self.config.num_layers,
                                    token_group(self._sp), flat_w)
             if grad:
                 y = attach_aux_loss(y, terms.attach, self.config)

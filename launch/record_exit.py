@@ -6,7 +6,8 @@ torchrun reports any failed worker as exit code 1, which hides the trainer's "ex
 contract. launch/torchrun.sh therefore starts each worker through this file: the module runs in
 this same process (so signals reach the trainer directly, and torchrun can still kill it), and the
 exit code is written to ``$VFFN_EXIT_DIR/rank-$RANK`` before the process exits with that code.
-Without VFFN_EXIT_DIR it only runs the module.
+``$VFFN_EXIT_DIR/started-$RANK`` is written first, so the launcher can tell "torchrun never started a
+worker" (a rendezvous failure) from a worker that died. Without VFFN_EXIT_DIR it only runs the module.
 """
 
 import os
@@ -15,12 +16,15 @@ import signal
 import sys
 
 
-def _record(code: int) -> None:
+def _write(name: str, text: str) -> None:
     exit_dir = os.environ.get("VFFN_EXIT_DIR")
     if exit_dir:
-        path = os.path.join(exit_dir, f"rank-{os.environ.get('RANK', '0')}")
-        with open(path, "w") as f:
-            f.write(f"{code}\n")
+        with open(os.path.join(exit_dir, f"{name}-{os.environ.get('RANK', '0')}"), "w") as f:
+            f.write(text)
+
+
+def _record(code: int) -> None:
+    _write("rank", f"{code}\n")
 
 
 def _exit_code(e: SystemExit) -> int:
@@ -33,6 +37,7 @@ def main() -> None:
     if len(sys.argv) < 2:
         sys.exit("usage: record_exit.py MODULE [ARG ...]")
     module = sys.argv[1]
+    _write("started", f"{os.getpid()}\n")
     # torchrun.sh starts torchrun with SIGUSR1 ignored and children inherit that; give the trainer
     # the default disposition back so this launcher trick is invisible to it.
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)

@@ -16,6 +16,9 @@
 #   RDZV_ENDPOINT   host:port of a c10d rendezvous. When set, nodes join dynamically (NODE_RANK and
 #                   MASTER_* are not used); all nodes must use the same RDZV_ID.
 #   RDZV_ID         rendezvous id                           default $SLURM_JOB_ID, else "vffn"
+#   RDZV_TIMEOUT    seconds the nodes wait for each other (node 0 for the others to join, the others to
+#                   reach node 0) before torchrun gives up with a non-zero exit; default 600. Once the
+#                   workers run, the trainer's own parallel.init_timeout_s bounds process-group set-up.
 # With NNODES=1 and neither RDZV_ENDPOINT nor MASTER_PORT set, torchrun runs --standalone (a
 # private rendezvous on a free port), so several single-node runs can share a machine.
 #
@@ -58,6 +61,7 @@ RDZV_ID="${RDZV_ID:-${SLURM_JOB_ID:-vffn}}"
 PYTHON="${PYTHON:-python}"
 TRAIN_MODULE="${TRAIN_MODULE:-vffn_pretrain.train}"
 SHUTDOWN_TIMEOUT="${SHUTDOWN_TIMEOUT:-300}"
+RDZV_TIMEOUT="${RDZV_TIMEOUT:-600}"
 
 count_gpus() {
   if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
@@ -85,15 +89,17 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
 
 if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
-  rdzv=(--nnodes="$NNODES" --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="$RDZV_ID")
+  rdzv=(--nnodes="$NNODES" --rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="$RDZV_ID"
+        --rdzv-conf="join_timeout=$RDZV_TIMEOUT")
 elif [[ "$NNODES" == 1 && -z "${MASTER_PORT:-}" ]]; then
   rdzv=(--standalone)
 else
   rdzv=(--nnodes="$NNODES" --node-rank="$NODE_RANK"
-        --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port="${MASTER_PORT:-29500}")
+        --master-addr="${MASTER_ADDR:-127.0.0.1}" --master-port="${MASTER_PORT:-29500}"
+        --rdzv-conf="timeout=$RDZV_TIMEOUT")
 fi
 
-# Worker exit codes land here (one file per global rank); see launch/record_exit.py.
+# Worker start markers and exit codes land here (per global rank); see launch/record_exit.py.
 VFFN_EXIT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/vffn-exit.XXXXXX")"
 export VFFN_EXIT_DIR
 trap 'rm -rf "$VFFN_EXIT_DIR"' EXIT
@@ -108,8 +114,10 @@ trap '' USR1
   "$REPO_ROOT/launch/record_exit.py" "$TRAIN_MODULE" "$@" &
 torchrun_pid=$!
 
+got_signal=0
 # shellcheck disable=SC2317  # called from the traps below
 forward() {
+  got_signal=1
   echo "[torchrun.sh] got SIG$1, forwarding it to the workers of torchrun (pid $torchrun_pid)" >&2
   pkill "-$1" -P "$torchrun_pid" || true
 }
@@ -129,5 +137,18 @@ done
 if grep -qx 3 "$VFFN_EXIT_DIR"/rank-* 2>/dev/null; then
   echo "[torchrun.sh] a worker exited 3: requeue requested" >&2
   exit 3
+fi
+if ((rc != 0 && got_signal == 0)) && ! compgen -G "$VFFN_EXIT_DIR/started-*" >/dev/null; then
+  # torchrun started no worker: the rendezvous failed (the nodes never found each other).
+  if [[ "${rdzv[0]}" == --standalone ]]; then
+    where="a standalone rendezvous on this node"
+  elif [[ -n "${RDZV_ENDPOINT:-}" ]]; then
+    where="the c10d rendezvous at $RDZV_ENDPOINT (id $RDZV_ID, $NNODES node(s))"
+  else
+    where="the rendezvous at ${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500} as node $NODE_RANK of $NNODES"
+  fi
+  echo "[torchrun.sh] ERROR: torchrun exited with $rc before starting any worker: $where failed or timed" \
+    "out (RDZV_TIMEOUT=${RDZV_TIMEOUT}s). Check MASTER_ADDR/MASTER_PORT (or RDZV_ENDPOINT), that the" \
+    "port is reachable from every node, and that all $NNODES node(s) were started." >&2
 fi
 exit "$rc"

@@ -1,0 +1,97 @@
+"""launch/torchrun.sh for real: two launcher processes as two nodes on loopback, and the failures that must end
+with a clear message and a non-zero exit instead of a hang."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.launch import helpers
+from vffn_pretrain.parallel import free_port
+
+STEPS = 3
+
+
+def test_two_nodes_on_loopback_match_one_node_with_two_ranks(tiny, tmp_path):
+    args = [*tiny, f"train.max_steps={STEPS}"]
+    one = helpers.torchrun([*args, f"run_dir={tmp_path / 'one'}"], tmp_path / "one.log",
+                           env={"NPROC_PER_NODE": "2"}).wait(timeout=180)
+    assert one.returncode == 0, helpers.tail(one.output)
+    assert "--standalone" in one.output and "world 2 (TP 1 PP 1 DP 2)" in one.output
+
+    two = tmp_path / "two"
+    rdzv = {"NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+            "RDZV_TIMEOUT": "120"}
+    nodes = [helpers.torchrun([*args, f"run_dir={two}"], tmp_path / f"node{r}.log", env={**rdzv, "NODE_RANK": str(r)})
+             for r in (0, 1)]
+    done = [n.wait(timeout=240) for n in nodes]
+    for r, d in enumerate(done):
+        assert d.returncode == 0, f"node {r}:\n{helpers.tail(d.output)}"
+        assert f"node {r}/2, 1 proc/node, --nnodes=2 --node-rank={r}" in d.output
+    assert "world 2 (TP 1 PP 1 DP 2)" in done[0].output  # rank 0 (node 0) logs
+
+    ref, got = helpers.losses(tmp_path / "one"), helpers.losses(two)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    assert [got[s] for s in sorted(got)] == [ref[s] for s in sorted(ref)]  # bitwise: same world, same math
+    assert helpers.summary(two)["steps"] == STEPS
+    assert (two / "checkpoints" / "latest").read_text().strip() == f"step_{STEPS:07d}"
+
+
+def test_unreachable_master_fails_fast_with_a_clear_message(tiny, tmp_path):
+    """Node 1 pointed at a port where nobody listens, and node 0 whose peer never comes: both give up after
+    RDZV_TIMEOUT and say where they tried to meet."""
+    args = [*tiny, "train.max_steps=1", f"run_dir={tmp_path / 'run'}"]
+    common = {"NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "RDZV_TIMEOUT": "5"}
+    dead_port, lonely_port = free_port(), free_port()
+    procs = {
+        1: helpers.torchrun(args, tmp_path / "n1.log", env={**common, "NODE_RANK": "1", "MASTER_PORT": str(dead_port)}),
+        0: helpers.torchrun(args, tmp_path / "n0.log",
+                            env={**common, "NODE_RANK": "0", "MASTER_PORT": str(lonely_port)}),
+    }
+    for rank, port in ((1, dead_port), (0, lonely_port)):
+        done = procs[rank].wait(timeout=90)
+        assert done.returncode != 0, helpers.tail(done.output)
+        assert (f"[torchrun.sh] ERROR: torchrun exited with {done.returncode} before starting any worker: "
+                f"the rendezvous at 127.0.0.1:{port} as node {rank} of 2 failed or timed out (RDZV_TIMEOUT=5s)"
+                ) in done.output, helpers.tail(done.output)
+        assert done.seconds < 60
+
+
+def test_trainer_alone_with_an_unreachable_master_gives_up_after_init_timeout(tiny, tmp_path):
+    """Without torchrun (srun tasks as ranks, or env set by hand): parallel.init_timeout_s bounds the wait."""
+    port = free_port()
+    env = helpers.run_env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    cmd = [sys.executable, "-m", "vffn_pretrain.train", *tiny, "train.max_steps=1", f"run_dir={tmp_path / 'run'}",
+           "parallel.init_timeout_s=5"]
+    done = helpers.Proc(cmd, env, tmp_path / "run.log").wait(timeout=90)
+    assert done.returncode != 0
+    assert (f"rank 1 of 2 could not join the process group at 127.0.0.1:{port} within 5 s "
+            "(parallel.init_timeout_s)") in done.output, helpers.tail(done.output)
+    assert done.seconds < 60
+
+
+def test_init_from_a_missing_checkpoint_fails_on_every_rank(tiny, tmp_path):
+    missing = tmp_path / "no" / "such" / "checkpoints"
+    done = helpers.torchrun([*tiny, "train.max_steps=2", f"run_dir={tmp_path / 'run'}", f"train.init_from={missing}"],
+                            tmp_path / "run.log", env={"NPROC_PER_NODE": "2"}).wait(timeout=180)
+    assert done.returncode != 0
+    assert f"train.init_from={missing}: neither a checkpoint nor a checkpoint dir with `latest`" in done.output, \
+        helpers.tail(done.output)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing saved
+
+
+def test_launcher_passes_the_requeue_code_through(tiny, tmp_path):
+    """A worker's exit 3 (saved after SIGUSR1, requeue me) survives torchrun, which reports any failure as 1."""
+    run = helpers.torchrun([*tiny, "train.max_steps=400", f"run_dir={tmp_path / 'run'}"], tmp_path / "run.log",
+                           env={"NPROC_PER_NODE": "2"})
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=120,
+                     what="two logged steps", proc=run)
+    subprocess.run(["kill", "-USR1", str(run.proc.pid)], check=True)  # the launcher script, as SLURM would
+    done = run.wait(timeout=120)
+    assert done.returncode == 3, helpers.tail(done.output)
+    assert "[torchrun.sh] got SIGUSR1, forwarding it to the workers" in done.output
+    assert "[torchrun.sh] a worker exited 3: requeue requested" in done.output
+    steps = helpers.summary(tmp_path / "run")["steps"]
+    assert 2 <= steps < 400
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"

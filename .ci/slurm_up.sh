@@ -3,7 +3,9 @@
 #
 # What it does (following shared/reference/slurm-local.md; Debian bookworm: slurm 22.05, munge 0.5.15):
 #   1. installs slurmctld slurmd slurm-client munge with apt if any of them is missing;
-#   2. writes /etc/slurm/slurm.conf: nodes n1, n2 (1 CPU each) on 127.0.0.1, partition `debug`;
+#   2. writes /etc/slurm/slurm.conf: nodes n1, n2 (1 CPU each) on 127.0.0.1, partition `debug`, tuned for
+#      tests: a requeued job may start again after SLURM_REQUEUE_DELAY s (SLURM's default is 120 s, the
+#      credential lifetime `cred_expire`), and the schedulers look at the queue every second;
 #   3. adds "127.0.0.1 n1 n2" to /etc/hosts so the node names resolve (MASTER_ADDR in sbatch scripts);
 #   4. starts munged, slurmctld and one slurmd per node (there is no init system in CI containers);
 #   5. waits until `sinfo` reports both nodes idle, or fails after SLURM_UP_TIMEOUT seconds.
@@ -15,10 +17,13 @@
 # Environment:
 #   SLURM_UP_TIMEOUT   seconds to wait for 2 idle nodes (default 90)
 #   SLURM_NODE_MEM_MB  RealMemory per node in MB (default 8000; must not exceed what slurmd sees)
+#   SLURM_REQUEUE_DELAY  seconds before a requeued job is eligible again (default 10; also the lifetime of
+#                      job-step credentials, so keep it above a few seconds)
 set -euo pipefail
 
 TIMEOUT="${SLURM_UP_TIMEOUT:-90}"
 NODE_MEM_MB="${SLURM_NODE_MEM_MB:-8000}"
+REQUEUE_DELAY="${SLURM_REQUEUE_DELAY:-10}"
 CONF=/etc/slurm/slurm.conf
 HOST="$(hostname -s)"
 NODES=(n1 n2)
@@ -48,6 +53,7 @@ cat >"$new_conf" <<EOF
 ClusterName=localcluster
 SlurmctldHost=${HOST}
 AuthType=auth/munge
+AuthInfo=cred_expire=${REQUEUE_DELAY}
 SlurmUser=slurm
 StateSaveLocation=/var/spool/slurmctld
 SlurmctldPidFile=/run/slurmctld.pid
@@ -60,6 +66,7 @@ TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2

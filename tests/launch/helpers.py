@@ -170,8 +170,10 @@ class Job:
 
 
 def sbatch(args: list[str], overrides: list[str], log: Path, env: dict) -> Job:
-    """Submit launch/slurm/pretrain.sbatch from the repository root; returns the job."""
+    """Submit launch/slurm/pretrain.sbatch from the repository root with its log at ``log`` (``%j`` = job
+    id); returns the job."""
     cmd = ["sbatch", "--parsable", f"--output={log}", *args, str(PRETRAIN_SBATCH), *overrides]
     res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=30)
     assert res.returncode == 0, f"sbatch failed: {res.stderr}"
-    return Job(res.stdout.strip().split(";")[0], log)
+    job_id = res.stdout.strip().split(";")[0]
+    return Job(job_id, Path(str(log).replace("%j", job_id)))

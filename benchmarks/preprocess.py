@@ -14,8 +14,8 @@ Times exclude the interpreter start and imports (common to all three): the loop 
 tokenizer to ``finalize``, vffn-data by the ``elapsed_s`` of its report (which includes starting its worker
 processes). Each size runs ``--repeat`` rounds with the methods interleaved, keeping each method's best
 throughput (other work on a shared machine only ever slows a run down) and its largest peak memory. Peak
-memory is the sum of the peak RSS of the process and of each worker (see ``_measure``). All three outputs are
-checked to be byte-identical. Targets: 2 workers >= 1.7x the loop in tokens/s, and peak
+memory is the main process's peak RSS plus the memory private to each worker (see ``_measure``). All three
+outputs are checked to be byte-identical. Targets: 2 workers >= 1.7x the loop in tokens/s, and peak
 memory that does not grow with the input (two sizes are run).
 """
 
@@ -94,13 +94,22 @@ def _hwm_mb(pid: int) -> float | None:
     return None
 
 
+def _private_mb(pid: int) -> float | None:
+    """Memory only this process holds (private clean + dirty pages), in MB; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(line.split()[1]) for line in f if line.startswith(("Private_Clean:", "Private_Dirty:"))) / 1024
+    except OSError:
+        return None
+
+
 def _measure(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]:
     """Run ``cmd``; return (completed process, peak memory of the process tree in MB, wall seconds).
 
-    Peak memory is the sum over the process and all its descendants of each one's own peak RSS (the kernel's
-    VmHWM), as last seen while it ran: an upper bound on the peak of their simultaneous total. The last value
-    per process is kept, not the largest, because a worker started with fork+exec briefly shows its parent's
-    memory before the exec resets its counter.
+    Peak memory is the main process's peak RSS (the kernel's VmHWM, exact) plus, for each worker process, the
+    largest memory private to it seen while sampling every 0.25 s. Workers are forked, so they share the main
+    process's pages: adding their RSS would count those pages again. Private memory is costly to read (the
+    kernel walks the page tables), hence the slower sampling; a worker's memory is a steady plateau.
     """
     import psutil
 
@@ -108,22 +117,29 @@ def _measure(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float, float]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     root = psutil.Process(proc.pid)
-    last_hwm: dict[int, float] = {}
+    main_peak = 0.0
+    worker_peak: dict[int, float] = {}
+    next_worker_sample = 0.0
     while proc.poll() is None:
-        try:
-            pids = [proc.pid] + [c.pid for c in root.children(recursive=True)]
-        except psutil.Error:
-            pids = [proc.pid]
-        for pid in pids:
-            hwm = _hwm_mb(pid)
-            if hwm is not None:
-                last_hwm[pid] = hwm
+        hwm = _hwm_mb(proc.pid)
+        main_peak = max(main_peak, hwm or 0.0)
+        now = time.perf_counter()
+        if now >= next_worker_sample:
+            next_worker_sample = now + 0.25
+            try:
+                children = root.children(recursive=True)
+            except psutil.Error:
+                children = []
+            for child in children:
+                private = _private_mb(child.pid)
+                if private is not None:
+                    worker_peak[child.pid] = max(worker_peak.get(child.pid, 0.0), private)
         time.sleep(0.01)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), sum(last_hwm.values()), wall
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), main_peak + sum(worker_peak.values()), wall
 
 
 def _sha(path: str) -> str:

@@ -15,7 +15,8 @@ parameter count of the *dense* model of a size, so every FFN variant of a size g
   halved while the run would have fewer than min_steps optimizer steps.
 * steps    ceil(D / batch tokens); the run sees steps x batch tokens >= D.
 
-The FFN variant is the second axis: each variant is a conf/ffn/<name>.yaml group.
+The FFN variant is the second axis: each variant is a conf/ffn/<name>.yaml group (a ladder's own
+``variants:`` list, else the config's, unless --variants is given).
 """
 
 from __future__ import annotations
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG))
     parser.add_argument("--ladder", required=True, help="a key of `ladders:` in the config")
     parser.add_argument(
-        "--variants", default=None, help="comma-separated conf/ffn groups (default: the config's)"
+        "--variants", default=None,
+        help="comma-separated conf/ffn groups (default: the ladder's `variants`, else the config's)"
     )
     parser.add_argument("--format", choices=("table", "overrides", "multirun"), default="table")
     parser.add_argument("--launcher", default="submitit_slurm", help="hydra/launcher for --format multirun")
@@ -243,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     ladder = cfg.ladders[args.ladder]
-    variants = args.variants.split(",") if args.variants else [str(v) for v in cfg.variants]
+    default_variants = ladder.get("variants") or cfg.variants
+    variants = args.variants.split(",") if args.variants else [str(v) for v in default_variants]
     try:
         for v in variants:
             ffn_shape(v)

@@ -71,6 +71,17 @@ class Proc:
         self.proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=self._file, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
+    def kill(self) -> None:
+        """Kill the whole process group (no-op once it has been waited for)."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(timeout=30)
+        if not self._file.closed:
+            self._file.close()
+
     def wait(self, timeout: float) -> Done:
         try:
             code = self.proc.wait(timeout=timeout)

@@ -1,11 +1,13 @@
 """launch/slurm/pretrain.sbatch on a real SLURM cluster (two slurmd "nodes" on localhost, `.ci/slurm_up.sh`):
 a 2-node run completes; a preempted one saves, requeues itself, resumes and ends exactly like the uninterrupted
-one; a job that asks for GPUs on a machine without any stops at once with a message."""
+one; a job that asks for GPUs on a machine without any stops at once with a message; a submitit sweep job
+survives its time-limit signal the same way."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -19,9 +21,9 @@ STEPS = 40
 JOB_TIMEOUT = 180  # s, per job attempt (queueing + start-up + a few seconds of training)
 
 
-def _overrides(data: str, cache) -> list[str]:
+def _overrides(data: str, cache, steps: int = STEPS) -> list[str]:
     return [*cases.BASE, f"data.paths={data}", f"data.cache_dir={cache}", "checkpoint.interval=1000",
-            f"train.max_steps={STEPS}"]
+            f"train.max_steps={steps}"]
 
 
 def _submit(root, data, name: str, **env) -> helpers.Job:
@@ -158,3 +160,37 @@ def test_gpus_asked_on_a_node_without_gpus_fail_at_once(slurm_root, launch_data)
                          env=helpers.run_env(RUN_ROOT=str(slurm_root)))
     assert res.returncode != 0
     assert "Invalid generic resource" in res.stderr or "gres" in res.stderr.lower(), res.stderr
+
+
+def test_submitit_sweep_job_saves_on_usr2_requeues_and_resumes(slurm_root, launch_data):
+    """hydra/launcher=submitit_slurm: submitit's time-limit signal (USR2) makes the trainer save and exit 3; the
+    preset's srun wrapper requeues the job, which resumes in the same job directory; the sweep ends with 0."""
+    steps = 100
+    sweep = slurm_root / "submitit-sweep"
+    cmd = [sys.executable, "-m", "vffn_pretrain.train", "-m", "hydra/launcher=submitit_slurm",
+           "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
+           *_overrides(launch_data, slurm_root / "cache", steps), "ffn=dense"]
+    launcher = helpers.Proc(cmd, helpers.run_env(), slurm_root / "submitit-sweep.log")
+    run_dir = sweep / "0"
+    job = None
+    try:
+        helpers.wait_for(lambda: len(_loss_steps(run_dir)) >= 2, timeout=JOB_TIMEOUT, what="two logged steps",
+                         proc=launcher)
+        (job_id,) = [d.name for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]  # .submitit/<job id>/
+        job = helpers.Job(job_id, sweep / ".submitit" / job_id / f"{job_id}_0_log.out")
+        subprocess.run(["scancel", "--signal=USR2", job.job_id], check=True, timeout=30)
+        done = launcher.wait(timeout=2 * JOB_TIMEOUT)
+    finally:
+        launcher.kill()
+        if job is not None:
+            job.cancel()
+    assert done.returncode == 0, helpers.tail(done.output)
+    log = job.output()
+    assert job.info().get("Restarts") == "1", helpers.tail(log)
+    saved = _saved_step(log, "SIGUSR2")
+    assert saved is not None and 2 <= saved < steps, helpers.tail(log)
+    assert f"[submitit_slurm] the trainer saved and exited 3: scontrol requeue {job.job_id}" in log
+    assert f"resumed from step {saved}" in log
+    assert _loss_steps(run_dir) == list(range(1, steps + 1))
+    summary = helpers.summary(run_dir)
+    assert summary["steps"] == steps and summary["exit_code"] == 0 and summary["variant"] == "dense"

@@ -24,7 +24,11 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(tiny, tmp_path):
             "RDZV_TIMEOUT": "120"}
     nodes = [helpers.torchrun([*args, f"run_dir={two}"], tmp_path / f"node{r}.log", env={**rdzv, "NODE_RANK": str(r)})
              for r in (0, 1)]
-    done = [n.wait(timeout=240) for n in nodes]
+    try:
+        done = [n.wait(timeout=240) for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
     for r, d in enumerate(done):
         assert d.returncode == 0, f"node {r}:\n{helpers.tail(d.output)}"
         assert f"node {r}/2, 1 proc/node, --nnodes=2 --node-rank={r}" in d.output
@@ -38,36 +42,41 @@ def test_two_nodes_on_loopback_match_one_node_with_two_ranks(tiny, tmp_path):
 
 
 def test_unreachable_master_fails_fast_with_a_clear_message(tiny, tmp_path):
-    """Node 1 pointed at a port where nobody listens, and node 0 whose peer never comes: both give up after
-    RDZV_TIMEOUT and say where they tried to meet."""
+    """Three ways to wait for a master that never answers, run side by side: torchrun's node 1 pointed at a port
+    where nobody listens and torchrun's node 0 whose peer never comes (both bounded by RDZV_TIMEOUT), and the
+    trainer alone with RANK/MASTER_* set by hand, as srun tasks without torchrun get them (bounded by
+    parallel.init_timeout_s). Each ends non-zero and says where it tried to meet."""
     args = [*tiny, "train.max_steps=1", f"run_dir={tmp_path / 'run'}"]
     common = {"NNODES": "2", "NPROC_PER_NODE": "1", "MASTER_ADDR": "127.0.0.1", "RDZV_TIMEOUT": "5"}
-    dead_port, lonely_port = free_port(), free_port()
+    dead_port, lonely_port, trainer_port = free_port(), free_port(), free_port()
+    trainer_env = helpers.run_env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                                  MASTER_PORT=str(trainer_port))
     procs = {
-        1: helpers.torchrun(args, tmp_path / "n1.log", env={**common, "NODE_RANK": "1", "MASTER_PORT": str(dead_port)}),
-        0: helpers.torchrun(args, tmp_path / "n0.log",
-                            env={**common, "NODE_RANK": "0", "MASTER_PORT": str(lonely_port)}),
+        "node 1": helpers.torchrun(args, tmp_path / "n1.log",
+                                   env={**common, "NODE_RANK": "1", "MASTER_PORT": str(dead_port)}),
+        "node 0": helpers.torchrun(args, tmp_path / "n0.log",
+                                   env={**common, "NODE_RANK": "0", "MASTER_PORT": str(lonely_port)}),
+        "trainer": helpers.Proc([sys.executable, "-m", "vffn_pretrain.train", *args, "parallel.init_timeout_s=5"],
+                                trainer_env, tmp_path / "trainer.log"),
     }
-    for rank, port in ((1, dead_port), (0, lonely_port)):
-        done = procs[rank].wait(timeout=90)
-        assert done.returncode != 0, helpers.tail(done.output)
-        assert (f"[torchrun.sh] ERROR: torchrun exited with {done.returncode} before starting any worker: "
-                f"the rendezvous at 127.0.0.1:{port} as node {rank} of 2 failed or timed out (RDZV_TIMEOUT=5s)"
-                ) in done.output, helpers.tail(done.output)
-        assert done.seconds < 60
-
-
-def test_trainer_alone_with_an_unreachable_master_gives_up_after_init_timeout(tiny, tmp_path):
-    """Without torchrun (srun tasks as ranks, or env set by hand): parallel.init_timeout_s bounds the wait."""
-    port = free_port()
-    env = helpers.run_env(RANK="1", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    cmd = [sys.executable, "-m", "vffn_pretrain.train", *tiny, "train.max_steps=1", f"run_dir={tmp_path / 'run'}",
-           "parallel.init_timeout_s=5"]
-    done = helpers.Proc(cmd, env, tmp_path / "run.log").wait(timeout=90)
-    assert done.returncode != 0
-    assert (f"rank 1 of 2 could not join the process group at 127.0.0.1:{port} within 5 s "
-            "(parallel.init_timeout_s)") in done.output, helpers.tail(done.output)
-    assert done.seconds < 60
+    expected = {
+        "node 1": f"the rendezvous at 127.0.0.1:{dead_port} as node 1 of 2 failed or timed out (RDZV_TIMEOUT=5s)",
+        "node 0": f"the rendezvous at 127.0.0.1:{lonely_port} as node 0 of 2 failed or timed out (RDZV_TIMEOUT=5s)",
+        "trainer": f"rank 1 of 2 could not join the process group at 127.0.0.1:{trainer_port} within 5 s "
+                   "(parallel.init_timeout_s)",
+    }
+    try:
+        done = {name: p.wait(timeout=90) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            p.kill()
+    for name, d in done.items():
+        assert d.returncode != 0, f"{name}:\n{helpers.tail(d.output)}"
+        assert expected[name] in d.output, f"{name}:\n{helpers.tail(d.output)}"
+        assert d.seconds < 60, name
+    for rank in (0, 1):
+        assert f"[torchrun.sh] ERROR: torchrun exited with {done[f'node {rank}'].returncode} before starting any " \
+               "worker" in done[f"node {rank}"].output
 
 
 def test_init_from_a_missing_checkpoint_fails_on_every_rank(tiny, tmp_path):

@@ -75,3 +75,19 @@ def test_ladder_multirun_on_the_local_launcher_then_vffn_scaling(launch_data, tm
     assert "no variant has enough runs for a fit" in result["equal_compute"]["text"]
     for name in ("loss_vs_compute.png", "loss_vs_params.png", "scaling_fits.json"):
         assert (root / "scaling" / name).stat().st_size > 0
+
+
+def test_cpu_quick_ladder_plans_its_own_variants_as_valid_runs(capsys):
+    """The CPU preset (timed in the report of issue 6) names its variants; --variants still overrides them."""
+    from vffn_pretrain.scaling.ladder import main
+
+    assert main(["--ladder", "cpu_quick", "--format", "overrides"]) == 0
+    runs = [shlex.split(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert len(runs) == 5 * 2
+    assert {a for r in runs for a in r if a.startswith("ffn=")} == {"ffn=dense", "ffn=versatile"}
+    for overrides in (runs[0], runs[-1]):  # smallest and largest size compose into valid trainer configs
+        cfg = cases.run_config(overrides)
+        assert cfg.train.max_steps >= 90 and cfg.model.vocab_size == 8192
+    assert main(["--ladder", "cpu_quick", "--variants", "moe", "--format", "overrides"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and all("ffn=moe" in shlex.split(line) for line in lines)

@@ -100,14 +100,15 @@ def test_preempted_twice_saves_requeues_resumes_and_matches_the_uninterrupted_ru
     run_dir = _run_dir(slurm_root, job)
     ended = lambda info: info.get("JobState") in helpers.FINAL_STATES  # noqa: E731
     try:
-        job.wait(JOB_TIMEOUT, until=lambda info: len(_loss_steps(run_dir)) >= 2 or ended(info))
+        # Signal as soon as training runs (the first step is logged): most of the run is still ahead.
+        job.wait(JOB_TIMEOUT, until=lambda info: len(_loss_steps(run_dir)) >= 1 or ended(info))
         # What SLURM sends before the time limit (--signal=B:USR1@120): USR1 to the batch shell only.
         subprocess.run(["scancel", "--signal=USR1", "--batch", job.job_id], check=True, timeout=30)
 
         def resumed_and_training(info) -> bool:
             saved = _saved_step(job.output(), "SIGUSR1")
             return ended(info) or (info.get("Restarts") == "1" and saved is not None
-                                   and len(_loss_steps(run_dir)) >= saved + 2)
+                                   and len(_loss_steps(run_dir)) >= saved + 1)
 
         first = job.wait(2 * JOB_TIMEOUT, until=resumed_and_training)
         assert not ended(first), helpers.tail(job.output())
@@ -128,7 +129,7 @@ def test_preempted_twice_saves_requeues_resumes_and_matches_the_uninterrupted_ru
     step2 = _saved_step(log, "SIGTERM")
     assert "SIGTERM: SLURM is cancelling or requeueing the job; this script will not requeue it" in log
     assert log.count("trainer asked for a requeue") == 1
-    assert 2 <= step1 < step2 < STEPS, helpers.tail(log)
+    assert 1 <= step1 < step2 < STEPS, helpers.tail(log)
     assert f"resumed from step {step1}" in log and f"resumed from step {step2}" in log
     for step in (step1, step2, STEPS):
         assert (run_dir / "checkpoints" / f"step_{step:07d}" / "metadata.json").is_file()
@@ -174,7 +175,7 @@ def test_submitit_sweep_job_saves_on_usr2_requeues_and_resumes(slurm_root, launc
     run_dir = sweep / "0"
     job = None
     try:
-        helpers.wait_for(lambda: len(_loss_steps(run_dir)) >= 2, timeout=JOB_TIMEOUT, what="two logged steps",
+        helpers.wait_for(lambda: len(_loss_steps(run_dir)) >= 1, timeout=JOB_TIMEOUT, what="a logged step",
                          proc=launcher)
         (job_id,) = [d.name for d in (sweep / ".submitit").iterdir() if d.name.isdigit()]  # .submitit/<job id>/
         job = helpers.Job(job_id, sweep / ".submitit" / job_id / f"{job_id}_0_log.out")
@@ -188,7 +189,7 @@ def test_submitit_sweep_job_saves_on_usr2_requeues_and_resumes(slurm_root, launc
     log = job.output()
     assert job.info().get("Restarts") == "1", helpers.tail(log)
     saved = _saved_step(log, "SIGUSR2")
-    assert saved is not None and 2 <= saved < steps, helpers.tail(log)
+    assert saved is not None and 1 <= saved < steps, helpers.tail(log)
     assert f"[submitit_slurm] the trainer saved and exited 3: scontrol requeue {job.job_id}" in log
     assert f"resumed from step {saved}" in log
     assert _loss_steps(run_dir) == list(range(1, steps + 1))

@@ -8,9 +8,10 @@ global batch 16 x 128 tokens, micro-batch 8, fp32 on CPU):
   10 steps, wandb offline unless disabled, the per-step stop-signal check and NaN check, the data loader),
   timed between its first and last log record, so set-up, evaluation and the final checkpoint are excluded.
 
-The two alternate (bare, trainer, bare, trainer, ...) and the medians are compared.
+The two alternate in short rounds (bare, trainer, bare, trainer, ...) and the medians are compared, both in
+process CPU time (robust to other load on a shared machine) and in wall time.
 
-    python benchmarks/trainer_overhead.py [--steps 50] [--repeats 3] [--json]
+    python benchmarks/trainer_overhead.py [--steps 20] [--repeats 8] [--json]
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import warnings
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=50, help="steps per measurement (a multiple of 10)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=20, help="steps per measurement (a multiple of 10)")
+    p.add_argument("--repeats", type=int, default=8)
     p.add_argument("--wandb", action="store_true", help="also log to wandb (offline) as the default config does")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
@@ -61,7 +62,7 @@ def main() -> None:
             self.times = []
 
         def on_log(self, record):
-            self.times.append((record["step"], time.perf_counter()))
+            self.times.append((record["step"], time.perf_counter(), time.process_time()))
 
     log_times = LogTimes()
     trainer.callbacks.append(log_times)
@@ -70,8 +71,11 @@ def main() -> None:
     fixed = trainer._micro_batches(trainer.train_iter, 0)
     fb = get_forward_backward_func()
 
-    def bare(steps: int) -> float:
-        start = time.perf_counter()
+    tokens_per_step = t.global_batch_size * t.seq_length
+
+    def bare(steps: int) -> tuple[float, float]:
+        """(tokens per CPU second, tokens per wall second)"""
+        start, cpu = time.perf_counter(), time.process_time()
         for step in range(steps):
             ffn_state.set_training_step(trainer.ddp, step, t.max_steps)
             for chunk in trainer.ddp:
@@ -81,27 +85,39 @@ def main() -> None:
                model=trainer.ddp[0], num_microbatches=len(fixed), seq_length=t.seq_length,
                micro_batch_size=t.micro_batch_size, decoder_seq_length=t.seq_length, forward_only=False)
             trainer.optimizer.step()
-        return args.steps * t.global_batch_size * t.seq_length / (time.perf_counter() - start)
+        tokens = steps * tokens_per_step
+        return tokens / (time.process_time() - cpu), tokens / (time.perf_counter() - start)
 
-    def trained(steps: int) -> float:
+    def trained(steps: int) -> tuple[float, float]:
         log_times.times.clear()
         t.max_steps = trainer.step + steps + 10  # +10: the first log record opens the timed window
         trainer.fit()
-        (s0, t0), (s1, t1) = log_times.times[0], log_times.times[-1]
-        return (s1 - s0) * t.global_batch_size * t.seq_length / (t1 - t0)
+        (s0, w0, c0), (s1, w1, c1) = log_times.times[0], log_times.times[-1]
+        tokens = (s1 - s0) * tokens_per_step
+        return tokens / (c1 - c0), tokens / (w1 - w0)
 
     bare(10)  # warm-up
     bare_tps, trainer_tps = [], []
     for _ in range(args.repeats):
         bare_tps.append(bare(args.steps))
         trainer_tps.append(trained(args.steps))
-    b, tr = statistics.median(bare_tps), statistics.median(trainer_tps)
+    med = statistics.median
+    b_cpu, b_wall = med(x[0] for x in bare_tps), med(x[1] for x in bare_tps)
+    t_cpu, t_wall = med(x[0] for x in trainer_tps), med(x[1] for x in trainer_tps)
+    # Best-of rounds: on a shared machine other load only ever slows a round down.
+    b_best, t_best = max(x[0] for x in bare_tps), max(x[0] for x in trainer_tps)
     result = {
         "steps_per_measurement": args.steps,
         "repeats": args.repeats,
-        "bare_tokens_per_sec": b,
-        "trainer_tokens_per_sec": tr,
-        "trainer_overhead": 1 - tr / b,
+        "bare_tokens_per_cpu_sec": b_cpu,
+        "trainer_tokens_per_cpu_sec": t_cpu,
+        "trainer_overhead_cpu": 1 - t_cpu / b_cpu,
+        "bare_tokens_per_sec": b_wall,
+        "trainer_tokens_per_sec": t_wall,
+        "trainer_overhead_wall": 1 - t_wall / b_wall,
+        "bare_tokens_per_cpu_sec_best": b_best,
+        "trainer_tokens_per_cpu_sec_best": t_best,
+        "trainer_overhead_cpu_best": 1 - t_best / b_best,
         "bare_all": bare_tps,
         "trainer_all": trainer_tps,
         "wandb": args.wandb,
@@ -109,10 +125,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{'loop':<10}{'tokens/s (median)':>20}{'ratio to bare':>16}")
-    print(f"{'bare':<10}{b:>20.0f}{1.0:>16.3f}")
-    print(f"{'trainer':<10}{tr:>20.0f}{tr / b:>16.3f}")
-    print(f"trainer overhead: {100 * (1 - tr / b):.1f}% (target <= 5%)")
+    print(f"{'loop':<10}{'tokens/CPU-s':>14}{'ratio':>8}{'tokens/s (wall)':>18}{'ratio':>8}")
+    print(f"{'bare':<10}{b_cpu:>14.0f}{1.0:>8.3f}{b_wall:>18.0f}{1.0:>8.3f}")
+    print(f"{'trainer':<10}{t_cpu:>14.0f}{t_cpu / b_cpu:>8.3f}{t_wall:>18.0f}{t_wall / b_wall:>8.3f}")
+    print(f"{'best-of':<10}{'bare':>6}{b_best:>8.0f}{'trainer':>10}{t_best:>8.0f}{t_best / b_best:>8.3f}")
+    print(f"trainer overhead: {100 * (1 - t_cpu / b_cpu):.1f}% CPU time (median), "
+          f"{100 * (1 - t_best / b_best):.1f}% (best rounds), {100 * (1 - t_wall / b_wall):.1f}% wall (median); "
+          "target <= 5%")
     sys.stdout.flush()
 
 

@@ -240,9 +240,11 @@ class Trainer:
                                              f"{self.last_checkpoint}; exiting with {EXIT_REQUEUE} (requeue)")
                     exit_code = EXIT_REQUEUE
                     break
+            self.finish(exit_code)
         finally:
+            # After finish(): a second SIGTERM (torchrun sends one when another rank exits 3) must not cut the
+            # summary short.
             stop.restore()
-        self.finish(exit_code)
         return exit_code
 
     def _train_record(self, result, window_loss, window_steps, elapsed, tokens_per_step, skipped_total) -> dict:

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
+from data_tools.prefix import report_path
 from data_tools.report import read_report
-from data_tools.writer import report_path
 
 
 def _sha256(path: str) -> str:

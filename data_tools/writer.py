@@ -29,18 +29,9 @@ from megatron.core.datasets.indexed_dataset import (
     get_idx_path,
 )
 
+from data_tools.prefix import OutputExistsError, check_output, report_path, smallest_dtype
 
-class OutputExistsError(FileExistsError):
-    """The output prefix already exists and overwriting was not asked for."""
-
-
-def smallest_dtype(vocab_size: int) -> type[np.number]:
-    """The smallest unsigned dtype megatron-core can store that holds every id below ``vocab_size``."""
-    if vocab_size <= 1 << 8:
-        return np.uint8
-    if vocab_size <= 1 << 16:
-        return np.uint16
-    return np.int32
+__all__ = ["AtomicIndexedWriter", "CompactIndexedDatasetBuilder", "OutputExistsError", "smallest_dtype"]
 
 
 class _VectorisedIndexWriter(_IndexWriter):
@@ -118,16 +109,6 @@ class CompactIndexedDatasetBuilder(IndexedDatasetBuilder):
         return len(self.document_indices) - 1
 
 
-def prefix_exists(prefix: str | os.PathLike) -> list[str]:
-    """The files of ``prefix`` that already exist (.bin, .idx, report)."""
-    prefix = str(prefix)
-    return [p for p in (get_bin_path(prefix), get_idx_path(prefix), report_path(prefix)) if os.path.exists(p)]
-
-
-def report_path(prefix: str | os.PathLike) -> str:
-    return f"{prefix}.report.json"
-
-
 def _fsync(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -153,10 +134,7 @@ class AtomicIndexedWriter:
 
     def __init__(self, prefix: str | os.PathLike, dtype: type[np.number], *, overwrite: bool = False):
         self.prefix = str(prefix)
-        existing = prefix_exists(self.prefix)
-        if existing and not overwrite:
-            raise OutputExistsError(f"output prefix {self.prefix} already exists ({', '.join(existing)}); "
-                                    f"pass --overwrite to replace it")
+        check_output(self.prefix, overwrite)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         tag = f".partial-{os.getpid()}"
         self.tmp_bin = get_bin_path(self.prefix) + tag

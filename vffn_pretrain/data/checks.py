@@ -74,8 +74,8 @@ def check_token_ids(prefix: str, tokenizer, padded_vocab_size: int, *, key: str 
 
 def check_report_tokenizer(prefix: str, tokenizer) -> str | None:
     """Warn (and return the message) if the prefix's report names a different tokenizer."""
+    from data_tools.prefix import report_path
     from data_tools.report import read_report
-    from data_tools.writer import report_path
 
     report = read_report(report_path(prefix)) or {}
     made_with = report.get("tokenizer") or {}

@@ -47,7 +47,7 @@ def main() -> None:
     from vffn_pretrain.training.trainer import Trainer
 
     run_dir = tempfile.mkdtemp(prefix="vffn-overhead-")
-    total = args.steps * (args.repeats + 1) + 10
+    total = args.repeats * (args.steps + 10) + 20  # the data is sized for the steps the trainer will run
     overrides = [f"run_dir={run_dir}", f"train.max_steps={total}", "train.eval_iters=0",
                  f"checkpoint.interval={10 * total}", f"logging.wandb.enabled={str(args.wandb).lower()}",
                  "logging.progress_bar=false"]
@@ -67,6 +67,8 @@ def main() -> None:
     log_times = LogTimes()
     trainer.callbacks.append(log_times)
     trainer.save = lambda: None  # the final checkpoint is outside the timed window anyway
+    if trainer.wandb is not None:
+        trainer.wandb.on_train_end = lambda summary: None  # fit() runs once per round: keep the run open
 
     fixed = trainer._micro_batches(trainer.train_iter, 0)
     fb = get_forward_backward_func()

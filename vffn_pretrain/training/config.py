@@ -95,6 +95,9 @@ class WandbConfig:
     mode: str = "auto"
     project: str = "vffn-pretrain"
     entity: str | None = None
+    # wandb's sampler of CPU/GPU/disk metrics runs beside the trainer; auto: on GPU machines only (on a small CPU
+    # machine it competes with training for the cores).
+    system_metrics: str | bool = "auto"
 
 
 @dataclass
@@ -109,5 +112,8 @@ class LoggingConfig:
         _positive_int("logging", self, "interval", "stats_interval")
         if self.progress_bar not in ("auto", True, False):
             raise ConfigError("logging.progress_bar", f"must be auto, true or false, got {self.progress_bar!r}")
+        if self.wandb.system_metrics not in ("auto", True, False):
+            raise ConfigError("logging.wandb.system_metrics",
+                              f"must be auto, true or false, got {self.wandb.system_metrics!r}")
         if self.wandb.mode not in ("auto", "online", "offline"):
             raise ConfigError("logging.wandb.mode", f"must be auto, online or offline, got {self.wandb.mode!r}")

@@ -148,7 +148,9 @@ class Trainer:
         if cfg.logging.wandb.enabled:
             w = cfg.logging.wandb
             try:
-                self.wandb = cb.WandbLogger(w.project, w.entity, w.mode, cfg.run_dir, cfg.run_name, wandb_id, cfg.raw)
+                system_metrics = torch.cuda.is_available() if w.system_metrics == "auto" else w.system_metrics
+                self.wandb = cb.WandbLogger(w.project, w.entity, w.mode, cfg.run_dir, cfg.run_name, wandb_id, cfg.raw,
+                                            system_metrics=system_metrics)
                 self.callbacks.append(self.wandb)
             except Exception as e:  # noqa: BLE001 - logging must not cost the run
                 log.warning("wandb disabled: %s", e)

@@ -24,7 +24,7 @@ def wandb_has_api_key() -> bool:
 
 class WandbLogger(Callback):
     def __init__(self, project: str, entity: str | None, mode: str, run_dir, run_name: str, run_id: str | None,
-                 config: dict):
+                 config: dict, system_metrics: bool = True):
         import wandb
 
         if mode == "auto":
@@ -33,7 +33,8 @@ class WandbLogger(Callback):
         self._wandb = wandb
         self.run = wandb.init(project=project, entity=entity, mode=mode, dir=str(run_dir), name=run_name,
                               id=run_id or uuid.uuid4().hex[:12], resume="allow", config=config,
-                              settings=wandb.Settings(silent=True, console="off"))
+                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=not system_metrics,
+                                                      x_disable_machine_info=not system_metrics))
         self.run_id = self.run.id
 
     def on_log(self, record):

@@ -16,7 +16,9 @@ from vffn_pretrain.parallel import cpu_compat
 
 
 def _python(code: str, **env) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **env}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    full_env.update(PYTHONWARNINGS="ignore", **env)  # a world of its own, not this process's
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           env=full_env, timeout=180)
 

@@ -228,7 +228,7 @@ def _cuda_named_type(self, dtype=None, non_blocking=False, **kwargs):
     # clip_grads.py:167, optimizer.py:671,690, distrib_optimizer.py:361,420,582 assert 'torch.cuda.*Tensor'.
     if dtype is None and not kwargs:
         name = _orig_tensor_type(self)
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" or name.startswith("torch.cuda."):
             return name
         HITS["cuda_literals"] += 1
         return name.replace("torch.", "torch.cuda.", 1)
@@ -273,8 +273,10 @@ class CudaLiteralMode(TorchFunctionMode):
             self._record()
             return args[0]
         if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            # With the targeted variant installed, `func` is already its patched `type` (torch dispatches
+            # methods by name): do not prefix twice.
             name = func(*args)
-            if args[0].device.type == "cpu":
+            if args[0].device.type == "cpu" and not name.startswith("torch.cuda."):
                 self._record()
                 return name.replace("torch.", "torch.cuda.", 1)
             return name

@@ -77,18 +77,15 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------------------------------------- listing
     def complete_checkpoints(self) -> list[Path]:
-        """Complete checkpoints, newest first: the one `latest` names, then the others by step."""
+        """Complete checkpoints, newest step first.
+
+        A `step_*` directory exists only once every rank finished writing it (it is renamed into place), so the
+        scan is the truth; `latest` can lag by one when a process dies between the rename and the marker update.
+        """
         if not self.root.is_dir():
             return []
-        found = sorted((p for p in self.root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()),
-                       key=lambda p: int(_STEP_DIR.match(p.name).group(1)), reverse=True)
-        latest = self.root / "latest"
-        if latest.is_file():
-            named = self.root / latest.read_text().strip()
-            if named in found:
-                found.remove(named)
-                found.insert(0, named)
-        return found
+        return sorted((p for p in self.root.iterdir() if _STEP_DIR.match(p.name) and p.is_dir()),
+                      key=lambda p: int(_STEP_DIR.match(p.name).group(1)), reverse=True)
 
     def latest(self) -> Path | None:
         found = self.complete_checkpoints()

@@ -19,13 +19,16 @@ log = logging.getLogger(__name__)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory: `path` itself, or the one its `latest` marker names (a checkpoint.dir)."""
+    """A checkpoint directory: `path` itself, or the newest complete one in `path` (a checkpoint.dir)."""
+    from vffn_pretrain.training.checkpointing import CheckpointManager
+
     path = Path(path)
-    if (path / "latest").is_file():
-        return path / (path / "latest").read_text().strip()
     if (path / "metadata.json").is_file():
         return path
-    raise FileNotFoundError(f"train.init_from={path}: neither a checkpoint nor a checkpoint dir with `latest`")
+    newest = CheckpointManager(path).latest()
+    if newest is None:
+        raise FileNotFoundError(f"train.init_from={path}: neither a checkpoint nor a directory of checkpoints")
+    return newest
 
 
 def load_dense_into(path: str | Path, ddp_chunks: list, cfg) -> Path:

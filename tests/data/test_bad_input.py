@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -178,7 +179,7 @@ def test_killed_run_leaves_no_prefix_that_looks_valid(tmp_path, jargon_blocks):
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "data_tools.cli", "tokenize", "--input", str(src),
                              "--output-prefix", str(out), "--workers", "1", "--chunk-mb", "0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300  # generous: a loaded machine can take long to import torch
     try:
         # Kill it while it is writing: once the partial .bin has some data in it.
@@ -191,6 +192,10 @@ def test_killed_run_leaves_no_prefix_that_looks_valid(tmp_path, jargon_blocks):
         proc.kill()
     finally:
         proc.wait()
+        try:  # its worker processes, orphaned by the kill, would wait on their queue forever
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     names = [p.name for p in tmp_path.iterdir()]
     assert any(".partial-" in n for n in names)  # what a hard kill leaves behind, under non-prefix names
     assert "out.bin" not in names and "out.idx" not in names

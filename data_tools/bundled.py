@@ -11,8 +11,9 @@ different tokenizer gets its own tokenization.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+
+from vffn_pretrain.data.hashing import sha256_file
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED_CORPUS = ASSETS / "jargon-4.4.7.txt.gz"
@@ -22,13 +23,9 @@ BUNDLED_SPLIT_ON_BLANK_LINES = True
 BUNDLED_NAME = "jargon"
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def bundled_cache_prefix(cache_dir: str | Path, tokenizer) -> Path:
     """Where the bundled corpus tokenized with ``tokenizer`` lives (or will live) under ``cache_dir``."""
-    key = f"{_file_sha256(BUNDLED_CORPUS)[:12]}-{tokenizer.hash[:12]}"
+    key = f"{sha256_file(BUNDLED_CORPUS)[:12]}-{tokenizer.hash[:12]}"
     return Path(cache_dir).expanduser().resolve() / "bundled" / key / BUNDLED_NAME
 
 

@@ -8,21 +8,13 @@ damage to the token data that the structural check on opening cannot see.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
 
 from data_tools.prefix import report_path
 from data_tools.report import read_report
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from vffn_pretrain.data.hashing import sha256_file
 
 
 def length_histogram(lengths: np.ndarray) -> list[dict]:
@@ -71,7 +63,7 @@ def inspect_prefix(prefix: str, *, tokenizer: str | None = None, sample_index: i
         for kind in ("bin", "idx"):
             path = f"{prefix}.{kind}"
             expected = report["output"].get(f"{kind}_sha256")
-            if expected and _sha256(path) != expected:
+            if expected and sha256_file(path) != expected:
                 raise CorruptDatasetError(f"{path}: checksum differs from the one in {report_path(prefix)} "
                                           f"(the file was modified or damaged)")
         info["verified"] = True

@@ -30,6 +30,7 @@ from megatron.core.datasets.indexed_dataset import (
 )
 
 from data_tools.prefix import OutputExistsError, check_output, report_path, smallest_dtype
+from vffn_pretrain.data.hashing import sha256_file
 
 __all__ = ["AtomicIndexedWriter", "CompactIndexedDatasetBuilder", "OutputExistsError", "smallest_dtype"]
 
@@ -117,14 +118,6 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(8 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class AtomicIndexedWriter:
     """Write a prefix under temporary names; ``commit()`` renames into place, ``abort()`` removes everything.
 
@@ -170,7 +163,7 @@ class AtomicIndexedWriter:
             "bin_bytes": os.path.getsize(final_bin),
             "idx_bytes": os.path.getsize(final_idx),
             "bin_sha256": self.builder.bin_sha256.hexdigest(),
-            "idx_sha256": _sha256_file(final_idx),
+            "idx_sha256": sha256_file(final_idx),
         }
 
     def abort(self) -> None:

@@ -30,19 +30,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from vffn_pretrain.data.hashing import sha256_file
+
 # Names tried, in order, for the end-of-document token of a HuggingFace tokenizer.
 EOD_CANDIDATES = ("<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "[EOS]", "<|im_end|>")
 PAD_CANDIDATES = ("<|pad|>", "<pad>", "[PAD]", "<|padding|>")
 # megatron-core's datasets treat -1 as "no pad token": it never occurs in data, so nothing real is masked.
 NO_PAD = -1
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class BaseTokenizer:
@@ -115,7 +109,7 @@ class HFTokenizer(BaseTokenizer):
         self.pad = next((vocab[t] for t in PAD_CANDIDATES if t in vocab), NO_PAD)
         self.name = name or self.path.name
         self.spec = str(self.path)
-        self.hash = _sha256_file(self.path)
+        self.hash = sha256_file(self.path)
 
     def tokenize(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -190,7 +184,7 @@ class TiktokenTokenizer(BaseTokenizer):
         self.pad = next((special[t] for t in PAD_CANDIDATES if t in special), NO_PAD)
         self.name = self.path.name
         self.spec = f"tiktoken:{self.path}"
-        self.hash = _sha256_file(self.path)
+        self.hash = sha256_file(self.path)
 
     def tokenize(self, text: str) -> list[int]:
         # Special-token strings inside documents are ordinary text, never control tokens.

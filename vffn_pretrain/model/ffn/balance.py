@@ -87,7 +87,7 @@ def switch_balance(probs: torch.Tensor, assignments: torch.Tensor, top_k: int, a
         assign = assign * w
         tokens = token_weight.to(torch.float32).sum()
     else:
-        tokens = torch.tensor(float(probs.shape[0]), device=probs.device)
+        tokens = probs.new_full((), float(probs.shape[0]))  # a fill kernel: torch.tensor() would sync on a GPU
     counts = assign.sum(0)
     prob_sum = probs.sum(0)
     stats = torch.cat([counts, prob_sum.detach(), tokens.reshape(1)])

@@ -20,6 +20,10 @@ class FFNConfig:
     tau_decay_to_end: if true, tau_decay is set so tau reaches tau_min at the run's last step.
     balance_coeff: Switch balance loss alpha; the loss added is alpha * mean over layers of N * sum_e f_e P_e
     (spec §12 #6; 0 or balance_loss=false turns it off).
+    token_sparse_recursion: in training, a token keeps an autograd graph only for the loops it sampled (and the
+    width path only when lambda > 0); deeper loops run for their values alone (versatile, depth_only; not under
+    sequence parallelism, where the all-token path runs). Same losses and gradients, less backward work and
+    activation memory.
     """
 
     kind: str = "versatile"
@@ -33,6 +37,7 @@ class FFNConfig:
     tau_decay_to_end: bool = False
     balance_loss: bool = True
     balance_coeff: float = 1e-5
+    token_sparse_recursion: bool = True
 
     def validate(self, d_ff: int, tp: int = 1) -> None:
         if self.kind not in FFN_KINDS:
@@ -63,5 +68,7 @@ class FFNConfig:
                 raise ConfigError("ffn.tau_decay", f"must be in (0, 1], got {self.tau_decay!r}")
         if self.kind == "kloop" and (not isinstance(self.loops, int) or self.loops < 1):
             raise ConfigError("ffn.loops", f"must be an integer >= 1, got {self.loops!r}")
+        if not isinstance(self.token_sparse_recursion, bool):
+            raise ConfigError("ffn.token_sparse_recursion", f"must be true or false, got {self.token_sparse_recursion!r}")
         if self.balance_coeff < 0:
             raise ConfigError("ffn.balance_coeff", f"must be >= 0, got {self.balance_coeff!r}")

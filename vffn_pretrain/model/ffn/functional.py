@@ -65,36 +65,25 @@ def gumbel_straight_through(logits: torch.Tensor, noise: torch.Tensor, tau: floa
     return _StraightThroughOneHot.apply(soft, hard), index
 
 
-class _MixStates(torch.autograd.Function):
-    """Y_depth = sum_l p_l * H^(l) without stacking the states into a new [L, ...] tensor.
-
-    The states are already alive (each is the next loop's input), so saving them costs no memory, while
-    torch.stack + einsum would keep a second copy of all L_max states for the backward pass."""
-
-    @staticmethod
-    def forward(ctx, p: torch.Tensor, *states: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(p, *states)
-        weights = p.to(states[0].dtype).unsqueeze(-1)
-        out = states[0] * weights[..., 0, :]
-        for i in range(1, len(states)):
-            out.add_(states[i] * weights[..., i, :])
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        p, *states = ctx.saved_tensors
-        grad_p = torch.stack([(grad.float() * s.float()).sum(-1) for s in states], dim=-1)
-        weights = p.to(grad.dtype).unsqueeze(-1)
-        grads = [grad * weights[..., i, :] if ctx.needs_input_grad[i + 1] else None for i in range(len(states))]
-        return (grad_p if ctx.needs_input_grad[0] else None), *grads
+def expected_loops(p: torch.Tensor) -> torch.Tensor:
+    """sum_l l * p[..., l-1]: the loop count a (straight-through one-hot) p selects. p [..., L] fp32 -> [...] fp32."""
+    steps = torch.arange(1, p.shape[-1] + 1, device=p.device, dtype=torch.float32)
+    return (p * steps).sum(-1)
 
 
-def mix_states(p: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
-    """sum_l p[..., l] * states[l]. p [..., L] fp32, states L x [..., h] -> [..., h] in the states' dtype.
-    With a one-hot p the forward value is exactly the selected state."""
-    if len(states) == 1:
-        return states[0] * p[..., :1].to(states[0].dtype)
-    return _MixStates.apply(p, *states)
+def fusion_weight(loops: torch.Tensor, max_loops: int) -> torch.Tensor:
+    """lambda = (L_max - loops) / L_max (method §5): the width path's share, 0 for tokens that run every loop.
+    loops [...] (counts, or `expected_loops`) -> [...] fp32."""
+    return (max_loops - loops.to(torch.float32)) / max_loops
+
+
+def fuse(lam: torch.Tensor, y_width: torch.Tensor, y_depth: torch.Tensor) -> torch.Tensor:
+    """Y = lambda * Y_width + (1 - lambda) * Y_depth. lam [T] fp32 (one per leading row of y), y_* [T, ..., h].
+    Low-precision states are mixed in fp32 and rounded once."""
+    lam = lam.reshape(lam.shape + (1,) * (y_width.dim() - lam.dim()))
+    if y_width.dtype == torch.float32:
+        return lam * y_width + (1 - lam) * y_depth
+    return (lam * y_width.float() + (1 - lam) * y_depth.float()).to(y_width.dtype)
 
 
 def expert_segments(d_ff: int, num_experts: int, tp_rank: int, tp_size: int) -> tuple[torch.Tensor, int]:
@@ -122,6 +111,14 @@ def mask_units(act: torch.Tensor, gates: torch.Tensor, seg_expert: torch.Tensor,
         seg_gates = seg_gates + offset
     shape = act.shape
     return (act.view(*shape[:-1], -1, seg_width) * seg_gates.unsqueeze(-1)).view(shape)
+
+
+def width_path_form(tp_size: int, device_type: str) -> str:
+    """How the width path's fc2(m ⊙ a1) is computed: "sparse" (`routed_expert_delta`, k/N of the FLOPs) when one
+    rank holds every hidden unit on a CPU; else "masked_dense" (`mask_units` + one fc2 GEMM). On a GPU the sparse
+    form's per-expert sizes cost a host sync and N small GEMMs, which the saved FLOPs do not pay back at the
+    paper's N=8, k=2; under TP it would also load the ranks holding popular experts more."""
+    return "sparse" if tp_size == 1 and device_type == "cpu" else "masked_dense"
 
 
 def routed_expert_delta(act: torch.Tensor, top_weight: torch.Tensor, top_idx: torch.Tensor,

@@ -1,7 +1,7 @@
 """Per-layer running statistics for logging: loop-count histogram, mean lambda, expert load, balance loss.
 
-Accumulated as on-device tensors (a bincount and a few sums per micro-batch, no host sync); `snapshot` moves them
-to the host once, when the trainer asks. Each rank counts only the tokens it holds (its DP shard; its sequence
+Accumulated as on-device tensors (an index_add and a few sums per micro-batch; no host sync on a GPU, where
+`bincount` would sync twice); `snapshot` moves them to the host once, when the trainer asks. Each rank counts only the tokens it holds (its DP shard; its sequence
 shard under sequence parallelism), so summing snapshots over the ranks that hold different tokens gives the
 global figures (`state.reduce_stats`).
 """
@@ -12,7 +12,7 @@ import torch
 
 # Raw sums kept per layer; everything reported is derived from these, so they can be summed across ranks.
 RAW_KEYS = ("loop_hist", "tokens", "lambda_sum", "lambda_tokens", "expert_counts", "balance_sum",
-            "balance_weight")
+            "balance_weight", "graph_loop_work", "loop_work")
 
 
 class FFNStats:
@@ -35,23 +35,27 @@ class FFNStats:
                 "expert_counts": torch.zeros(self.num_experts, **f64),
                 "balance_sum": torch.zeros((), **f64),
                 "balance_weight": torch.zeros((), **f64),
+                "graph_loop_work": torch.zeros((), **f64),
+                "loop_work": torch.zeros((), **f64),
             }
         return self._sums
 
     @torch.no_grad()
     def add(self, *, loop_index: torch.Tensor, lam: torch.Tensor | None = None,
             expert_counts: torch.Tensor | None = None, balance: torch.Tensor | None = None,
-            token_weight: torch.Tensor | None = None) -> None:
+            token_weight: torch.Tensor | None = None, loop_work: tuple[int, int] | None = None) -> None:
         """Record one micro-batch of this rank's tokens.
 
         loop_index: per-token loop count minus one (any token shape, int64); lam: per-token lambda (same shape);
         expert_counts [N]: top-k assignments per expert; balance: the micro-batch's L_bal (0-d), weighted by this
-        rank's token count; token_weight: 1/0 per token (0 = padding, not counted), same shape as loop_index.
+        rank's token count; token_weight: 1/0 per token (0 = padding, not counted), same shape as loop_index;
+        loop_work: (row-loops run with an autograd graph, row-loops run) in training, padding rows included.
         """
         sums = self._get(loop_index.device)
         flat = loop_index.reshape(-1)
         weights = None if token_weight is None else token_weight.reshape(-1).to(torch.float64)
-        sums["loop_hist"] += torch.bincount(flat, weights=weights, minlength=self.num_loops).to(torch.float64)
+        sums["loop_hist"].index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64) if weights is None
+                                     else weights)
         tokens = flat.numel() if weights is None else weights.sum()
         sums["tokens"] += tokens
         if lam is not None:
@@ -63,6 +67,9 @@ class FFNStats:
         if balance is not None:
             sums["balance_sum"] += balance.to(torch.float64) * tokens
             sums["balance_weight"] += tokens
+        if loop_work is not None:
+            sums["graph_loop_work"] += loop_work[0]
+            sums["loop_work"] += loop_work[1]
 
     def snapshot(self, reset: bool = True) -> dict:
         """Raw sums as host values (lists / floats); zeros if nothing was recorded."""
@@ -88,7 +95,9 @@ def derive(raw: dict) -> dict:
 
     loop_hist: token counts per loop count 1..L (ints); mean_lambda: mean fusion weight, None for kinds without
     fusion; expert_load: share of top-k assignments per expert (sums to 1), [] without a router; balance_loss:
-    token-weighted mean of L_bal = N * sum f*P (1.0 = perfectly balanced), None when not computed; tokens."""
+    token-weighted mean of L_bal = N * sum f*P (1.0 = perfectly balanced), None when not computed; tokens;
+    graph_work_fraction: share of the training loop work that kept an autograd graph (1.0 without token-sparse
+    recursion; the rest ran for values only), None when not recorded."""
     tokens = raw["tokens"]
     counts = raw["expert_counts"]
     total = sum(counts)
@@ -98,4 +107,5 @@ def derive(raw: dict) -> dict:
         "expert_load": [c / total for c in counts] if total else [0.0] * len(counts),
         "balance_loss": raw["balance_sum"] / raw["balance_weight"] if raw["balance_weight"] else None,
         "tokens": int(round(tokens)),
+        "graph_work_fraction": raw["graph_loop_work"] / raw["loop_work"] if raw.get("loop_work") else None,
     }

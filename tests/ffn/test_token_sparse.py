@@ -99,7 +99,7 @@ def test_matches_all_token_path_tp1(single_rank, kind, pattern, dtype):
 def test_matches_all_token_path_tp2(rank_pools):
     results = rank_pools(2).run(tp2_suite)
     for rank_result in results:
-        for (kind, pattern, dtype_name), result in rank_result.items():
+        for (_kind, pattern, dtype_name), result in rank_result.items():
             check(result, pattern, getattr(torch, dtype_name.split(".")[1]))
 
 

@@ -125,11 +125,10 @@ class _MixStates(torch.autograd.Function):
         ctx.save_for_backward(p, *pieces)
         graph, free = pieces[:len(bounds)], pieces[len(bounds):]
         weights = p.to(graph[0].dtype)[..., None, None]  # [T, L, 1, 1]
-        out = None
+        out = graph[0].new_zeros(p.shape[0], *graph[0].shape[1:])
         for j, n in enumerate(bounds):
-            full = graph[j] if free[j].shape[0] == 0 else torch.cat([graph[j], free[j]])
-            term = full * weights[:, j]
-            out = term if out is None else out.add_(term)
+            out[:n] += graph[j] * weights[:n, j]
+            out[n:] += free[j] * weights[n:, j]
         return out
 
     @staticmethod

@@ -265,6 +265,7 @@ class Trainer:
             "grad_norm": result.grad_norm,
             "tau": ffn_state.current_tau(self.cfg.ffn, self.step, t.max_steps) if stats else None,
             "mean_loops": stats.get("mean_loops") if stats else None,
+            "graph_work_fraction": ffn_state.graph_work_fraction(stats) if stats else None,
             "tokens_per_sec": tokens_per_sec,
             "tflops_per_device": tflops,
             "mfu": mfu(tflops, self.peak),

@@ -93,6 +93,16 @@ def collect_stats(chunks, reset: bool = True) -> dict:
     return out
 
 
+def graph_work_fraction(stats: dict) -> float | None:
+    """Share of the training loop work, over all layers, that kept an autograd graph (token-sparse recursion
+    runs the rest for values only); None when no layer recorded any."""
+    with_graph = total = 0.0
+    for layer in layer_stats(stats).values():
+        with_graph += layer["raw"].get("graph_loop_work", 0.0)
+        total += layer["raw"].get("loop_work", 0.0)
+    return with_graph / total if total else None
+
+
 def _mean_loops(stats: dict) -> float | None:
     num, den = 0.0, 0.0
     for key, layer in stats.items():

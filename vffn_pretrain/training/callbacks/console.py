@@ -29,6 +29,8 @@ def format_log_line(r: dict[str, Any]) -> str:
         parts.append(f"tau {r['tau']:.3f}")
     if r.get("mean_loops") is not None:
         parts.append(f"loops {r['mean_loops']:.2f}")
+    if r.get("graph_work_fraction") is not None and r["graph_work_fraction"] < 1.0:
+        parts.append(f"graph {r['graph_work_fraction']:.2f}")
     parts += [
         f"tok/s {r['tokens_per_sec']:.0f}",
         f"TFLOP/s/dev {r['tflops_per_device']:.3f}",

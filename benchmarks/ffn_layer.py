@@ -1,6 +1,7 @@
 """Forward+backward time and activation memory of one FFN layer per kind, relative to dense (spec §13).
 
 Usage: python benchmarks/ffn_layer.py [--d 512 --d-ff 2048 --seq 512 --batch 8 --rounds 5] [--json]
+       [--no-token-sparse-rows]
 
 Each row is the whole MLP slot of a transformer layer (pre-norm, FFN, residual): dense, kloop4, moe (shared dense
 expert + 8 experts of d_ff/8, top-2), versatile in training mode (fwd+bwd), and in eval mode (forward only, under
@@ -12,11 +13,18 @@ primary figure is the process CPU time per step (median over rounds), which load
 far less than wall-clock time; the wall-clock minimum is printed next to it. The default is one intra-op thread
 on CPU: with several, idle OpenMP threads spin and that spinning is charged as CPU time whenever the cores are
 contended (--threads 2 uses both cores; then run it on a quiet machine). FLOP ratios come from
-vffn_pretrain.model.counting (spec §13 accounting: versatile training costs L_max + k/N dense passes; eval costs
-E[l] + P(l < L_max) * k/N at the measured loop mix). "time/FLOP" is the time ratio divided by the FLOP ratio: 1.0
+vffn_pretrain.model.counting (spec §13 accounting: versatile training costs L_max + k/N dense passes forward,
+and the backward of the same without token-sparse recursion or of E[l] + P(l < L_max) * k/N with it, at the
+sampled loop mix shown; eval costs E[l] + P(l < L_max) * k/N at the measured loop mix). "time/FLOP" is the time ratio divided by the FLOP ratio: 1.0
 means the layer costs exactly what its arithmetic costs relative to dense. The "§7" columns use the cheaper
 accounting with the width path reusing loop 1's activations (k/N of one fc2 instead of k/N of a whole FFN),
 which is what the implementation computes at TP=1.
+
+Token-sparse recursion (second table): versatile training with and without ffn.token_sparse_recursion at three
+sampled loop mixes (uniform, 70/10/10/10 and 10/10/10/70). The mix is imposed by zeroing the loop head and adding
+log(mix) to the Gumbel noise, so the counts are a sample of that categorical and the straight-through gradient
+is not degenerate. "x all-token" is the all-token time (or memory) over the token-sparse one at the same mix,
+next to the ratio the FLOP model predicts (counting.ffn_train_step_multiplier).
 
 Memory: on GPU, peak allocated bytes during the step; on CPU (no allocator statistics) the bytes of the
 distinct tensors autograd saves for the backward pass (the activation memory of the layer), "-" for eval.
@@ -153,6 +161,8 @@ def main(argv=None) -> int:
                         help="torch intra-op threads (default: 1 on CPU, see the module docstring)")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc settings")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--no-token-sparse-rows", action="store_true",
+                        help="skip the token-sparse recursion table (six more training rows)")
     args = parser.parse_args(argv)
     if argv is None:
         maybe_reexec_with_malloc_tuning(args.no_malloc_tuning)
@@ -161,7 +171,7 @@ def main(argv=None) -> int:
 
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.model.counting import FFNShape, ffn_flops_multiplier
+    from vffn_pretrain.model.counting import FFNShape, ffn_flops_multiplier, ffn_train_step_multiplier
     from vffn_pretrain.model.ffn import state
     from vffn_pretrain.model.ffn.config import FFNConfig
     from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
@@ -176,13 +186,23 @@ def main(argv=None) -> int:
         "versatile": FFNConfig(kind="versatile"),
     }
     blocks = {name: build_block(cfg, args.d, args.d_ff) for name, cfg in kinds.items()}
+    sparse_rows = []
+    if not args.no_token_sparse_rows:
+        for variant, on in (("sparse", True), ("all-token", False)):
+            blocks[f"versatile {variant}"] = build_block(FFNConfig(kind="versatile", token_sparse_recursion=on),
+                                                         args.d, args.d_ff)
+            with torch.no_grad():
+                blocks[f"versatile {variant}"].mlp.loop_head.weight.zero_()
+        for mix_name, mix in LOOP_MIXES.items():
+            for variant in ("all-token", "sparse"):
+                sparse_rows.append((f"{mix_name} {variant}", f"versatile {variant}", True, None, mix))
     L = kinds["versatile"].max_loops
-    rows = [  # (row name, block, training, force_loops)
-        ("dense", "dense", True, None), ("kloop4", "kloop4", True, None), ("moe", "moe", True, None),
-        ("versatile", "versatile", True, None),
-        ("dense eval", "dense", False, None), ("versatile eval", "versatile", False, None),
-        ("versatile eval l=1", "versatile", False, 1), (f"versatile eval l={L}", "versatile", False, L),
-    ]
+    rows = [  # (row name, block, training, force_loops, sampled loop mix)
+        ("dense", "dense", True, None, None), ("kloop4", "kloop4", True, None, None),
+        ("moe", "moe", True, None, None), ("versatile", "versatile", True, None, None),
+        ("dense eval", "dense", False, None, None), ("versatile eval", "versatile", False, None, None),
+        ("versatile eval l=1", "versatile", False, 1, None), (f"versatile eval l={L}", "versatile", False, L, None),
+    ] + sparse_rows
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
@@ -192,16 +212,18 @@ def main(argv=None) -> int:
     cpu = {r[0]: [] for r in rows}
     mems, mixes = {}, {}
     for rnd in range(args.warmup + args.rounds):
-        for name, block_name, training, force in rows:
+        for name, block_name, training, force, mix in rows:
             block = blocks[block_name]
             state.set_inference_overrides([block], force_loops=force)
+            if mix is not None:
+                impose_loop_mix(block.mlp, mix)
             state.collect_stats([block])  # reset
             seconds, cpu_seconds, mem = run_once(block, h, grad, training, rnd)
             if rnd >= args.warmup:
                 wall[name].append(seconds)
                 cpu[name].append(cpu_seconds)
                 mems[name] = mem
-                if name.startswith("versatile eval"):
+                if block_name.startswith("versatile"):
                     hist = state.collect_stats([block])[1]["loop_hist"]
                     mixes[name] = [c / sum(hist) for c in hist]
     ps.destroy_model_parallel()
@@ -215,11 +237,18 @@ def main(argv=None) -> int:
                         "threads": torch.get_num_threads(), "rounds": args.rounds,
                         "time": "wall median" if cuda else "process CPU median",
                         "malloc": os.environ.get("GLIBC_TUNABLES", "default")}, "rows": []}
-    for name, block_name, training, _ in rows:
+    for name, block_name, training, _, imposed in rows:
+        if imposed is not None:
+            continue
         base = "dense" if training else "dense eval"
         mix = mixes.get(name)
-        flops = ffn_flops_multiplier(shape[block_name], training=training, loop_mix=mix)
-        flops_reuse = ffn_flops_multiplier(shape[block_name], training=training, loop_mix=mix, width_reuse=True)
+        if training:  # what the layer computes: with token-sparse recursion the backward follows the sampled mix
+            sparse = kinds[block_name].token_sparse_recursion
+            flops, flops_reuse = (ffn_train_step_multiplier(shape[block_name], loop_mix=mix, token_sparse=sparse,
+                                                            width_reuse=reuse) for reuse in (False, True))
+        else:
+            flops = ffn_flops_multiplier(shape[block_name], training=False, loop_mix=mix)
+            flops_reuse = ffn_flops_multiplier(shape[block_name], training=False, loop_mix=mix, width_reuse=True)
         ratio = primary(name) / primary(base)
         mem, dense_mem = mems.get(name), mems.get("dense")
         result["rows"].append({
@@ -232,6 +261,7 @@ def main(argv=None) -> int:
             "mem_ratio": None if mem is None or not dense_mem else mem / dense_mem,
             "loop_mix": mix,
         })
+    result["token_sparse"] = token_sparse_rows(sparse_rows, primary, mems, mixes, shape["versatile"])
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -247,7 +277,60 @@ def main(argv=None) -> int:
         print(f"{r['name']:<20}{r['mode']:<15}{r['ms']:>9.1f}{r['time_ratio']:>8.2f}{r['wall_min_ratio']:>8.2f}"
               f"{r['flop_ratio']:>8.2f}{r['time_per_flop']:>10.2f}{r['flop_ratio_reuse']:>10.2f}"
               f"{r['time_per_flop_reuse']:>8.2f}{mem:>8}{memx:>7}  {mix}")
+    if result["token_sparse"]:
+        print("\nToken-sparse recursion, versatile training (fwd+bwd) at imposed loop mixes")
+        print(f"{'mix':<12}{'variant':<11}{'ms':>9}{'time x dense':>14}{'x all-token':>13}{'theory':>8}"
+              f"{'act MB':>8}{'mem x dense':>13}{'mem x all-tok':>15}  sampled mix")
+        for r in result["token_sparse"]:
+            speed = "" if r["speedup"] is None else f"{r['speedup']:.2f}"
+            theory = "" if r["theory_speedup"] is None else f"{r['theory_speedup']:.2f}"
+            memx = "" if r["mem_vs_all_token"] is None else f"{r['mem_vs_all_token']:.2f}"
+            mix = "[" + ", ".join(f"{p:.2f}" for p in r["loop_mix"]) + "]"
+            print(f"{r['mix']:<12}{r['variant']:<11}{r['ms']:>9.1f}{r['time_vs_dense']:>14.2f}{speed:>13}"
+                  f"{theory:>8}{r['mem_mb']:>8.0f}{r['mem_vs_dense']:>13.2f}{memx:>15}  {mix}")
     return 0
+
+
+LOOP_MIXES = {"uniform": [0.25, 0.25, 0.25, 0.25], "1-heavy": [0.7, 0.1, 0.1, 0.1],
+              "Lmax-heavy": [0.1, 0.1, 0.1, 0.7]}
+
+
+def impose_loop_mix(mlp, mix: list[float]) -> None:
+    """Sample the loop counts of `mlp` (a VersatileFFN with a zeroed loop head) from Categorical(mix): Gumbel
+    noise plus log(mix) is the Gumbel-max trick with logits log(mix)."""
+    original = type(mlp)._noise
+    log_mix = torch.log(torch.tensor(mix))
+
+    def noise_with_mix(hidden):
+        return original(mlp, hidden) + log_mix.to(hidden.device)
+
+    mlp._noise = noise_with_mix
+
+
+def token_sparse_rows(rows, primary, mems, mixes, versatile_shape) -> list[dict]:
+    """The second table: each imposed-mix row against dense and against the all-token row at its mix."""
+    from vffn_pretrain.model.counting import ffn_train_step_multiplier
+
+    out = []
+    for name, _, _, _, mix in rows:
+        mix_name, variant = name.rsplit(" ", 1)
+        all_token = f"{mix_name} all-token"
+        sparse = variant == "sparse"
+        theory = None
+        if sparse:
+            # FLOP model at the mix actually sampled; §7 width accounting (what TP=1 computes)
+            theory = (ffn_train_step_multiplier(versatile_shape, loop_mix=mixes[name], width_reuse=True)
+                      / ffn_train_step_multiplier(versatile_shape, loop_mix=mixes[name], token_sparse=True,
+                                                  width_reuse=True))
+        mem = mems[name]
+        out.append({
+            "mix": mix_name, "variant": variant, "imposed_mix": mix, "loop_mix": mixes[name],
+            "ms": 1000 * primary(name), "time_vs_dense": primary(name) / primary("dense"),
+            "speedup": primary(all_token) / primary(name) if sparse else None, "theory_speedup": theory,
+            "mem_mb": (mem or 0) / 2**20, "mem_vs_dense": (mem or 0) / (mems["dense"] or 1),
+            "mem_vs_all_token": (mem / mems[all_token]) if sparse and mem and mems[all_token] else None,
+        })
+    return out
 
 
 if __name__ == "__main__":

@@ -180,13 +180,13 @@ def step_throughput(args) -> dict:
     rows = []
     for kind in ("dense", "versatile"):
         for seq, micro in shapes[:1] if args.quick else shapes:
+            gc.collect()  # the previous run's model and optimizer (outside any except block, so really gone)
+            torch.cuda.empty_cache()
             try:
                 rows.append(_throughput_run(kind, seq, micro, args, args.out / f"throughput-{kind}-{seq}-{micro}"))
                 break
             except torch.cuda.OutOfMemoryError:
                 print(f"{kind}: out of memory at seq {seq} micro-batch {micro}; trying smaller", flush=True)
-                gc.collect()
-                torch.cuda.empty_cache()
         else:
             rows.append({"kind": kind, "error": "out of memory at every shape tried"})
     ok = [r for r in rows if "error" not in r]

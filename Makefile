@@ -7,8 +7,12 @@ TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# make gpu-wheels: the wheels a GPU node without network needs besides its own CUDA torch (launch/gpu_wheels.py).
+GPU_PYTHON ?= 3.12
+GPU_PLATFORM ?= manylinux_2_28_x86_64
+GPU_WHEELS ?= .gpu-wheels
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test lint clean gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,9 @@ train: setup
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+gpu-wheels: setup
+	$(PY) launch/gpu_wheels.py --dest $(GPU_WHEELS) --python-version $(GPU_PYTHON) --platform $(GPU_PLATFORM)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -52,8 +52,9 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 
-def build_block(kind_cfg, d: int, d_ff: int):
-    """The MLP slot of one transformer layer as a module: pre-norm, FFN, bias-dropout-add (residual)."""
+def build_block(kind_cfg, d: int, d_ff: int, params_dtype=torch.float32):
+    """The MLP slot of one transformer layer as a module: pre-norm, FFN, bias-dropout-add (residual), with
+    the backend the trainer would pick, on the GPU when there is one."""
     from megatron.core.transformer.spec_utils import build_module
 
     from vffn_pretrain.model.backend import select_backend
@@ -63,7 +64,7 @@ def build_block(kind_cfg, d: int, d_ff: int):
     from vffn_pretrain.parallel import ParallelConfig
 
     model = ModelConfig(num_layers=1, hidden_size=d, ffn_hidden_size=d_ff, num_attention_heads=8, vocab_size=128)
-    config = build_transformer_config(model, ParallelConfig(), ffn=kind_cfg)
+    config = build_transformer_config(model, ParallelConfig(), ffn=kind_cfg, params_dtype=params_dtype)
     slot = build_ffn_slot(kind_cfg.kind, kind_cfg, select_backend("auto"))
 
     class Block(torch.nn.Module):
@@ -157,6 +158,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="parameters and activations")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: 1 on CPU, see the module docstring)")
     parser.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's default malloc settings")
@@ -185,12 +187,13 @@ def main(argv=None) -> int:
         "moe": FFNConfig(kind="moe"),
         "versatile": FFNConfig(kind="versatile"),
     }
-    blocks = {name: build_block(cfg, args.d, args.d_ff) for name, cfg in kinds.items()}
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    blocks = {name: build_block(cfg, args.d, args.d_ff, dtype) for name, cfg in kinds.items()}
     sparse_rows = []
     if not args.no_token_sparse_rows:
         for variant, on in (("sparse", True), ("all-token", False)):
             blocks[f"versatile {variant}"] = build_block(FFNConfig(kind="versatile", token_sparse_recursion=on),
-                                                         args.d, args.d_ff)
+                                                         args.d, args.d_ff, dtype)
             with torch.no_grad():
                 blocks[f"versatile {variant}"].mlp.loop_head.weight.zero_()
         for mix_name, mix in LOOP_MIXES.items():
@@ -206,8 +209,8 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     gen = torch.Generator().manual_seed(0)
-    h = torch.randn(args.seq, args.batch, args.d, generator=gen).to(dev)
-    grad = torch.randn(args.seq, args.batch, args.d, generator=gen).to(dev)
+    h = torch.randn(args.seq, args.batch, args.d, generator=gen).to(dev, dtype)
+    grad = torch.randn(args.seq, args.batch, args.d, generator=gen).to(dev, dtype)
     wall = {r[0]: [] for r in rows}
     cpu = {r[0]: [] for r in rows}
     mems, mixes = {}, {}
@@ -234,6 +237,7 @@ def main(argv=None) -> int:
     shape = {n: FFNShape(c.kind, num_experts=c.num_experts, top_k=c.top_k, max_loops=c.max_loops, loops=c.loops)
              for n, c in kinds.items()}
     result = {"shape": {"d": args.d, "d_ff": args.d_ff, "tokens": args.seq * args.batch, "device": str(dev),
+                        "dtype": args.dtype,
                         "threads": torch.get_num_threads(), "rounds": args.rounds,
                         "time": "wall median" if cuda else "process CPU median",
                         "malloc": os.environ.get("GLIBC_TUNABLES", "default")}, "rows": []}

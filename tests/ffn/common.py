@@ -9,13 +9,13 @@ from megatron.core import parallel_state as ps
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 from megatron.core.transformer.mlp import MLPSubmodules
 
-from tests.ffn.reference import RefWeights
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.versatile import VersatileFFN
 from vffn_pretrain.model.gpt import build_transformer_config
 from vffn_pretrain.model.norm import RMSNorm
 from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.testing.ffn_reference import RefWeights
 
 SEED = 1234
 D, D_FF = 32, 128

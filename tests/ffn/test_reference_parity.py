@@ -1,4 +1,5 @@
-"""VersatileFFN and its ablations against the independent float64 reference (tests/ffn/reference.py).
+"""VersatileFFN and its ablations against the independent float64 reference
+(vffn_pretrain/testing/ffn_reference.py).
 
 For fixed Gumbel noise (the layout-invariant noise of model/noise.py, drawn for the full sequence), the module's
 forward output, the gradient of its input and of every parameter match the per-token, per-expert reference, at

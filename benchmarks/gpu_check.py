@@ -1,0 +1,383 @@
+"""Check a GPU in one command: environment, correctness, layer speed, training throughput/MFU, exact resume.
+
+    python benchmarks/gpu_check.py [--out gpu-check] [--json] [--quick] [--layers 15] [--timeout STEP=SECONDS]
+                                   [--only STEP ...]
+
+Run it from the checkout on the node (after `pip install --no-index --find-links .gpu-wheels -e .`). The steps
+run in this order, each in its own process under its own time limit, so a step that fails, hangs or runs out
+of GPU memory reports that and the next step still runs:
+
+1. environment: GPU, torch / CUDA versions, megatron-core's HAVE_TE and the backend the trainer picks, the peak
+   the MFU is measured against;
+2. correctness: one FFN layer of every kind against the float64 reference (vffn_pretrain/testing/), fp32 and
+   bf16, training (output and every gradient) and eval; with ffn.token_sparse_recursion on and off where
+   FFNConfig has that key (tolerances in ffn_device_check.py);
+3. layer speed: benchmarks/ffn_layer.py in bf16 (time and FLOP ratios to dense, eval early exit, peak memory);
+4. training throughput: the real trainer on the 354m shape, dense and versatile, bf16, sequence 4096, the first
+   micro-batch of (4, 2, 1) that fits (then shorter sequences): median tokens/s, TFLOP/s and MFU over the steps
+   after warm-up, peak memory. The FLOPs are the model's real arithmetic (all L_max loops and the width path
+   for versatile), so for versatile the "MFU" is its hardware-FLOP utilisation;
+5. resume: `vffn-pretrain` (the tiny model) for 6 steps, then 3 steps, exit, and resume to 6; the losses of
+   steps 4-6 must be bitwise equal. If they are not, the uninterrupted run is repeated: a run that does not
+   repeat itself bitwise (non-deterministic kernels) judges the resume against that run-to-run difference.
+
+It writes gpu_check.md (a table per step) and gpu_check.json to --out, each step's log beside them, and exits
+0 when every step passed, 1 otherwise. --quick runs the same steps at toy sizes (the CPU test suite runs it).
+The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# (step, time limit in seconds on a GPU, with --quick)
+STEPS = [("environment", 45, 120), ("correctness", 75, 180), ("layer_speed", 75, 120),
+         ("throughput", 195, 240), ("resume", 90, 240)]
+BREAK_ENV = "VFFN_GPU_CHECK_BREAK"  # a step name: that step raises at its start (the tests break one on purpose)
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+def step_environment(args) -> dict:
+    import megatron.core
+    import torch
+    from megatron.core.extensions import transformer_engine as te_ext
+
+    from vffn_pretrain.model.backend import select_backend
+    from vffn_pretrain.training.throughput import device_peak_flops
+
+    cuda = torch.cuda.is_available()
+    name, peak = device_peak_flops()
+    info = {
+        "device": name, "python": sys.version.split()[0], "torch": torch.__version__,
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "megatron_core": megatron.core.__version__, "HAVE_TE": bool(te_ext.HAVE_TE),
+        "backend": select_backend("auto").name, "peak_bf16_tflops": None if peak is None else peak / 1e12,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+    }
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpus=torch.cuda.device_count(), capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported())
+    summary = (f"{name}, torch {info['torch']}, CUDA {info['cuda']}, backend {info['backend']} "
+               f"(HAVE_TE={info['HAVE_TE']}), peak {info['peak_bf16_tflops'] or 'unknown'} TFLOP/s bf16")
+    return {"ok": True, "summary": summary, "info": info}
+
+
+def step_correctness(args) -> dict:
+    import torch
+    from ffn_layer import build_block
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.parallel import ParallelConfig, init_distributed, setup_model_parallel
+    from vffn_pretrain.testing.ffn_device_check import compare, variants
+
+    init_distributed()
+    setup_model_parallel(ParallelConfig())
+    rows = []
+    for kind, kw in variants():
+        for dtype in (torch.float32, torch.bfloat16):
+            for training in (True, False):
+                row = {"kind": kind, "options": {k: v for k, v in kw.items() if k != "balance_coeff"},
+                       "dtype": str(dtype).removeprefix("torch."), "mode": "train" if training else "eval"}
+                try:
+                    row.update(compare(build_block, kind, kw, dtype=dtype, training=training))
+                except Exception as e:  # noqa: BLE001 - one case's crash is that case's result
+                    row.update(ok=False, error=f"{type(e).__name__}: {e}")
+                rows.append(row)
+    ps.destroy_model_parallel()
+    bad = [r for r in rows if not r["ok"]]
+    summary = f"{len(rows) - len(bad)}/{len(rows)} cases within tolerance"
+    if bad:
+        summary += "; failing: " + ", ".join(f"{r['kind']} {r['dtype']} {r['mode']}" for r in bad[:6])
+    return {"ok": not bad, "summary": summary, "rows": rows}
+
+
+def step_layer_speed(args) -> dict:
+    import ffn_layer
+
+    size = (["--d", "64", "--d-ff", "256", "--seq", "32", "--batch", "2", "--rounds", "1", "--warmup", "0"]
+            if args.quick else ["--d", "1024", "--d-ff", "4096", "--seq", "4096", "--batch", "2", "--rounds", "10",
+                                "--warmup", "2", "--dtype", "bf16"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        ffn_layer.main([*size, "--json"])
+    result = json.loads(printed.getvalue())
+    by_name = {r["name"]: r for r in result["rows"]}
+    v, ve = by_name["versatile"], by_name["versatile eval"]
+    summary = (f"versatile train {v['time_ratio']:.2f}x dense time for {v['flop_ratio']:.2f}x FLOPs "
+               f"(time/FLOP {v['time_per_flop']:.2f}); eval {ve['time_ratio']:.2f}x for {ve['flop_ratio']:.2f}x")
+    sparse = {r["mix"]: r for r in result.get("token_sparse", []) if r["variant"] == "sparse"}
+    if sparse:
+        summary += "; token-sparse vs all-token " + ", ".join(
+            f"{mix} {r['speedup']:.2f}x (theory {r['theory_speedup']:.2f}x)" for mix, r in sparse.items())
+    return {"ok": True, "summary": summary, "shape": result["shape"], "rows": result["rows"],
+            "token_sparse": result.get("token_sparse", [])}
+
+
+def _train_overrides(run_dir: Path, quick: bool) -> list[str]:
+    base = [f"run_dir={run_dir}", "logging.wandb.enabled=false", "logging.progress_bar=false", "logging.interval=1"]
+    if quick:  # the tiny model, few tokens
+        base += ["train.seq_length=64", "train.micro_batch_size=2", "train.global_batch_size=4"]
+    return base
+
+
+def _throughput_run(kind: str, seq: int, micro: int, args, run_dir: Path) -> dict:
+    """One training run in this process; the median of the per-step records after warm-up."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.conf_path import CONF_DIR
+    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.training.trainer import Trainer
+
+    warmup, measured = (1, 2) if args.quick else (5, 15)
+    overrides = [*_train_overrides(run_dir, args.quick), f"ffn={kind}", "train.eval_iters=0",
+                 f"train.max_steps={warmup + measured}", "checkpoint.interval=1000000000"]
+    if not args.quick:
+        overrides += ["model=354m", f"model.num_layers={args.layers}", f"train.seq_length={seq}",
+                      f"train.micro_batch_size={micro}", f"train.global_batch_size={2 * micro}"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = load_run_config(compose("config", overrides=overrides), world_size=1)
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        trainer.save = lambda: None  # a throughput run keeps no checkpoint
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        trainer.fit()
+        peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    finally:
+        ps.destroy_model_parallel()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steady = [r for r in records if "tokens_per_sec" in r and r["step"] > warmup]
+    mfu = [r["mfu"] for r in steady if isinstance(r["mfu"], float)]
+    return {
+        "kind": kind, "layers": cfg.model.num_layers, "seq_length": cfg.train.seq_length,
+        "micro_batch": cfg.train.micro_batch_size, "global_batch": cfg.train.global_batch_size,
+        "steps_measured": len(steady), "backend": cfg.train.backend,
+        "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steady),
+        "tflops_per_device": statistics.median(r["tflops_per_device"] for r in steady),
+        "mfu": statistics.median(mfu) if mfu else "unknown",
+        "flops_per_token": trainer.flops_per_token_train, "peak_memory_gib": peak,
+        "loss_last": steady[-1]["loss"],
+    }
+
+
+def step_throughput(args) -> dict:
+    import gc
+
+    import torch
+
+    shapes = [(4096, 4), (4096, 2), (4096, 1), (2048, 1), (1024, 1)]  # the first that fits
+    rows = []
+    for kind in ("dense", "versatile"):
+        for seq, micro in shapes[:1] if args.quick else shapes:
+            gc.collect()  # the previous run's model and optimizer (outside any except block, so really gone)
+            torch.cuda.empty_cache()
+            try:
+                rows.append(_throughput_run(kind, seq, micro, args, args.out / f"throughput-{kind}-{seq}-{micro}"))
+                break
+            except torch.cuda.OutOfMemoryError:
+                print(f"{kind}: out of memory at seq {seq} micro-batch {micro}; trying smaller", flush=True)
+        else:
+            rows.append({"kind": kind, "error": "out of memory at every shape tried"})
+    ok = [r for r in rows if "error" not in r]
+
+    def pct(x):
+        return f"{100 * x:.1f}%" if isinstance(x, float) else str(x)
+
+    summary = "; ".join(
+        f"{r['kind']}: {r['tokens_per_sec']:.0f} tok/s, {r['tflops_per_device']:.1f} TFLOP/s, "
+        f"{'MFU' if r['kind'] == 'dense' else 'HFU'} {pct(r['mfu'])}" for r in ok)
+    if ok:
+        summary += f" ({ok[0]['layers']} layers, seq {ok[0]['seq_length']}, micro-batch {ok[0]['micro_batch']})"
+    return {"ok": len(ok) == len(rows), "summary": summary or "no run finished", "rows": rows}
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]
+    return out
+
+
+def _vffn_pretrain(args, run_dir: Path, *extra: str) -> None:
+    cmd = [sys.executable, "-m", "vffn_pretrain.train", *_train_overrides(run_dir, args.quick),
+           "train.max_steps=6", "train.eval_iters=0", *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    print(proc.stdout[-4000:], proc.stderr[-4000:], flush=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:4])} ... {' '.join(extra)} exited {proc.returncode}: "
+                           f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+
+
+def step_resume(args) -> dict:
+    straight, resumed = args.out / "resume-straight", args.out / "resume-split"
+    _vffn_pretrain(args, straight)
+    _vffn_pretrain(args, resumed, "train.exit_interval=3")
+    _vffn_pretrain(args, resumed)
+    a, b = _losses(straight), _losses(resumed)
+    steps = sorted(a)
+    if sorted(b) != steps:
+        return {"ok": False, "summary": f"resumed run logged steps {sorted(b)}, straight run {steps}"}
+    diff = max(abs(a[s] - b[s]) for s in steps)
+    result = {"losses_straight": [a[s] for s in steps], "losses_resumed": [b[s] for s in steps],
+              "max_abs_diff": diff, "bitwise": diff == 0.0}
+    if diff == 0.0:
+        return {"ok": True, "summary": f"losses of steps {steps[0]}-{steps[-1]} bitwise equal after resume at 3",
+                **result}
+    again = args.out / "resume-straight-again"
+    _vffn_pretrain(args, again)
+    noise = max(abs(a[s] - v) for s, v in _losses(again).items())
+    ok = 0.0 < noise and diff <= 2 * noise
+    verdict = "within" if ok else "beyond"
+    return {"ok": ok, "run_to_run_diff": noise, **result,
+            "summary": f"not bitwise: max |loss diff| {diff:.3g}, {verdict} run-to-run nondeterminism {noise:.3g}"}
+
+
+STEP_FUNCS = {"environment": step_environment, "correctness": step_correctness, "layer_speed": step_layer_speed,
+              "throughput": step_throughput, "resume": step_resume}
+
+
+# ---------------------------------------------------------------------------------------------------- runner
+def run_child(args) -> int:
+    """Run one step in this process and write its result to OUT/step-NAME.json."""
+    warnings.filterwarnings("ignore")
+    sys.path.insert(0, str(HERE))
+    sys.path.insert(1, str(ROOT))
+    name = args.step
+    path = args.out / f"step-{name}.json"
+    start = time.perf_counter()
+    try:
+        if os.environ.get(BREAK_ENV) == name:
+            raise RuntimeError(f"broken on purpose ({BREAK_ENV}={name})")
+        result = STEP_FUNCS[name](args)
+    except Exception as e:  # noqa: BLE001 - the step's failure is its result
+        import traceback
+
+        traceback.print_exc()
+        result = {"ok": False, "summary": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"}
+    result["seconds"] = time.perf_counter() - start
+    path.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def run_step(name: str, limit: float, args) -> dict:
+    log = args.out / f"step-{name}.log"
+    result_path = args.out / f"step-{name}.json"
+    result_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--out", str(args.out),
+           "--layers", str(args.layers)] + (["--quick"] if args.quick else [])
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the step and anything it started
+            proc.wait()
+            return {"ok": False, "status": "timeout", "seconds": time.perf_counter() - start,
+                    "summary": f"no result within its {limit:g} s limit (log: {log.name})"}
+    if not result_path.exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+        return {"ok": False, "status": "failed", "seconds": time.perf_counter() - start,
+                "summary": f"exited {proc.returncode} without a result: {tail[0][:200]}"}
+    result = json.loads(result_path.read_text())
+    result["status"] = "ok" if result["ok"] else "failed"
+    return result
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# GPU check ({'quick' if report['quick'] else 'full'}) on {report['device']}", "",
+             "| # | step | status | seconds | result |", "|---|---|---|---|---|"]
+    for i, (name, r) in enumerate(report["steps"].items(), 1):
+        lines.append(f"| {i} | {name} | {r['status']} | {r['seconds']:.0f} | {r['summary']} |")
+    corr = report["steps"]["correctness"].get("rows")
+    if corr:
+        lines += ["", "## Correctness (||layer - float64 reference|| / ||reference||, worst tensor)", "",
+                  "| kind | options | dtype | mode | max error | within limits |", "|---|---|---|---|---|---|"]
+        for r in corr:
+            err = f"{r['max_error']:.2e}" if "max_error" in r else r.get("error", "")
+            lines.append(f"| {r['kind']} | {r['options'] or ''} | {r['dtype']} | {r['mode']} | {err} | "
+                         f"{'yes' if r['ok'] else 'NO ' + ', '.join(r.get('failed', []))} |")
+    speed = report["steps"]["layer_speed"].get("rows")
+    if speed:
+        lines += ["", "## Layer speed (benchmarks/ffn_layer.py, ratios to dense)", "",
+                  "| layer | mode | ms | time x | FLOP x | time/FLOP | peak MB | mem x |", "|---|---|---|---|---|---|---|---|"]
+        for r in speed:
+            mem = "-" if r["mem_mb"] is None else f"{r['mem_mb']:.0f}"
+            memx = "-" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"
+            lines.append(f"| {r['name']} | {r['mode']} | {r['ms']:.2f} | {r['time_ratio']:.2f} | "
+                         f"{r['flop_ratio']:.2f} | {r['time_per_flop']:.2f} | {mem} | {memx} |")
+    thr = report["steps"]["throughput"].get("rows")
+    if thr:
+        lines += ["", "## Training throughput (MFU for dense; hardware-FLOP utilisation for versatile)", "",
+                  "| kind | layers | seq | micro | tokens/s | TFLOP/s | MFU/HFU | peak GiB |", "|---|---|---|---|---|---|---|---|"]
+        for r in thr:
+            if "error" in r:
+                lines.append(f"| {r['kind']} | {r['error']} | | | | | | |")
+                continue
+            util = f"{100 * r['mfu']:.1f}%" if isinstance(r["mfu"], float) else r["mfu"]
+            mem = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}"
+            lines.append(f"| {r['kind']} | {r['layers']} | {r['seq_length']} | {r['micro_batch']} | "
+                         f"{r['tokens_per_sec']:.0f} | {r['tflops_per_device']:.2f} | {util} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("gpu-check"), help="folder for the report and logs")
+    parser.add_argument("--json", action="store_true", help="print the JSON report instead of the Markdown")
+    parser.add_argument("--quick", action="store_true", help="toy sizes (a CPU test of the script)")
+    parser.add_argument("--layers", type=int, default=15, help="layers of the 354m shape in the throughput step")
+    parser.add_argument("--timeout", action="append", default=[], metavar="STEP=SECONDS",
+                        help="change one step's time limit")
+    parser.add_argument("--only", action="append", choices=[name for name, _, _ in STEPS],
+                        help="run only this step (repeatable); the others are reported as skipped")
+    parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
+    args = parser.parse_args(argv)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.step:
+        return run_child(args)
+    limits = {name: quick if args.quick else gpu for name, gpu, quick in STEPS}
+    for item in args.timeout:
+        name, _, seconds = item.partition("=")
+        if name not in limits:
+            print(f"gpu_check: --timeout {item}: no step named {name!r} (steps: {', '.join(limits)})",
+                  file=sys.stderr)
+            return 2
+        limits[name] = float(seconds)
+    steps = {}
+    for name, _, _ in STEPS:
+        if args.only and name not in args.only:
+            steps[name] = {"ok": True, "status": "skipped", "seconds": 0.0, "summary": "not asked for (--only)"}
+            continue
+        steps[name] = run_step(name, limits[name], args)
+        print(f"{name}: {steps[name]['status']} ({steps[name]['seconds']:.0f} s) {steps[name]['summary']}",
+              file=sys.stderr, flush=True)
+    device = steps["environment"].get("info", {}).get("device", "unknown device")
+    report = {"quick": args.quick, "device": device, "steps": steps}
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    (args.out / "gpu_check.md").write_text(markdown(report))
+    print(json.dumps(report, indent=1, default=str) if args.json else markdown(report))
+    return 0 if all(r["ok"] for r in steps.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

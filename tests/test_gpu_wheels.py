@@ -1,0 +1,81 @@
+"""`make gpu-wheels`: a node with only Python and torch installs the project from the folder with no index and
+trains.
+
+The folder is built for this machine's Python and glibc (the node's are variables of the same script), so the
+test can install from it. The "node" is a fresh virtualenv whose only package is torch, with torch's own
+dependencies: they are linked in from the test environment through a .pth file rather than reinstalled, which
+would cost a 200 MB unpack per run. Downloading the wheels needs the package index (the pip cache helps).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def link_torch_only(site: Path) -> None:
+    """Make torch and its dependency closure (as installed here) importable by the Python that reads `site`."""
+    todo, seen = ["torch"], set()
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        dist = metadata.distribution(name)
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] != ".."}:
+            link = site / top
+            if not link.exists() and not top.endswith(".pth"):
+                link.symlink_to(dist.locate_file(top))
+
+
+@pytest.mark.slow
+def test_clean_venv_with_only_torch_installs_offline_and_trains(tmp_path):
+    wheels = tmp_path / "wheels"
+    glibc = platform.libc_ver()[1].split(".")
+    tag = f"manylinux_{glibc[0]}_{glibc[1]}_{platform.machine()}"
+    made = subprocess.run(
+        [sys.executable, str(ROOT / "launch" / "gpu_wheels.py"), "--dest", str(wheels),
+         "--python-version", f"{sys.version_info.major}.{sys.version_info.minor}", "--platform", tag],
+        capture_output=True, text=True, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    assert not list(wheels.glob("torch-*")), "torch must be left to the node"
+
+    venv = tmp_path / "node"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    site = Path(subprocess.check_output([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                        text=True).strip())
+    torch_site = tmp_path / "torch-only"
+    torch_site.mkdir()
+    link_torch_only(torch_site)
+    (site / "torch_only.pth").write_text(f"{torch_site}\n")
+    before = subprocess.check_output([py, "-m", "pip", "list", "--format=freeze"], text=True)
+    assert "megatron" not in before and "hydra" not in before
+
+    # No index at all: pip may use nothing but the folder (the machine's find-links are switched off too).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1")
+    install = subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
+                              "-e", str(ROOT)], capture_output=True, text=True, env=env, timeout=600)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-3000:]
+
+    run = subprocess.run(
+        [venv / "bin" / "vffn-pretrain", "train.max_steps=2", "logging.wandb.enabled=false",
+         "logging.progress_bar=false", f"run_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"],
+        capture_output=True, text=True, cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="1"), timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    assert (tmp_path / "run" / "summary.json").exists()

@@ -219,6 +219,27 @@ def ffn_flops_multiplier(
     return mean_loops + p_below_max * width
 
 
+def ffn_train_step_multiplier(
+    f: FFNShape, *, loop_mix: list[float] | None = None, token_sparse: bool = False, width_reuse: bool = False
+) -> float:
+    """Forward + backward FFN cost per token in training, in units of one dense SwiGLU forward + backward (3F).
+
+    The backward pass costs twice the forward of whatever kept an autograd graph. Without token-sparse recursion
+    that is everything (so the ratio equals ``ffn_flops_multiplier(training=True)``); with it, an adaptive kind
+    keeps the graph of each token's own sampled loops, E[l] = sum_l p_l*l, and of the width path only for tokens
+    below L_max (lambda > 0), while the forward still runs every loop for every token (the straight-through
+    gradient needs their values). ``loop_mix`` is the sampled mix (default uniform)."""
+    forward = ffn_flops_multiplier(f, training=True, width_reuse=width_reuse)
+    if not token_sparse or f.kind not in ("versatile", "depth_only"):
+        return forward
+    p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(f.max_loops), f.max_loops)
+    mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
+    kn = f.top_k / f.num_experts
+    width = (kn / 3.0 if width_reuse else kn) if f.kind == "versatile" else 0.0
+    backward_graph = mean_loops + sum(p[:-1]) * width
+    return (forward + 2.0 * backward_graph) / 3.0
+
+
 def flops_breakdown(
     m: ModelShape,
     f: FFNShape,

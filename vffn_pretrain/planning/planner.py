@@ -6,8 +6,8 @@ the recompute setting is decided per rank: none when the rank fits its budget, e
 adds time), else the split is infeasible. The objective is the simulated step time (`schedule.simulate`).
 
 Search (`plan`): every split when there are at most `exhaustive_limit` of them; otherwise an exact dynamic
-programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check) plus, without
-interleaving, one for the 1F1B chain bound below, each refined by moving single chunk boundaries while the
+programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check), without
+interleaving one for the 1F1B chain bound below, and the even split, each refined by moving single layers between chunks while the
 simulated time improves.
 
 Lower bound (`lower_bound`): on any split, rank r cannot start before micro-batch 0 has run forward through the
@@ -268,17 +268,18 @@ def _chain_weight(req: PlanRequest):
 
 
 def _refine(req: PlanRequest, plan: Plan) -> Plan:
-    """Move one chunk boundary by one layer while the simulated step time improves."""
+    """Move one layer from any chunk to any other (shifting the chunks in between) while the simulated step
+    time improves: interleaved plans balance ranks, whose chunks are not adjacent."""
     improved = True
     while improved:
         improved = False
-        for c in range(req.chunks - 1):
-            for delta in (-1, 1):
-                split = list(plan.split)
-                split[c] += delta
-                split[c + 1] -= delta
-                if min(split) < 1:
+        for src in range(req.chunks):
+            for dst in range(req.chunks):
+                if src == dst or plan.split[src] < 2:
                     continue
+                split = list(plan.split)
+                split[src] -= 1
+                split[dst] += 1
                 cand = evaluate(req, tuple(split))
                 if _better(cand, plan):
                     plan, improved = cand, True
@@ -293,15 +294,11 @@ def plan(req: PlanRequest, exhaustive_limit: int = 2000) -> Plan:
     else:
         best = None
         weights = [None] + ([_chain_weight(req)] if req.v == 1 else [])
-        for w in weights:
-            split = minimax_split(req, w)
-            if split is None:
-                continue
+        starts = [minimax_split(req, w) for w in weights] + [even_split(req.num_layers, req.chunks)]
+        for split in dict.fromkeys(s for s in starts if s is not None):
             cand = _refine(req, evaluate(req, split))
             if best is None or _better(cand, best):
                 best = cand
-        if best is None:
-            best = _refine(req, evaluate(req, even_split(req.num_layers, req.chunks)))
     if not best.feasible:
         need = max(best.memory)
         raise PlanError("memory budget", f"no layout fits {req.memory_budget / 2**30:.2f} GiB per device: the "

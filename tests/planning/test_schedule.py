@@ -1,0 +1,61 @@
+"""The schedule simulator against schedules worked out by hand from megatron-core's definitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from vffn_pretrain.planning.schedule import Op, rank_order, simulate
+
+
+@pytest.mark.parametrize("p,m", [(2, 3), (3, 3), (4, 8), (4, 2), (3, 7)])
+def test_uniform_1f1b_takes_m_plus_p_minus_1_slots(p, m):
+    # Uniform stages: the step is (m + p - 1)(f + b); each rank idles (p - 1)(f + b).
+    sim = simulate([1.0] * p, [2.0] * p, p, m)
+    assert sim.step_time == pytest.approx((m + p - 1) * 3.0)
+    assert sim.idle == pytest.approx([(p - 1) * 3.0] * p)
+    assert sim.bubble == pytest.approx((p - 1) / (m + p - 1))
+    assert sim.peak_in_flight == [min(p - r, m) for r in range(p)]
+
+
+def test_two_stage_three_microbatches_op_by_op():
+    # Worked by hand: f = 1, b = 2 on both ranks. rank 0: F0 F1 B0 F2 B1 B2; rank 1: F0 B0 F1 B1 F2 B2.
+    sim = simulate([1.0, 1.0], [2.0, 2.0], 2, 3)
+    expect_end = {Op("F", 0, 0): 1, Op("F", 0, 1): 2, Op("F", 1, 0): 2, Op("B", 1, 0): 4, Op("B", 0, 0): 6,
+                  Op("F", 1, 1): 5, Op("B", 1, 1): 7, Op("F", 0, 2): 7, Op("B", 0, 1): 9, Op("F", 1, 2): 8,
+                  Op("B", 1, 2): 10, Op("B", 0, 2): 12}
+    assert {op: sim.end[op] for op in expect_end} == expect_end
+    assert rank_order(0, 2, 1, 3) == [Op("F", 0, 0), Op("F", 0, 1), Op("B", 0, 0), Op("F", 0, 2), Op("B", 0, 1),
+                                      Op("B", 0, 2)]
+
+
+def test_unequal_stages_with_p2p_and_memory():
+    # rank 0: f=1, b=1; rank 1: f=2, b=4; each transfer 0.5 s; m = 2 (worked by hand):
+    # r0 F0 [0,1] F1 [1,2]; r1 F0 [1.5,3.5] B0 [3.5,7.5] F1 [7.5,9.5] B1 [9.5,13.5]; r0 B0 [8,9] B1 [14,15].
+    sim = simulate([1.0, 2.0], [1.0, 4.0], 2, 2, p2p=0.5, activation_bytes=[10.0, 100.0])
+    assert sim.step_time == pytest.approx(15.0)
+    assert sim.end[Op("B", 0, 0)] == pytest.approx(9.0)
+    assert sim.busy == pytest.approx([4.0, 12.0])
+    assert sim.idle == pytest.approx([11.0, 3.0])
+    assert sim.peak_activation_bytes == pytest.approx([20.0, 100.0])
+
+
+def test_interleaved_two_ranks_two_chunks_by_hand():
+    # p = 2, v = 2, m = 2, every chunk f = 1, b = 2 (group size 2). rank 0 warms up with all four forwards
+    # (2 (p-1) + (v-1) g = 4); rank 1 runs F c1 m0, F c1 m1, then F/B pairs on chunk 3, then B on chunk 1.
+    # By hand the last op, B(c0, m1) on rank 0, ends at 15 = (m + (p - 1)/v) W / p with W = 12.
+    assert rank_order(1, 2, 2, 2) == [Op("F", 1, 0), Op("F", 1, 1), Op("F", 3, 0), Op("B", 3, 0), Op("F", 3, 1),
+                                      Op("B", 3, 1), Op("B", 1, 0), Op("B", 1, 1)]
+    sim = simulate([1.0] * 4, [2.0] * 4, 2, 2)
+    assert sim.end[Op("B", 3, 0)] == 6 and sim.end[Op("B", 2, 1)] == 11 and sim.end[Op("B", 1, 1)] == 13
+    assert sim.step_time == pytest.approx(15.0)
+    assert sim.peak_in_flight == [4, 3]  # rank 1: two warm-up forwards + the first steady one
+
+
+@pytest.mark.parametrize("p,v,m", [(2, 2, 4), (4, 2, 8), (2, 3, 6), (4, 3, 4)])
+def test_balanced_interleaved_bubble(p, v, m):
+    # Balanced chunks of work W / (p v): step = (m + (p - 1) / v) W / p (every rank starts its last backward
+    # group as soon as the one before it allows). W = 3 per micro-batch here.
+    sim = simulate([1.0 / v] * (p * v), [2.0 / v] * (p * v), p, m)
+    assert sim.step_time == pytest.approx((m + (p - 1) / v) * 3.0 / p * p)
+    # rank 0 holds 2 (p - 1) + (v - 1) p + 1 micro-batch chunks at its peak (megatron's warm-up + 1).
+    assert sim.peak_in_flight[0] == min(2 * (p - 1) + (v - 1) * p + 1, m * v)

@@ -1,0 +1,74 @@
+"""Seconds from FLOPs and bytes: analytic defaults from a device's peak, or a calibration file.
+
+The calibration file (written by `vffn-plan calibrate`) is JSON:
+  {"device": str, "seconds_per_flop": {"forward": {kind: s}, "backward": {kind: s}},
+   "seconds_per_item": {"E": s, "L": s}, "p2p_seconds_per_byte": s, "p2p_latency_s": s}
+where kind is an FFN kind, "head" or "embedding"; a kind missing from it uses the "default" entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vffn_pretrain.planning.costs import ItemCost
+
+# Dense bf16 peak FLOP/s and a typical inter-GPU bandwidth (bytes/s) per device, plus the share of peak a
+# megatron-core training step reaches on transformer matmuls (an assumption, not a measurement).
+DEVICE_PROFILES = {
+    "H200": {"peak_flops": 989e12, "p2p_bytes_per_s": 100e9},
+    "H100": {"peak_flops": 989e12, "p2p_bytes_per_s": 100e9},
+    "A100": {"peak_flops": 312e12, "p2p_bytes_per_s": 50e9},
+}
+ANALYTIC_EFFICIENCY = 0.45
+
+
+@dataclass
+class Timing:
+    """Converts an item's FLOPs into seconds; P2P transfers cost latency + bytes * seconds_per_byte."""
+
+    forward: dict[str, float]
+    backward: dict[str, float]
+    per_item: dict[str, float] = field(default_factory=dict)
+    p2p_seconds_per_byte: float = 0.0
+    p2p_latency_s: float = 0.0
+    source: str = "analytic"
+
+    @classmethod
+    def analytic(cls, device: str = "H100", efficiency: float = ANALYTIC_EFFICIENCY) -> Timing:
+        if device not in DEVICE_PROFILES:
+            raise ValueError(f"unknown device {device!r}; known: {', '.join(DEVICE_PROFILES)}")
+        prof = DEVICE_PROFILES[device]
+        s = 1.0 / (prof["peak_flops"] * efficiency)
+        return cls({"default": s}, {"default": s}, {}, 1.0 / prof["p2p_bytes_per_s"], 20e-6,
+                   f"analytic {device} peak x {efficiency}")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Timing:
+        data = json.loads(Path(path).read_text())
+        spf = data["seconds_per_flop"]
+        return cls(dict(spf["forward"]), dict(spf["backward"]), dict(data.get("seconds_per_item", {})),
+                   float(data.get("p2p_seconds_per_byte", 0.0)), float(data.get("p2p_latency_s", 0.0)),
+                   f"calibrated ({data.get('device', '?')}, {path})")
+
+    def save(self, path: str | Path, device: str) -> None:
+        Path(path).write_text(json.dumps({
+            "device": device, "seconds_per_flop": {"forward": self.forward, "backward": self.backward},
+            "seconds_per_item": self.per_item, "p2p_seconds_per_byte": self.p2p_seconds_per_byte,
+            "p2p_latency_s": self.p2p_latency_s}, indent=1))
+
+    def _rate(self, table: dict[str, float], kind: str) -> float:
+        return table.get(kind, table["default"])
+
+    def forward_s(self, item: ItemCost) -> float:
+        return item.forward_flops * self._rate(self.forward, item.kind) + self.per_item.get(item.symbol, 0.0)
+
+    def backward_s(self, item: ItemCost) -> float:
+        # A recomputed forward runs at the forward rate.
+        recomputed = item.backward_flops_effective - item.backward_flops
+        return (item.backward_flops * self._rate(self.backward, item.kind)
+                + recomputed * self._rate(self.forward, item.kind) + self.per_item.get(item.symbol, 0.0))
+
+    def p2p_s(self, nbytes: float) -> float:
+        return self.p2p_latency_s + nbytes * self.p2p_seconds_per_byte

@@ -1,8 +1,11 @@
 """`vffn-pretrain [hydra overrides]` (also `python -m vffn_pretrain.train`): pretraining, under torchrun at any
 world size or as a plain single process.
 
-Exit codes: 0 done; 1 an error; 2 the run diverged (train.max_skipped_steps NaN/Inf steps in a row) or a bad
-config; 3 a SIGTERM/SIGUSR1 arrived, a checkpoint was saved, and the same command will resume (requeue).
+Exit codes: 0 done; 1 an error (a failed checkpoint save, the run_dir locked by another trainer); 2 the run
+diverged (train.max_skipped_steps NaN/Inf steps in a row) or a bad config or bad data (an unknown key, a wrong
+value, a missing or damaged dataset, a checkpoint of another model); 3 a SIGTERM/SIGUSR1/SIGINT arrived, a
+checkpoint was saved, and the same command will resume (requeue); 130 a second Ctrl-C aborted the run.
+Expected failures print one line naming the key or file, without a traceback.
 """
 
 from __future__ import annotations
@@ -43,27 +46,52 @@ def _hydra_main(cfg: DictConfig) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.parallel.init import launcher_world_size
+    from vffn_pretrain.training.errors import RunError
+    from vffn_pretrain.training.signals import EXIT_INTERRUPTED
+    from vffn_pretrain.training.trainer import run
 
     try:
         run_cfg = load_run_config(cfg, world_size=launcher_world_size(),
                                   multirun_dir=_multirun_dir())
+        code = run(run_cfg)
     except ConfigError as e:
-        if _is_rank0():
-            print(f"vffn-pretrain: bad config: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
-
-    from vffn_pretrain.training.trainer import run
-
-    code = run(run_cfg)
+        _fail(f"bad config: {e}", EXIT_BAD_CONFIG)
+    except RunError as e:
+        _fail(f"error: {e}", e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted before training started; nothing was saved", EXIT_INTERRUPTED)
     if code:
         sys.exit(code)
     return code
+
+
+def _fail(message: str, code: int):
+    if _is_rank0():
+        print(f"vffn-pretrain: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _precheck_overrides(argv: list[str]) -> None:
+    """Compose the config once before Hydra does, so that an unknown key or a malformed override exits 2 with
+    one line (Hydra itself exits 1 for those). Command lines with Hydra flags (-m, --cfg, ...) are left to it."""
+    if any(arg.startswith("-") for arg in argv):
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            compose("config", overrides=argv)
+    except (ConfigCompositionException, OverrideParseException, MissingConfigException) as e:
+        reason = " ".join(str(e).split("Config search path")[0].split())
+        _fail(f"bad config: {reason}", EXIT_BAD_CONFIG)
 
 
 def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    _precheck_overrides(sys.argv[1:])
     _hydra_main()
 
 

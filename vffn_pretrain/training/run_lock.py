@@ -15,6 +15,8 @@ import socket
 import time
 from pathlib import Path
 
+from vffn_pretrain.lifetime import pid_alive
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "vffn-pretrain.lock"
@@ -22,21 +24,6 @@ LOCK_NAME = "vffn-pretrain.lock"
 
 class RunDirLocked(RuntimeError):
     """Another live process holds the run directory."""
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists on this host (a zombie counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class RunLock:

@@ -17,10 +17,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
 from vffn_pretrain.conf_path import CONF_DIR
 from vffn_pretrain.config_errors import ConfigError
-
-EXIT_BAD_CONFIG = 2
 
 
 def _multirun_dir() -> str | None:
@@ -66,32 +65,14 @@ def _hydra_main(cfg: DictConfig) -> int:
 
 
 def _fail(message: str, code: int):
-    if _is_rank0():
-        print(f"vffn-pretrain: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
-def _precheck_overrides(argv: list[str]) -> None:
-    """Compose the config once before Hydra does, so that an unknown key or a malformed override exits 2 with
-    one line (Hydra itself exits 1 for those). Command lines with Hydra flags (-m, --cfg, ...) are left to it."""
-    if any(arg.startswith("-") for arg in argv):
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            compose("config", overrides=argv)
-    except (ConfigCompositionException, OverrideParseException, MissingConfigException) as e:
-        reason = " ".join(str(e).split("Config search path")[0].split())
-        _fail(f"bad config: {reason}", EXIT_BAD_CONFIG)
+    fail("vffn-pretrain", message, code, show=_is_rank0())
 
 
 def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    _precheck_overrides(sys.argv[1:])
+    precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())
     _hydra_main()
 
 

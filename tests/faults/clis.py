@@ -22,12 +22,21 @@ class Outcome:
     code: int
     out: str
 
-    def one_line_error(self) -> str:
-        """The tool's error: its output must be one non-empty line on stderr, without a traceback."""
+    def one_line_error(self, ignore_prefix: str | None = None) -> str:
+        """The tool's error: its output must be one non-empty line, without a traceback (lines starting with
+        `ignore_prefix`, progress the tool printed before the error, aside)."""
         assert "Traceback" not in self.out, self.out
-        lines = [line for line in self.out.splitlines() if line.strip()]
+        lines = [line for line in self.out.splitlines()
+                 if line.strip() and not (ignore_prefix and line.startswith(ignore_prefix))]
         assert len(lines) == 1, self.out
         return lines[0]
+
+    def error_line(self) -> str:
+        """The last line, for tools whose usage errors come from argparse (a usage line, then the error)."""
+        assert "Traceback" not in self.out, self.out
+        lines = [line for line in self.out.splitlines() if line.strip()]
+        assert 1 <= len(lines) <= 2 or "usage:" in lines[0], self.out
+        return lines[-1]
 
 
 def run_cli(tool: str, argv: list[str], capsys, monkeypatch) -> Outcome:

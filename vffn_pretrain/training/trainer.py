@@ -105,7 +105,10 @@ class Trainer:
         elif t.init_from:
             from vffn_pretrain.training.convert import load_dense_into
 
-            load_dense_into(t.init_from, self.ddp, cfg)
+            try:
+                load_dense_into(t.init_from, self.ddp, cfg)
+            except FileNotFoundError as e:
+                raise ConfigError("train.init_from", str(e).split(": ", 1)[-1]) from None
         self.start_step = self.step
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
             OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")

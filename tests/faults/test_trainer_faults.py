@@ -112,3 +112,18 @@ def test_second_sigint_aborts_at_once(base_overrides, tmp_path):
     done = proc.wait(timeout=30)
     assert done.returncode == 130, done.stdout[-3000:]
     assert "second SIGINT: aborting" in done.stdout
+
+
+def test_generate_falls_back_past_a_broken_newest_checkpoint(rank_pools, base_overrides, tmp_path, capsys):
+    run = tmp_path / "run"
+    out = rank_pools(1).run(trainer_cases.train_collecting_warnings,
+                            _args(base_overrides, run, "train.max_steps=4", "checkpoint.interval=2"))[0]
+    assert out["exit_code"] == 0
+    newest = run / "checkpoints" / "step_0000004"
+    for f in newest.glob("*.distcp"):
+        f.write_bytes(f.read_bytes()[:100])  # truncated
+    capsys.readouterr()
+    text = cases.generate(["--checkpoint", str(run / "checkpoints"), "--max-new-tokens", "3", "--prompt", "1 2"])
+    assert text.startswith("1 2")
+    err = capsys.readouterr().err
+    assert f"checkpoint {newest} failed to load" in err and "trying the previous one" in err

@@ -104,15 +104,35 @@ def _summary(report: dict) -> str:
             f"{report['elapsed_s']:.1f}s; report {report['output_prefix']}.report.json")
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Ranges and finiteness of the numeric options (argparse checks only their type)."""
+    import math
+
+    def need(ok: bool, flag: str, what: str, value) -> None:
+        if not ok:
+            raise ValueError(f"{flag} must be {what}, got {value}")
+
+    if getattr(args, "workers", None) is not None:
+        need(args.workers >= 0, "--workers", ">= 0", args.workers)
+    if hasattr(args, "chunk_mb"):
+        need(math.isfinite(args.chunk_mb) and 0 < args.chunk_mb <= 1024, "--chunk-mb", "a number in (0, 1024]",
+             args.chunk_mb)
+    if hasattr(args, "min_frequency"):
+        need(args.min_frequency >= 1, "--min-frequency", ">= 1", args.min_frequency)
+    if hasattr(args, "vocab_size"):
+        need(args.vocab_size < 1 << 31, "--vocab-size", "below 2**31", args.vocab_size)
+    if hasattr(args, "sample"):
+        need(args.sample >= -1, "--sample", "a document index, or -1 for none", args.sample)
+    if hasattr(args, "sample_chars"):
+        need(args.sample_chars >= 0, "--sample-chars", ">= 0", args.sample_chars)
+
+
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    _check_numbers(args)
     if args.command == "tokenize":
         from data_tools.pipeline import TokenizeOptions, default_workers, run_tokenize
 
         workers = default_workers() if args.workers is None else args.workers
-        if workers < 0:
-            raise ValueError("--workers must be >= 0")
-        if args.chunk_mb <= 0:
-            raise ValueError("--chunk-mb must be positive")
         report = run_tokenize(TokenizeOptions(
             inputs=args.input, output_prefix=args.output_prefix, tokenizer=args.tokenizer, workers=workers,
             text_key=args.text_key, split_on_blank_lines=args.split_on_blank_lines, format=args.format,
@@ -148,6 +168,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         info = inspect_prefix(args.prefix, tokenizer=args.tokenizer, sample_index=args.sample,
                               sample_chars=args.sample_chars, verify=args.verify)
+        if args.sample >= max(info["documents"], 1):
+            raise ValueError(f"--sample {args.sample}: {args.prefix} has {info['documents']} documents")
         print(json.dumps(info, indent=2) if args.json else format_inspect(info))
     return 0
 

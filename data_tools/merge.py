@@ -52,6 +52,8 @@ def run_merge(opts: MergeOptions) -> dict:
         raise MergeError(f"inputs were tokenized with different tokenizers ({detail}); "
                          f"pass --allow-mixed-tokenizers if that is really intended")
 
+    if sum(i.num_documents for i in infos) == 0:
+        raise MergeError(f"the inputs hold no documents ({', '.join(opts.inputs)}); nothing was written")
     with AtomicIndexedWriter(opts.output_prefix, infos[0].dtype.type, overwrite=opts.overwrite) as out:
         for prefix in opts.inputs:
             out.add_index(prefix)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +27,10 @@ from data_tools.worker import ChunkResult, WorkerConfig, init_worker, process_ch
 
 class StrictModeError(ValueError):
     """A bad record was met with ``--strict``."""
+
+
+class EmptyOutputError(ValueError):
+    """No document survived: an empty input, or every record skipped. Nothing is written."""
 
 
 @dataclass
@@ -56,7 +61,32 @@ def _mp_context():
 
 
 def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 16))
+    return max(1, min(usable_cpus(), 16))
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# Compressed inputs hold more text than their size: a rough expansion ratio, to estimate their chunks.
+_COMPRESSION_RATIO = 4
+
+
+def useful_workers(requested: int, files: list, chunk_bytes: int) -> tuple[int, str | None]:
+    """``requested`` capped at what can help: the CPUs and (an estimate of) the input's chunks. Returns the
+    number and, when it was capped, a line saying why."""
+    if requested <= 1:
+        return requested, None
+    expanded = sum(f.size * (_COMPRESSION_RATIO if f.compression else 1) for f in files)
+    chunks = max(1, -(-expanded // max(chunk_bytes, 1)))
+    cap = max(1, min(usable_cpus(), chunks))
+    if requested <= cap:
+        return requested, None
+    return cap, (f"--workers {requested} capped at {cap}: {usable_cpus()} usable CPUs, about {chunks} input "
+                 f"chunk(s) of {chunk_bytes / (1 << 20):g} MB; more workers would only compete for them")
 
 
 def _ordered_parallel_map(fn, items: Iterable, executor: ProcessPoolExecutor, window: int) -> Iterator:
@@ -122,11 +152,23 @@ def _start_pool(workers: int, tokenizer_spec: str, config: WorkerConfig) -> Proc
     return executor
 
 
+def _nothing_to_write(files, per_file: dict, skips: SkipLog, text_key: str) -> str:
+    """The one line for an input that yields no document."""
+    names = ", ".join(f.path for f in files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    read = sum(s["documents_read"] for s in per_file.values())
+    if read == 0:
+        return f"no documents in {names}: the input is empty; nothing was written"
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skips.by_reason.items()))
+    hint = f" (is --text-key {text_key!r} the right field?)" if "missing_field" in skips.by_reason else ""
+    return f"all {read} records of {names} were skipped ({reasons}){hint}; nothing was written"
+
+
 def run_tokenize(opts: TokenizeOptions) -> dict:
     """Tokenize ``opts.inputs`` into ``opts.output_prefix``; return the report (also written next to it).
 
     Raises ``readers.InputError`` (bad input file), ``prefix.OutputExistsError`` (prefix exists, no overwrite),
-    ``StrictModeError`` (bad record with ``strict``) or ``ValueError`` (bad tokenizer), leaving no output.
+    ``StrictModeError`` (bad record with ``strict``), ``EmptyOutputError`` (no document survived) or ``ValueError``
+    (bad tokenizer), leaving no output.
     """
     from data_tools.writer import AtomicIndexedWriter
     from vffn_pretrain.data.tokenizer import build_tokenizer
@@ -137,6 +179,9 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     files = readers.resolve_inputs(opts.inputs, opts.format)
     check_output(opts.output_prefix, opts.overwrite)
     tokenizer = build_tokenizer(opts.tokenizer)
+    workers, why = useful_workers(opts.workers, files, opts.chunk_bytes)
+    if why:
+        print(f"vffn-data: {why}", file=sys.stderr)
     dtype = smallest_dtype(tokenizer.vocab_size)
     config = WorkerConfig(text_key=opts.text_key, dtype=dtype.__name__)
     skips = SkipLog()
@@ -144,7 +189,7 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
         f.path: {"documents_read": 0, "documents_written": 0, "skipped": 0, "blank_lines_ignored": 0} for f in files
     }
     docs_written = tokens = text_bytes = 0
-    executor = _start_pool(opts.workers, tokenizer.spec, config) if opts.workers > 0 else None
+    executor = _start_pool(workers, tokenizer.spec, config) if workers > 0 else None
     progress = _Progress(sum(f.size for f in files), opts.progress)
     try:
         with AtomicIndexedWriter(opts.output_prefix, dtype, overwrite=opts.overwrite) as out:
@@ -152,7 +197,7 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
                                          split_on_blank_lines=opts.split_on_blank_lines,
                                          chunk_bytes=opts.chunk_bytes)
             if executor is not None:
-                results = _ordered_parallel_map(process_chunk, chunks, executor, window=2 * opts.workers + 2)
+                results = _ordered_parallel_map(process_chunk, chunks, executor, window=2 * workers + 2)
             else:
                 set_state(tokenizer, config)
                 results = map(process_chunk, chunks)
@@ -174,6 +219,8 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
                 tokens += int(result.tokens.size)
                 text_bytes += result.text_bytes
                 progress.update(result, docs_written, tokens, text_bytes, t0)
+            if docs_written == 0:
+                raise EmptyOutputError(_nothing_to_write(files, per_file, skips, opts.text_key))
             files_info = out.commit()
     finally:
         progress.close()
@@ -191,7 +238,7 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
         "output": files_info,
         "dtype": dtype.__name__,
         "options": {"text_key": opts.text_key, "split_on_blank_lines": opts.split_on_blank_lines,
-                    "format": opts.format, "strict": opts.strict, "workers": opts.workers},
+                    "format": opts.format, "strict": opts.strict, "workers": workers},
         "tokenizer": tokenizer.identity(),
         "documents": {"read": docs_read, "written": docs_written, "skipped": skips.total},
         "tokens": tokens,

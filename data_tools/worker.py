@@ -56,6 +56,10 @@ def init_worker(tokenizer_spec: str, config: WorkerConfig) -> None:
     """Process-pool initializer: build the tokenizer once per worker."""
     # The main process owns Ctrl-C: it stops the pool and removes partial files.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A killed main process cannot stop its workers: they stop themselves.
+    from vffn_pretrain.lifetime import exit_with_parent
+
+    exit_with_parent()
     # One thread per worker: --workers is the parallelism, not workers x tokenizer threads.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from vffn_pretrain.data.tokenizer import build_tokenizer

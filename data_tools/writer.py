@@ -14,8 +14,10 @@ no half-written prefix that looks valid, and an existing prefix is untouched unt
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import sys
 from array import array
 from pathlib import Path
 
@@ -118,6 +120,22 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def sweep_stale_partials(prefix: str) -> list[str]:
+    """Remove ``PREFIX.bin.partial-PID`` / ``.idx.partial-PID`` files whose process is gone (a killed run);
+    returns the removed paths. Files of a live process (another run writing the prefix) are left alone."""
+    from vffn_pretrain.lifetime import pid_alive
+
+    removed = []
+    for final in (get_bin_path(prefix), get_idx_path(prefix)):
+        for path in glob.glob(glob.escape(final) + ".partial-*"):
+            pid = path.rsplit("-", 1)[1]
+            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+                os.remove(path)
+                removed.append(path)
+                print(f"vffn-data: removed {path}, left by process {pid}, which is gone", file=sys.stderr)
+    return removed
+
+
 class AtomicIndexedWriter:
     """Write a prefix under temporary names; ``commit()`` renames into place, ``abort()`` removes everything.
 
@@ -129,6 +147,7 @@ class AtomicIndexedWriter:
         self.prefix = str(prefix)
         check_output(self.prefix, overwrite)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_partials(self.prefix)
         tag = f".partial-{os.getpid()}"
         self.tmp_bin = get_bin_path(self.prefix) + tag
         self.tmp_idx = get_idx_path(self.prefix) + tag

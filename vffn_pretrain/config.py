@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ def _build(cls, group: str, values: Any):
         expected = (int, float) if type(default) is float else type(default)
         if isinstance(value, bool) and type(default) is not bool or not isinstance(value, expected):
             raise ConfigError(f"{group}.{name}", f"expected {type(default).__name__}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{group}.{name}", f"must be a finite number, got {value!r}")
     if cls is LoggingConfig and "wandb" in kwargs:
         kwargs["wandb"] = _build(WandbConfig, f"{group}.wandb", kwargs["wandb"])
     try:
@@ -128,8 +131,22 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
         raise ConfigError("train.seq_length", f"must be divisible by parallel.tp={parallel.tp} with parallel.sp")
     run_name = str(raw.get("run_name") or f"{model.name}-{ffn.kind}")
     run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
-    return RunConfig(model, ffn, parallel, data, train, checkpoint, logging_cfg, run_name, run_dir,
-                     world_size, raw)
+    run_cfg = RunConfig(model, ffn, parallel, data, train, checkpoint, logging_cfg, run_name, run_dir,
+                        world_size, raw)
+    for key, path in (("run_dir", run_dir), ("checkpoint.dir", run_cfg.checkpoint_dir),
+                      ("data.cache_dir", Path(data.cache_dir).expanduser())):
+        _check_directory_path(key, path)
+    return run_cfg
+
+
+def _check_directory_path(key: str, path: Path) -> None:
+    """A directory the run will create or reuse must not be, or lie under, a regular file."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == path else f"lies under {p}, which is"
+                raise ConfigError(key, f"{path} {what} a file, not a directory")
+            return
 
 
 def _validate_layout(parallel: ParallelConfig, model: ModelConfig) -> None:

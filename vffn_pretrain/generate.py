@@ -14,14 +14,39 @@ import argparse
 import sys
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
+
+
+def _temperature(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vffn-generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint.dir (uses `latest`) or a step_* directory")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.dir (newest checkpoint that loads) or a step_* "
+                                                       "directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-document)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=_int_at_least(0), default=64)
+    p.add_argument("--temperature", type=_temperature, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=_int_at_least(1), default=50)
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--show-loops", action="store_true", help="print the loop count per token and layer")
     return p.parse_args(argv)
 
@@ -49,33 +74,74 @@ class LoopRecorder:
         self.last[int(mod.layer_number)] = loops
 
 
+class GenerateError(RuntimeError):
+    """No checkpoint to sample from: printed as one line."""
+
+
+def _candidates(path: str) -> list:
+    """The checkpoints to try, newest first: `path` itself if it is one, else the complete ones inside it."""
+    from pathlib import Path
+
+    from vffn_pretrain.training.checkpointing import CheckpointManager
+
+    p = Path(path)
+    if not p.exists():
+        raise GenerateError(f"--checkpoint {path}: no such file or directory")
+    if not p.is_dir():
+        raise GenerateError(f"--checkpoint {path}: not a directory (give a checkpoint.dir or a step_* directory)")
+    if (p / "metadata.json").is_file():
+        return [p]
+    manager = CheckpointManager(p)
+    manager.check_marker()
+    found = manager.complete_checkpoints()
+    if not found:
+        raise GenerateError(f"--checkpoint {path}: neither a checkpoint nor a directory of complete checkpoints")
+    return found
+
+
+def _load_newest(path: str, seed: int):
+    """(RunConfig, model chunks) of the newest checkpoint that loads; each one that fails is reported and the
+    previous one is tried, as the trainer does on resume."""
+    from megatron.core import dist_checkpointing
+    from omegaconf import OmegaConf
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.model.gpt import build_model
+    from vffn_pretrain.parallel import seed_all, setup_model_parallel
+    from vffn_pretrain.training import dist_ckpt
+    from vffn_pretrain.training.optim import wrap_ddp
+
+    candidates = _candidates(path)
+    for ckpt in candidates:
+        try:
+            common = dist_checkpointing.load_common_state_dict(str(ckpt))["common"]
+            raw = dict(common["config"])
+            raw["parallel"] = {**raw["parallel"], "tp": 1, "pp": 1, "vpp": None, "sp": False, "ep": 1,
+                               "pipeline_layout": None, "distributed_optimizer": False}
+            cfg = load_run_config(OmegaConf.create(raw), world_size=1)
+            setup_model_parallel(cfg.parallel)
+            seed_all(seed)
+            chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, backend="local")
+            dist_ckpt.load(ckpt, wrap_ddp(chunks, cfg.parallel))
+            return cfg, chunks
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            more = "; trying the previous one" if ckpt != candidates[-1] else ""
+            print(f"vffn-generate: checkpoint {ckpt} failed to load ({reason}){more}", file=sys.stderr)
+    raise GenerateError(f"--checkpoint {path}: no checkpoint could be loaded (tried "
+                        f"{', '.join(c.name for c in candidates)})")
+
+
 def generate(argv: list[str] | None = None) -> str:
     import torch
 
-    from vffn_pretrain.config import load_run_config
     from vffn_pretrain.data.tokenizer import build_tokenizer
-    from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.training import dist_ckpt
-    from vffn_pretrain.training.convert import resolve_checkpoint
-    from vffn_pretrain.training.optim import wrap_ddp
+    from vffn_pretrain.parallel import init_distributed
 
     args = _parse(argv)
-    ckpt = resolve_checkpoint(args.checkpoint)
     init_distributed()
-    from megatron.core import dist_checkpointing
-    from omegaconf import OmegaConf
-
-    common = dist_checkpointing.load_common_state_dict(str(ckpt))["common"]
-    raw = dict(common["config"])
-    raw["parallel"] = {**raw["parallel"], "tp": 1, "pp": 1, "vpp": None, "sp": False, "ep": 1,
-                       "pipeline_layout": None, "distributed_optimizer": False}
-    cfg = load_run_config(OmegaConf.create(raw), world_size=1)
-    setup_model_parallel(cfg.parallel)
-    seed_all(args.seed)
-    chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, backend="local")
-    ddp = wrap_ddp(chunks, cfg.parallel)
-    dist_ckpt.load(ckpt, ddp)
+    cfg, chunks = _load_newest(args.checkpoint, args.seed)
     model = chunks[0].eval()
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     recorder = LoopRecorder(model)
@@ -112,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore")
     try:
         text = generate(argv)
-    except FileNotFoundError as e:
-        print(f"vffn-generate: {e}", file=sys.stderr)
+    except (GenerateError, FileNotFoundError) as e:
+        print(f"vffn-generate: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(text)
     if "--show-loops" in (argv if argv is not None else sys.argv):

@@ -49,9 +49,37 @@ def _select(cfg: DictConfig, key: str, default: Any = ...) -> Any:
     value = OmegaConf.select(cfg, key, default=None)
     if value is None:
         if default is ...:
-            raise KeyError(f"config key {key!r} is missing (or null); it is needed to count the model")
+            raise ValueError(f"config key {key!r} is missing (or null); it is needed to count the model")
         return default
     return value
+
+
+def _positive_int(cfg: DictConfig, key: str, default: Any = ...) -> Any:
+    """An integer >= 1 (None stays None when that is the default); ValueError naming the key otherwise."""
+    value = _select(cfg, key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"config key {key!r}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _loop_mix(raw: Any, max_loops: int) -> list[float]:
+    """info.eval_loop_mix: max_loops finite non-negative fractions summing to 1."""
+    import math
+
+    if isinstance(raw, ListConfig):
+        raw = OmegaConf.to_container(raw)
+    key = "config key 'info.eval_loop_mix'"
+    if not isinstance(raw, list) or len(raw) != max_loops:
+        raise ValueError(f"{key}: expected a list of {max_loops} fractions (ffn.max_loops), got {raw!r}")
+    try:
+        mix = [float(x) for x in raw]
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: expected numbers, got {raw!r}") from None
+    if any(not math.isfinite(x) or x < 0 for x in mix) or not math.isclose(sum(mix), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{key}: expected finite non-negative fractions summing to 1, got {raw!r}")
+    return mix
 
 
 def info_from_config(cfg: DictConfig | dict) -> dict:
@@ -59,17 +87,17 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
 
-    seq_length = _select(cfg, "model.seq_length", None)
+    seq_length = _positive_int(cfg, "model.seq_length", None)
     if seq_length is None:
-        seq_length = _select(cfg, "train.seq_length")
-    tp = int(_select(cfg, "parallel.tp", 1))
-    vocab = int(_select(cfg, "model.vocab_size"))
-    groups = _select(cfg, "model.num_query_groups", None)
+        seq_length = _positive_int(cfg, "train.seq_length")
+    tp = _positive_int(cfg, "parallel.tp", 1)
+    vocab = _positive_int(cfg, "model.vocab_size")
+    groups = _positive_int(cfg, "model.num_query_groups", None)
     m = ModelShape(
-        num_layers=int(_select(cfg, "model.num_layers")),
-        d_model=int(_select(cfg, "model.hidden_size")),
-        d_ff=int(_select(cfg, "model.ffn_hidden_size")),
-        num_heads=int(_select(cfg, "model.num_attention_heads")),
+        num_layers=_positive_int(cfg, "model.num_layers"),
+        d_model=_positive_int(cfg, "model.hidden_size"),
+        d_ff=_positive_int(cfg, "model.ffn_hidden_size"),
+        num_heads=_positive_int(cfg, "model.num_attention_heads"),
         num_query_groups=None if groups is None else int(groups),
         vocab_size=padded_vocab_size(vocab, tensor_parallel=tp),
         seq_length=int(seq_length),
@@ -79,15 +107,13 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
     kind = str(_select(cfg, "ffn.kind"))
     if kind not in _FFN_KEYS:
         raise ValueError(f"ffn.kind={kind!r} is not one of {sorted(_FFN_KEYS)}")
-    ffn_kwargs = {key: int(_select(cfg, f"ffn.{key}")) for key in _FFN_KEYS[kind]}
+    ffn_kwargs = {key: _positive_int(cfg, f"ffn.{key}") for key in _FFN_KEYS[kind]}
     f = FFNShape(kind, **ffn_kwargs)
 
     loop_mix = None
     if kind in ADAPTIVE_DEPTH_KINDS:
         raw = _select(cfg, "info.eval_loop_mix", None)
-        if isinstance(raw, ListConfig):
-            raw = OmegaConf.to_container(raw)
-        loop_mix = [float(x) for x in raw] if raw is not None else uniform_loop_mix(f.max_loops)
+        loop_mix = _loop_mix(raw, f.max_loops) if raw is not None else uniform_loop_mix(f.max_loops)
 
     params = count_params(m, f)
     return {
@@ -125,10 +151,17 @@ def _add_quiet_defaults(argv: list[str]) -> list[str]:
 def main() -> None:
     import hydra  # imported here so info_from_config stays usable without Hydra's side effects
 
+    from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
+
     @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
     def _run(cfg: DictConfig) -> None:
-        print(json.dumps(info_from_config(cfg), indent=2))
+        try:
+            report = info_from_config(cfg)
+        except Exception as e:  # noqa: BLE001 - a bad value deep in the counting: one line, naming it
+            fail("vffn-info", f"bad config: {e}", EXIT_BAD_CONFIG)
+        print(json.dumps(report, indent=2))
 
+    precheck_overrides("vffn-info", CONF_DIR, sys.argv[1:])
     sys.argv = [sys.argv[0], *_add_quiet_defaults(sys.argv[1:])]
     _run()
 

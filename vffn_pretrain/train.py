@@ -1,8 +1,11 @@
 """`vffn-pretrain [hydra overrides]` (also `python -m vffn_pretrain.train`): pretraining, under torchrun at any
 world size or as a plain single process.
 
-Exit codes: 0 done; 1 an error; 2 the run diverged (train.max_skipped_steps NaN/Inf steps in a row) or a bad
-config; 3 a SIGTERM/SIGUSR1 arrived, a checkpoint was saved, and the same command will resume (requeue).
+Exit codes: 0 done; 1 an error (a failed checkpoint save, the run_dir locked by another trainer); 2 the run
+diverged (train.max_skipped_steps NaN/Inf steps in a row) or a bad config or bad data (an unknown key, a wrong
+value, a missing or damaged dataset, a checkpoint of another model); 3 a SIGTERM/SIGUSR1/SIGINT arrived, a
+checkpoint was saved, and the same command will resume (requeue); 130 a second Ctrl-C aborted the run.
+Expected failures print one line naming the key or file, without a traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +17,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
 from vffn_pretrain.conf_path import CONF_DIR
 from vffn_pretrain.config_errors import ConfigError
-
-EXIT_BAD_CONFIG = 2
 
 
 def _multirun_dir() -> str | None:
@@ -43,27 +45,34 @@ def _hydra_main(cfg: DictConfig) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.parallel.init import launcher_world_size
+    from vffn_pretrain.training.errors import RunError
+    from vffn_pretrain.training.signals import EXIT_INTERRUPTED
+    from vffn_pretrain.training.trainer import run
 
     try:
         run_cfg = load_run_config(cfg, world_size=launcher_world_size(),
                                   multirun_dir=_multirun_dir())
+        code = run(run_cfg)
     except ConfigError as e:
-        if _is_rank0():
-            print(f"vffn-pretrain: bad config: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CONFIG)
-
-    from vffn_pretrain.training.trainer import run
-
-    code = run(run_cfg)
+        _fail(f"bad config: {e}", EXIT_BAD_CONFIG)
+    except RunError as e:
+        _fail(f"error: {e}", e.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted before training started; nothing was saved", EXIT_INTERRUPTED)
     if code:
         sys.exit(code)
     return code
+
+
+def _fail(message: str, code: int):
+    fail("vffn-pretrain", message, code, show=_is_rank0())
 
 
 def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())
     _hydra_main()
 
 

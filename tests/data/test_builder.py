@@ -113,26 +113,28 @@ def test_tokenizer_larger_than_the_model_vocab(tmp_path, gloo_group):
         _build({"paths": a}, tmp_path, padded=512)
 
 
-@pytest.mark.filterwarnings("ignore:.*was tokenized with")
 def test_token_ids_beyond_the_model_vocab(tmp_path, gloo_group):
     a = _corpus(tmp_path, "a", 0, 1000)
     with pytest.raises(ValueError, match=r"^data\.paths: .*a\.bin: token id \d+ .* padded vocab size 512"):
-        _build({"paths": a}, tmp_path, tokenizer="null:300", padded=512)
-    train, _, _ = _build({"paths": a, "check_token_ids": False}, tmp_path, tokenizer="null:300", padded=512)
+        _build({"paths": a, "check_tokenizer": False}, tmp_path, tokenizer="null:300", padded=512)
+    train, _, _ = _build({"paths": a, "check_token_ids": False, "check_tokenizer": False}, tmp_path,
+                         tokenizer="null:300", padded=512)
     assert len(train) >= 50
 
 
-@pytest.mark.filterwarnings("ignore:.*was tokenized with")
 def test_token_ids_beyond_the_tokenizer_vocab(tmp_path, gloo_group):
     b = _corpus(tmp_path, "b", 500, 600)
     with pytest.raises(ValueError, match=r"^data\.tokenizer: .*b\.bin holds token id \d+"):
-        _build({"paths": b}, tmp_path, tokenizer="null:550", padded=1024)
+        _build({"paths": b, "check_tokenizer": False}, tmp_path, tokenizer="null:550", padded=1024)
 
 
-def test_data_from_another_tokenizer_warns(tmp_path, gloo_group):
+def test_data_from_another_tokenizer_is_refused(tmp_path, gloo_group):
     a = _corpus(tmp_path, "a", 0, 100)
-    with pytest.warns(UserWarning, match="was tokenized with null:1000"):
+    with pytest.raises(ValueError, match=r"^data\.tokenizer: .*a was tokenized with null:1000 .* end-of-document "
+                                         r"id is 999, null:1001's is 1000"):
         _build({"paths": a}, tmp_path, tokenizer="null:1001")
+    train, _, _ = _build({"paths": a, "check_tokenizer": False}, tmp_path, tokenizer="null:1001")
+    assert len(train) > 0
 
 
 def test_split_without_documents_but_with_samples_is_an_error(tmp_path, gloo_group):

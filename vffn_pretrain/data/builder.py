@@ -63,9 +63,12 @@ def _verify_all(blends: list[Blend | None], key: str) -> None:
     for blend in blends:
         for prefix in blend[0] if blend else []:
             try:
-                verify_prefix(prefix)
+                info = verify_prefix(prefix)
             except CorruptDatasetError as err:
                 raise ValueError(f"{key}: {err}") from None
+            if info.num_documents == 0 or info.num_tokens == 0:
+                raise ValueError(f"{key}: {prefix} is an empty dataset ({info.num_documents} documents, "
+                                 f"{info.num_tokens} tokens): re-tokenize its input or leave it out")
 
 
 def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int, num_samples, materialize: bool):
@@ -82,8 +85,9 @@ def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int
         return blend, per_split, None
     prefixes = {p for b in ([blend] if per_split is None else per_split) if b for p in b[0]}
     for prefix in sorted(prefixes):
-        # The warning first: it explains a failing id check.
-        checks.check_report_tokenizer(prefix, tokenizer)
+        # The tokenizer check first: it explains a failing id check.
+        if cfg.check_tokenizer:
+            checks.check_report_tokenizer(prefix, tokenizer)
         if cfg.check_token_ids:
             checks.check_token_ids(prefix, tokenizer, padded_vocab_size, key=key)
     plans = checks.plan_splits([blend] * 3 if per_split is None else per_split,

@@ -5,7 +5,8 @@
 * a sample of token ids (spread over the whole file, first and last sequence included) is below the model's
   padded vocab and the tokenizer's vocab: a mismatch means the data was made with another tokenizer, or the
   file is damaged;
-* the report next to a prefix, when there is one, names the same tokenizer (a warning otherwise);
+* the report next to a prefix, when there is one, names the same tokenizer: another one (a different
+  end-of-document id, so wrong document boundaries) is an error naming ``data.tokenizer`` and the prefix;
 * every split that must deliver samples has documents, and the number of epochs each requested sample count
   implies is computed (``plan_splits``), so that it can be printed.
 
@@ -15,7 +16,6 @@ Errors are ``ValueError`` naming the config key to fix (``data.tokenizer``, ``da
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,20 +72,21 @@ def check_token_ids(prefix: str, tokenizer, padded_vocab_size: int, *, key: str 
     return largest
 
 
-def check_report_tokenizer(prefix: str, tokenizer) -> str | None:
-    """Warn (and return the message) if the prefix's report names a different tokenizer."""
+def check_report_tokenizer(prefix: str, tokenizer) -> None:
+    """Raise ValueError naming data.tokenizer if the prefix's report names a different tokenizer."""
     from data_tools.prefix import report_path
     from data_tools.report import read_report
 
     report = read_report(report_path(prefix)) or {}
     made_with = report.get("tokenizer") or {}
     if made_with.get("hash") and made_with["hash"] != tokenizer.hash:
-        msg = (f"{prefix} was tokenized with {made_with.get('name')} (sha256 {made_with['hash'][:12]}), but "
-               f"data.tokenizer is {tokenizer.name} (sha256 {tokenizer.hash[:12]}); decoded text will be wrong if "
-               f"they differ")
-        warnings.warn(msg, stacklevel=2)
-        return msg
-    return None
+        eod = (f"; its end-of-document id is {made_with.get('eod')}, {tokenizer.name}'s is {tokenizer.eod}"
+               if made_with.get("eod") is not None and made_with.get("eod") != tokenizer.eod else "")
+        raise ValueError(
+            f"data.tokenizer: {prefix} was tokenized with {made_with.get('name')} (sha256 "
+            f"{made_with['hash'][:12]}), but data.tokenizer is {tokenizer.name} (sha256 {tokenizer.hash[:12]})"
+            f"{eod}; set data.tokenizer to {made_with.get('spec') or made_with.get('name')!r}, re-tokenize, or set "
+            "data.check_tokenizer=false if the ids are meant for both")
 
 
 def split_document_ranges(num_documents: int, split: str | None) -> list[tuple[int, int] | None]:

@@ -42,6 +42,8 @@ class DataConfig:
     cache_dir: str = ".cache/vffn-data"
     num_workers: int = 0
     check_token_ids: bool = True
+    # Refuse data whose report names another tokenizer than data.tokenizer (false: trust the ids as they are).
+    check_tokenizer: bool = True
     seed: int | None = None
     # Passed to megatron-core's GPTDatasetConfig (see its documentation).
     reset_position_ids: bool = False
@@ -88,7 +90,7 @@ class DataConfig:
                 raise ValueError(f"data.{name}: expected an integer >= 0, got {value!r}")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise ValueError(f"data.seed: expected null or an integer >= 0, got {self.seed!r}")
-        for name in ("check_token_ids", "reset_position_ids", "reset_attention_mask", "eod_mask_loss"):
+        for name in ("check_token_ids", "check_tokenizer", "reset_position_ids", "reset_attention_mask", "eod_mask_loss"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"data.{name}: expected true or false, got {getattr(self, name)!r}")
 

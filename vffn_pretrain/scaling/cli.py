@@ -85,10 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", choices=METRICS, default="final_val_loss")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
     args = parser.parse_args(argv)
+    if not Path(args.sweep_dir).is_dir():
+        print(f"vffn-scaling: error: SWEEP_DIR {args.sweep_dir} is not a directory", file=sys.stderr)
+        return 2
     try:
         result = run(args.sweep_dir, args.out, args.metric)
     except SummaryError as e:
         print(f"vffn-scaling: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # --out names a file, or is not writable
+        print(f"vffn-scaling: error: cannot write the results to --out {args.out or e.filename}: "
+              f"{e.strerror or e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0

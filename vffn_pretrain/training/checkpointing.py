@@ -12,6 +12,7 @@ to load is reported and the next older one is tried.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from vffn_pretrain.training import dist_ckpt
+from vffn_pretrain.training.faults import FAULTS
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,27 @@ class CheckpointManager:
         found = self.complete_checkpoints()
         return found[0] if found else None
 
+    def check_marker(self) -> str | None:
+        """Warn (and return the warning) when `latest` names no complete checkpoint: hand-edited or damaged."""
+        marker = self.root / "latest"
+        if not marker.exists():
+            return None
+        try:
+            name = marker.read_text(errors="replace").strip()
+        except OSError as e:
+            name = f"<unreadable: {e}>"
+        if _STEP_DIR.match(name) and (self.root / name).is_dir():
+            return None
+        newest = self.latest()
+        msg = (f"{marker} names {name[:80]!r}, which is not a complete checkpoint; ignoring it and using the newest "
+               f"step directory ({newest.name if newest else 'none'})")
+        log.warning(msg)
+        return msg
+
     # ---------------------------------------------------------------------------------------------- saving
     def save(self, step: int, ddp_chunks: list, optimizer, common: dict[str, Any], layout: dict) -> Path:
+        """Write checkpoint `step`; returns its directory. On a write error (a full disk, say) every rank raises
+        CheckpointSaveError, the temporary directory is removed and older checkpoints are left as they were."""
         rank = dist.get_rank()
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp-{step_dir_name(step)}"
@@ -100,17 +121,32 @@ class CheckpointManager:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
         dist.barrier()
-        dist_ckpt.save(tmp, ddp_chunks, optimizer, common={**common, "layout": layout})
-        (tmp / "rng").mkdir(exist_ok=True)
-        torch.save({"layout": layout, "state": rng_state()}, tmp / "rng" / f"rank_{rank:05d}.pt")
-        if os.environ.get("VFFN_FAULT_KILL_IN_SAVE") == str(step):
+        error = None
+        try:
+            dist_ckpt.save(tmp, ddp_chunks, optimizer, common={**common, "layout": layout})
+            if FAULTS.enospc_in_save == step:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+            (tmp / "rng").mkdir(exist_ok=True)
+            torch.save({"layout": layout, "state": rng_state()}, tmp / "rng" / f"rank_{rank:05d}.pt")
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - reported below, on every rank
+            error = _root_cause(e)
+        if FAULTS.kill_in_save == step:
             os.kill(os.getpid(), 9)  # test hook: die after writing, before the checkpoint is complete
+        if _any_rank(error is not None):
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            dist.barrier()
+            raise CheckpointSaveError(f"saving checkpoint {final} failed: {error or 'on another rank'}; removed "
+                                      f"the partial {tmp.name}, older checkpoints are intact")
         dist.barrier()
         if rank == 0:
             if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
-            _write_atomically(self.root / "latest", final.name)
+            try:
+                _write_atomically(self.root / "latest", final.name)
+            except OSError as e:  # the directory scan is the truth; the marker is for people
+                log.warning("could not update %s: %s", self.root / "latest", e)
             self._prune()
         dist.barrier()
         return final
@@ -120,13 +156,26 @@ class CheckpointManager:
             shutil.rmtree(old, ignore_errors=True)
 
     # ---------------------------------------------------------------------------------------------- loading
-    def load_latest(self, ddp_chunks: list, optimizer, layout: dict) -> LoadedCheckpoint | None:
-        """Load the newest checkpoint that loads; None if there is none. Reports each one that fails."""
+    def load_latest(self, ddp_chunks: list, optimizer, layout: dict,
+                    config: dict | None = None) -> LoadedCheckpoint | None:
+        """Load the newest checkpoint that loads; None if there is none. Reports each one that fails.
+
+        With `config` (this run's resolved config), a checkpoint that fails to load and was saved with a
+        different model raises ModelChangedError listing the keys that differ: older checkpoints of the same
+        run would fail the same way.
+        """
+        self.check_marker()
         candidates = self.complete_checkpoints()
         for path in candidates:
             loaded = self.try_load(path, ddp_chunks, optimizer, layout)
             if loaded is not None:
                 return loaded
+            if config is not None:
+                changed = model_changes(saved_config(path), config)
+                if changed:
+                    raise ModelChangedError(
+                        f"{path} was saved with a different model: {'; '.join(changed)}. Resume with the saved "
+                        f"values, or start anew in another run_dir (or checkpoint.resume=false)")
         if candidates:
             raise RuntimeError(f"no checkpoint in {self.root} could be loaded (tried {[p.name for p in candidates]})")
         return None
@@ -153,6 +202,67 @@ class CheckpointManager:
             log.info("checkpoint layout %s differs from this run's %s: RNG states not restored",
                      common.get("layout"), layout)
         return LoadedCheckpoint(path, common)
+
+
+class ModelChangedError(ValueError):
+    """The checkpoint to resume holds another model than the config describes."""
+
+
+# The config groups that decide the parameters' names and shapes.
+MODEL_GROUPS = ("model", "ffn")
+
+
+def saved_config(path: Path) -> dict | None:
+    """The resolved config saved with a checkpoint (None if unreadable)."""
+    from megatron.core import dist_checkpointing
+
+    try:
+        return dict(dist_checkpointing.load_common_state_dict(str(path))["common"]["config"])
+    except Exception:  # noqa: BLE001 - a damaged checkpoint has no config to compare
+        return None
+
+
+def model_changes(saved: dict | None, current: dict) -> list[str]:
+    """`group.key: saved -> current` for every model/ffn key whose value differs."""
+    if not saved:
+        return []
+    out = []
+    for group in MODEL_GROUPS:
+        old, new = saved.get(group) or {}, current.get(group) or {}
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                out.append(f"{group}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
+    return out
+
+
+class CheckpointSaveError(RuntimeError):
+    """A checkpoint could not be written (its temporary directory was removed)."""
+
+
+def _root_cause(e: BaseException) -> str:
+    """One line for a save error: the OSError underneath when there is one (megatron wraps them per rank)."""
+    seen = set()
+    stack = [e]
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno:
+            return f"[Errno {err.errno}] {err.strerror}" + (f": {err.filename}" if err.filename else "")
+        stack += [c for c in (err.__cause__, err.__context__) if c is not None]
+        stack += [v for v in getattr(err, "failures", {}).values() if isinstance(v, BaseException)]
+        stack += [a for a in err.args if isinstance(a, BaseException)]
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text}"
+
+
+def _any_rank(flag: bool) -> bool:
+    from vffn_pretrain.parallel import device
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
 
 from vffn_pretrain.config import RunConfig
+from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.model import counting
 from vffn_pretrain.model.ffn import state as ffn_state
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
@@ -27,9 +28,11 @@ from vffn_pretrain.parallel import device as rank_device
 from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
 from vffn_pretrain.parallel.preflight import preflight
 from vffn_pretrain.training import callbacks as cb
-from vffn_pretrain.training.checkpointing import CheckpointManager
+from vffn_pretrain.training.checkpointing import CheckpointManager, CheckpointSaveError, ModelChangedError
+from vffn_pretrain.training.errors import RunError
 from vffn_pretrain.training.lr import build_scheduler
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
+from vffn_pretrain.training.run_lock import RunDirLocked, RunLock
 from vffn_pretrain.training.signals import EXIT_REQUEUE, StopRequest
 from vffn_pretrain.training.step import train_step
 from vffn_pretrain.training.throughput import device_peak_flops, mfu
@@ -37,6 +40,7 @@ from vffn_pretrain.training.throughput import device_peak_flops, mfu
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_ERROR = 1
 EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps
 
 
@@ -69,9 +73,7 @@ class Trainer:
         self.device = rank_device()
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.num_micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * self.dp_size)
-        if self.rank == 0:
-            cfg.run_dir.mkdir(parents=True, exist_ok=True)
-            OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
+        self._take_run_dir()
         use_bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and torch.cuda.is_available())
         self.params_dtype = torch.bfloat16 if use_bf16 else torch.float32
 
@@ -92,34 +94,107 @@ class Trainer:
                        "dp": self.dp_size, "world": self.world}
         self.step, self.consumed_samples, wandb_id = 0, 0, None
         self.last_checkpoint: Path | None = None
-        loaded = self.ckpt.load_latest(self.ddp, self.optimizer, self.layout) if cfg.checkpoint.resume else None
+        loaded = self._load_latest() if cfg.checkpoint.resume else None
         if loaded is not None:
             common = loaded.common
             self.step, self.consumed_samples = int(common["step"]), int(common["consumed_samples"])
             self.scheduler.load_state_dict(common["scheduler"])
             wandb_id = common.get("wandb_id")
             self.last_checkpoint = loaded.path
+            self._report_schedule_change(common)
         elif t.init_from:
             from vffn_pretrain.training.convert import load_dense_into
 
-            load_dense_into(t.init_from, self.ddp, cfg)
+            try:
+                load_dense_into(t.init_from, self.ddp, cfg)
+            except FileNotFoundError as e:
+                raise ConfigError("train.init_from", str(e).split(": ", 1)[-1]) from None
         self.start_step = self.step
+        if self.rank == 0:  # only now: a run that fails to start leaves no config behind
+            OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
         self.train_iter = self._loader(self.train_ds, self.consumed_samples, cycle=False)
         self._setup_callbacks(wandb_id)
 
+    # ------------------------------------------------------------------------------------------------ guards
+    def _take_run_dir(self) -> None:
+        """Rank 0 creates run_dir and takes its lock; every rank raises RunError if that fails."""
+        self.lock = RunLock(self.cfg.run_dir)
+        self.created_run_dir = False
+        error = None
+        if self.rank == 0:
+            try:
+                self.created_run_dir = not self.cfg.run_dir.exists()
+                self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock.acquire()
+            except (RunDirLocked, OSError) as e:
+                error = str(e)
+        if self._agree(error is not None):
+            raise RunError(error or "rank 0 could not take the run directory")
+
+    def release(self, failed: bool) -> None:
+        """Drop the run_dir lock; after a failed start, remove the run_dir this run created if it is empty."""
+        lock = getattr(self, "lock", None)
+        if lock is None or not lock.held:
+            return
+        lock.release()
+        if failed and self.created_run_dir:
+            try:
+                self.cfg.run_dir.rmdir()
+            except OSError:
+                pass
+
+    def _load_latest(self):
+        try:
+            return self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, config=self.cfg.raw)
+        except ModelChangedError as e:
+            raise ConfigError("model", str(e)) from None
+
+    def _report_schedule_change(self, common: dict) -> None:
+        """A resume with another train.max_steps: megatron's scheduler keeps the checkpoint's decay length while
+        the τ decay follows the new train.max_steps. Say so, with the numbers, in one line."""
+        old_steps = ((common.get("config") or {}).get("train") or {}).get("max_steps")
+        t, sched = self.cfg.train, self.scheduler
+        if old_steps is None or int(old_steps) == t.max_steps or self.rank != 0:
+            return
+        group = self.optimizer.param_groups[0]
+        lr_now = sched.get_lr(group)
+        restored = sched.num_steps
+        sched.num_steps = t.max_steps
+        lr_end = sched.get_lr(group)
+        sched.num_steps = restored
+        tau_old = ffn_state.current_tau(self.cfg.ffn, self.step, int(old_steps))
+        tau_new = ffn_state.current_tau(self.cfg.ffn, self.step, t.max_steps)
+        log.warning("train.max_steps changed from %s to %s at step %d: the LR schedule keeps the checkpoint's "
+                    "decay over %d steps (LR now %.3g, %.3g at step %d); the tau decay is re-stretched to %d steps "
+                    "(tau now %s, was %s). To pause a run use train.exit_interval; to make a run extendable use "
+                    "train.lr_schedule=wsd.", old_steps, t.max_steps, self.step, sched.lr_decay_steps, lr_now,
+                    lr_end, t.max_steps, t.max_steps, _fmt(tau_new), _fmt(tau_old))
+
     def _build_data(self) -> None:
+        """The datasets; a data problem (missing or damaged prefix, empty dataset, tokenizer mismatch) is a
+        ConfigError naming the data key, raised on every rank."""
         from vffn_pretrain.data.builder import build_datasets
         from vffn_pretrain.data.tokenizer import build_tokenizer
 
         cfg, t = self.cfg, self.cfg.train
-        self.tokenizer = build_tokenizer(cfg.data.tokenizer)
         evals = t.max_steps // t.eval_interval + 1
         # The test split is not used in training: ask for no test samples.
         num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size), 0)
-        self.train_ds, self.valid_ds, _ = build_datasets(
-            cfg.data, seq_length=t.seq_length, seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
-            num_samples=num_samples, tokenizer=self.tokenizer,
-            padded_vocab_size=cfg.model.padded_vocab_size(cfg.parallel.tp))
+        try:
+            self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+            self.train_ds, self.valid_ds, _ = build_datasets(
+                cfg.data, seq_length=t.seq_length, seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
+                num_samples=num_samples, tokenizer=self.tokenizer,
+                padded_vocab_size=cfg.model.padded_vocab_size(cfg.parallel.tp))
+        except (ValueError, OSError) as e:
+            key, sep, reason = str(e).partition(": ")
+            if not (sep and key.startswith("data.")):
+                key, reason = "data.tokenizer" if "okenizer" in str(e) else "data.paths", str(e)
+            raise ConfigError(key, reason) from None
+        self.eval_enabled = t.eval_iters > 0 and self.valid_ds is not None
+        if t.eval_iters > 0 and self.valid_ds is None and self.rank == 0:
+            log.warning("no validation data (data.split=%r gives the valid split no documents, or data.valid_paths "
+                        "is unset): evaluation is skipped; set train.eval_iters=0 to silence this", cfg.data.split)
 
     def _loader(self, dataset, consumed: int, cycle: bool):
         from vffn_pretrain.data.loader import build_dataloader
@@ -178,8 +253,21 @@ class Trainer:
         return bool(t.item())
 
     def fit(self) -> int:
-        cfg, t = self.cfg, self.cfg.train
         stop = StopRequest()
+        try:
+            return self._fit(stop)
+        except CheckpointSaveError as e:
+            # A full disk, say: older checkpoints are intact. Say so in one line and still write the summary.
+            self._emit("on_message", f"error: {e}")
+            self.finish(EXIT_ERROR)
+            return EXIT_ERROR
+        finally:
+            # After finish(): a second SIGTERM (torchrun sends one when another rank exits 3) must not cut the
+            # summary short.
+            stop.restore()
+
+    def _fit(self, stop: StopRequest) -> int:
+        cfg, t = self.cfg, self.cfg.train
         tokens_per_step = t.global_batch_size * t.seq_length
         skipped_total, skipped_in_a_row = 0, 0
         window_loss, window_steps, window_start = [], 0, time.perf_counter()
@@ -187,66 +275,62 @@ class Trainer:
         self.final_train_loss = self.final_val_loss = None
         self.val_record: dict | None = None
         exit_code = EXIT_OK
-        try:
-            while self.step < t.max_steps:
-                ffn_state.set_training_step(self.ddp, self.step, t.max_steps)
-                micro = self._micro_batches(self.train_iter, self.step)
-                result = train_step(self.ddp, self.optimizer, micro, seq_length=t.seq_length,
-                                    micro_batch_size=t.micro_batch_size, noise_seed=t.seed)
-                self.scheduler.step(increment=1)
-                self.step += 1
-                self.consumed_samples += t.global_batch_size
-                if result.skipped:
-                    skipped_total += 1
-                    skipped_in_a_row += 1
-                    self._emit("on_message", f"step {self.step}: loss {result.loss} or gradient not finite; "
-                                             f"skipped ({skipped_in_a_row} in a row)")
-                    if skipped_in_a_row >= t.max_skipped_steps:
-                        where = self.last_checkpoint or "none saved yet"
-                        msg = (f"stopping: {skipped_in_a_row} consecutive steps had NaN/Inf loss or gradients "
-                               f"(train.max_skipped_steps={t.max_skipped_steps}) at step {self.step}. "
-                               f"Last good checkpoint: {where}. A vocab/tokenizer mismatch or too high a "
-                               "train.lr are the usual causes.")
-                        self._emit("on_message", msg)
-                        log.error(msg)
-                        exit_code = EXIT_DIVERGED
-                        break
-                else:
-                    skipped_in_a_row = 0
-                    window_loss.append(result.loss)
-                    self.final_train_loss = result.loss
-                window_steps += 1
+        while self.step < t.max_steps:
+            ffn_state.set_training_step(self.ddp, self.step, t.max_steps)
+            micro = self._micro_batches(self.train_iter, self.step)
+            result = train_step(self.ddp, self.optimizer, micro, seq_length=t.seq_length,
+                                micro_batch_size=t.micro_batch_size, noise_seed=t.seed)
+            self.scheduler.step(increment=1)
+            self.step += 1
+            self.consumed_samples += t.global_batch_size
+            if result.skipped:
+                skipped_total += 1
+                skipped_in_a_row += 1
+                self._emit("on_message", f"step {self.step}: loss {result.loss} or gradient not finite; "
+                                         f"skipped ({skipped_in_a_row} in a row)")
+                if skipped_in_a_row >= t.max_skipped_steps:
+                    where = self.last_checkpoint or "none saved yet"
+                    msg = (f"stopping: {skipped_in_a_row} consecutive steps had NaN/Inf loss or gradients "
+                           f"(train.max_skipped_steps={t.max_skipped_steps}) at step {self.step}. "
+                           f"Last good checkpoint: {where}. A vocab/tokenizer mismatch or too high a "
+                           "train.lr are the usual causes.")
+                    self._emit("on_message", msg)
+                    log.error(msg)
+                    exit_code = EXIT_DIVERGED
+                    break
+            else:
+                skipped_in_a_row = 0
+                window_loss.append(result.loss)
+                self.final_train_loss = result.loss
+            window_steps += 1
 
-                if self.step % cfg.logging.interval == 0 or self.step == t.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = self._train_record(result, window_loss, window_steps, elapsed, tokens_per_step,
-                                                skipped_total)
-                    self._emit("on_log", record)
-                    window_loss, window_steps, window_start = [], 0, time.perf_counter()
-                paused = time.perf_counter()
-                if t.eval_iters and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
-                    self.evaluate()
-                if self.step % cfg.checkpoint.interval == 0 or self.step == t.max_steps:
+            if self.step % cfg.logging.interval == 0 or self.step == t.max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = self._train_record(result, window_loss, window_steps, elapsed, tokens_per_step,
+                                            skipped_total)
+                self._emit("on_log", record)
+                window_loss, window_steps, window_start = [], 0, time.perf_counter()
+            paused = time.perf_counter()
+            # Save first: a failing evaluation must not cost the checkpoint.
+            if self.step % cfg.checkpoint.interval == 0 or self.step == t.max_steps:
+                self.save()
+            if self.eval_enabled and (self.step % t.eval_interval == 0 or self.step == t.max_steps):
+                self.evaluate()
+            window_start += time.perf_counter() - paused  # throughput counts training time only
+            if t.exit_interval and self.step - self.start_step >= t.exit_interval and self.step < t.max_steps:
+                if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
                     self.save()
-                window_start += time.perf_counter() - paused  # throughput counts training time only
-                if t.exit_interval and self.step - self.start_step >= t.exit_interval and self.step < t.max_steps:
-                    if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
-                        self.save()
-                    self._emit("on_message", f"train.exit_interval={t.exit_interval} reached at step {self.step}; "
-                                             "run the same command again to continue")
-                    break
-                if self._agree(stop.requested):
-                    if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
-                        self.save()
-                    self._emit("on_message", f"{stop.signal_name or 'stop signal'} received: saved "
-                                             f"{self.last_checkpoint}; exiting with {EXIT_REQUEUE} (requeue)")
-                    exit_code = EXIT_REQUEUE
-                    break
-            self.finish(exit_code)
-        finally:
-            # After finish(): a second SIGTERM (torchrun sends one when another rank exits 3) must not cut the
-            # summary short.
-            stop.restore()
+                self._emit("on_message", f"train.exit_interval={t.exit_interval} reached at step {self.step}; "
+                                         "run the same command again to continue")
+                break
+            if self._agree(stop.requested):
+                if self.last_checkpoint is None or not self.last_checkpoint.name.endswith(f"{self.step:07d}"):
+                    self.save()
+                self._emit("on_message", f"{stop.signal_name or 'stop signal'} received: saved "
+                                         f"{self.last_checkpoint}; exiting with {EXIT_REQUEUE} (requeue)")
+                exit_code = EXIT_REQUEUE
+                break
+        self.finish(exit_code)
         return exit_code
 
     def _train_record(self, result, window_loss, window_steps, elapsed, tokens_per_step, skipped_total) -> dict:
@@ -366,8 +450,11 @@ class Trainer:
             entropy = self._unigram_entropy()
             if entropy is not None:
                 summary["unigram_entropy"] = entropy
-            with open(cfg.run_dir / "summary.json", "w") as f:
-                json.dump(summary, f, indent=2)
+            try:
+                with open(cfg.run_dir / "summary.json", "w") as f:
+                    json.dump(summary, f, indent=2)
+            except OSError as e:  # a full disk: the console still gets the summary
+                log.error("could not write %s: %s", cfg.run_dir / "summary.json", e)
         self._emit("on_train_end", summary)
         self.summary = summary
 
@@ -387,7 +474,16 @@ class Trainer:
             return None
 
 
+def _fmt(tau) -> str:
+    return "n/a" if tau is None else f"{tau:.3g}"
+
+
 def run(cfg: RunConfig) -> int:
     trainer = Trainer(cfg)
-    trainer.setup()
-    return trainer.fit()
+    failed = True
+    try:
+        trainer.setup()
+        failed = False
+        return trainer.fit()
+    finally:
+        trainer.release(failed)

@@ -1,9 +1,14 @@
-"""run_dir/metrics.jsonl: one JSON object per logged step and per evaluation, appended and flushed."""
+"""run_dir/metrics.jsonl: one JSON object per logged step and per evaluation, appended and flushed.
+
+A resumed run first drops the records of the steps after its checkpoint (the crashed process logged them, the
+resumed one logs them again), so a reader sees each step once: the records of the run that was kept.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 from vffn_pretrain.training.callbacks.base import Callback
@@ -27,6 +32,29 @@ class MetricsFile(Callback):
     def _append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(_clean(record)) + "\n")
+
+    def on_train_start(self, info):
+        self.drop_after(int(info.get("start_step", 0)))
+
+    def drop_after(self, step: int) -> int:
+        """Remove the records of steps after `step` (atomically); returns how many were removed."""
+        if not self.path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                later = json.loads(line).get("step", 0) > step
+            except (ValueError, AttributeError, TypeError):
+                later = False  # not ours to judge: keep it
+            if later:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = self.path.with_name(f".{self.path.name}.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        return dropped
 
     def on_log(self, record):
         self._append(record)

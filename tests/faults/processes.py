@@ -1,0 +1,43 @@
+"""Which processes of a session are still running (Linux /proc), for the kill -9 tests."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def session_members(sid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live (not zombie) processes of session `sid`."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] == "Z" or int(fields[3]) != sid:
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        out.append((int(entry), cmd))
+    return out
+
+
+def wait_until_gone(sid: int, timeout_s: float) -> list[tuple[int, str]]:
+    """Wait up to `timeout_s` for session `sid` to have no live process; returns the survivors (empty: none)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = session_members(sid)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []

@@ -1,0 +1,81 @@
+"""Two writers and killed processes (issue classes 2 and 3): a second trainer on a run_dir is refused, and after
+kill -9 no helper of the trainer or of `vffn-data tokenize` survives; the next run takes over what was left."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from data_tools.cli import main as vffn_data
+from tests.faults.processes import children, wait_until_gone
+from tests.training import cases
+
+# A helper notices its parent's death within lifetime.POLL_S; the rest is slack for a loaded machine.
+GONE_WITHIN_S = 15
+
+
+def _args(base_overrides, run_dir, *extra):
+    return [*base_overrides, f"run_dir={run_dir}", *extra]
+
+
+def test_second_trainer_is_refused_and_kill_9_leaves_no_process(base_overrides, tmp_path):
+    run = tmp_path / "run"
+    args = _args(base_overrides, run, "train.max_steps=400", "checkpoint.interval=2")
+    first = cases.train_subprocess(args, wait=False)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoints" / "step_0000002").is_dir():  # the checkpoint writer's helpers exist now
+        assert first.poll() is None and time.monotonic() < deadline, first.output[-3000:]
+        time.sleep(0.1)
+
+    second = cases.train_subprocess(args, timeout=120)
+    assert second.returncode == 1, second.stdout[-3000:]
+    assert "Traceback" not in second.stdout
+    assert f"is in use by PID {first.proc.pid} on this host" in second.stdout
+
+    sid = first.proc.pid  # started in a session of its own
+    first.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    survivors = wait_until_gone(sid, GONE_WITHIN_S)
+    first.wait()  # (kills the session's leftovers, if the assertion below fails)
+    assert not survivors, survivors
+
+    third = cases.train_subprocess([*args, "train.exit_interval=1"])
+    assert third.returncode == 0, third.stdout[-3000:]
+    assert f"taking over the lock of {run} from PID {sid}" in third.stdout
+    assert not (run / "vffn-pretrain.lock").exists()  # released at the end
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), steps  # each step once, although the killed run logged past its checkpoint
+
+
+def test_killed_tokenizer_leaves_no_worker_and_its_partial_files_are_swept(tmp_path, capsys):
+    src = tmp_path / "big.jsonl"
+    line = json.dumps({"text": " ".join(str(i % 97) for i in range(2000))}) + "\n"
+    src.write_text(line * 4000)  # about 40 MB of work: far more than the test waits for
+    prefix = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_tools.cli", "tokenize", "--input", str(src), "--output-prefix", str(prefix),
+           "--tokenizer", "null:100", "--workers", "2", "--chunk-mb", "0.05", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    partial = tmp_path / f"out.bin.partial-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size > 0 and len(children(proc.pid)) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    survivors = wait_until_gone(proc.pid, GONE_WITHIN_S)
+    if survivors:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not survivors, survivors
+    assert partial.exists()
+
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"text": "1 2 3"}\n')
+    capsys.readouterr()
+    assert vffn_data(["tokenize", "--input", str(small), "--output-prefix", str(prefix), "--tokenizer", "null:100",
+                      "--workers", "0"]) == 0
+    assert f"removed {partial}, left by process {proc.pid}, which is gone" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.bin", "out.idx", "out.report.json"]

@@ -1,0 +1,59 @@
+"""Helper processes exit when the process that started them dies.
+
+A trainer killed with kill -9 (or by the OOM killer) cannot stop its children: megatron-core's checkpoint
+writer starts a multiprocessing manager (a spawned server process, which in turn keeps multiprocessing's
+resource tracker alive), and `vffn-data tokenize` forks worker processes. Left alone they would run forever.
+`exit_with_parent()` starts a daemon thread in the child that ends it once its parent is gone (the child is
+re-parented, so `os.getppid()` changes). Spawned children of a vffn program import this package while they
+prepare (they re-import the parent's main module), which is where the watch starts for them; the tokenize
+workers call it from their initializer. The resource tracker exits by itself once no live process holds its
+pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+POLL_S = 0.5
+_started = False
+
+
+def exit_with_parent(poll_s: float = POLL_S) -> None:
+    """Start watching (once per process): when the parent process dies, exit at once (status 1)."""
+    global _started
+    if _started:
+        return
+    _started = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def is_multiprocessing_child() -> bool:
+    """True in a process started by multiprocessing (spawn, forkserver or fork), also while a spawned child
+    prepares: its name is set before it imports the parent's main module."""
+    import multiprocessing
+
+    return multiprocessing.current_process().name != "MainProcess"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc (macOS): kill(0) said it exists

@@ -25,6 +25,7 @@ from vffn_pretrain.model.ffn import state as ffn_state
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
 from vffn_pretrain.parallel import device as rank_device
 from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.init import set_collective_timeout
 from vffn_pretrain.parallel.preflight import preflight
 from vffn_pretrain.training import callbacks as cb
 from vffn_pretrain.training.checkpointing import CheckpointManager
@@ -64,6 +65,7 @@ class Trainer:
         cfg = self.cfg
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
         self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
+        set_collective_timeout(cfg.parallel.collective_timeout_min)  # init_timeout_s bounded the start-up only
         setup_model_parallel(cfg.parallel)
         seed_all(cfg.train.seed)
         self.device = rank_device()

@@ -24,10 +24,11 @@ COPY conf ./conf
 COPY launch ./launch
 
 # Keep the image's torch, transformer-engine and apex: install only what they lack. Editable, so Hydra finds
-# conf/ beside the package.
+# conf/ beside the package. The check imports the trainer and the model and needs megatron's HAVE_TE, so a broken
+# image fails here rather than at run time.
 RUN pip install --no-deps megatron-core==0.16.1 \
     && pip install -e ".[tensorboard]" \
-    && python -c "import transformer_engine, megatron.core, vffn_pretrain.train"
+    && python -m vffn_pretrain.image_check
 
 ENTRYPOINT []
 CMD ["vffn-pretrain", "--help"]

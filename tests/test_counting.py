@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from vffn_pretrain.info import info_from_config
 from vffn_pretrain.model.counting import (
+    WIDTH_FORMS,
     FFNShape,
     ModelShape,
     count_params,
@@ -19,6 +20,7 @@ from vffn_pretrain.model.counting import (
     flops_breakdown,
     flops_per_token,
     padded_vocab_size,
+    width_path_form,
 )
 
 V_PADDED = 50_304
@@ -319,3 +321,28 @@ def test_hydra_entry_prints_json_and_leaves_no_outputs(tmp_path):
     info = json.loads(out.stdout)
     assert info["params_total"] == 354_712_576
     assert list(work.iterdir()) == []  # no outputs/, no .hydra/, no log file
+
+
+def test_width_form_counts_what_the_code_computes():
+    # sparse: each expert's fc2 on its own tokens, (k/N)/3 of F; masked-dense: a whole fc2 pass, 1/3 of F
+    assert ffn_flops_multiplier(VFFN, training=True, width_form="sparse") == pytest.approx(4 + 1 / 12)
+    assert ffn_flops_multiplier(VFFN, training=True, width_form="masked_dense") == pytest.approx(4 + 1 / 3)
+    one_loop = [1, 0, 0, 0]
+    assert ffn_flops_multiplier(VFFN, training=False, loop_mix=one_loop, width_form="sparse") == pytest.approx(
+        1 + 1 / 12)
+    assert ffn_flops_multiplier(VFFN, training=False, loop_mix=one_loop, width_form="masked_dense") == (
+        pytest.approx(1 + 1 / 3))
+    for form in WIDTH_FORMS:  # tokens at L_max take no width path
+        assert ffn_flops_multiplier(VFFN, training=False, loop_mix=[0, 0, 0, 1], width_form=form) == 4.0
+    # width_only computes H + fc2((1 + m) * a1): the routed experts ride on the dense pass
+    width_only = FFNShape("width_only")
+    assert ffn_flops_multiplier(width_only, training=True) == pytest.approx(1.25)  # the paper's count
+    assert ffn_flops_multiplier(width_only, training=True, width_form=width_path_form("width_only", 1)) == 1.0
+    with pytest.raises(ValueError, match="width_form"):
+        ffn_flops_multiplier(VFFN, training=True, width_form="dense")
+
+
+def test_width_path_form_follows_the_layout():
+    assert width_path_form("versatile", 1, "cuda") == "sparse"
+    assert width_path_form("versatile", 2, "cuda") == "masked_dense"
+    assert width_path_form("width_only", 1, "cpu") == "masked_dense"

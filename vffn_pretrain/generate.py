@@ -147,12 +147,15 @@ def generate(argv: list[str] | None = None) -> str:
     recorder = LoopRecorder(model)
 
     ids = tokenizer.tokenize(args.prompt) if args.prompt else [tokenizer.eod]
+    device = next(model.parameters()).device  # build_model put the model on this rank's GPU, if there is one
+    # Sampling happens on the CPU, from the top-k probabilities copied there: the same seed then draws the same
+    # tokens on any device.
     gen = torch.Generator().manual_seed(args.seed)
     pieces, max_len = [], cfg.model.max_position_embeddings
     for _ in range(args.max_new_tokens):
         window = ids[-max_len:]
-        tokens = torch.tensor([window])
-        positions = torch.arange(len(window)).unsqueeze(0)
+        tokens = torch.tensor([window], device=device)
+        positions = torch.arange(len(window), device=device).unsqueeze(0)
         with torch.no_grad():
             logits = model(input_ids=tokens, position_ids=positions, attention_mask=None)[0, -1].float()
         logits = logits[: tokenizer.vocab_size]
@@ -160,7 +163,8 @@ def generate(argv: list[str] | None = None) -> str:
             nxt = int(logits.argmax())
         else:
             top = torch.topk(logits / args.temperature, min(args.top_k, logits.numel()))
-            nxt = int(top.indices[torch.multinomial(torch.softmax(top.values, -1), 1, generator=gen)])
+            probs = torch.softmax(top.values, -1).cpu()
+            nxt = int(top.indices[int(torch.multinomial(probs, 1, generator=gen))])
         # The loops just recorded are those of the last input position, i.e. the ones that produced `nxt`.
         loops = [recorder.last[k] for k in sorted(recorder.last)]
         if nxt == tokenizer.eod:

@@ -34,6 +34,8 @@ from vffn_pretrain.config_errors import ConfigError
         (["logging.wandb.mode=cloud"], 1, "logging.wandb.mode"),
         (["data.split=abc"], 1, "data.split"),
         (["train.seq_length=8192"], 1, "train.seq_length"),
+        (["parallel.collective_timeout_min=0"], 1, "parallel.collective_timeout_min"),
+        (["parallel.init_timeout_s=soon"], 1, "parallel.init_timeout_s"),
     ],
 )
 def test_bad_config_names_the_key(overrides, world, key):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.training import cases
+from vffn_pretrain.model import counting
 from vffn_pretrain.training import throughput
 
 
@@ -39,16 +40,56 @@ def test_metrics_log_lines_tensorboard_and_summary(rank_pools, base_overrides, t
     assert summary["steps"] == 4 and summary["final_val_loss"] == evals[-1]["val_loss"]
     assert summary["tokens"] == 4 * 8 * 32
     assert summary["flops_per_token_train"] > summary["flops_per_token_eval"] > 0
+    # Throughput counts the width path as TP = 1 computes it (sparse, reusing a1): (k/N)/3 of F, not the paper's k/N.
+    m_shape, f_shape = trainer_shapes(base_overrides)
+    assert summary["flops_per_token_executed"] == pytest.approx(
+        counting.flops_per_token(m_shape, f_shape, training=True, width_form="sparse"))
+    assert summary["flops_per_token_executed"] < summary["flops_per_token_train"]
+    for r in train:
+        assert r["tflops_per_device"] == pytest.approx(summary["flops_per_token_executed"] * r["tokens_per_sec"] / 1e12)
+    assert summary["mfu_peak"] == "cpu: no known bf16 peak, MFU not reported"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
 
-def test_peak_table_knows_h100_h200_and_says_unknown_otherwise(monkeypatch):
+def trainer_shapes(overrides: list[str]):
+    from vffn_pretrain.training.trainer import model_shapes
+
+    return model_shapes(cases.run_config(overrides))
+
+
+@pytest.mark.parametrize("name, memory_gib, sms, part, peak", [
+    ("NVIDIA H100 80GB HBM3", 79.6, 132, "H100 SXM", 989e12),
+    ("NVIDIA H100 PCIe", 79.6, 114, "H100 PCIe", 756e12),
+    ("NVIDIA H100", 79.6, 114, "H100 PCIe", 756e12),  # a name that does not say: the SM count does
+    ("NVIDIA H100 NVL", 93.6, 132, "H100 NVL", 835e12),
+    ("NVIDIA H100", 93.6, 132, "H100 NVL", 835e12),  # ... or the memory
+    ("NVIDIA H200", 139.8, 132, "H200 SXM", 989e12),
+    ("NVIDIA H200 NVL", 139.8, 132, "H200 NVL", 835e12),
+    ("NVIDIA GH200 480GB", 94.5, 132, "GH200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 79.2, 108, "A100", 312e12),
+    ("NVIDIA A100 80GB PCIe", 79.2, 108, "A100", 312e12),
+    ("NVIDIA H20", 95.0, 78, None, None),  # not an H200
+    ("NVIDIA L40S", 44.4, 142, None, None),
+])
+def test_peak_is_the_part_s_and_says_which(monkeypatch, name, memory_gib, sms, part, peak):
+    import types
+
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for name, peak in [("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA L40S", None)]:
-        monkeypatch.setattr(torch.cuda, "get_device_name", lambda n=name: n)
-        assert throughput.device_peak_flops() == (name, peak)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: types.SimpleNamespace(
+        total_memory=int(memory_gib * 2**30), multi_processor_count=sms))
+    got = throughput.device_peak_flops()
+    assert (got.device, got.part, got.flops) == (name, part, peak)
+    if peak:
+        assert got.describe().startswith(f"{part} dense bf16 peak {peak / 1e12:.0f} TFLOP/s (device {name!r}")
+    else:
+        assert "MFU not reported" in got.describe()
+
+
+def test_mfu():
     assert throughput.mfu(494.5, 989e12) == pytest.approx(0.5)
     assert throughput.mfu(100.0, None) == "unknown"
 

@@ -13,14 +13,18 @@ from vffn_pretrain.model.norm import RMSNorm
 
 
 def transformer_engine_available() -> bool:
+    """True when megatron-core's TE extension really works here (a GPU and a TE that imports cleanly).
+
+    `import transformer_engine` is not enough: when `transformer_engine.pytorch` fails to import (an ABI mismatch,
+    a missing library), megatron substitutes stand-ins and carries on, and the failure would only surface when the
+    first TE module is built. megatron's own `HAVE_TE` flag records whether the real import succeeded."""
     if not torch.cuda.is_available():
         return False
     try:
-        import transformer_engine  # noqa: F401
-        from megatron.core.extensions.transformer_engine_spec_provider import TESpecProvider  # noqa: F401
+        from megatron.core.extensions import transformer_engine as megatron_te
     except ImportError:
         return False
-    return True
+    return bool(getattr(megatron_te, "HAVE_TE", False))
 
 
 @dataclass(frozen=True)

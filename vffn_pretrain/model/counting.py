@@ -185,8 +185,41 @@ def _validate_loop_mix(loop_mix: list[float], max_loops: int) -> list[float]:
     return p
 
 
+# How the code computes the width path's fc2. Both forms reuse loop 1's activations a1 (spec §7), so the width
+# path never pays a second fc1:
+#   "sparse": each virtual expert multiplies only its own tokens' slices, (k/N)/3 of F;
+#   "masked_dense": one full fc2 over the masked a1, 1/3 of F. width_only computes H + fc2((1 + m) ⊙ a1), which
+#       folds the routed experts into its dense pass: nothing on top of F.
+WIDTH_FORMS = ("sparse", "masked_dense")
+
+
+def width_path_form(kind: str, tp_size: int, device_type: str = "cpu") -> str:
+    """The form in which the model computes the width path for this layout: one of WIDTH_FORMS.
+
+    The single statement of that choice: VersatileFFN's width path (training and eval) follows it and the
+    trainer's executed-FLOP count (MFU) asks it. Today: sparse at TP = 1, masked-dense under TP (every TP rank does
+    the same work whatever the routing), on any device; width_only is always masked-dense."""
+    del device_type  # the same choice on every device for now
+    if kind == "width_only":
+        return "masked_dense"
+    return "sparse" if tp_size == 1 else "masked_dense"
+
+
+def _width_cost(f: FFNShape, width_reuse: bool, width_form: str | None) -> float:
+    """The width path's forward cost per token in units of F, for the kinds that have one."""
+    kn = f.top_k / f.num_experts
+    if width_form is None:  # the paper's accounting (spec §13), optionally with the §7 reuse
+        return kn / 3.0 if width_reuse else kn
+    if width_form == "sparse":
+        return kn / 3.0
+    if width_form == "masked_dense":
+        return 0.0 if f.kind == "width_only" else 1.0 / 3.0
+    raise ValueError(f"width_form must be None or one of {WIDTH_FORMS}, got {width_form!r}")
+
+
 def ffn_flops_multiplier(
-    f: FFNShape, *, training: bool, loop_mix: list[float] | None = None, width_reuse: bool = False
+    f: FFNShape, *, training: bool, loop_mix: list[float] | None = None, width_reuse: bool = False,
+    width_form: str | None = None,
 ) -> float:
     """Forward FFN cost per token in units of one dense SwiGLU pass F (spec §13).
 
@@ -197,10 +230,12 @@ def ffn_flops_multiplier(
     ``loop_mix[i]`` is the fraction of tokens that use i+1 loops (default uniform); it only matters
     for adaptive-depth kinds at eval and is ignored otherwise. ``width_reuse`` applies the spec §7
     identity: the width path reuses loop 1's up/gate activations and only pays its k/N share of fc2,
-    i.e. (k/N)/3 of F instead of k/N (versatile and width_only only).
+    i.e. (k/N)/3 of F instead of k/N (versatile and width_only only). ``width_form`` (one of
+    WIDTH_FORMS, see :func:`width_path_form`) instead counts the width path as the code computes it,
+    which is what MFU needs; it overrides ``width_reuse``.
     """
     kn = f.top_k / f.num_experts
-    width = kn / 3.0 if width_reuse else kn
+    width = _width_cost(f, width_reuse, width_form) if f.kind in ("versatile", "width_only") else 0.0
     if f.kind == "dense":
         return 1.0
     if f.kind == "kloop":
@@ -210,7 +245,7 @@ def ffn_flops_multiplier(
     if f.kind == "width_only":
         return 1.0 + width
     if training:
-        return f.max_loops + (width if f.kind == "versatile" else 0.0)
+        return f.max_loops + width
     p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(f.max_loops), f.max_loops)
     mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
     if f.kind == "depth_only":
@@ -248,6 +283,7 @@ def flops_breakdown(
     loop_mix: list[float] | None = None,
     width_reuse: bool = False,
     causal: bool = True,
+    width_form: str | None = None,
 ) -> dict:
     """FLOPs per token by component, summed over layers (see the module docstring for conventions).
 
@@ -265,7 +301,8 @@ def flops_breakdown(
         * 6.0
         * d
         * m.d_ff
-        * ffn_flops_multiplier(f, training=training, loop_mix=loop_mix, width_reuse=width_reuse)
+        * ffn_flops_multiplier(f, training=training, loop_mix=loop_mix, width_reuse=width_reuse,
+                               width_form=width_form)
     )
 
     n, k_max = f.num_experts, f.max_loops
@@ -306,12 +343,15 @@ def flops_per_token(
     loop_mix: list[float] | None = None,
     width_reuse: bool = False,
     causal: bool = True,
+    width_form: str | None = None,
 ) -> float:
     """Model FLOPs per token: the forward pass, or forward + backward (3x) when ``training``.
 
     This is the compute the model really performs (training counts all L_max loops plus the width
-    path), the number to use for C = flops_per_token * tokens and for MFU.
+    path), the number to use for C = flops_per_token * tokens. For MFU pass ``width_form`` (see
+    :func:`width_path_form`) to count the width path as the code computes it.
     """
     return flops_breakdown(
-        m, f, training=training, loop_mix=loop_mix, width_reuse=width_reuse, causal=causal
+        m, f, training=training, loop_mix=loop_mix, width_reuse=width_reuse, causal=causal,
+        width_form=width_form,
     )["total"]

@@ -21,7 +21,8 @@ class ParallelConfig:
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
-    init_timeout_s: float = 300.0
+    init_timeout_s: float = 300.0  # joining the world and the pre-flight check
+    collective_timeout_min: float = 30.0  # any collective of the run after start-up (megatron's default)
 
     def validate_static(self) -> None:
         for key in ("tp", "pp", "cp", "ep"):
@@ -36,6 +37,10 @@ class ParallelConfig:
             raise ConfigError("parallel.sp", "sequence parallelism needs parallel.tp >= 2")
         if self.cp != 1:
             raise ConfigError("parallel.cp", "context parallelism is not supported yet; use 1")
+        for key in ("init_timeout_s", "collective_timeout_min"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"parallel.{key}", f"must be a positive number, got {value!r}")
         if self.overlap_param_gather and not self.distributed_optimizer:
             raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
 

@@ -27,7 +27,11 @@ def free_port() -> int:
 
 
 def device() -> torch.device:
-    """The device this rank computes on: its local GPU, else the CPU."""
+    """The device this rank computes on: its local GPU, else the CPU. The one source of that fact: every tensor
+    handed to a collective is made on it.
+
+    It reads the CUDA *current* device, which is per thread: `init_distributed` selects the rank's GPU in the main
+    thread, so call this (and run collectives) from the main thread only."""
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
@@ -37,21 +41,28 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
     """Initialise torch.distributed (nccl on GPU, gloo on CPU) and the CPU shims; returns (rank, world_size).
 
     Under torchrun (RANK/WORLD_SIZE/MASTER_ADDR set) it joins that world; otherwise it makes a world of one on a
-    free loopback port. Idempotent.
+    free loopback port. Idempotent. Selects the rank's GPU (LOCAL_RANK) before anything else can touch CUDA.
+    `timeout_s` (parallel.init_timeout_s) bounds joining the world; it stays the default group's timeout until
+    `set_collective_timeout` gives the run's collectives theirs (after the pre-flight check).
     """
+    if not dist.is_initialized():
+        if "RANK" not in os.environ and slurm_step_world_size() > 1:
+            _env_from_slurm_tasks()
+        if "RANK" not in os.environ:
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if torch.cuda.is_available():
+        # First: megatron's imports in cpu_compat.activate (TE, apex) may query the device, which would open a
+        # context on GPU 0 for every rank of the node.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     cpu_compat.activate()
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    if "RANK" not in os.environ and slurm_step_world_size() > 1:
-        _env_from_slurm_tasks()
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    # device_id binds the group to the rank's GPU (no guessing for barriers; communicators made up front).
+    bind = {"device_id": device()} if backend == "nccl" else {}
     try:
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **bind)
     except Exception as e:  # a store that never answers, a port in use, ...: say where we tried to go
         raise RuntimeError(
             f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join the process group at "
@@ -60,6 +71,15 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
             "Check MASTER_ADDR/MASTER_PORT and that every node was started."
         ) from e
     return dist.get_rank(), dist.get_world_size()
+
+
+def set_collective_timeout(minutes: float) -> None:
+    """From now on a collective of the default group may wait `minutes` (parallel.collective_timeout_min) for the
+    other ranks before the run is aborted: rank 0 may build dataset indices or prune checkpoints while the others
+    wait at a barrier. megatron's own groups get the same timeout in `setup_model_parallel`."""
+    # torch has no public setter; this one (torch >= 2.4) changes the timeout of the group's gloo/NCCL backends
+    # for every collective issued afterwards.
+    dist.distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=minutes))
 
 
 def slurm_step_world_size() -> int:
@@ -101,6 +121,7 @@ def setup_model_parallel(cfg: ParallelConfig) -> None:
         virtual_pipeline_model_parallel_size=cfg.effective_vpp,
         context_parallel_size=cfg.cp,
         expert_model_parallel_size=cfg.ep,
+        distributed_timeout_minutes=cfg.collective_timeout_min,
     )
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
+from vffn_pretrain.parallel.init import device as rank_device
 from vffn_pretrain.training import dist_ckpt
 from vffn_pretrain.training.faults import FAULTS
 
@@ -187,7 +188,7 @@ class CheckpointManager:
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             common = {}
-        failed = torch.tensor([1.0 if error else 0.0])
+        failed = torch.tensor([1.0 if error else 0.0], device=rank_device())  # NCCL takes no CPU tensors
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if failed.item():
             if dist.get_rank() == 0 or error:

@@ -6,10 +6,8 @@ experts) keep their fresh initialisation, and optimizer and schedule start anew.
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
-from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedBase
 
 from vffn_pretrain.model.ffn.convert import dense_to_variant_key_map, is_new_parameter
@@ -50,14 +48,13 @@ def load_dense_into(path: str | Path, ddp_chunks: list, cfg) -> Path:
             for new, old in inverse.items():
                 if new in item.key:
                     item.key = item.key.replace(new, old)
-    loaded = dist_checkpointing.load({"model": model_sd}, str(ckpt))
+    loaded = dist_ckpt.load_sharded({"model": model_sd}, ckpt)
     for i, chunk in enumerate(ddp_chunks):
-        result = chunk.module.load_state_dict(loaded["model"][f"chunk{i}"], strict=False)
-        unexpected = [k for k in result.missing_keys
-                      if not is_new_parameter(k, kind) and not re.search(r"_extra_state$", k)]
-        if unexpected or result.unexpected_keys:
+        missing, unexpected = dist_ckpt.load_module_state(chunk.module, loaded["model"][f"chunk{i}"], strict=False)
+        missing = [k for k in missing if not is_new_parameter(k, kind)]
+        if missing or unexpected:
             raise RuntimeError(f"train.init_from={path}: keys that do not match a dense checkpoint: "
-                               f"missing {unexpected}, unexpected {result.unexpected_keys}")
+                               f"missing {missing}, unexpected {unexpected}")
     log.info("initialised %s from dense checkpoint %s (%d new parameters freshly initialised)", kind, ckpt,
              len(new_keys))
     return ckpt

@@ -19,6 +19,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from vffn_pretrain.model import noise
+from vffn_pretrain.parallel.init import device as rank_device
 
 
 @dataclass
@@ -66,8 +67,7 @@ def forward_step(data_iterator, model, *, noise_seed: int | None = None):
 def reduce_lm_loss(losses_reduced: list[dict]) -> tuple[float, int]:
     """Global per-token loss from the micro-batch reports: summed over micro-batches and DP, then broadcast
     from the last pipeline stage so every rank returns the same value."""
-    dev = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    total = torch.zeros(2, dtype=torch.float64, device=dev)
+    total = torch.zeros(2, dtype=torch.float64, device=rank_device())
     if ps.is_pipeline_last_stage(ignore_virtual=True):
         for report in losses_reduced:
             total += report["lm loss"].to(torch.float64)

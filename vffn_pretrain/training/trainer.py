@@ -26,6 +26,7 @@ from vffn_pretrain.model.ffn import state as ffn_state
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
 from vffn_pretrain.parallel import device as rank_device
 from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.init import set_collective_timeout
 from vffn_pretrain.parallel.preflight import preflight
 from vffn_pretrain.training import callbacks as cb
 from vffn_pretrain.training.checkpointing import CheckpointManager, CheckpointSaveError, ModelChangedError
@@ -68,6 +69,7 @@ class Trainer:
         cfg = self.cfg
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
         self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
+        set_collective_timeout(cfg.parallel.collective_timeout_min)  # init_timeout_s bounded the start-up only
         setup_model_parallel(cfg.parallel)
         seed_all(cfg.train.seed)
         self.device = rank_device()
@@ -209,13 +211,19 @@ class Trainer:
         m_shape, f_shape = model_shapes(cfg)
         params = counting.count_params(m_shape, f_shape)
         self.flops_per_token_train = counting.flops_per_token(m_shape, f_shape, training=True)
-        self.device_name, self.peak = device_peak_flops()
+        # Throughput and MFU count the width path as this layout computes it (the paper's count is for C).
+        width_form = counting.width_path_form(cfg.ffn.kind, cfg.parallel.tp, self.device.type)
+        self.flops_per_token_executed = counting.flops_per_token(m_shape, f_shape, training=True,
+                                                                 width_form=width_form)
+        self.peak = device_peak_flops()
         self.info = {
             "run_name": cfg.run_name, "run_dir": str(cfg.run_dir), "checkpoint_dir": str(cfg.checkpoint_dir),
             "params_total": params["params_total"], "params_non_embedding": params["params_non_embedding"],
             "flops_per_token_train": self.flops_per_token_train, "world_size": self.world, "tp": cfg.parallel.tp,
-            "pp": cfg.parallel.pp, "dp": self.dp_size, "device": self.device_name, "start_step": self.step,
-            "max_steps": cfg.train.max_steps,
+            "pp": cfg.parallel.pp, "dp": self.dp_size, "device": self.peak.device, "start_step": self.step,
+            "max_steps": cfg.train.max_steps, "flops_per_token_executed": self.flops_per_token_executed,
+            "width_path_form": width_form, "mfu_peak": self.peak.describe(),
+            "peak_tflops": self.peak.flops / 1e12 if self.peak.flops else None,
         }
         if self.rank != 0:
             return
@@ -336,7 +344,7 @@ class Trainer:
     def _train_record(self, result, window_loss, window_steps, elapsed, tokens_per_step, skipped_total) -> dict:
         t = self.cfg.train
         tokens_per_sec = tokens_per_step * window_steps / max(elapsed, 1e-9)
-        tflops = self.flops_per_token_train * tokens_per_sec / self.world / 1e12
+        tflops = self.flops_per_token_executed * tokens_per_sec / self.world / 1e12
         stats = self._ffn_stats()
         record: dict[str, Any] = {
             "step": self.step,
@@ -352,7 +360,7 @@ class Trainer:
             "graph_work_fraction": ffn_state.graph_work_fraction(stats) if stats else None,
             "tokens_per_sec": tokens_per_sec,
             "tflops_per_device": tflops,
-            "mfu": mfu(tflops, self.peak),
+            "mfu": mfu(tflops, self.peak.flops),
             "skipped_steps": skipped_total,
             "elapsed_s": time.perf_counter() - self.run_start,
             "eta_s": (t.max_steps - self.step) * elapsed / max(window_steps, 1),
@@ -434,6 +442,8 @@ class Trainer:
             "params_non_embedding": self.info["params_non_embedding"],
             "flops_per_token_train": self.flops_per_token_train,
             "flops_per_token_eval": flops_eval,
+            "flops_per_token_executed": self.flops_per_token_executed,
+            "mfu_peak": self.info["mfu_peak"],
             "eval_loop_mix": loop_mix,
             "tokens": self.consumed_samples * cfg.train.seq_length,
             "steps": self.step,

@@ -63,6 +63,8 @@ class ConsoleLogger(Callback):
         )
         self._print(f"run dir {info['run_dir']} | checkpoints {info['checkpoint_dir']}"
                     + (f" | resumed from step {info['start_step']}" if info["start_step"] else ""))
+        if info.get("mfu_peak"):
+            self._print(f"MFU against {info['mfu_peak']}")
         if self._use_bar:
             from tqdm import tqdm
 

@@ -1,0 +1,40 @@
+"""init_distributed on a GPU node, with CUDA and torch.distributed stood in: the rank's GPU is selected before
+anything can touch CUDA, and the process group is bound to it."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from vffn_pretrain.parallel import cpu_compat
+from vffn_pretrain.parallel import init as pinit
+
+
+def test_gpu_is_selected_first_and_bound_to_the_group(monkeypatch):
+    events = []
+    current = [0]
+
+    def set_device(index):
+        events.append(("set_device", int(index)))
+        current[0] = int(index)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(cpu_compat, "activate", lambda: events.append(("activate", current[0])))
+    monkeypatch.setattr(dist, "is_initialized", lambda: any(e[0] == "init_process_group" for e in events))
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: events.append(("init_process_group", kw)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 3)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    for key, value in dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="3", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT="1").items():
+        monkeypatch.setenv(key, value)
+
+    assert pinit.init_distributed(timeout_s=7) == (3, 4)
+    assert events[0] == ("set_device", 3)
+    assert events[1] == ("activate", 3)  # megatron's imports run with GPU 3 already current
+    name, kwargs = events[2]
+    assert name == "init_process_group"
+    assert kwargs["backend"] == "nccl" and kwargs["device_id"] == torch.device("cuda", 3)
+    assert kwargs["timeout"].total_seconds() == 7
+    assert pinit.device() == torch.device("cuda", 3)

@@ -298,7 +298,7 @@ def test_info_overrides_tp_padding_and_loop_mix(tmp_path):
 
 def test_info_missing_key_is_named(tmp_path):
     conf = write_conf(tmp_path)
-    with pytest.raises(KeyError, match="ffn.max_loops"):
+    with pytest.raises(ValueError, match="ffn.max_loops"):
         info_from_config(composed(conf, ["ffn.max_loops=null"]))
     with pytest.raises(ValueError, match="ffn.kind"):
         info_from_config(composed(conf, ["ffn.kind=mystery"]))
@@ -343,6 +343,7 @@ def test_width_form_counts_what_the_code_computes():
 
 
 def test_width_path_form_follows_the_layout():
-    assert width_path_form("versatile", 1, "cuda") == "sparse"
+    assert width_path_form("versatile", 1, "cpu") == "sparse"
+    assert width_path_form("versatile", 1, "cuda") == "masked_dense"  # no host sync, one GEMM
     assert width_path_form("versatile", 2, "cuda") == "masked_dense"
     assert width_path_form("width_only", 1, "cpu") == "masked_dense"

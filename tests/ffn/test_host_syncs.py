@@ -59,7 +59,7 @@ class _DataSizedOps(TorchDispatchMode):
 
 
 def training_step_syncs(kind: str, token_sparse: bool, monkeypatch) -> list[str]:
-    monkeypatch.setattr(versatile, "width_path_form", lambda tp, device: "masked_dense")
+    monkeypatch.setattr(versatile, "width_path_form", lambda kind, tp, device: "masked_dense")
     mod = make_ffn(kind, setup=False, token_sparse_recursion=token_sparse, balance_coeff=0.05)
     mod.train()
     h = torch.randn(8, 2, D, requires_grad=True)

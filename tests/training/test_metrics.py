@@ -42,11 +42,18 @@ def test_metrics_log_lines_tensorboard_and_summary(rank_pools, base_overrides, t
     assert summary["flops_per_token_train"] > summary["flops_per_token_eval"] > 0
     # Throughput counts the width path as TP = 1 computes it (sparse, reusing a1): (k/N)/3 of F, not the paper's k/N.
     m_shape, f_shape = trainer_shapes(base_overrides)
+    # Token-sparse recursion (the default): the FFN's backward follows the sampled loops, uniform before any step.
     assert summary["flops_per_token_executed"] == pytest.approx(
-        counting.flops_per_token(m_shape, f_shape, training=True, width_form="sparse"))
-    assert summary["flops_per_token_executed"] < summary["flops_per_token_train"]
+        counting.flops_per_token(m_shape, f_shape, training=True, width_form="sparse", token_sparse=True))
+    all_token = counting.flops_per_token(m_shape, f_shape, training=True, width_form="sparse")
+    assert summary["flops_per_token_executed"] < all_token < summary["flops_per_token_train"]
+    # ... and each log line counts the mix sampled in its window (pooled over layers)
+    hist = [sum(col) for col in zip(*(layer["loop_hist"] for layer in train[1]["layers"].values()))]
+    window = counting.flops_per_token(m_shape, f_shape, training=True, width_form="sparse", token_sparse=True,
+                                      loop_mix=[c / sum(hist) for c in hist])
+    assert train[1]["tflops_per_device"] == pytest.approx(window * train[1]["tokens_per_sec"] / 1e12)
     for r in train:
-        assert r["tflops_per_device"] == pytest.approx(summary["flops_per_token_executed"] * r["tokens_per_sec"] / 1e12)
+        assert r["tflops_per_device"] < all_token * r["tokens_per_sec"] / 1e12
     assert summary["mfu_peak"] == "cpu: no known bf16 peak, MFU not reported"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 

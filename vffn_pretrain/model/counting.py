@@ -197,12 +197,13 @@ def width_path_form(kind: str, tp_size: int, device_type: str = "cpu") -> str:
     """The form in which the model computes the width path for this layout: one of WIDTH_FORMS.
 
     The single statement of that choice: VersatileFFN's width path (training and eval) follows it and the
-    trainer's executed-FLOP count (MFU) asks it. Today: sparse at TP = 1, masked-dense under TP (every TP rank does
-    the same work whatever the routing), on any device; width_only is always masked-dense."""
-    del device_type  # the same choice on every device for now
+    trainer's executed-FLOP count (MFU) asks it. Sparse only where one rank holds every hidden unit on a CPU: on a
+    GPU the sparse form's per-expert sizes cost a host sync and N small GEMMs, which the saved FLOPs do not pay back
+    at the paper's N=8, k=2, and under TP it would load the ranks holding popular experts more. width_only always
+    folds its experts into the one masked-dense fc2."""
     if kind == "width_only":
         return "masked_dense"
-    return "sparse" if tp_size == 1 else "masked_dense"
+    return "sparse" if tp_size == 1 and device_type == "cpu" else "masked_dense"
 
 
 def _width_cost(f: FFNShape, width_reuse: bool, width_form: str | None) -> float:
@@ -255,7 +256,8 @@ def ffn_flops_multiplier(
 
 
 def ffn_train_step_multiplier(
-    f: FFNShape, *, loop_mix: list[float] | None = None, token_sparse: bool = False, width_reuse: bool = False
+    f: FFNShape, *, loop_mix: list[float] | None = None, token_sparse: bool = False, width_reuse: bool = False,
+    width_form: str | None = None,
 ) -> float:
     """Forward + backward FFN cost per token in training, in units of one dense SwiGLU forward + backward (3F).
 
@@ -263,14 +265,14 @@ def ffn_train_step_multiplier(
     that is everything (so the ratio equals ``ffn_flops_multiplier(training=True)``); with it, an adaptive kind
     keeps the graph of each token's own sampled loops, E[l] = sum_l p_l*l, and of the width path only for tokens
     below L_max (lambda > 0), while the forward still runs every loop for every token (the straight-through
-    gradient needs their values). ``loop_mix`` is the sampled mix (default uniform)."""
-    forward = ffn_flops_multiplier(f, training=True, width_reuse=width_reuse)
+    gradient needs their values). ``loop_mix`` is the sampled mix (default uniform); ``width_reuse`` and
+    ``width_form`` as in :func:`ffn_flops_multiplier`."""
+    forward = ffn_flops_multiplier(f, training=True, width_reuse=width_reuse, width_form=width_form)
     if not token_sparse or f.kind not in ("versatile", "depth_only"):
         return forward
     p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(f.max_loops), f.max_loops)
     mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
-    kn = f.top_k / f.num_experts
-    width = (kn / 3.0 if width_reuse else kn) if f.kind == "versatile" else 0.0
+    width = _width_cost(f, width_reuse, width_form) if f.kind == "versatile" else 0.0
     backward_graph = mean_loops + sum(p[:-1]) * width
     return (forward + 2.0 * backward_graph) / 3.0
 
@@ -284,11 +286,15 @@ def flops_breakdown(
     width_reuse: bool = False,
     causal: bool = True,
     width_form: str | None = None,
+    token_sparse: bool = False,
 ) -> dict:
     """FLOPs per token by component, summed over layers (see the module docstring for conventions).
 
+    With ``token_sparse`` (training only) the FFN's backward pass follows ``loop_mix``, the sampled mix
+    (:func:`ffn_train_step_multiplier`); the FFN's forward, and every other component, are unchanged.
+
     Keys: attention_proj, attention_core, ffn, router (router + loop head), lm_head, forward
-    (their sum) and total (forward, times 3 when ``training``).
+    (their sum, forward pass) and total (forward, or forward + backward when ``training``).
     """
     d, L = m.d_model, m.num_layers
     kv_dim = m.kv_heads * m.head_dim
@@ -324,6 +330,11 @@ def flops_breakdown(
 
     lm_head = 2.0 * d * m.vocab_size
     forward = attention_proj + attention_core + ffn + router + lm_head
+    total = 3.0 * forward if training else forward
+    if training and token_sparse:  # the FFN's backward follows the sampled loops
+        ffn_step = 3.0 * L * 6.0 * d * m.d_ff * ffn_train_step_multiplier(
+            f, loop_mix=loop_mix, token_sparse=True, width_reuse=width_reuse, width_form=width_form)
+        total = 3.0 * (forward - ffn) + ffn_step
     return {
         "attention_proj": attention_proj,
         "attention_core": attention_core,
@@ -331,7 +342,7 @@ def flops_breakdown(
         "router": router,
         "lm_head": lm_head,
         "forward": forward,
-        "total": 3.0 * forward if training else forward,
+        "total": total,
     }
 
 
@@ -344,14 +355,16 @@ def flops_per_token(
     width_reuse: bool = False,
     causal: bool = True,
     width_form: str | None = None,
+    token_sparse: bool = False,
 ) -> float:
     """Model FLOPs per token: the forward pass, or forward + backward (3x) when ``training``.
 
-    This is the compute the model really performs (training counts all L_max loops plus the width
-    path), the number to use for C = flops_per_token * tokens. For MFU pass ``width_form`` (see
-    :func:`width_path_form`) to count the width path as the code computes it.
+    By default the algorithm's count (training: all L_max loops and the width path, forward and backward), the
+    number used for C = flops_per_token * tokens in scaling fits. For throughput and MFU, count what the code
+    executes: ``width_form`` (see :func:`width_path_form`) for the width path's form, and ``token_sparse`` with the
+    sampled ``loop_mix`` for the backward pass of token-sparse recursion.
     """
     return flops_breakdown(
         m, f, training=training, loop_mix=loop_mix, width_reuse=width_reuse, causal=causal,
-        width_form=width_form,
+        width_form=width_form, token_sparse=token_sparse,
     )["total"]

@@ -212,9 +212,13 @@ class Trainer:
         params = counting.count_params(m_shape, f_shape)
         self.flops_per_token_train = counting.flops_per_token(m_shape, f_shape, training=True)
         # Throughput and MFU count the width path as this layout computes it (the paper's count is for C).
-        width_form = counting.width_path_form(cfg.ffn.kind, cfg.parallel.tp, self.device.type)
+        width_form = self.width_form = counting.width_path_form(cfg.ffn.kind, cfg.parallel.tp, self.device.type)
+        # token-sparse recursion (not under SP) makes the backward follow the sampled loops: counted per window
+        self.token_sparse = (cfg.ffn.kind in ("versatile", "depth_only") and cfg.ffn.token_sparse_recursion
+                             and not (cfg.parallel.sp and cfg.parallel.tp > 1))
         self.flops_per_token_executed = counting.flops_per_token(m_shape, f_shape, training=True,
-                                                                 width_form=width_form)
+                                                                 width_form=width_form,
+                                                                 token_sparse=self.token_sparse)
         self.peak = device_peak_flops()
         self.info = {
             "run_name": cfg.run_name, "run_dir": str(cfg.run_dir), "checkpoint_dir": str(cfg.checkpoint_dir),
@@ -344,8 +348,8 @@ class Trainer:
     def _train_record(self, result, window_loss, window_steps, elapsed, tokens_per_step, skipped_total) -> dict:
         t = self.cfg.train
         tokens_per_sec = tokens_per_step * window_steps / max(elapsed, 1e-9)
-        tflops = self.flops_per_token_executed * tokens_per_sec / self.world / 1e12
         stats = self._ffn_stats()
+        tflops = self._executed_flops_per_token(stats) * tokens_per_sec / self.world / 1e12
         record: dict[str, Any] = {
             "step": self.step,
             "max_steps": t.max_steps,
@@ -369,6 +373,19 @@ class Trainer:
             record["layers"] = {str(n): {k: v for k, v in layer.items() if k != "raw"}
                                 for n, layer in ffn_state.layer_stats(stats).items()}
         return record
+
+    def _executed_flops_per_token(self, stats: dict | None) -> float:
+        """Training FLOPs per token as executed in the last logging window: with token-sparse recursion the FFN's
+        backward follows the loop mix sampled in that window (pooled over layers: the count is linear in the
+        mix and every layer has the same shape)."""
+        if not (self.token_sparse and stats):
+            return self.flops_per_token_executed
+        hist = [sum(col) for col in zip(*(layer["loop_hist"] for layer in ffn_state.layer_stats(stats).values()))]
+        if not hist or not sum(hist):
+            return self.flops_per_token_executed
+        m_shape, f_shape = model_shapes(self.cfg)
+        return counting.flops_per_token(m_shape, f_shape, training=True, width_form=self.width_form,
+                                        token_sparse=True, loop_mix=[c / sum(hist) for c in hist])
 
     def _ffn_stats(self) -> dict | None:
         """Per-layer FFN statistics since the last call, summed over the ranks holding different tokens and

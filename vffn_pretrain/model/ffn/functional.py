@@ -113,14 +113,6 @@ def mask_units(act: torch.Tensor, gates: torch.Tensor, seg_expert: torch.Tensor,
     return (act.view(*shape[:-1], -1, seg_width) * seg_gates.unsqueeze(-1)).view(shape)
 
 
-def width_path_form(tp_size: int, device_type: str) -> str:
-    """How the width path's fc2(m ⊙ a1) is computed: "sparse" (`routed_expert_delta`, k/N of the FLOPs) when one
-    rank holds every hidden unit on a CPU; else "masked_dense" (`mask_units` + one fc2 GEMM). On a GPU the sparse
-    form's per-expert sizes cost a host sync and N small GEMMs, which the saved FLOPs do not pay back at the
-    paper's N=8, k=2; under TP it would also load the ranks holding popular experts more."""
-    return "sparse" if tp_size == 1 and device_type == "cpu" else "masked_dense"
-
-
 def routed_expert_delta(act: torch.Tensor, top_weight: torch.Tensor, top_idx: torch.Tensor,
                         weight_out: torch.Tensor, num_experts: int) -> torch.Tensor:
     """sum_j g_j * W_out[:, I(e_j)] @ a1[I(e_j)] per token, each expert multiplying only its own tokens' slices.

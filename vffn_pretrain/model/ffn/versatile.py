@@ -45,6 +45,7 @@ from megatron.core.transformer.utils import sharded_state_dict_default
 
 from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.model import noise
+from vffn_pretrain.model.counting import width_path_form
 from vffn_pretrain.model.ffn.balance import attach_aux_loss, switch_balance
 from vffn_pretrain.model.ffn.functional import (
     expected_loops,
@@ -57,7 +58,6 @@ from vffn_pretrain.model.ffn.functional import (
     router_logits,
     swiglu,
     topk_gates,
-    width_path_form,
 )
 from vffn_pretrain.model.ffn.recursion import LoopPlan, final_states, mix_states, run_loops
 from vffn_pretrain.model.ffn.registry import FFNSlot, register_config_overrides, register_ffn
@@ -311,10 +311,10 @@ class VersatileFFN(MLP):
         return torch.cat([head, self._expert_delta(a1[start:], gates[start:], top_idx[start:])])
 
     def _expert_delta(self, a1: torch.Tensor, gates: torch.Tensor, top_idx: torch.Tensor) -> torch.Tensor:
-        """fc2(m ⊙ a1) through megatron's fc2, in the form `width_path_form` picks for this TP size and device:
+        """fc2(m ⊙ a1) through megatron's fc2, in the form `counting.width_path_form` picks for this layout:
         sparse (each expert multiplies only its tokens' slices, k/N of the work; TP=1 on CPU) or masked-dense
         (one GEMM and no host sync, every TP rank doing the same work whatever the routing)."""
-        if width_path_form(self.tp_group.size(), a1.device.type) == "sparse":
+        if width_path_form(self.kind, self.tp_group.size(), a1.device.type) == "sparse":
             return self._sparse_expert_delta(a1, gates, top_idx)
         masked = mask_units(a1, self._replicate_gates(gates), self.seg_expert, self.seg_width)
         return self.linear_fc2(masked)[0]
@@ -322,7 +322,7 @@ class VersatileFFN(MLP):
     def _width_delta_replicated(self, a1: torch.Tensor, route) -> torch.Tensor:
         """`_expert_delta` for rows every TP rank holds whole (eval): no gate replication, fc2 all-reduced."""
         gates, top_idx, _ = route
-        if width_path_form(self.tp_group.size(), a1.device.type) == "sparse":
+        if width_path_form(self.kind, self.tp_group.size(), a1.device.type) == "sparse":
             return self._sparse_expert_delta(a1, gates, top_idx)
         return self._fc2_replicated(mask_units(a1, gates, self.seg_expert, self.seg_width))
 

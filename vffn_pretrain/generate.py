@@ -52,31 +52,12 @@ class LoopRecorder:
 def generate(argv: list[str] | None = None) -> str:
     import torch
 
-    from vffn_pretrain.config import load_run_config
     from vffn_pretrain.data.tokenizer import build_tokenizer
-    from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.training import dist_ckpt
-    from vffn_pretrain.training.convert import resolve_checkpoint
-    from vffn_pretrain.training.optim import wrap_ddp
+    from vffn_pretrain.loading import load_checkpoint_for_inference
 
     args = _parse(argv)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    init_distributed()
-    from megatron.core import dist_checkpointing
-    from omegaconf import OmegaConf
-
-    common = dist_checkpointing.load_common_state_dict(str(ckpt))["common"]
-    raw = dict(common["config"])
-    raw["parallel"] = {**raw["parallel"], "tp": 1, "pp": 1, "vpp": None, "sp": False, "ep": 1,
-                       "pipeline_layout": None, "distributed_optimizer": False}
-    cfg = load_run_config(OmegaConf.create(raw), world_size=1)
-    setup_model_parallel(cfg.parallel)
-    seed_all(args.seed)
-    chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, backend="local")
-    ddp = wrap_ddp(chunks, cfg.parallel)
-    dist_ckpt.load(ckpt, ddp)
-    model = chunks[0].eval()
+    loaded = load_checkpoint_for_inference(args.checkpoint, seed=args.seed)
+    model, cfg = loaded.model, loaded.cfg
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     recorder = LoopRecorder(model)
 

@@ -1,7 +1,6 @@
 """`vffn-export`: a checkpoint (any TP/PP layout) -> a Hugging Face model directory.
 
     vffn-export --checkpoint runs/tiny-versatile/checkpoints --out hf/tiny-versatile [--dtype bf16|fp32]
-    vffn-export --from-hf hf/some-llama --out ckpt/dense-start      # the reverse, dense Llama only
 
 ffn=dense gives a standard LlamaForCausalLM; every other kind gives `VffnForCausalLM` (modeling_vffn.py, copied
 into the directory and named in config.json's auto_map: load it with trust_remote_code=True). The directory
@@ -27,9 +26,8 @@ class ExportError(Exception):
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="vffn-export", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="checkpoint.dir (its newest complete step) or one step_* directory")
-    src.add_argument("--from-hf", help="a dense Llama-architecture HF directory -> a megatron checkpoint")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint.dir (its newest complete step) or one step_* directory")
     p.add_argument("--out", required=True, help="output directory (must not exist, unless --overwrite)")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="dtype of the saved weights")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -152,12 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     out = Path(args.out)
     try:
-        if args.from_hf:
-            from vffn_pretrain.export.from_hf import import_hf
-
-            import_hf(Path(args.from_hf), out, overwrite=args.overwrite)
-        else:
-            export_checkpoint(args.checkpoint, out, args.dtype, args.overwrite)
+        export_checkpoint(args.checkpoint, out, args.dtype, args.overwrite)
     except ExportError as e:
         print(f"vffn-export: {e}", file=sys.stderr)
         sys.exit(2)

@@ -265,10 +265,17 @@ class VffnModel(VffnPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        head_dim = config.hidden_size // config.num_attention_heads
-        inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.post_init()
+
+    def rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [b, s, head_dim] fp32 for positions [b, s]. Computed per call rather than kept in a buffer:
+        from_pretrained may build the model on the meta device, and a non-persistent buffer would stay empty."""
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim
+        inv_freq = 1.0 / (self.config.rotary_base ** exponent)
+        freqs = position_ids.float().unsqueeze(-1) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, **kwargs):
@@ -281,9 +288,7 @@ class VffnModel(VffnPreTrainedModel):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + s, device=x.device).unsqueeze(0).expand(b, -1)
-        freqs = position_ids.float().unsqueeze(-1) * self.inv_freq.float().to(x.device)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
+        cos, sin = self.rotary(position_ids)
         mask = None
         padded = attention_mask is not None and not bool(attention_mask.bool().all())
         if padded or past:

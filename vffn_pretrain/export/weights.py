@@ -1,4 +1,4 @@
-"""Megatron GPT state dict (one process, TP = PP = 1) <-> Hugging Face state dicts, and the matching configs.
+"""Megatron GPT state dict (one process, TP = PP = 1) -> Hugging Face state dicts, and the matching configs.
 
 Megatron layouts undone here:
 * `self_attention.linear_qkv.weight` [(heads + 2 groups) * d, h] is grouped per query group: for each group g,
@@ -26,13 +26,6 @@ def _split_qkv(qkv: torch.Tensor, heads: int, groups: int) -> tuple[torch.Tensor
     k = blocks[:, per].reshape(groups * d, -1)
     v = blocks[:, per + 1].reshape(groups * d, -1)
     return q, k, v
-
-
-def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, groups: int) -> torch.Tensor:
-    d = q.shape[0] // heads
-    per = heads // groups
-    blocks = torch.cat([q.view(groups, per, d, -1), k.view(groups, 1, d, -1), v.view(groups, 1, d, -1)], dim=1)
-    return blocks.reshape((heads + 2 * groups) * d, -1)
 
 
 def _swiglu(fc1: torch.Tensor, fc2: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
@@ -84,30 +77,6 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str,
                     out[dst + f"mlp.{head}.weight"] = sd[src + f"mlp.{head}.weight"]
         else:
             raise ValueError(f"ffn.kind={kind!r} cannot be exported")
-    return out
-
-
-def hf_llama_to_megatron(sd: dict[str, torch.Tensor], num_layers: int, heads: int, groups: int
-                         ) -> dict[str, torch.Tensor]:
-    """The inverse of megatron_to_hf for kind dense: a LlamaForCausalLM state dict -> GPTModel keys (TP = 1)."""
-    out = {
-        "embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
-        "decoder.final_layernorm.weight": sd["model.norm.weight"],
-        "output_layer.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"]),
-    }
-    for i in range(num_layers):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        out.update({
-            dst + "input_layernorm.weight": sd[src + "input_layernorm.weight"],
-            dst + "self_attention.linear_qkv.weight": _join_qkv(sd[src + "self_attn.q_proj.weight"],
-                                                                sd[src + "self_attn.k_proj.weight"],
-                                                                sd[src + "self_attn.v_proj.weight"], heads, groups),
-            dst + "self_attention.linear_proj.weight": sd[src + "self_attn.o_proj.weight"],
-            dst + "pre_mlp_layernorm.weight": sd[src + "post_attention_layernorm.weight"],
-            dst + "mlp.linear_fc1.weight": torch.cat([sd[src + "mlp.gate_proj.weight"],
-                                                      sd[src + "mlp.up_proj.weight"]], dim=0),
-            dst + "mlp.linear_fc2.weight": sd[src + "mlp.down_proj.weight"],
-        })
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tests.training import cases as training_cases
 
 # A passage of the bundled corpus's style, tokenized with the bundled BPE: "a batch of real text".
@@ -36,17 +38,18 @@ def export_and_compare(checkpoint: str, out: str) -> dict:
     from vffn_pretrain.export.cli import export_checkpoint
     from vffn_pretrain.loading import load_checkpoint_for_inference
 
-    export_checkpoint(checkpoint, __import__("pathlib").Path(out))
+    export_checkpoint(checkpoint, Path(out))
     loaded = load_checkpoint_for_inference(checkpoint)
     batch = real_text_batch()
     positions = torch.arange(batch.shape[1]).expand_as(batch)
     with torch.no_grad():
         ref = loaded.model(input_ids=batch, position_ids=positions, attention_mask=None).float()
     ps.destroy_model_parallel()
-    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32).eval()
+    dense = loaded.cfg.ffn.kind == "dense"  # a plain Llama: must load without remote code
+    hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=not dense, dtype=torch.float32).eval()
     with torch.no_grad():
         got = hf(batch, use_cache=False).logits.float()
-    return {"megatron": ref.numpy(), "hf": got.numpy(), "class": type(hf).__name__}
+    return {"megatron": ref.numpy(), "hf": got.numpy(), "class": type(hf).__name__, "batch": batch.numpy()}
 
 
 def hf_greedy_text(hf_dir: str, prompt: str, new_tokens: int) -> str:
@@ -67,3 +70,43 @@ def hf_greedy_text(hf_dir: str, prompt: str, new_tokens: int) -> str:
             break
         pieces.append(tok.detokenize([t]))
     return prompt + "".join(pieces)
+
+
+def run_cli(module: str, argv: list[str]) -> dict:
+    """Call `module.main(argv)`; returns {"code": exit code, "stderr": what it printed to stderr}."""
+    import contextlib
+    import importlib
+    import io
+
+    from megatron.core import parallel_state as ps
+
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            importlib.import_module(module).main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    ps.destroy_model_parallel()
+    return {"code": code, "stderr": err.getvalue()}
+
+
+# Run by a fresh interpreter in which vffn_pretrain cannot be imported: only transformers and the exported files.
+STANDALONE = """
+import sys
+sys.modules["vffn_pretrain"] = None  # any import of the package now fails
+sys.modules["data_tools"] = None
+try:
+    import vffn_pretrain  # noqa: F401
+    raise SystemExit("vffn_pretrain is importable")
+except ImportError:
+    pass
+import numpy as np, torch
+from transformers import AutoModelForCausalLM
+hf_dir, batch_file, out_file = sys.argv[1:4]
+model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True, dtype=torch.float32).eval()
+with torch.no_grad():
+    logits = model(torch.from_numpy(np.load(batch_file)), use_cache=False).logits
+np.save(out_file, logits.numpy())
+print(type(model).__module__)
+"""

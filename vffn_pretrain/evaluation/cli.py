@@ -107,7 +107,7 @@ def evaluate(hf_dir: str, names: list[str], task_manager, *, limit, batch_size: 
 
     lm = HFLM(pretrained=hf_dir, trust_remote_code=True, dtype="float32", batch_size=batch_size, device=device)
     return lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=task_manager,
-                                   log_samples=False, bootstrap_iters=0)
+                                   log_samples=False, bootstrap_iters=1000)
 
 
 def run(argv: list[str] | None = None) -> dict:

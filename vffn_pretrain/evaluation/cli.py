@@ -115,6 +115,10 @@ def run(argv: list[str] | None = None) -> dict:
     names = expand_tasks(args.tasks)
     if args.hf and not (Path(args.hf) / "config.json").is_file():
         raise EvalError(f"--hf {args.hf}: not a Hugging Face model directory (no config.json)")
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(TASKS_DIR))
+    check_task_names(names, task_manager)  # before any network check: a typo is not a network problem
     needs_hub = [n for n in names if n not in LOCAL_TASKS]
     offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
     if needs_hub and not offline and not hub_reachable():
@@ -124,11 +128,6 @@ def run(argv: list[str] | None = None) -> dict:
     # The model is a local directory and the local task reads a local file: never touch the network for them.
     if not needs_hub:
         set_offline_environment()
-
-    from lm_eval.tasks import TaskManager
-
-    task_manager = TaskManager(include_path=str(TASKS_DIR))
-    check_task_names(names, task_manager)
 
     with tempfile.TemporaryDirectory(prefix="vffn-eval-") as tmp:
         hf_dir = args.hf

@@ -100,31 +100,17 @@ def _candidates(path: str) -> list:
 
 
 def _load_newest(path: str, seed: int):
-    """(RunConfig, model chunks) of the newest checkpoint that loads; each one that fails is reported and the
-    previous one is tried, as the trainer does on resume."""
-    from megatron.core import dist_checkpointing
-    from omegaconf import OmegaConf
+    """(RunConfig, model in eval mode) of the newest checkpoint that loads; each one that fails is reported and
+    the previous one is tried, as the trainer does on resume."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from vffn_pretrain.config import load_run_config
-    from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import seed_all, setup_model_parallel
-    from vffn_pretrain.training import dist_ckpt
-    from vffn_pretrain.training.optim import wrap_ddp
+    from vffn_pretrain.loading import load_checkpoint_for_inference
 
     candidates = _candidates(path)
     for ckpt in candidates:
         try:
-            common = dist_checkpointing.load_common_state_dict(str(ckpt))["common"]
-            raw = dict(common["config"])
-            raw["parallel"] = {**raw["parallel"], "tp": 1, "pp": 1, "vpp": None, "sp": False, "ep": 1,
-                               "pipeline_layout": None, "distributed_optimizer": False}
-            cfg = load_run_config(OmegaConf.create(raw), world_size=1)
-            setup_model_parallel(cfg.parallel)
-            seed_all(seed)
-            chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, backend="local")
-            dist_ckpt.load(ckpt, wrap_ddp(chunks, cfg.parallel))
-            return cfg, chunks
+            loaded = load_checkpoint_for_inference(ckpt, seed=seed)
+            return loaded.cfg, loaded.model
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             more = "; trying the previous one" if ckpt != candidates[-1] else ""
@@ -137,12 +123,9 @@ def generate(argv: list[str] | None = None) -> str:
     import torch
 
     from vffn_pretrain.data.tokenizer import build_tokenizer
-    from vffn_pretrain.parallel import init_distributed
 
     args = _parse(argv)
-    init_distributed()
-    cfg, chunks = _load_newest(args.checkpoint, args.seed)
-    model = chunks[0].eval()
+    cfg, model = _load_newest(args.checkpoint, args.seed)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     recorder = LoopRecorder(model)
 

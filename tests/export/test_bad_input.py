@@ -1,0 +1,80 @@
+"""vffn-export and vffn-eval on bad input: one line naming the problem, the documented exit code, and nothing
+(half) written at the output path."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.export import cases
+
+
+def _one_line(result: dict) -> str:
+    lines = result["stderr"].strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"]
+    return lines[0]
+
+
+def test_export_of_a_missing_checkpoint(rank_pools, tmp_path):
+    out = tmp_path / "hf"
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli",
+                               ["--checkpoint", str(tmp_path / "nowhere"), "--out", str(out)])[0]
+    assert result["code"] == 2
+    assert "nowhere" in _one_line(result)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_export_of_an_incomplete_checkpoint_leaves_nothing(rank_pools, tp2pp2_checkpoints, tmp_path):
+    step = sorted(p for p in Path(tp2pp2_checkpoints["dense"]).iterdir() if p.name.startswith("step_"))[-1]
+    broken = tmp_path / "broken" / step.name
+    shutil.copytree(step, broken)
+    for shard in broken.glob("*.distcp"):  # the tensor data; metadata.json stays
+        shard.unlink()
+    out = tmp_path / "hf"
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli",
+                               ["--checkpoint", str(broken), "--out", str(out)])[0]
+    assert result["code"] == 2
+    assert "cannot be loaded" in _one_line(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no output, no staging directory
+
+
+def test_export_refuses_an_existing_output_unless_overwrite(rank_pools, tp2pp2_checkpoints, tmp_path):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["--checkpoint", tp2pp2_checkpoints["kloop"], "--out", str(out)]
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli", args)[0]
+    assert result["code"] == 2 and "--overwrite" in _one_line(result)
+    assert (out / "keep.txt").read_text() == "mine"
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli", [*args, "--overwrite"])[0]
+    assert result["code"] == 0, result["stderr"]
+    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_eval_unknown_task(rank_pools, tmp_path):
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.evaluation.cli",
+                               ["--hf", str(tmp_path), "--tasks", "jargon_cloze,no_such_task"])[0]
+    assert result["code"] == 2
+    # the model directory is checked first: give it a config so the task names are what fails
+    (tmp_path / "config.json").write_text("{}")
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.evaluation.cli",
+                               ["--hf", str(tmp_path), "--tasks", "jargon_cloze,no_such_task"])[0]
+    assert result["code"] == 2 and "no_such_task" in _one_line(result)
+
+
+@pytest.mark.timeout(120)
+def test_eval_of_a_download_task_without_network_fails_fast(monkeypatch, capsys, tmp_path):
+    from vffn_pretrain.evaluation import cli
+
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the hub is unreachable
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--hf", str(tmp_path), "--tasks", "paper"])
+    assert exit_info.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "piqa" in lines[0] and "cannot be reached" in lines[0]

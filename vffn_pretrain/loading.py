@@ -1,0 +1,60 @@
+"""Load any checkpoint into one process at TP = PP = 1, for inference tools (`vffn-generate`, `vffn-export`).
+
+The checkpoint carries its run's config in its common state; the model is rebuilt from it with every parallel
+dimension set to 1 and the distributed checkpoint reshards into it. The padded vocabulary is kept as saved
+(it is a multiple of `make_vocab_size_divisible_by` x the saved TP), so a checkpoint from any layout loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class LoadedModel:
+    """`model`: the GPTModel (eval mode, fp32 on CPU unless the run config says otherwise) holding every layer;
+    `cfg`: the run's validated config with parallel dimensions set to 1; `path`: the step directory loaded."""
+
+    model: Any
+    cfg: Any
+    path: Path
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return self.cfg.model.padded_vocab_size(1)
+
+
+def load_checkpoint_for_inference(checkpoint: str | Path, seed: int = 0) -> LoadedModel:
+    """Collective over a world of one: initialises torch.distributed (gloo) and megatron's parallel state in
+    this process if needed. Raises FileNotFoundError when `checkpoint` is neither a step directory nor a
+    checkpoint.dir holding one."""
+    from megatron.core import dist_checkpointing
+    from omegaconf import OmegaConf
+
+    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.model.gpt import build_model
+    from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.training import dist_ckpt
+    from vffn_pretrain.training.convert import resolve_checkpoint
+    from vffn_pretrain.training.optim import wrap_ddp
+
+    ckpt = resolve_checkpoint(checkpoint)
+    init_distributed()
+    common = dist_checkpointing.load_common_state_dict(str(ckpt))["common"]
+    raw = dict(common["config"])
+    saved_tp = int(raw["parallel"].get("tp", 1) or 1)
+    raw["parallel"] = {**raw["parallel"], "tp": 1, "pp": 1, "vpp": None, "sp": False, "ep": 1,
+                       "pipeline_layout": None, "distributed_optimizer": False}
+    # The embedding was padded for the saved TP: pad for TP=1 to the same size.
+    model_raw = dict(raw["model"])
+    model_raw["make_vocab_size_divisible_by"] = int(model_raw.get("make_vocab_size_divisible_by", 128)) * saved_tp
+    raw["model"] = model_raw
+    cfg = load_run_config(OmegaConf.create(raw), world_size=1)
+    setup_model_parallel(cfg.parallel)
+    seed_all(seed)
+    chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, backend="local")
+    ddp = wrap_ddp(chunks, cfg.parallel)
+    dist_ckpt.load(ckpt, ddp)
+    return LoadedModel(chunks[0].eval(), cfg, ckpt)

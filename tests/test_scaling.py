@@ -205,7 +205,7 @@ def test_cli_errors_name_the_directory(tmp_path, capsys):
     assert main([str(empty)]) == 2
     assert f"no summary.json found anywhere below {empty}" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "missing is not a directory" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -264,3 +264,27 @@ def test_runs_that_stopped_early_are_left_out(tmp_path, capsys):
         "6 runs" in text
         and f"skipped (stopped early, exit_code 3): {tmp_path / 'requeued' / 'summary.json'}" in text
     )
+
+
+def test_downstream_scores_are_shown_next_to_the_loss(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    write_ladder(sweep, "dense", 1.0, lambda c: 1e3 * c**-0.2 + 1.5, sizes=(1e6, 2e6, 4e6))
+    scored = sweep / "level0" / "dense" / "n4000000" / "summary.json"
+    data = json.loads(scored.read_text())
+    data["downstream"] = {"jargon_cloze": {"acc": 0.3271, "acc_stderr": 0.0321}}
+    scored.write_text(json.dumps(data))
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    assert "downstream scores (vffn-eval)" in text
+    line = next(x for x in text.splitlines() if "jargon_cloze" in x)
+    assert "dense n4000000" in line and "acc 0.3271" in line and "stderr" not in line
+    assert f"final_val_loss {data['final_val_loss']:.4f}" in line
+    assert main([str(sweep), "--out", str(tmp_path / "out"), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["downstream"] for r in runs if r["downstream"]] == [data["downstream"]]
+
+
+def test_malformed_downstream_names_the_key(tmp_path):
+    write_summary(tmp_path / "run", downstream={"jargon_cloze": {"acc": "high"}})
+    with pytest.raises(SummaryError, match="'downstream'"):
+        load_runs(tmp_path)

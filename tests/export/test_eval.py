@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from tests.export import cases
 
@@ -30,3 +31,6 @@ def test_vffn_eval_runs_the_offline_task_end_to_end(rank_pools, tp2pp2_checkpoin
     assert results["n-samples"]["jargon_cloze"]["effective"] == 6
     acc = results["results"]["jargon_cloze"]["acc,none"]
     assert 0.0 <= acc <= 1.0 and acc * 6 == round(acc * 6)
+    # the run that owns the checkpoint gets the scores in its summary.json, where vffn-scaling reads them
+    summary = json.loads((Path(tp2pp2_checkpoints["versatile"]).parent / "summary.json").read_text())
+    assert summary["downstream"]["jargon_cloze"]["acc"] == acc

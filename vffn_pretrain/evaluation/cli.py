@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -150,6 +151,41 @@ def run(argv: list[str] | None = None) -> dict:
     return results
 
 
+def downstream_scores(results: dict) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of an lm_eval result (metric names without lm_eval's ",none" filter suffix)."""
+    out: dict[str, dict[str, float]] = {}
+    for task, metrics in results.get("results", {}).items():
+        scores = {name.split(",")[0]: float(value) for name, value in metrics.items()
+                  if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)}
+        if scores:
+            out[task] = scores
+    return out
+
+
+def record_in_summary(checkpoint: str, results: dict) -> Path | None:
+    """Add the scores to the `summary.json` of the run that owns `checkpoint` (a step directory or the run's
+    checkpoint.dir; the summary sits in the run directory above), under "downstream", so that `vffn-scaling`
+    shows them next to the loss. Returns the file updated, or None when the checkpoint has no run summary."""
+    start = Path(checkpoint).resolve()
+    for directory in (start, start.parent, start.parent.parent):
+        summary = directory / "summary.json"
+        if summary.is_file():
+            break
+    else:
+        return None
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    data["downstream"] = {**(data.get("downstream") or {}), **downstream_scores(results)}
+    tmp = summary.with_name(f".{summary.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, summary)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
@@ -163,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
 
     print(make_table(results))
     args = _parse(argv)
+    if args.checkpoint:
+        summary = record_in_summary(args.checkpoint, results)
+        if summary is not None:
+            print(f"vffn-eval: recorded the scores under 'downstream' in {summary}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,13 @@ def format_report(result: dict) -> str:
         lines.append(_fit_line("loss vs compute C", v["loss_vs_compute"], ("a", "b", "c")))
         lines.append(_fit_line("loss vs params N", v["loss_vs_params"], ("a", "b", "c")))
         lines.append(_fit_line("Chinchilla L(N,D)", v["chinchilla"], ("E", "A", "alpha", "B", "beta")))
+    scored = [r for r in result.get("runs", []) if r["downstream"]]
+    if scored:
+        lines.append(f"downstream scores (vffn-eval), next to {result['metric']}:")
+        for r in scored:
+            scores = ", ".join(f"{task} {name} {value:.4f}" for task, metrics in sorted(r["downstream"].items())
+                               for name, value in sorted(metrics.items()) if not name.endswith("_stderr"))
+            lines.append(f"  {r['variant']} {r['model']}: {result['metric']} {r['loss']:.4f}; {scores}")
     lines.append(result["equal_compute"]["text"])
     lines.append(result["equal_params"]["text"])
     for p in result["plots"]:

@@ -140,6 +140,8 @@ def analyse(runs: list[Run], metric: str) -> dict:
         "metric": metric,
         "n_runs": len(runs),
         "variants": variants,
+        "runs": [{"path": str(r.path), "variant": r.variant, "model": r.model, "loss": r.loss(metric),
+                  "downstream": r.downstream} for r in runs],
         "equal_compute": _compare(compute_fits, median_c, "compute", "C [FLOPs]"),
         "equal_params": _compare(param_fits, median_n, "parameters", "N [non-embedding]"),
         "_compute_fits": compute_fits,

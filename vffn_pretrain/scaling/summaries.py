@@ -4,7 +4,8 @@ A run directory (at any depth) holds ``summary.json`` with at least the keys in
 :data:`REQUIRED_KEYS`. Anything wrong with a file is reported as a :class:`SummaryError` that names
 the file and the key, so a broken run in a sweep of hundreds is found at once. A loss may be null
 (a run without validation has no final_val_loss); it is an error only when that loss is the metric
-being analysed. The optional ``exit_code`` (written by the trainer) marks runs that stopped early.
+being analysed. The optional ``exit_code`` (written by the trainer) marks runs that stopped early; the
+optional ``downstream`` ({task: {metric: value}}, written by ``vffn-eval --checkpoint``) holds zero-shot scores.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Run:
     final_val_loss: float  # NaN when the summary has null
     wall_time_s: float
     exit_code: int | None = None
+    downstream: dict | None = None  # {task: {metric: value}} from vffn-eval
 
     @property
     def complete(self) -> bool:
@@ -108,7 +110,21 @@ def load_run(path: Path) -> Run:
     code = data.get("exit_code")
     if code is not None and (isinstance(code, bool) or not isinstance(code, int)):
         raise SummaryError(f"{path}: key 'exit_code' must be an integer or null (got {code!r})")
-    return Run(path=path, exit_code=code, **fields)
+    return Run(path=path, exit_code=code, downstream=_check_downstream(path, data.get("downstream")), **fields)
+
+
+def _check_downstream(path: Path, value: object) -> dict | None:
+    """None, or {task: {metric: finite number}}."""
+    if value is None:
+        return None
+    ok = isinstance(value, dict) and all(
+        isinstance(task, str) and isinstance(scores, dict) and all(
+            isinstance(name, str) and isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for name, v in scores.items())
+        for task, scores in value.items())
+    if not ok:
+        raise SummaryError(f"{path}: key 'downstream' must map task -> {{metric: finite number}} (got {value!r})")
+    return value
 
 
 def load_runs(sweep_dir: str | Path, metric: str | None = None) -> list[Run]:

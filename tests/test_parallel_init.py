@@ -38,3 +38,17 @@ def test_gpu_is_selected_first_and_bound_to_the_group(monkeypatch):
     assert kwargs["backend"] == "nccl" and kwargs["device_id"] == torch.device("cuda", 3)
     assert kwargs["timeout"].total_seconds() == 7
     assert pinit.device() == torch.device("cuda", 3)
+
+
+def test_setting_up_model_parallelism_again_does_not_pile_up_process_groups(single_rank):
+    """Each gloo group owns threads until destroyed; megatron only forgets its groups, so without
+    release_process_groups a test session (or a tool loading several checkpoints) grew to thousands of threads."""
+    from torch.distributed import distributed_c10d as c10d
+
+    from vffn_pretrain.parallel import ParallelConfig, setup_model_parallel
+
+    setup_model_parallel(ParallelConfig())
+    once = len(c10d._world.pg_map)
+    for _ in range(5):
+        setup_model_parallel(ParallelConfig())
+    assert len(c10d._world.pg_map) == once

@@ -115,6 +115,7 @@ def setup_model_parallel(cfg: ParallelConfig) -> None:
     cfg.data_parallel_size(dist.get_world_size())  # raises a ConfigError naming the key if impossible
     if ps.model_parallel_is_initialized():
         ps.destroy_model_parallel()
+    release_process_groups()
     ps.initialize_model_parallel(
         tensor_model_parallel_size=cfg.tp,
         pipeline_model_parallel_size=cfg.pp,
@@ -123,6 +124,23 @@ def setup_model_parallel(cfg: ParallelConfig) -> None:
         expert_model_parallel_size=cfg.ep,
         distributed_timeout_minutes=cfg.collective_timeout_min,
     )
+
+
+def release_process_groups() -> None:
+    """Destroy every process group but the default one.
+
+    torch keeps each group (under gloo with three threads of its own) until it is destroyed, and megatron's
+    destroy_model_parallel only forgets most of them; a process that sets up model parallelism again and again
+    (the test suite, a tool loading several checkpoints) would pile up thousands of idle threads. Local to this
+    rank: no collective."""
+    from torch.distributed import distributed_c10d as c10d
+
+    if not dist.is_initialized():
+        return
+    default = c10d._get_default_group()
+    for group in list(c10d._world.pg_map):
+        if group is not default:
+            dist.destroy_process_group(group)
 
 
 def seed_all(seed: int) -> None:

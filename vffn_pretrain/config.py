@@ -107,7 +107,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     parallel.validate_static()
     dp = parallel.data_parallel_size(world_size)
     model.validate(tp=parallel.tp)
-    ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp)
+    ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp, num_layers=model.num_layers)
     train.validate(dp)
     checkpoint.validate()
     logging_cfg.validate()

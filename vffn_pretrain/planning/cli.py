@@ -55,11 +55,12 @@ def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     m, f, par, t = cfg.model, cfg.ffn, cfg.parallel, cfg.train
     shape = counting.ModelShape(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
                                 m.num_query_groups, m.padded_vocab_size(par.tp), t.seq_length, m.tied_embeddings)
-    ffn = counting.FFNShape(f.kind, f.num_experts, f.top_k, f.max_loops, f.loops)
+    ffns = f.counting_shape(m.num_layers)
+    ffns = ffns if isinstance(ffns, list) else [ffns] * m.num_layers
     step = costs.StepShape(t.micro_batch_size, t.seq_length, par.tp, par.sp,
                            4 if t.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
     mixes = latest_loop_mixes(args.metrics, m.num_layers)[0] if args.metrics else None
-    items = costs.model_items(shape, [ffn] * m.num_layers, step, mixes)
+    items = costs.model_items(shape, ffns, step, mixes)
     if args.micro_batches is not None and args.micro_batches < 1:
         raise ConfigError("--micro-batches", f"must be positive, got {args.micro_batches}")
     micro = args.micro_batches or t.global_batch_size // (t.micro_batch_size * args.dp)

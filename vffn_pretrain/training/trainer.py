@@ -40,17 +40,14 @@ EXIT_OK = 0
 EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps
 
 
-def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape]:
+def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape | list[counting.FFNShape]]:
     m = cfg.model
     model_shape = counting.ModelShape(
         num_layers=m.num_layers, d_model=m.hidden_size, d_ff=m.ffn_hidden_size, num_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups, vocab_size=m.padded_vocab_size(cfg.parallel.tp),
         seq_length=cfg.train.seq_length, tied_embeddings=m.tied_embeddings,
     )
-    f = cfg.ffn
-    ffn_shape = counting.FFNShape(kind=f.kind, num_experts=f.num_experts, top_k=f.top_k, max_loops=f.max_loops,
-                                  loops=f.loops)
-    return model_shape, ffn_shape
+    return model_shape, cfg.ffn.counting_shape(m.num_layers)  # a list of per-layer shapes for a mixed model
 
 
 class Trainer:

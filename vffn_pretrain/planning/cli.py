@@ -123,6 +123,8 @@ def _stand_in_layout(raw) -> str | None:
     """The explicit layout, or None. Without one, the trainer insists that PP x VPP divides the layers; the
     planner exists for the other cases, so validation runs on an even stand-in layout instead."""
     par, layers = raw.parallel, int(raw.model.num_layers)
+    if par.pipeline_layout == "auto":  # what the trainer would plan is the "planned" row
+        par.pipeline_layout = None
     if par.pipeline_layout is not None or par.pp < 2:
         return par.pipeline_layout
     chunks = par.pp * (par.vpp or 1)

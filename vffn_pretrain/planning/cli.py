@@ -3,7 +3,7 @@
 Prints a table (stage, layers, predicted forward/backward time per micro-batch, predicted memory, idle share) for
 the planned layout next to the even split (when legal), megatron's first/last-stage split (when legal) and an
 explicit `parallel.pipeline_layout` (when given); `--json` prints the same as one JSON object.
-`vffn-plan calibrate` is not implemented yet (it says so and exits 1).
+`vffn-plan calibrate [--out FILE] [overrides]` measures this machine's rates (see planning/calibrate.py).
 
 Options: --micro-batches M (default: train.global_batch_size / (train.micro_batch_size x --dp)), --dp (default 1),
 --memory-gib G (per device; default unlimited), --metrics PATH (loop mixes from a metrics.jsonl; default
@@ -138,10 +138,9 @@ def _stand_in_layout(raw) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["calibrate"]:
-        # Not built yet: Timing.load reads the file format documented in timing.py; write one by hand meanwhile.
-        print("vffn-plan: calibrate is not implemented yet; pass --calibration FILE (format in "
-              "vffn_pretrain/planning/timing.py) or use the analytic --device costs", file=sys.stderr)
-        return 1
+        from vffn_pretrain.planning.calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     from vffn_pretrain.config import load_run_config

@@ -110,7 +110,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     parallel.validate_static()
     dp = parallel.data_parallel_size(world_size)
     model.validate(tp=parallel.tp)
-    ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp)
+    ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp, num_layers=model.num_layers)
     train.validate(dp)
     checkpoint.validate()
     logging_cfg.validate()
@@ -122,6 +122,12 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
                 f"{model.num_layers} layers are not divisible by parallel.pp x parallel.vpp = {stages}; "
                 "set parallel.pipeline_layout for uneven stages",
             )
+    run_name = str(raw.get("run_name") or f"{model.name}-{ffn.kind}")
+    run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
+    if parallel.pipeline_layout == "auto":
+        from vffn_pretrain.planning.auto import auto_layout
+
+        parallel.pipeline_layout = auto_layout(model, ffn, parallel, train, world_size, run_dir)
     if parallel.pipeline_layout is not None:
         _validate_layout(parallel, model)
     if train.seq_length > model.max_position_embeddings:
@@ -129,8 +135,6 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
                           f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
     if parallel.sp and train.seq_length % parallel.tp:
         raise ConfigError("train.seq_length", f"must be divisible by parallel.tp={parallel.tp} with parallel.sp")
-    run_name = str(raw.get("run_name") or f"{model.name}-{ffn.kind}")
-    run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
     run_cfg = RunConfig(model, ffn, parallel, data, train, checkpoint, logging_cfg, run_name, run_dir,
                         world_size, raw)
     for key, path in (("run_dir", run_dir), ("checkpoint.dir", run_cfg.checkpoint_dir),

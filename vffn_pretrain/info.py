@@ -8,7 +8,7 @@ from :mod:`vffn_pretrain.model.counting`.
 Config keys read (names fixed across the project): model.num_layers, model.hidden_size,
 model.ffn_hidden_size, model.num_attention_heads, model.num_query_groups (optional),
 model.vocab_size (unpadded), model.seq_length or train.seq_length, ffn.kind, ffn.num_experts,
-ffn.top_k, ffn.max_loops, ffn.loops, parallel.tp (optional, default 1). Optional extras:
+ffn.top_k, ffn.max_loops, ffn.loops, ffn.layers (optional per-layer kinds), parallel.tp (optional, default 1). Optional extras:
 model.tied_embeddings (default false) and info.eval_loop_mix (list of L_max fractions; default
 uniform), e.g. ``+info.eval_loop_mix=[0.1,0.2,0.3,0.4]``.
 """
@@ -31,6 +31,7 @@ from vffn_pretrain.model.counting import (
     padded_vocab_size,
     uniform_loop_mix,
 )
+from vffn_pretrain.model.layer_pattern import parse_layer_pattern
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -107,13 +108,19 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
     kind = str(_select(cfg, "ffn.kind"))
     if kind not in _FFN_KEYS:
         raise ValueError(f"ffn.kind={kind!r} is not one of {sorted(_FFN_KEYS)}")
-    ffn_kwargs = {key: _positive_int(cfg, f"ffn.{key}") for key in _FFN_KEYS[kind]}
-    f = FFNShape(kind, **ffn_kwargs)
+    pattern = _select(cfg, "ffn.layers", None)
+    if isinstance(pattern, ListConfig):
+        pattern = OmegaConf.to_container(pattern)
+    kinds = [kind] * m.num_layers if pattern is None else parse_layer_pattern(pattern, m.num_layers)
+    ffn_kwargs = {key: _positive_int(cfg, f"ffn.{key}") for k in dict.fromkeys(kinds) for key in _FFN_KEYS[k]}
+    shapes = {k: FFNShape(k, **ffn_kwargs) for k in set(kinds)}
+    f = shapes[kind] if pattern is None else [shapes[k] for k in kinds]  # a mixed model counts per layer
 
     loop_mix = None
-    if kind in ADAPTIVE_DEPTH_KINDS:
+    if any(k in ADAPTIVE_DEPTH_KINDS for k in kinds):
         raw = _select(cfg, "info.eval_loop_mix", None)
-        loop_mix = _loop_mix(raw, f.max_loops) if raw is not None else uniform_loop_mix(f.max_loops)
+        max_loops = ffn_kwargs["max_loops"]
+        loop_mix = _loop_mix(raw, max_loops) if raw is not None else uniform_loop_mix(max_loops)
 
     params = count_params(m, f)
     return {
@@ -129,7 +136,7 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
         "num_query_groups": m.kv_heads,
         "vocab_size_padded": m.vocab_size,
         "seq_length": m.seq_length,
-        "ffn": {"kind": kind, **ffn_kwargs},
+        "ffn": {"kind": kind, **ffn_kwargs, **({"layers": kinds} if pattern is not None else {})},
     }
 
 

@@ -144,9 +144,10 @@ def train_subprocess(overrides: list[str], *, env: dict | None = None, timeout: 
     return running.wait(timeout=timeout) if wait else running
 
 
-def converted_logits(overrides: list[str], dense_ckpt: str, kind: str) -> dict:
+def converted_logits(overrides: list[str], dense_ckpt: str, kind: str, variant_overrides: tuple = ()) -> dict:
     """Logits of the dense model in `dense_ckpt`, and of a `kind` model initialised from it (init_from) with one
-    loop forced and the width path off, on one batch. Runs on every rank of a pool (TP/PP as configured)."""
+    loop forced and the width path off, on one batch. Runs on every rank of a pool (TP/PP as configured).
+    `variant_overrides` apply to the `kind` model only (e.g. an ffn.layers pattern)."""
     import torch
     from megatron.core import parallel_state as ps
 
@@ -156,7 +157,8 @@ def converted_logits(overrides: list[str], dense_ckpt: str, kind: str) -> dict:
 
     out = {}
     for name, extra in (("dense", ["ffn=dense", "checkpoint.resume=false", f"train.init_from={dense_ckpt}"]),
-                        (kind, [f"ffn={kind}", "checkpoint.resume=false", f"train.init_from={dense_ckpt}"])):
+                        (kind, [f"ffn={kind}", "checkpoint.resume=false", f"train.init_from={dense_ckpt}",
+                                *variant_overrides])):
         trainer = Trainer(run_config([*overrides, *extra]))
         trainer.setup()
         model = trainer.ddp[0].module

@@ -31,7 +31,10 @@ spec §13 breakdown (0.126 + 0.126 + 0.378 + 0.103).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 FFN_KINDS = ("dense", "kloop", "moe", "versatile", "width_only", "depth_only")
@@ -121,8 +124,20 @@ def _check_expert_width(m: ModelShape, f: FFNShape) -> None:
         raise ValueError(f"d_ff={m.d_ff} is not divisible by num_experts={f.num_experts} ({f.kind})")
 
 
-def count_params(m: ModelShape, f: FFNShape) -> dict:
+def _layer_groups(m: ModelShape, f: FFNShape | Sequence[FFNShape]) -> list[tuple[FFNShape, int]]:
+    """(FFN shape, number of layers) for a uniform model or a per-layer list of shapes (a mixed model)."""
+    if isinstance(f, FFNShape):
+        return [(f, m.num_layers)]
+    if len(f) != m.num_layers:
+        raise ValueError(f"{len(f)} per-layer FFN shapes for num_layers={m.num_layers}")
+    return list(Counter(f).items())
+
+
+def count_params(m: ModelShape, f: FFNShape | Sequence[FFNShape]) -> dict:
     """Exact parameter counts.
+
+    `f`: one FFNShape for every layer, or one per layer (a mixed model). For a mixed model the *_per_layer
+    entries are lists (one value per layer) and everything else is summed over the layers.
 
     Returns a dict of ints:
       params_total, params_non_embedding (total minus the embedding and LM-head matrices; the norms
@@ -130,6 +145,8 @@ def count_params(m: ModelShape, f: FFNShape) -> dict:
       params_attention_per_layer, params_ffn_per_layer (FFN weights + router/loop head/experts),
       params_ffn_extra_per_layer (what the variant adds over a dense SwiGLU), params_norms.
     """
+    if not isinstance(f, FFNShape):
+        return _count_params_mixed(m, list(f))
     d, d_ff = m.d_model, m.d_ff
     kv_dim = m.kv_heads * m.head_dim
     attn = d * (d + 2 * kv_dim) + d * d  # fused QKV + output projection
@@ -167,6 +184,27 @@ def count_params(m: ModelShape, f: FFNShape) -> dict:
         "params_ffn_extra_per_layer": extra,
         "params_norms": norms,
     }
+
+
+def _count_params_mixed(m: ModelShape, shapes: list[FFNShape]) -> dict:
+    _layer_groups(m, shapes)  # checks the length
+    one = dataclasses.replace(m, num_layers=1)
+    per = {shape: count_params(one, shape) for shape in set(shapes)}
+    layers = [per[shape] for shape in shapes]
+    first = layers[0]
+    total = first["params_embedding"] + first["params_lm_head"] + m.d_model + sum(c["params_per_layer"]
+                                                                                   for c in layers)
+    out = {
+        "params_total": total,
+        "params_non_embedding": total - first["params_embedding"] - first["params_lm_head"],
+        "params_embedding": first["params_embedding"],
+        "params_lm_head": first["params_lm_head"],
+        "params_norms": m.num_layers * 2 * m.d_model + m.d_model,
+    }
+    for key in ("params_per_layer", "params_attention_per_layer", "params_ffn_per_layer",
+                "params_ffn_extra_per_layer"):
+        out[key] = [c[key] for c in layers]
+    return out
 
 
 def uniform_loop_mix(max_loops: int) -> list[float]:
@@ -211,11 +249,11 @@ def _width_cost(f: FFNShape, width_reuse: bool, width_form: str | None) -> float
     kn = f.top_k / f.num_experts
     if width_form is None:  # the paper's accounting (spec §13), optionally with the §7 reuse
         return kn / 3.0 if width_reuse else kn
-    if width_form == "sparse":
-        return kn / 3.0
-    if width_form == "masked_dense":
-        return 0.0 if f.kind == "width_only" else 1.0 / 3.0
-    raise ValueError(f"width_form must be None or one of {WIDTH_FORMS}, got {width_form!r}")
+    if width_form not in WIDTH_FORMS:
+        raise ValueError(f"width_form must be None or one of {WIDTH_FORMS}, got {width_form!r}")
+    if f.kind == "width_only":  # its experts ride in its one masked fc2 whatever the layout's form
+        return 0.0
+    return kn / 3.0 if width_form == "sparse" else 1.0 / 3.0
 
 
 def ffn_flops_multiplier(
@@ -279,7 +317,7 @@ def ffn_train_step_multiplier(
 
 def flops_breakdown(
     m: ModelShape,
-    f: FFNShape,
+    f: FFNShape | Sequence[FFNShape],
     *,
     training: bool,
     loop_mix: list[float] | None = None,
@@ -290,12 +328,28 @@ def flops_breakdown(
 ) -> dict:
     """FLOPs per token by component, summed over layers (see the module docstring for conventions).
 
-    With ``token_sparse`` (training only) the FFN's backward pass follows ``loop_mix``, the sampled mix
-    (:func:`ffn_train_step_multiplier`); the FFN's forward, and every other component, are unchanged.
-
-    Keys: attention_proj, attention_core, ffn, router (router + loop head), lm_head, forward
-    (their sum, forward pass) and total (forward, or forward + backward when ``training``).
+    `f`: one FFNShape for every layer, or one per layer (a mixed model; `loop_mix` then applies to each
+    adaptive-depth layer). With ``token_sparse`` (training only) the FFN's backward pass follows ``loop_mix``,
+    the sampled mix (:func:`ffn_train_step_multiplier`); the FFN's forward, and every other component, are
+    unchanged. Keys: attention_proj, attention_core, ffn, router (router + loop head), lm_head, forward (their
+    sum, forward pass) and total (forward, or forward + backward when ``training``).
     """
+    if not isinstance(f, FFNShape):
+        out = dict.fromkeys(("attention_proj", "attention_core", "ffn", "router"), 0.0)
+        passes = 3.0 if training else 1.0
+        total = 0.0
+        for shape, count in _layer_groups(m, f):
+            part = flops_breakdown(dataclasses.replace(m, num_layers=count), shape, training=training,
+                                   loop_mix=loop_mix if shape.kind in ADAPTIVE_DEPTH_KINDS else None,
+                                   width_reuse=width_reuse, causal=causal, token_sparse=token_sparse,
+                                   width_form=width_form)
+            for key in out:
+                out[key] += part[key]
+            total += part["total"] - passes * part["lm_head"]  # the head is counted once, below
+        out["lm_head"] = 2.0 * m.d_model * m.vocab_size
+        out["forward"] = sum(out.values())
+        out["total"] = total + passes * out["lm_head"]
+        return out
     d, L = m.d_model, m.num_layers
     kv_dim = m.kv_heads * m.head_dim
     t_eff = m.seq_length / 2.0 if causal else float(m.seq_length)
@@ -348,7 +402,7 @@ def flops_breakdown(
 
 def flops_per_token(
     m: ModelShape,
-    f: FFNShape,
+    f: FFNShape | Sequence[FFNShape],
     *,
     training: bool,
     loop_mix: list[float] | None = None,

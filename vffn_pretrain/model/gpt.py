@@ -52,7 +52,14 @@ def build_transformer_config(
         use_cpu_initialization = not torch.cuda.is_available()
     init = truncated_normal_init(model.init_std)
     full = recompute.granularity == "full"
-    extra = transformer_config_overrides(ffn, model, parallel) if ffn is not None else {}
+    extra = {}
+    if ffn is not None:
+        for kind in dict.fromkeys(ffn.layer_kinds(model.num_layers)):
+            extra.update(transformer_config_overrides(ffn.for_kind(kind), model, parallel))
+        if ffn.is_mixed(model.num_layers):
+            # Layers differ in their parameters, so the checkpoint keys every layer on its own
+            # (decoder.layers.<global index>.*) rather than stacking all layers into one tensor per name.
+            extra["hetereogenous_dist_checkpoint"] = True
     return TransformerConfig(
         **extra,
         num_layers=model.num_layers,
@@ -119,7 +126,9 @@ def build_model(
     tp = ps.get_tensor_model_parallel_world_size()
     config = build_transformer_config(model, parallel, params_dtype=params_dtype, recompute=recompute, ffn=ffn)
     chosen = select_backend(backend)
-    slot = build_ffn_slot(ffn.kind, ffn, chosen)
+    kinds = ffn.layer_kinds(model.num_layers)
+    slots = {kind: build_ffn_slot(kind, ffn.for_kind(kind), chosen) for kind in dict.fromkeys(kinds)}
+    slot = slots[kinds[0]] if len(slots) == 1 else [slots[kind] for kind in kinds]
     vpp = ps.get_virtual_pipeline_model_parallel_world_size()
     chunks = []
     for vp_stage in range(vpp or 1):

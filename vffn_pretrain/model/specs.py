@@ -10,7 +10,11 @@ from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
-from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
+from megatron.core.transformer.transformer_layer import (
+    TransformerLayer,
+    TransformerLayerSubmodules,
+    get_transformer_layer_offset,
+)
 
 from vffn_pretrain.model.backend import Backend
 from vffn_pretrain.model.ffn import FFNSlot
@@ -50,8 +54,17 @@ def gpt_layer_spec(backend: Backend, ffn: FFNSlot) -> ModuleSpec:
     )
 
 
-def gpt_block_spec(config, backend: Backend, ffn: FFNSlot, vp_stage: int | None) -> TransformerBlockSubmodules:
-    """The layers this pipeline stage (and virtual stage) builds, and the final norm."""
-    layer = gpt_layer_spec(backend, ffn)
+def gpt_block_spec(config, backend: Backend, ffn: FFNSlot | list[FFNSlot],
+                   vp_stage: int | None) -> TransformerBlockSubmodules:
+    """The layers this pipeline stage (and virtual stage) builds, and the final norm.
+
+    ffn: one slot for every layer, or one per global layer (a mixed model); this stage takes the slots of its
+    own layers, which start at megatron's layer offset for (pipeline rank, vp_stage)."""
     num_layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer] * num_layers, layer_norm=backend.norm)
+    if isinstance(ffn, FFNSlot):
+        slots = [ffn] * num_layers
+    else:
+        offset = get_transformer_layer_offset(config, vp_stage=vp_stage)
+        slots = ffn[offset:offset + num_layers]
+    specs = {id(slot): gpt_layer_spec(backend, slot) for slot in slots}
+    return TransformerBlockSubmodules(layer_specs=[specs[id(slot)] for slot in slots], layer_norm=backend.norm)

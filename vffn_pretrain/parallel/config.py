@@ -17,7 +17,9 @@ class ParallelConfig:
     sp: bool = False  # sequence parallelism (needs tp > 1)
     cp: int = 1  # context parallelism; only 1 is supported for now
     ep: int = 1  # expert parallelism (MoE baseline)
-    pipeline_layout: str | None = None  # megatron-core layout string, e.g. "Ettt|tttL"
+    pipeline_layout: str | None = None  # megatron-core layout string, e.g. "Ettt|tttL", or "auto" (planned)
+    plan_memory_gib: float | None = None  # pipeline_layout=auto: memory budget per device (None: unlimited)
+    plan_costs: str | None = None  # pipeline_layout=auto: a `vffn-plan calibrate` JSON (None: analytic costs)
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False

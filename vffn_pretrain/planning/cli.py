@@ -3,7 +3,7 @@
 Prints a table (stage, layers, predicted forward/backward time per micro-batch, predicted memory, idle share) for
 the planned layout next to the even split (when legal), megatron's first/last-stage split (when legal) and an
 explicit `parallel.pipeline_layout` (when given); `--json` prints the same as one JSON object.
-`vffn-plan calibrate` is not implemented yet (it says so and exits 1).
+`vffn-plan calibrate [--out FILE] [overrides]` measures this machine's rates (see planning/calibrate.py).
 
 Options: --micro-batches M (default: train.global_batch_size / (train.micro_batch_size x --dp)), --dp (default 1),
 --memory-gib G (per device; default unlimited), --metrics PATH (loop mixes from a metrics.jsonl; default
@@ -55,11 +55,12 @@ def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     m, f, par, t = cfg.model, cfg.ffn, cfg.parallel, cfg.train
     shape = counting.ModelShape(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
                                 m.num_query_groups, m.padded_vocab_size(par.tp), t.seq_length, m.tied_embeddings)
-    ffn = counting.FFNShape(f.kind, f.num_experts, f.top_k, f.max_loops, f.loops)
+    ffns = f.counting_shape(m.num_layers)
+    ffns = ffns if isinstance(ffns, list) else [ffns] * m.num_layers
     step = costs.StepShape(t.micro_batch_size, t.seq_length, par.tp, par.sp,
                            4 if t.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
     mixes = latest_loop_mixes(args.metrics, m.num_layers)[0] if args.metrics else None
-    items = costs.model_items(shape, [ffn] * m.num_layers, step, mixes)
+    items = costs.model_items(shape, ffns, step, mixes)
     if args.micro_batches is not None and args.micro_batches < 1:
         raise ConfigError("--micro-batches", f"must be positive, got {args.micro_batches}")
     micro = args.micro_batches or t.global_batch_size // (t.micro_batch_size * args.dp)
@@ -122,6 +123,8 @@ def _stand_in_layout(raw) -> str | None:
     """The explicit layout, or None. Without one, the trainer insists that PP x VPP divides the layers; the
     planner exists for the other cases, so validation runs on an even stand-in layout instead."""
     par, layers = raw.parallel, int(raw.model.num_layers)
+    if par.pipeline_layout == "auto":  # what the trainer would plan is the "planned" row
+        par.pipeline_layout = None
     if par.pipeline_layout is not None or par.pp < 2:
         return par.pipeline_layout
     chunks = par.pp * (par.vpp or 1)
@@ -135,10 +138,9 @@ def _stand_in_layout(raw) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["calibrate"]:
-        # Not built yet: Timing.load reads the file format documented in timing.py; write one by hand meanwhile.
-        print("vffn-plan: calibrate is not implemented yet; pass --calibration FILE (format in "
-              "vffn_pretrain/planning/timing.py) or use the analytic --device costs", file=sys.stderr)
-        return 1
+        from vffn_pretrain.planning.calibrate import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     from vffn_pretrain.config import load_run_config

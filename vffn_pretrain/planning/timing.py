@@ -20,6 +20,9 @@ DEVICE_PROFILES = {
     "H200": {"peak_flops": 989e12, "p2p_bytes_per_s": 100e9},
     "H100": {"peak_flops": 989e12, "p2p_bytes_per_s": 100e9},
     "A100": {"peak_flops": 312e12, "p2p_bytes_per_s": 50e9},
+    # A CPU rank with gloo on loopback: a rough figure (fp32 matmuls on a few cores, gloo's ~0.1 ms per
+    # message); `vffn-plan calibrate` measures the machine instead.
+    "cpu": {"peak_flops": 100e9, "p2p_bytes_per_s": 2e9, "p2p_latency_s": 100e-6},
 }
 ANALYTIC_EFFICIENCY = 0.45
 
@@ -41,7 +44,7 @@ class Timing:
             raise ValueError(f"unknown device {device!r}; known: {', '.join(DEVICE_PROFILES)}")
         prof = DEVICE_PROFILES[device]
         s = 1.0 / (prof["peak_flops"] * efficiency)
-        return cls({"default": s}, {"default": s}, {}, 1.0 / prof["p2p_bytes_per_s"], 20e-6,
+        return cls({"default": s}, {"default": s}, {}, 1.0 / prof["p2p_bytes_per_s"], prof.get("p2p_latency_s", 20e-6),
                    f"analytic {device} peak x {efficiency}")
 
     @classmethod

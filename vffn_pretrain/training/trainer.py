@@ -45,17 +45,14 @@ EXIT_ERROR = 1
 EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps
 
 
-def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape]:
+def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape | list[counting.FFNShape]]:
     m = cfg.model
     model_shape = counting.ModelShape(
         num_layers=m.num_layers, d_model=m.hidden_size, d_ff=m.ffn_hidden_size, num_heads=m.num_attention_heads,
         num_query_groups=m.num_query_groups, vocab_size=m.padded_vocab_size(cfg.parallel.tp),
         seq_length=cfg.train.seq_length, tied_embeddings=m.tied_embeddings,
     )
-    f = cfg.ffn
-    ffn_shape = counting.FFNShape(kind=f.kind, num_experts=f.num_experts, top_k=f.top_k, max_loops=f.max_loops,
-                                  loops=f.loops)
-    return model_shape, ffn_shape
+    return model_shape, cfg.ffn.counting_shape(m.num_layers)  # a list of per-layer shapes for a mixed model
 
 
 class Trainer:
@@ -214,8 +211,9 @@ class Trainer:
         # Throughput and MFU count the width path as this layout computes it (the paper's count is for C).
         width_form = self.width_form = counting.width_path_form(cfg.ffn.kind, cfg.parallel.tp, self.device.type)
         # token-sparse recursion (not under SP) makes the backward follow the sampled loops: counted per window
-        self.token_sparse = (cfg.ffn.kind in ("versatile", "depth_only") and cfg.ffn.token_sparse_recursion
-                             and not (cfg.parallel.sp and cfg.parallel.tp > 1))
+        self.token_sparse = (cfg.ffn.token_sparse_recursion and not (cfg.parallel.sp and cfg.parallel.tp > 1)
+                             and any(k in ("versatile", "depth_only")
+                                     for k in cfg.ffn.layer_kinds(cfg.model.num_layers)))
         self.flops_per_token_executed = counting.flops_per_token(m_shape, f_shape, training=True,
                                                                  width_form=width_form,
                                                                  token_sparse=self.token_sparse)
@@ -376,11 +374,14 @@ class Trainer:
 
     def _executed_flops_per_token(self, stats: dict | None) -> float:
         """Training FLOPs per token as executed in the last logging window: with token-sparse recursion the FFN's
-        backward follows the loop mix sampled in that window (pooled over layers: the count is linear in the
-        mix and every layer has the same shape)."""
+        backward follows the loop mix sampled in that window (pooled over the adaptive layers: the count is
+        linear in the mix and those layers have the same shape)."""
         if not (self.token_sparse and stats):
             return self.flops_per_token_executed
-        hist = [sum(col) for col in zip(*(layer["loop_hist"] for layer in ffn_state.layer_stats(stats).values()))]
+        kinds = self.cfg.ffn.layer_kinds(self.cfg.model.num_layers)
+        adaptive = [layer["loop_hist"] for number, layer in ffn_state.layer_stats(stats).items()
+                    if kinds[number - 1] in ("versatile", "depth_only")]
+        hist = [sum(col) for col in zip(*adaptive)]
         if not hist or not sum(hist):
             return self.flops_per_token_executed
         m_shape, f_shape = model_shapes(self.cfg)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.model.layer_pattern import parse_layer_pattern
 
 FFN_KINDS = ("dense", "kloop", "moe", "versatile", "width_only", "depth_only")
 
@@ -24,6 +26,9 @@ class FFNConfig:
     width path only when lambda > 0); deeper loops run for their values alone (versatile, depth_only; not under
     sequence parallelism, where the all-token path runs). Same losses and gradients, less backward work and
     activation memory.
+    layers: per-layer kinds, null = every layer is `kind`; a list (["dense", "versatile", ...]) or a string
+    "dense*3,versatile*12" (quote it on the command line: ffn.layers='dense*3,versatile*12'). Every layer uses
+    the ffn.* settings above with its own kind. moe cannot be mixed with other kinds.
     """
 
     kind: str = "versatile"
@@ -38,12 +43,42 @@ class FFNConfig:
     balance_loss: bool = True
     balance_coeff: float = 1e-5
     token_sparse_recursion: bool = True
+    layers: list | str | None = None
 
-    def validate(self, d_ff: int, tp: int = 1) -> None:
+    def layer_kinds(self, num_layers: int) -> list[str]:
+        """The FFN kind of each of the `num_layers` layers (all `kind` when `layers` is null)."""
+        if self.layers is None:
+            return [self.kind] * num_layers
+        return parse_layer_pattern(self.layers, num_layers)
+
+    def is_mixed(self, num_layers: int) -> bool:
+        return len(set(self.layer_kinds(num_layers))) > 1
+
+    def for_kind(self, kind: str) -> FFNConfig:
+        """These settings for one layer of `kind` (what a layer's builder sees)."""
+        return dataclasses.replace(self, kind=kind, layers=None)
+
+    def counting_shape(self, num_layers: int):
+        """What `model.counting` takes: one FFNShape for a uniform model, a list (one per layer) for a mixed one."""
+        from vffn_pretrain.model.counting import FFNShape
+
+        shapes = {kind: FFNShape(kind, self.num_experts, self.top_k, self.max_loops, self.loops)
+                  for kind in set(self.layer_kinds(num_layers))}
+        if len(shapes) == 1:
+            return next(iter(shapes.values()))
+        return [shapes[kind] for kind in self.layer_kinds(num_layers)]
+
+    def validate(self, d_ff: int, tp: int = 1, num_layers: int | None = None) -> None:
+        """Checks `kind` and, with `num_layers`, the `layers` pattern; then the settings of every kind in use."""
         if self.kind not in FFN_KINDS:
             raise ConfigError("ffn.kind", f"must be one of {', '.join(FFN_KINDS)}, got {self.kind!r}")
-        uses_experts = self.kind in ("versatile", "width_only", "moe")
-        uses_loops = self.kind in ("versatile", "depth_only")
+        kinds = [self.kind] if num_layers is None or self.layers is None else self.layer_kinds(num_layers)
+        for kind in dict.fromkeys(kinds):
+            self._validate_kind(kind, d_ff, tp)
+
+    def _validate_kind(self, kind: str, d_ff: int, tp: int) -> None:
+        uses_experts = kind in ("versatile", "width_only", "moe")
+        uses_loops = kind in ("versatile", "depth_only")
         if uses_experts:
             if not isinstance(self.num_experts, int) or self.num_experts < 1:
                 raise ConfigError("ffn.num_experts", f"must be a positive integer, got {self.num_experts!r}")
@@ -66,7 +101,7 @@ class FFNConfig:
                 raise ConfigError("ffn.tau_min", f"must be in (0, ffn.tau0={self.tau0}], got {self.tau_min!r}")
             if not 0 < self.tau_decay <= 1:
                 raise ConfigError("ffn.tau_decay", f"must be in (0, 1], got {self.tau_decay!r}")
-        if self.kind == "kloop" and (not isinstance(self.loops, int) or self.loops < 1):
+        if kind == "kloop" and (not isinstance(self.loops, int) or self.loops < 1):
             raise ConfigError("ffn.loops", f"must be an integer >= 1, got {self.loops!r}")
         if not isinstance(self.token_sparse_recursion, bool):
             raise ConfigError("ffn.token_sparse_recursion", f"must be true or false, got {self.token_sparse_recursion!r}")

@@ -1,0 +1,44 @@
+"""`vffn-plan calibrate` at tiny size: it writes the JSON `Timing.load` reads, with a rate per FFN kind of the
+pattern that reproduces the measured layer times through the cost model, and a measured gloo P2P figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from vffn_pretrain.planning import costs
+from vffn_pretrain.planning.timing import Timing
+
+TINY = ["model.num_layers=2", "model.hidden_size=64", "model.ffn_hidden_size=256", "model.num_attention_heads=4",
+        "model.vocab_size=512", "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=2",
+        "ffn.layers='dense,versatile'"]
+
+
+def _calibrate(tmp_path, *args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", *args], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+
+def test_calibration_file_reproduces_the_measured_layer_times(tmp_path):
+    out = _calibrate(tmp_path, "--out", "cal.json", "--rounds", "2", *TINY)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)["measured"]
+    timing = Timing.load(tmp_path / "cal.json")
+    assert set(timing.forward) == {"dense", "versatile", "default"}
+    for kind in ("dense", "versatile"):
+        item = costs.ItemCost("t", kind, report[kind]["forward_flops"], report[kind]["backward_flops"], 0, 0, 0)
+        assert abs(timing.forward_s(item) - report[kind]["forward_s"]) <= 1e-9 * report[kind]["forward_s"]
+        assert abs(timing.backward_s(item) - report[kind]["backward_s"]) <= 1e-9 * report[kind]["backward_s"]
+        assert report[kind]["forward_s"] > 0
+    assert report["p2p"]["latency_s"] > 0 and timing.p2p_latency_s == report["p2p"]["latency_s"]
+
+
+def test_bad_override_is_one_line_exit_2(tmp_path):
+    out = _calibrate(tmp_path, *TINY[:-1], "ffn.layers='dense*3'")
+    assert out.returncode == 2 and "ffn.layers" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "calibration.json").exists()

@@ -80,8 +80,8 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str,
     return out
 
 
-def llama_config_kwargs(model_cfg, vocab_size: int, tokenizer_ids: dict) -> dict:
-    """LlamaConfig keyword arguments for a dense megatron model (`vocab_size`: the padded embedding rows)."""
+def _shape_kwargs(model_cfg, vocab_size: int, tokenizer_ids: dict) -> dict:
+    """The config fields a Llama and a Vffn export share (`vocab_size`: the padded embedding rows)."""
     return dict(
         vocab_size=vocab_size,
         hidden_size=model_cfg.hidden_size,
@@ -89,15 +89,22 @@ def llama_config_kwargs(model_cfg, vocab_size: int, tokenizer_ids: dict) -> dict
         num_hidden_layers=model_cfg.num_layers,
         num_attention_heads=model_cfg.num_attention_heads,
         num_key_value_heads=model_cfg.num_query_groups or model_cfg.num_attention_heads,
-        hidden_act="silu",
         max_position_embeddings=model_cfg.max_position_embeddings,
         rms_norm_eps=model_cfg.norm_epsilon,
-        rope_parameters={"rope_type": "default", "rope_theta": float(model_cfg.rotary_base)},
-        attention_bias=False,
-        mlp_bias=False,
         tie_word_embeddings=bool(model_cfg.tied_embeddings),
         initializer_range=model_cfg.init_std,
         **tokenizer_ids,
+    )
+
+
+def llama_config_kwargs(model_cfg, vocab_size: int, tokenizer_ids: dict) -> dict:
+    """LlamaConfig keyword arguments for a dense megatron model."""
+    return dict(
+        _shape_kwargs(model_cfg, vocab_size, tokenizer_ids),
+        hidden_act="silu",
+        rope_parameters={"rope_type": "default", "rope_theta": float(model_cfg.rotary_base)},
+        attention_bias=False,
+        mlp_bias=False,
     )
 
 
@@ -105,20 +112,10 @@ def vffn_config_kwargs(model_cfg, ffn_cfg, vocab_size: int, tokenizer_ids: dict)
     """VffnConfig keyword arguments for a megatron model of any non-dense kind."""
     loops = {"kloop": ffn_cfg.loops, "width_only": 1}.get(ffn_cfg.kind, ffn_cfg.max_loops)
     return dict(
-        vocab_size=vocab_size,
-        hidden_size=model_cfg.hidden_size,
-        intermediate_size=model_cfg.ffn_hidden_size,
-        num_hidden_layers=model_cfg.num_layers,
-        num_attention_heads=model_cfg.num_attention_heads,
-        num_key_value_heads=model_cfg.num_query_groups or model_cfg.num_attention_heads,
-        max_position_embeddings=model_cfg.max_position_embeddings,
+        _shape_kwargs(model_cfg, vocab_size, tokenizer_ids),
         rotary_base=float(model_cfg.rotary_base),
-        rms_norm_eps=model_cfg.norm_epsilon,
         ffn_kind=ffn_cfg.kind,
         num_experts=ffn_cfg.num_experts,
         top_k=ffn_cfg.top_k,
         max_loops=loops,
-        initializer_range=model_cfg.init_std,
-        tie_word_embeddings=bool(model_cfg.tied_embeddings),
-        **tokenizer_ids,
     )

@@ -189,7 +189,8 @@ def _encode_long(tokenizer, text: str, config: WorkerConfig) -> np.ndarray:
                                            f"{config.max_doc_bytes / 1e6:g} and {why}")
         cuts = [0, len(text)]
     vocab = tokenizer.vocab_size
-    return np.concatenate([_as_array(tokenizer.tokenize(text[a:b]), vocab, config.dtype)
+    # tokenize_batch of one piece: the batch call of a HuggingFace tokenizer skips offset tracking.
+    return np.concatenate([_as_array(tokenizer.tokenize_batch([text[a:b]])[0], vocab, config.dtype)
                            for a, b in zip(cuts, cuts[1:])])
 
 

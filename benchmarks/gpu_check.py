@@ -23,7 +23,9 @@ of GPU memory reports that and the next step still runs:
 
 It writes gpu_check.md (a table per step) and gpu_check.json to --out, each step's log beside them, and exits
 0 when every step passed, 1 otherwise. --quick runs the same steps at toy sizes (the CPU test suite runs it).
-The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one.
+The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one. Each step runs in a process group of
+its own; stopping the runner (Ctrl-C, SIGTERM: exit 130 / 143, no report) kills that group, and a step whose
+runner was killed outright (kill -9) kills its own group, so no step or trainer process outlives the check.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ skip is an error (``--strict``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -159,13 +160,12 @@ class _Skip(Exception):
         self.reason, self.detail = reason, detail
 
 
-def _as_array(ids: list[int], vocab: int, dtype: str) -> np.ndarray:
-    """Token ids as an array of the output dtype; ``_Skip`` if one is outside the vocabulary."""
-    arr = np.asarray(ids, dtype=np.int64)
-    if arr.size and (arr.max() >= vocab or arr.min() < 0):
-        bad = int(arr[(arr >= vocab) | (arr < 0)][0])
+def _check_range(ids: list[int], vocab: int) -> list[int]:
+    """``ids`` unchanged; ``_Skip`` if one is outside the vocabulary."""
+    if ids and (max(ids) >= vocab or min(ids) < 0):
+        bad = next(i for i in ids if i >= vocab or i < 0)
         raise _Skip(TOKEN_OUT_OF_RANGE, f"token id {bad} outside [0, {vocab})")
-    return arr.astype(dtype)
+    return ids
 
 
 def _utf8_size(text: str) -> int:
@@ -190,14 +190,14 @@ def _encode_long(tokenizer, text: str, config: WorkerConfig) -> np.ndarray:
         cuts = [0, len(text)]
     vocab = tokenizer.vocab_size
     # tokenize_batch of one piece: the batch call of a HuggingFace tokenizer skips offset tracking.
-    return np.concatenate([_as_array(tokenizer.tokenize_batch([text[a:b]])[0], vocab, config.dtype)
+    return np.concatenate([np.array(_check_range(tokenizer.tokenize_batch([text[a:b]])[0], vocab), config.dtype)
                            for a, b in zip(cuts, cuts[1:])])
 
 
-def _encode_all(tokenizer, texts: list[str], config: WorkerConfig) -> list[np.ndarray | _Skip]:
-    """Each text's ids as an array of the output dtype, or the ``_Skip`` that explains why not. Short texts are
-    encoded in one batch; long ones one at a time (``_encode_long``)."""
-    out: list[np.ndarray | _Skip | None] = [None] * len(texts)
+def _encode_all(tokenizer, texts: list[str], config: WorkerConfig) -> list[list[int] | np.ndarray | _Skip]:
+    """Each text's ids (a list for a short text, an array of the output dtype for a long one), or the ``_Skip``
+    that explains why not. Short texts are encoded in one batch; long ones one at a time (``_encode_long``)."""
+    out: list[list[int] | np.ndarray | _Skip | None] = [None] * len(texts)
     short = [k for k, t in enumerate(texts) if len(t) <= config.piece_chars]
     for k, ids in zip(short, _tokenize_all(tokenizer, [texts[k] for k in short])):
         out[k] = ids
@@ -209,12 +209,16 @@ def _encode_all(tokenizer, texts: list[str], config: WorkerConfig) -> list[np.nd
                 err = out[k]
                 out[k] = _Skip(TOKENIZE_ERROR, f"{type(err).__name__}: {err}")
             else:
-                out[k] = _as_array(out[k], tokenizer.vocab_size, config.dtype)
+                out[k] = _check_range(out[k], tokenizer.vocab_size)
         except _Skip as skip:
             out[k] = skip
         except Exception as err:
             out[k] = _Skip(TOKENIZE_ERROR, f"{type(err).__name__}: {err}")
     return out
+
+
+def _flatten(docs: list[list[int]], dtype: str) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=sum(map(len, docs)))
 
 
 def process_chunk(chunk: Chunk, tokenizer=None, config: WorkerConfig | None = None) -> ChunkResult:
@@ -233,20 +237,24 @@ def process_chunk(chunk: Chunk, tokenizer=None, config: WorkerConfig | None = No
         texts.append(text)
     docs_read = len(texts) + len(skips)
 
-    docs: list[np.ndarray] = []
+    # Each document followed by the end-of-document id. Runs of short documents (lists) become one array in one
+    # pass; a long document is already an array.
+    lengths: list[int] = []
+    segments: list[np.ndarray] = []
+    run: list[list[int]] = []
     for lineno, ids in zip(lines, _encode_all(tokenizer, texts, config)):
         if isinstance(ids, _Skip):
             skips.append((lineno, ids.reason, ids.detail))
-        else:
-            docs.append(ids)
+            continue
+        lengths.append(len(ids) + 1)
+        if isinstance(ids, list):
+            ids.append(tokenizer.eod)
+            run.append(ids)
+            continue
+        segments += [_flatten(run, config.dtype), ids, np.array([tokenizer.eod], config.dtype)]
+        run = []
+    segments.append(_flatten(run, config.dtype))
     skips.sort(key=lambda s: s[0])  # input order, whichever stage found the problem
-
-    # Each document followed by the end-of-document id.
-    lengths = np.fromiter((d.size + 1 for d in docs), dtype=np.int32, count=len(docs))
-    tokens = np.empty(int(lengths.sum()), dtype=config.dtype)
-    ends = np.cumsum(lengths)
-    for doc, end in zip(docs, ends):
-        tokens[end - 1 - doc.size:end - 1] = doc
-    tokens[ends - 1] = tokenizer.eod
-    return ChunkResult(chunk.path, tokens, lengths, docs_read, skips, chunk.progress_bytes, chunk.text_bytes,
-                       blank_lines=len(blank))
+    tokens = np.concatenate(segments) if len(segments) > 1 else segments[0]
+    return ChunkResult(chunk.path, tokens, np.array(lengths, dtype=np.int32), docs_read, skips,
+                       chunk.progress_bytes, chunk.text_bytes, blank_lines=len(blank))

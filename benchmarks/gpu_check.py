@@ -23,7 +23,9 @@ of GPU memory reports that and the next step still runs:
 
 It writes gpu_check.md (a table per step) and gpu_check.json to --out, each step's log beside them, and exits
 0 when every step passed, 1 otherwise. --quick runs the same steps at toy sizes (the CPU test suite runs it).
-The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one.
+The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one. Each step runs in a process group of
+its own; stopping the runner (Ctrl-C, SIGTERM: exit 130 / 143, no report) kills that group, and a step whose
+runner was killed outright (kill -9) kills its own group, so no step or trainer process outlives the check.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -46,6 +49,9 @@ ROOT = HERE.parent
 STEPS = [("environment", 45, 120), ("correctness", 75, 180), ("layer_speed", 75, 120),
          ("throughput", 195, 240), ("resume", 90, 240)]
 BREAK_ENV = "VFFN_GPU_CHECK_BREAK"  # a step name: that step raises at its start (the tests break one on purpose)
+# A step name: that step waits on a subprocess that prints nothing and never ends, as a stuck trainer would (the
+# tests stop the runner then).
+HANG_ENV = "VFFN_GPU_CHECK_HANG"
 
 
 # ---------------------------------------------------------------------------------------------------- steps
@@ -260,12 +266,19 @@ def run_child(args) -> int:
     warnings.filterwarnings("ignore")
     sys.path.insert(0, str(HERE))
     sys.path.insert(1, str(ROOT))
+    from vffn_pretrain.lifetime import exit_with_parent
+
+    # A runner killed with kill -9 cannot stop this step (it leads its own process group): the step takes its
+    # group, the trainer processes it started included, down with it.
+    exit_with_parent(take_group=True)
     name = args.step
     path = args.out / f"step-{name}.json"
     start = time.perf_counter()
     try:
         if os.environ.get(BREAK_ENV) == name:
             raise RuntimeError(f"broken on purpose ({BREAK_ENV}={name})")
+        if os.environ.get(HANG_ENV) == name:
+            subprocess.run([sys.executable, "-c", "import time; time.sleep(3600)"])
         result = STEP_FUNCS[name](args)
     except Exception as e:  # noqa: BLE001 - the step's failure is its result
         import traceback
@@ -289,10 +302,14 @@ def run_step(name: str, limit: float, args) -> dict:
         try:
             proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)  # the step and anything it started
-            proc.wait()
             return {"ok": False, "status": "timeout", "seconds": time.perf_counter() - start,
                     "summary": f"no result within its {limit:g} s limit (log: {log.name})"}
+        finally:
+            # Timed out, or this runner is stopping (Ctrl-C, SIGTERM: see main): the step and anything it
+            # started go too. A group already gone is fine.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     if not result_path.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
         return {"ok": False, "status": "failed", "seconds": time.perf_counter() - start,
@@ -355,6 +372,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step:
         return run_child(args)
+    # SIGTERM (a job's time limit, a test's timeout) unwinds like Ctrl-C, through run_step's clean-up.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     limits = {name: quick if args.quick else gpu for name, gpu, quick in STEPS}
     for item in args.timeout:
         name, _, seconds = item.partition("=")
@@ -368,7 +387,12 @@ def main(argv=None) -> int:
         if args.only and name not in args.only:
             steps[name] = {"ok": True, "status": "skipped", "seconds": 0.0, "summary": "not asked for (--only)"}
             continue
-        steps[name] = run_step(name, limits[name], args)
+        try:
+            steps[name] = run_step(name, limits[name], args)
+        except KeyboardInterrupt:
+            print(f"gpu_check: interrupted during step {name}; its processes were stopped, no report written",
+                  file=sys.stderr)
+            return 130
         print(f"{name}: {steps[name]['status']} ({steps[name]['seconds']:.0f} s) {steps[name]['summary']}",
               file=sys.stderr, flush=True)
     device = steps["environment"].get("info", {}).get("device", "unknown device")

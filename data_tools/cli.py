@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from data_tools import readers
+from data_tools.worker import DEFAULT_MAX_DOC_MB
 
 TOKENIZER_HELP = ("tokenizer: a HuggingFace tokenizer.json, a tiktoken BPE file (optionally 'tiktoken:PATH'), "
                   "'null:N' (megatron-core's null tokenizer, for tests), or 'bundled' (the default: the BPE shipped "
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output prefix")
     p.add_argument("--strict", action="store_true", help="stop with an error at the first bad record")
     p.add_argument("--chunk-mb", type=float, default=1.0, help="input chunk size handed to a worker [1.0]")
+    p.add_argument("--max-doc-mb", type=float, default=DEFAULT_MAX_DOC_MB, metavar="MB",
+                   help="documents over 1M characters are encoded in pieces cut where the ids come out the same "
+                        "(the bundled BPE, GPT-2/cl100k/o200k tiktoken files); a document that cannot be cut so "
+                        "is encoded whole if it is at most MB megabytes of UTF-8 and skipped with a warning "
+                        "naming its file and line otherwise (an error with --strict). Encoding takes about 100x "
+                        "the document in memory [%(default)g]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
@@ -117,6 +124,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if hasattr(args, "chunk_mb"):
         need(math.isfinite(args.chunk_mb) and 0 < args.chunk_mb <= 1024, "--chunk-mb", "a number in (0, 1024]",
              args.chunk_mb)
+    if hasattr(args, "max_doc_mb"):
+        need(math.isfinite(args.max_doc_mb) and 0 < args.max_doc_mb <= 4096, "--max-doc-mb",
+             "a number in (0, 4096]", args.max_doc_mb)
     if hasattr(args, "min_frequency"):
         need(args.min_frequency >= 1, "--min-frequency", ">= 1", args.min_frequency)
     if hasattr(args, "vocab_size"):
@@ -137,6 +147,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             inputs=args.input, output_prefix=args.output_prefix, tokenizer=args.tokenizer, workers=workers,
             text_key=args.text_key, split_on_blank_lines=args.split_on_blank_lines, format=args.format,
             overwrite=args.overwrite, strict=args.strict, chunk_bytes=int(args.chunk_mb * (1 << 20)),
+            max_doc_mb=args.max_doc_mb,
             progress=not args.no_progress and sys.stderr.isatty(), argv=argv,
         ))
         print(_summary(report))

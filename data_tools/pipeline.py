@@ -22,7 +22,16 @@ from dataclasses import dataclass
 from data_tools import readers
 from data_tools.prefix import check_output, report_path, smallest_dtype
 from data_tools.report import SkipLog, base_report, now_iso, write_json_atomic
-from data_tools.worker import ChunkResult, WorkerConfig, init_worker, process_chunk, set_state
+from data_tools.worker import (
+    DEFAULT_MAX_DOC_MB,
+    DOCUMENT_TOO_LONG,
+    PIECE_CHARS,
+    ChunkResult,
+    WorkerConfig,
+    init_worker,
+    process_chunk,
+    set_state,
+)
 
 
 class StrictModeError(ValueError):
@@ -45,6 +54,8 @@ class TokenizeOptions:
     overwrite: bool = False
     strict: bool = False
     chunk_bytes: int = readers.DEFAULT_CHUNK_BYTES
+    # Documents that cannot be encoded in pieces are encoded whole up to this size, skipped above it.
+    max_doc_mb: float = DEFAULT_MAX_DOC_MB
     progress: bool = False
     argv: list[str] | None = None
     # Test hook: called with each result before it is written (lets tests interrupt a run mid-way).
@@ -183,7 +194,11 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     if why:
         print(f"vffn-data: {why}", file=sys.stderr)
     dtype = smallest_dtype(tokenizer.vocab_size)
-    config = WorkerConfig(text_key=opts.text_key, dtype=dtype.__name__)
+    max_doc_bytes = int(opts.max_doc_mb * 1e6)
+    # A document of at most piece_chars characters is encoded whole; at 4 UTF-8 bytes a character at most, it
+    # stays within the limit.
+    config = WorkerConfig(text_key=opts.text_key, dtype=dtype.__name__, max_doc_bytes=max_doc_bytes,
+                          piece_chars=max(1, min(PIECE_CHARS, max_doc_bytes // 4)))
     skips = SkipLog()
     per_file: dict[str, dict] = {
         f.path: {"documents_read": 0, "documents_written": 0, "skipped": 0, "blank_lines_ignored": 0} for f in files
@@ -209,6 +224,8 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
                 for line, reason, detail in result.skips:
                     if opts.strict:
                         raise StrictModeError(f"{result.path}:{line}: {reason}: {detail} (--strict)")
+                    if reason == DOCUMENT_TOO_LONG:  # rare, and a whole document lost: say so as it happens
+                        print(f"vffn-data: warning: {result.path}:{line}: {detail}; skipped", file=sys.stderr)
                     skips.add(result.path, line, reason, detail)
                 out.add_documents(result.tokens, result.lengths)
                 stats["documents_read"] += result.docs_read
@@ -238,7 +255,8 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
         "output": files_info,
         "dtype": dtype.__name__,
         "options": {"text_key": opts.text_key, "split_on_blank_lines": opts.split_on_blank_lines,
-                    "format": opts.format, "strict": opts.strict, "workers": workers},
+                    "format": opts.format, "strict": opts.strict, "workers": workers,
+                    "max_doc_mb": opts.max_doc_mb},
         "tokenizer": tokenizer.identity(),
         "documents": {"read": docs_read, "written": docs_written, "skipped": skips.total},
         "tokens": tokens,

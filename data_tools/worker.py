@@ -27,6 +27,12 @@ BAD_FIELD_TYPE = "bad_field_type"
 EMPTY_DOCUMENT = "empty_document"
 TOKENIZE_ERROR = "tokenize_error"
 TOKEN_OUT_OF_RANGE = "token_out_of_range"
+DOCUMENT_TOO_LONG = "document_too_long"
+
+# Documents longer than this many characters are encoded in pieces (or whole up to --max-doc-mb, see
+# ``_encode_long``): a byte-level BPE needs about a hundred times its input in memory while it encodes.
+PIECE_CHARS = 1 << 20
+DEFAULT_MAX_DOC_MB = 16.0
 
 
 @dataclass
@@ -47,6 +53,11 @@ class ChunkResult:
 class WorkerConfig:
     text_key: str
     dtype: str
+    # The largest document (UTF-8 bytes) encoded whole when it cannot be encoded in pieces; longer ones are
+    # skipped as DOCUMENT_TOO_LONG.
+    max_doc_bytes: int = int(DEFAULT_MAX_DOC_MB * 1e6)
+    # The longest text (characters) handed to the tokenizer in one call when a document can be cut.
+    piece_chars: int = PIECE_CHARS
 
 
 _STATE: dict = {}
@@ -141,6 +152,75 @@ def _tokenize_all(tokenizer, texts: list[str]) -> list[list[int] | Exception]:
         return out
 
 
+class _Skip(Exception):
+    """A document that is skipped: ``reason`` (a skip reason above) and ``detail``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def _check_range(ids: list[int], vocab: int) -> list[int]:
+    """``ids`` unchanged; ``_Skip`` if one is outside the vocabulary."""
+    if ids and (max(ids) >= vocab or min(ids) < 0):
+        bad = next(i for i in ids if i >= vocab or i < 0)
+        raise _Skip(TOKEN_OUT_OF_RANGE, f"token id {bad} outside [0, {vocab})")
+    return ids
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _encode_long(tokenizer, text: str, config: WorkerConfig) -> np.ndarray:
+    """Encode a document longer than ``config.piece_chars``: in pieces cut where the concatenated ids equal the
+    whole document's (``pieces.safe_cuts``) when the tokenizer allows it, else whole if its UTF-8 size is at
+    most ``config.max_doc_bytes``, else ``_Skip`` (DOCUMENT_TOO_LONG). Either way no tokenizer call sees more
+    than max(piece_chars characters, max_doc_bytes bytes): its memory is many times its input's."""
+    from vffn_pretrain.data.pieces import safe_cuts
+
+    cuts = safe_cuts(text, config.piece_chars) if tokenizer.piecewise_safe else None
+    if cuts is None:
+        size = _utf8_size(text)
+        if size > config.max_doc_bytes:
+            why = ("no safe place to cut it into pieces" if tokenizer.piecewise_safe
+                   else f"the tokenizer {tokenizer.name} cannot be run on pieces")
+            raise _Skip(DOCUMENT_TOO_LONG, f"document of {size / 1e6:.3g} MB is over --max-doc-mb "
+                                           f"{config.max_doc_bytes / 1e6:g} and {why}")
+        cuts = [0, len(text)]
+    vocab = tokenizer.vocab_size
+    # tokenize_batch of one piece: the batch call of a HuggingFace tokenizer skips offset tracking.
+    return np.concatenate([np.array(_check_range(tokenizer.tokenize_batch([text[a:b]])[0], vocab), config.dtype)
+                           for a, b in zip(cuts, cuts[1:])])
+
+
+def _encode_all(tokenizer, texts: list[str], config: WorkerConfig) -> list[list[int] | np.ndarray | _Skip]:
+    """Each text's ids (a list for a short text, an array of the output dtype for a long one), or the ``_Skip``
+    that explains why not. Short texts are encoded in one batch; long ones one at a time (``_encode_long``)."""
+    out: list[list[int] | np.ndarray | _Skip | None] = [None] * len(texts)
+    short = [k for k, t in enumerate(texts) if len(t) <= config.piece_chars]
+    for k, ids in zip(short, _tokenize_all(tokenizer, [texts[k] for k in short])):
+        out[k] = ids
+    for k, text in enumerate(texts):
+        try:
+            if out[k] is None:
+                out[k] = _encode_long(tokenizer, text, config)
+            elif isinstance(out[k], Exception):
+                err = out[k]
+                out[k] = _Skip(TOKENIZE_ERROR, f"{type(err).__name__}: {err}")
+            else:
+                out[k] = _check_range(out[k], tokenizer.vocab_size)
+        except _Skip as skip:
+            out[k] = skip
+        except Exception as err:
+            out[k] = _Skip(TOKENIZE_ERROR, f"{type(err).__name__}: {err}")
+    return out
+
+
+def _flatten(docs: list[list[int]], dtype: str) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(docs), dtype=dtype, count=sum(map(len, docs)))
+
+
 def process_chunk(chunk: Chunk, tokenizer=None, config: WorkerConfig | None = None) -> ChunkResult:
     """Decode, validate and tokenize one chunk (see the module docstring)."""
     tokenizer = tokenizer or _STATE["tokenizer"]
@@ -157,22 +237,24 @@ def process_chunk(chunk: Chunk, tokenizer=None, config: WorkerConfig | None = No
         texts.append(text)
     docs_read = len(texts) + len(skips)
 
-    eod, vocab = tokenizer.eod, tokenizer.vocab_size
-    pieces: list[list[int]] = []
-    for lineno, ids in zip(lines, _tokenize_all(tokenizer, texts)):
-        if isinstance(ids, Exception):
-            skips.append((lineno, TOKENIZE_ERROR, f"{type(ids).__name__}: {ids}"))
+    # Each document followed by the end-of-document id. Runs of short documents (lists) become one array in one
+    # pass; a long document is already an array.
+    lengths: list[int] = []
+    segments: list[np.ndarray] = []
+    run: list[list[int]] = []
+    for lineno, ids in zip(lines, _encode_all(tokenizer, texts, config)):
+        if isinstance(ids, _Skip):
+            skips.append((lineno, ids.reason, ids.detail))
             continue
-        if ids and (max(ids) >= vocab or min(ids) < 0):
-            bad = next(i for i in ids if i >= vocab or i < 0)
-            skips.append((lineno, TOKEN_OUT_OF_RANGE, f"token id {bad} outside [0, {vocab})"))
+        lengths.append(len(ids) + 1)
+        if isinstance(ids, list):
+            ids.append(tokenizer.eod)
+            run.append(ids)
             continue
-        ids.append(eod)
-        pieces.append(ids)
+        segments += [_flatten(run, config.dtype), ids, np.array([tokenizer.eod], config.dtype)]
+        run = []
+    segments.append(_flatten(run, config.dtype))
     skips.sort(key=lambda s: s[0])  # input order, whichever stage found the problem
-
-    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int32, count=len(pieces))
-    total = int(lengths.sum())
-    tokens = np.fromiter(itertools.chain.from_iterable(pieces), dtype=config.dtype, count=total)
-    return ChunkResult(chunk.path, tokens, lengths, docs_read, skips, chunk.progress_bytes, chunk.text_bytes,
-                       blank_lines=len(blank))
+    tokens = np.concatenate(segments) if len(segments) > 1 else segments[0]
+    return ChunkResult(chunk.path, tokens, np.array(lengths, dtype=np.int32), docs_read, skips,
+                       chunk.progress_bytes, chunk.text_bytes, blank_lines=len(blank))

@@ -3,13 +3,19 @@ as such while the steps after it still run and report."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from tests.faults.processes import children, wait_until_gone
+from tests.faults.test_processes import GONE_WITHIN_S
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
 STEPS = ["environment", "correctness", "layer_speed", "throughput", "resume"]
@@ -65,3 +71,31 @@ def test_unknown_step_in_timeout_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "nosuch" in proc.stderr
+
+
+@pytest.mark.parametrize("sig, hang", [(signal.SIGKILL, False), (signal.SIGKILL, True), (signal.SIGTERM, False),
+                                       (signal.SIGINT, False)], ids=["kill-9", "kill-9-silent-child", "term", "int"])
+def test_a_stopped_runner_leaves_no_step_process(tmp_path, sig, hang):
+    # The resume step runs vffn-pretrain in subprocesses: stop the runner while one of them is running. With
+    # `hang`, the step's subprocess prints nothing, so it cannot die of a broken pipe when the step goes.
+    env = dict(os.environ, OMP_NUM_THREADS="1", **({"VFFN_GPU_CHECK_HANG": "resume"} if hang else {}))
+    runner = subprocess.Popen([sys.executable, str(SCRIPT), "--quick", "--only", "resume", "--out", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              env=env)
+    deadline = time.monotonic() + 300
+    while not (steps := children(runner.pid)) or not any(children(s) for s in steps):
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+        time.sleep(0.1)
+    step = steps[0]  # leads a session of its own
+    os.kill(runner.pid, sig)
+    _, err = runner.communicate(timeout=120)
+    survivors = wait_until_gone(step, GONE_WITHIN_S) + wait_until_gone(runner.pid, GONE_WITHIN_S)
+    for group in (step, runner.pid):  # clean up before failing
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    assert not survivors, survivors
+    if sig == signal.SIGTERM:
+        assert runner.returncode == 128 + signal.SIGTERM
+    if sig == signal.SIGINT:
+        assert runner.returncode == 130 and "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith("gpu_check: interrupted during step resume")

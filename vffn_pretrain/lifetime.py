@@ -13,6 +13,7 @@ pipe.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -20,8 +21,11 @@ POLL_S = 0.5
 _started = False
 
 
-def exit_with_parent(poll_s: float = POLL_S) -> None:
-    """Start watching (once per process): when the parent process dies, exit at once (status 1)."""
+def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False) -> None:
+    """Start watching (once per process): when the parent process dies, exit at once (status 1).
+
+    With ``take_group``, a process that leads its own process group (started with ``start_new_session``)
+    kills the whole group instead, so that its own subprocesses, which do not watch it, go with it."""
     global _started
     if _started:
         return
@@ -31,6 +35,8 @@ def exit_with_parent(poll_s: float = POLL_S) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
+        if take_group and os.getpgid(0) == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)  # this process included
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

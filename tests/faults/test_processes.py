@@ -79,3 +79,47 @@ def test_killed_tokenizer_leaves_no_worker_and_its_partial_files_are_swept(tmp_p
                       "--workers", "0"]) == 0
     assert f"removed {partial}, left by process {proc.pid}, which is gone" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.glob("out*")) == ["out.bin", "out.idx", "out.report.json"]
+
+
+def test_a_thousand_workers_are_capped_and_ctrl_c_stops_the_run_cleanly(tmp_path):
+    from data_tools.pipeline import usable_cpus
+
+    src = tmp_path / "big.jsonl"
+    line = json.dumps({"text": " ".join(str(i % 97) for i in range(2000))}) + "\n"
+    src.write_text(line * 4000)  # about 40 MB: the run is still going when Ctrl-C comes
+    prefix = tmp_path / "out"
+    cmd = [sys.executable, "-m", "data_tools.cli", "tokenize", "--input", str(src), "--output-prefix", str(prefix),
+           "--tokenizer", "null:100", "--workers", "1000", "--chunk-mb", "0.05", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    partial = tmp_path / f"out.bin.partial-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.stat().st_size > 0):  # started, and making progress
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    workers = len(children(proc.pid))
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        survivors = wait_until_gone(proc.pid, GONE_WITHIN_S)
+        if survivors:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert 1 <= workers <= usable_cpus()
+    assert f"--workers 1000 capped at {usable_cpus()}: {usable_cpus()} usable CPUs" in err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == "vffn-data: interrupted; no output was written"
+    assert not survivors, survivors
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no partial, no report, no prefix
+
+
+def test_a_thousand_workers_on_a_small_input_run_as_one(tmp_path):
+    src = tmp_path / "small.jsonl"
+    src.write_text('{"text": "1 2 3"}\n{"text": "4 5"}\n')
+    cmd = [sys.executable, "-m", "data_tools.cli", "tokenize", "--input", str(src), "--output-prefix",
+           str(tmp_path / "out"), "--tokenizer", "null:100", "--workers", "1000", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "--workers 1000 capped at 1:" in done.stderr
+    report = json.loads((tmp_path / "out.report.json").read_text())
+    assert report["options"]["workers"] == 1 and report["documents"]["written"] == 2

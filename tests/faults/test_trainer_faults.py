@@ -7,6 +7,7 @@ kill or a second process is the point.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 
@@ -127,3 +128,26 @@ def test_generate_falls_back_past_a_broken_newest_checkpoint(rank_pools, base_ov
     assert text.startswith("1 2")
     err = capsys.readouterr().err
     assert f"checkpoint {newest} failed to load" in err and "trying the previous one" in err
+
+
+def _train_steps(metrics):
+    """The step of each training record in metrics.jsonl, in file order (evaluation records aside)."""
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    return [r["step"] for r in records if "loss" in r]
+
+
+def test_metrics_hold_each_step_once_after_a_resume_past_the_checkpoint(rank_pools, base_overrides, tmp_path):
+    # A run that saved at step 3, logged steps 4 and 5 and died before its next save: made by training to step 5
+    # and removing the step-5 checkpoint. The resumed run repeats steps 4 and 5; metrics.jsonl must hold them once.
+    run = tmp_path / "run"
+    first = rank_pools(1).run(trainer_cases.train_collecting_warnings,
+                              _args(base_overrides, run, "train.max_steps=5", "checkpoint.interval=3"))[0]
+    assert first["exit_code"] == 0
+    ckpts = run / "checkpoints"
+    shutil.rmtree(ckpts / "step_0000005")
+    (ckpts / "latest").write_text("step_0000003\n")
+    assert _train_steps(run / "metrics.jsonl") == [1, 2, 3, 4, 5]
+    second = rank_pools(1).run(trainer_cases.train_collecting_warnings,
+                               _args(base_overrides, run, "train.max_steps=6", "checkpoint.interval=3"))[0]
+    assert second["exit_code"] == 0
+    assert _train_steps(run / "metrics.jsonl") == [1, 2, 3, 4, 5, 6]

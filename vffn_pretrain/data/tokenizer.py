@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -61,6 +62,11 @@ class BaseTokenizer:
         """The tokenizer's identity as written into reports."""
         return {"name": self.name, "spec": self.spec, "class": type(self).__name__, "vocab_size": self.vocab_size,
                 "eod": self.eod, "pad": self.pad, "hash": self.hash}
+
+    # Whether encoding a text in the pieces ``pieces.safe_cuts`` makes, and concatenating the ids, gives exactly
+    # the ids of the whole text. Only claimed for the pre-tokenizers that module's reasoning covers (and its
+    # tests check); other tokenizers encode long documents whole, up to a size limit.
+    piecewise_safe: bool = False
 
     def tokenize(self, text: str) -> list[int]:
         raise NotImplementedError
@@ -110,6 +116,7 @@ class HFTokenizer(BaseTokenizer):
         self.name = name or self.path.name
         self.spec = str(self.path)
         self.hash = sha256_file(self.path)
+        self.piecewise_safe = _hf_piecewise_safe(json.loads(self._tok.to_str()))
 
     def tokenize(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
@@ -120,6 +127,33 @@ class HFTokenizer(BaseTokenizer):
 
     def detokenize(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+def _hf_piecewise_safe(config: dict) -> bool:
+    """True for a plain GPT-2 style byte-level BPE: no normalizer, the ``ByteLevel`` pre-tokenizer with its regex
+    and no prefix space, a deterministic BPE model, and only special added tokens (which ``encode_special_tokens``
+    makes ordinary text)."""
+    pre = config.get("pre_tokenizer") or {}
+    model = config.get("model") or {}
+    return (config.get("normalizer") is None
+            and pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space")
+            and model.get("type") == "BPE" and not model.get("dropout")
+            and all(t.get("special") for t in config.get("added_tokens") or []))
+
+
+# tiktoken encodings whose split pattern ``pieces.safe_cuts`` covers (GPT-2's, cl100k's, o200k's).
+_PIECEWISE_SAFE_TIKTOKEN = ("r50k_base", "p50k_base", "cl100k_base", "o200k_base")
+
+
+def _tiktoken_pattern(name: str) -> str | None:
+    """The split pattern of tiktoken's encoding ``name`` (None if this tiktoken lacks it); downloads nothing."""
+    from tiktoken_ext import openai_public
+
+    ctor = getattr(openai_public, "ENCODING_CONSTRUCTORS", {}).get(name)
+    if ctor is None:
+        return None
+    with _patched(openai_public, "load_tiktoken_bpe", lambda *a, **k: {}):
+        return ctor()["pat_str"]
 
 
 def _read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
@@ -180,6 +214,7 @@ class TiktokenTokenizer(BaseTokenizer):
         if "<|endoftext|>" not in special:
             raise ValueError(f"tiktoken encoding {self.path} has no <|endoftext|> token")
         self.vocab_size = self._enc.n_vocab
+        self.piecewise_safe = ctor["pat_str"] in {_tiktoken_pattern(n) for n in _PIECEWISE_SAFE_TIKTOKEN}
         self.eod = special["<|endoftext|>"]
         self.pad = next((special[t] for t in PAD_CANDIDATES if t in special), NO_PAD)
         self.name = self.path.name

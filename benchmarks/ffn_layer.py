@@ -1,4 +1,4 @@
-"""Forward+backward time and activation memory of one FFN layer per kind, relative to dense (spec §13).
+"""Forward+backward time and activation memory of one FFN layer per kind, relative to dense (docs/method.md §13).
 
 Usage: python benchmarks/ffn_layer.py [--d 512 --d-ff 2048 --seq 512 --batch 8 --rounds 5] [--json]
        [--no-token-sparse-rows]
@@ -13,7 +13,7 @@ primary figure is the process CPU time per step (median over rounds), which load
 far less than wall-clock time; the wall-clock minimum is printed next to it. The default is one intra-op thread
 on CPU: with several, idle OpenMP threads spin and that spinning is charged as CPU time whenever the cores are
 contended (--threads 2 uses both cores; then run it on a quiet machine). FLOP ratios come from
-vffn_pretrain.model.counting (spec §13 accounting: versatile training costs L_max + k/N dense passes forward,
+vffn_pretrain.model.counting (docs/method.md §13 accounting: versatile training costs L_max + k/N dense passes forward,
 and the backward of the same without token-sparse recursion or of E[l] + P(l < L_max) * k/N with it, at the
 sampled loop mix shown; eval costs E[l] + P(l < L_max) * k/N at the measured loop mix). "time/FLOP" is the time ratio divided by the FLOP ratio: 1.0
 means the layer costs exactly what its arithmetic costs relative to dense. The "§7" columns use the cheaper

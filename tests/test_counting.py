@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts against the numbers the spec derives independently (§8, §9, §13, Table 2),
+"""Parameter and FLOP counts against the numbers docs/method.md derives independently (§8, §9, §13, Table 2),
 and `vffn-info` (which reports them for a composed Hydra config) on a throwaway conf tree."""
 
 import json
@@ -24,7 +24,7 @@ from vffn_pretrain.model.counting import (
 )
 
 V_PADDED = 50_304
-PAPER = {  # d_model -> exact dense parameter count (spec §9.1)
+PAPER = {  # d_model -> exact dense parameter count (docs/method.md §9.1)
     1024: 354_712_576,
     1536: 720_812_544,
     2048: 1_212_741_632,
@@ -60,13 +60,13 @@ def test_dense_params_match_paper_exactly(d):
 
 @pytest.mark.parametrize(
     "d, overhead",
-    [(1024, 184_320), (1536, 276_480), (2048, 368_640)],  # spec §8
+    [(1024, 184_320), (1536, 276_480), (2048, 368_640)],  # docs/method.md §8
 )
 def test_versatile_params_add_router_and_loop_head(d, overhead):
     c = count_params(paper_model(d), VFFN)
     assert c["params_total"] == PAPER[d] + overhead
     assert c["params_ffn_extra_per_layer"] == d * 12
-    # 0.05% overhead, as the spec says, for the smallest model
+    # 0.05% overhead, as docs/method.md §8 says, for the smallest model
     if d == 1024:
         assert round(100 * overhead / PAPER[d], 2) == 0.05
 
@@ -87,7 +87,7 @@ def test_variant_overheads():
 
 @pytest.mark.parametrize("d, billions", [(1024, 0.54), (1536, 1.15), (2048, 1.97)])
 def test_moe_sizes_match_paper(d, billions):
-    # spec §9.4: "0.35->0.54B, 0.72->1.15B, 1.21->1.97B"
+    # docs/method.md §9.4: "0.35->0.54B, 0.72->1.15B, 1.21->1.97B"
     total = count_params(paper_model(d), FFNShape("moe"))["params_total"]
     assert round(total / 1e9, 2) == billions
 
@@ -130,7 +130,7 @@ def test_tied_embeddings_and_gqa():
         (FFNShape("moe"), True, 1.25),
         (FFNShape("moe", num_experts=16, top_k=4), False, 1.25),
         (FFNShape("width_only"), True, 1.25),
-        (VFFN, True, 4.25),  # spec §13
+        (VFFN, True, 4.25),  # docs/method.md §13
         (FFNShape("versatile", max_loops=2), True, 2.25),
         (FFNShape("depth_only"), True, 4.0),
         (FFNShape("depth_only"), False, 2.5),  # uniform mix over 1..4
@@ -142,7 +142,7 @@ def test_ffn_multipliers(f, training, expected):
 
 
 def test_versatile_eval_multiplier_follows_loop_mix():
-    # the spec's range for (4, 8, 2): 1.25 F at l=1 up to 4 F at l=4 (width skipped)
+    # the range docs/method.md §13 gives for (4, 8, 2): 1.25 F at l=1 up to 4 F at l=4 (width skipped)
     assert ffn_flops_multiplier(VFFN, training=False, loop_mix=[1, 0, 0, 0]) == pytest.approx(1.25)
     assert ffn_flops_multiplier(VFFN, training=False, loop_mix=[0, 0, 0, 1]) == pytest.approx(4.0)
     p = [0.1, 0.2, 0.3, 0.4]
@@ -153,7 +153,7 @@ def test_versatile_eval_multiplier_follows_loop_mix():
 
 
 def test_width_reuse_variant():
-    # spec §7/§13: L_max + (k/N)/3 = 4.083 in training, 1.083 at l=1
+    # docs/method.md §7/§13: L_max + (k/N)/3 = 4.083 in training, 1.083 at l=1
     assert ffn_flops_multiplier(VFFN, training=True, width_reuse=True) == pytest.approx(4 + 1 / 12)
     assert ffn_flops_multiplier(VFFN, training=False, loop_mix=[1, 0, 0, 0], width_reuse=True) == (
         pytest.approx(1 + 1 / 12)
@@ -271,7 +271,7 @@ def composed(conf: Path, overrides=()):
 
 def test_info_from_composed_config(tmp_path):
     info = info_from_config(composed(write_conf(tmp_path)))
-    assert info["params_total"] == 354_712_576 + 15 * 12 * 1024  # spec §8, padded vocab 50,304
+    assert info["params_total"] == 354_712_576 + 15 * 12 * 1024  # docs/method.md §8, padded vocab 50,304
     assert info["vocab_size_padded"] == 50_304
     assert (info["num_layers"], info["d_model"], info["d_ff"]) == (15, 1024, 4096)
     assert info["eval_loop_mix"] == [0.25] * 4

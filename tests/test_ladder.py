@@ -23,7 +23,7 @@ from vffn_pretrain.scaling.ladder import (
 )
 
 CONF_DIR = str(DEFAULT_CONFIG.parents[1])
-# paper models: non-embedding parameters (spec §9.1 totals minus 2 x 50,304 x d) and peak LR (spec §9.3)
+# paper models: non-embedding parameters (docs/method.md §9.1 totals minus 2 x 50,304 x d) and peak LR (method §9.3)
 PAPER_LR = {251_689_984: 5e-4, 566_278_656: 4e-4, 1_006_696_448: 3e-4}
 
 

@@ -1,4 +1,4 @@
-"""The Switch balance loss (spec §3.4, §12 #6): its gradient on the router is the analytic one, at the module,
+"""The Switch balance loss (docs/method.md §3.4, §12 #6): its gradient on the router is the analytic one, at the module,
 through megatron's schedule with per-token loss scaling (1 / total tokens after the backward pass), and with the
 statistics reduced over data-parallel ranks; it never changes the forward output or the reported loss."""
 

@@ -1,4 +1,4 @@
-"""Eval mode (spec §4.3, §5, §6 Algorithm 2): argmax loop counts, no noise, per-token early exit, no width path
+"""Eval mode (docs/method.md §4.3, §5, §6 Algorithm 2): argmax loop counts, no noise, per-token early exit, no width path
 for tokens at L_max, and a batch result equal to computing each token alone. (The float64 reference comparison
 of eval outputs is in test_reference_parity.)"""
 

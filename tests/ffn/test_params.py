@@ -1,4 +1,4 @@
-"""Parameter counts: conf/model gives the paper's exact dense sizes (spec §9.1), VersatileFFN adds exactly
+"""Parameter counts: conf/model gives the paper's exact dense sizes (docs/method.md §9.1), VersatileFFN adds exactly
 d*(N + L_max) per layer (§8), and a model actually built (tiny for real, 354m on the meta device) has exactly
 the count counting.py predicts, for every FFN kind."""
 
@@ -16,7 +16,7 @@ from vffn_pretrain.parallel import ParallelConfig
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 PAPER_DENSE = {"354m": 354_712_576, "720m": 720_812_544, "1b2": 1_212_741_632}
-PAPER_VERSATILE_EXTRA = {"354m": 184_320, "720m": 276_480, "1b2": 368_640}  # 15 * d * (8 + 4), spec §8
+PAPER_VERSATILE_EXTRA = {"354m": 184_320, "720m": 276_480, "1b2": 368_640}  # 15 * d * (8 + 4), docs/method.md §8
 
 
 def model_cfg(name: str) -> ModelConfig:

@@ -23,7 +23,7 @@ def test_tau_schedule_defaults():
     assert state.current_tau(cfg, 0, 10) == 5.0
     assert state.current_tau(cfg, 1, 10) == pytest.approx(5.0 * 0.99984)
     assert state.current_tau(cfg, 1000, 10) == pytest.approx(5.0 * 0.99984 ** 1000)
-    # the floor is reached after ln(0.02) / ln(0.99984) = 24448.6 steps (spec §4.2)
+    # the floor is reached after ln(0.02) / ln(0.99984) = 24448.6 steps (docs/method.md §4.2)
     assert state.current_tau(cfg, 24448, 0) > 0.1
     assert state.current_tau(cfg, 24449, 0) == 0.1
     assert state.current_tau(cfg, 10**9, 0) == 0.1

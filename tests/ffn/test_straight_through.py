@@ -1,4 +1,4 @@
-"""The hard Gumbel-softmax straight-through estimator (spec §4.2, §5, §12 #10).
+"""The hard Gumbel-softmax straight-through estimator (docs/method.md §4.2, §5, §12 #10).
 
 Forward: the layer output is exactly lambda * Y_width + (1 - lambda) * H^(l) for the sampled l (no soft mixture
 leaks into the value). Backward: the gradient reaching the loop head is the soft Gumbel-softmax formula
@@ -100,7 +100,7 @@ def test_loop_head_gradient_depth_only(single_rank):
 
 
 def test_sampling_follows_the_categorical(single_rank):
-    """The forward count is a sample of Categorical(softmax(P)) whatever tau is (spec §4.2): over many tokens
+    """The forward count is a sample of Categorical(softmax(P)) whatever tau is (docs/method.md §4.2): over many tokens
     with fixed logits the empirical frequencies match softmax(P)."""
     logits = torch.tensor([0.5, -0.3, 1.2, 0.0])
     counts = torch.zeros(4)

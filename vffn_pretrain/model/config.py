@@ -14,14 +14,14 @@ class ModelConfig:
     name: str = "tiny"
     num_layers: int = 4
     hidden_size: int = 128
-    ffn_hidden_size: int | None = None  # default 4 * hidden_size (spec §12 #1)
+    ffn_hidden_size: int | None = None  # default 4 * hidden_size (docs/method.md §12 #1)
     num_attention_heads: int = 4
     num_query_groups: int | None = None  # GQA groups; None = multi-head attention
     vocab_size: int = 8192  # the tokenizer's vocabulary; the embedding is padded (see padded_vocab_size)
     max_position_embeddings: int = 4096
     rotary_base: int = 10000
     norm_epsilon: float = 1e-6
-    init_std: float = 0.02  # truncated normal at +-3 std for every linear (spec §8)
+    init_std: float = 0.02  # truncated normal at +-3 std for every linear (docs/method.md §8)
     tied_embeddings: bool = False
     make_vocab_size_divisible_by: int = 128
 

@@ -3,16 +3,16 @@
 Pure arithmetic: nothing here allocates tensors or imports torch, so it is usable from launchers,
 sweep planners and the scaling-law tools on any machine.
 
-Architecture counted (spec §2, §9.1): pre-norm GPT blocks with RMSNorm (scale only) before attention
+Architecture counted (docs/method.md §2, §9.1): pre-norm GPT blocks with RMSNorm (scale only) before attention
 and before the FFN, a final RMSNorm, fused QKV without bias (grouped-query aware), attention output
 projection without bias, SwiGLU FFN (fc1: d -> 2*d_ff, fc2: d_ff -> d, no bias), RoPE (no
 parameters), token embedding and LM head over the *padded* vocabulary (untied unless
 ``tied_embeddings``).
 
-FLOP conventions (spec §13), all per token:
+FLOP conventions (docs/method.md §13), all per token:
 
 * 2 FLOPs per multiply-accumulate; only matmuls are counted (norms, activations, softmax, RoPE,
-  residual adds and the embedding lookup are ignored, as in the spec and in Megatron's MFU formula).
+  residual adds and the embedding lookup are ignored, as in docs/method.md and in Megatron's MFU formula).
 * Attention projections: 2 * (QKV params + out-proj params) per layer.
 * Attention core: QK^T and AV each cost 2 * d * T_eff FLOPs per query token, where d =
   num_heads * head_dim (GQA shares K/V heads but every query head still scores every key) and
@@ -26,7 +26,7 @@ FLOP conventions (spec §13), all per token:
   gradients w.r.t. activations and w.r.t. weights each cost one forward's matmuls).
 
 With these conventions the 354M dense model at T=4096 is 0.733 GFLOP/token forward, matching the
-spec §13 breakdown (0.126 + 0.126 + 0.378 + 0.103).
+docs/method.md §13 breakdown (0.126 + 0.126 + 0.378 + 0.103).
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ class FFNShape:
     """Which FFN every layer uses, and its hyperparameters.
 
     kind: 'dense' (one SwiGLU pass), 'kloop' (the same residual FFN applied ``loops`` times),
-    'moe' (spec §9.4: the dense FFN kept always on plus ``num_experts`` real experts of width
-    d_ff/N, top-``top_k``), 'versatile' (spec §3-§6), 'width_only' (dense FFN always on plus
-    top-k virtual experts, spec Table 3), 'depth_only' (adaptive loop count, no width path).
+    'moe' (docs/method.md §9.4: the dense FFN kept always on plus ``num_experts`` real experts of width
+    d_ff/N, top-``top_k``), 'versatile' (docs/method.md §3-§6), 'width_only' (dense FFN always on plus
+    top-k virtual experts, docs/method.md §10 Table 3), 'depth_only' (adaptive loop count, no width path).
     Fields irrelevant to a kind are ignored.
     """
 
@@ -118,7 +118,7 @@ def padded_vocab_size(vocab_size: int, tensor_parallel: int = 1, divisible_by: i
 
 
 def _check_expert_width(m: ModelShape, f: FFNShape) -> None:
-    # The virtual experts are a contiguous equal partition of d_ff (spec §3.1, §12 #2) and the MoE
+    # The virtual experts are a contiguous equal partition of d_ff (docs/method.md §3.1, §12 #2) and the MoE
     # baseline's real experts are d_ff/N wide (§9.4): both need N | d_ff.
     if m.d_ff % f.num_experts:
         raise ValueError(f"d_ff={m.d_ff} is not divisible by num_experts={f.num_experts} ({f.kind})")
@@ -157,7 +157,7 @@ def count_params(m: ModelShape, f: FFNShape | Sequence[FFNShape]) -> dict:
         extra = 0  # k-loop reuses the same weights k times
     elif f.kind == "versatile":
         _check_expert_width(m, f)
-        extra = d * (n + k_max)  # router d->N + loop head d->L_max, no bias (spec §8)
+        extra = d * (n + k_max)  # router d->N + loop head d->L_max, no bias (docs/method.md §8)
     elif f.kind == "width_only":
         _check_expert_width(m, f)
         extra = d * n
@@ -223,7 +223,7 @@ def _validate_loop_mix(loop_mix: list[float], max_loops: int) -> list[float]:
     return p
 
 
-# How the code computes the width path's fc2. Both forms reuse loop 1's activations a1 (spec §7), so the width
+# How the code computes the width path's fc2. Both forms reuse loop 1's activations a1 (docs/method.md §7), so the width
 # path never pays a second fc1:
 #   "sparse": each virtual expert multiplies only its own tokens' slices, (k/N)/3 of F;
 #   "masked_dense": one full fc2 over the masked a1, 1/3 of F. width_only computes H + fc2((1 + m) ⊙ a1), which
@@ -247,7 +247,7 @@ def width_path_form(kind: str, tp_size: int, device_type: str = "cpu") -> str:
 def _width_cost(f: FFNShape, width_reuse: bool, width_form: str | None) -> float:
     """The width path's forward cost per token in units of F, for the kinds that have one."""
     kn = f.top_k / f.num_experts
-    if width_form is None:  # the paper's accounting (spec §13), optionally with the §7 reuse
+    if width_form is None:  # the paper's accounting (docs/method.md §13), optionally with the §7 reuse
         return kn / 3.0 if width_reuse else kn
     if width_form not in WIDTH_FORMS:
         raise ValueError(f"width_form must be None or one of {WIDTH_FORMS}, got {width_form!r}")
@@ -260,14 +260,14 @@ def ffn_flops_multiplier(
     f: FFNShape, *, training: bool, loop_mix: list[float] | None = None, width_reuse: bool = False,
     width_form: str | None = None,
 ) -> float:
-    """Forward FFN cost per token in units of one dense SwiGLU pass F (spec §13).
+    """Forward FFN cost per token in units of one dense SwiGLU pass F (docs/method.md §13).
 
     dense 1; kloop k; moe 1 + k/N; width_only 1 + k/N; versatile training L_max + k/N (every loop
     and the width path run for every token); versatile eval sum_l p_l*l + P(l < L_max)*k/N;
     depth_only training L_max, eval sum_l p_l*l.
 
     ``loop_mix[i]`` is the fraction of tokens that use i+1 loops (default uniform); it only matters
-    for adaptive-depth kinds at eval and is ignored otherwise. ``width_reuse`` applies the spec §7
+    for adaptive-depth kinds at eval and is ignored otherwise. ``width_reuse`` applies the docs/method.md §7
     identity: the width path reuses loop 1's up/gate activations and only pays its k/N share of fc2,
     i.e. (k/N)/3 of F instead of k/N (versatile and width_only only). ``width_form`` (one of
     WIDTH_FORMS, see :func:`width_path_form`) instead counts the width path as the code computes it,
@@ -289,7 +289,7 @@ def ffn_flops_multiplier(
     mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
     if f.kind == "depth_only":
         return mean_loops
-    p_below_max = sum(p[:-1])  # tokens at L_max skip the width path at inference (spec §5)
+    p_below_max = sum(p[:-1])  # tokens at L_max skip the width path at inference (docs/method.md §5)
     return mean_loops + p_below_max * width
 
 
@@ -372,7 +372,7 @@ def flops_breakdown(
         router = 2.0 * d * k_max
     elif f.kind == "versatile":
         if training:
-            router = 2.0 * d * (n + k_max)  # router runs for every token in training (spec §5)
+            router = 2.0 * d * (n + k_max)  # router runs for every token in training (docs/method.md §5)
         else:
             # Inference: the loop head runs for every token, the router only for tokens with
             # l < L_max, which are the only ones that take the width path (Algorithm 2).

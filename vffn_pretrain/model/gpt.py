@@ -32,7 +32,7 @@ class RecomputeConfig:
 
 
 def truncated_normal_init(std: float):
-    """OLMo's init (spec §8): N(0, std) truncated at +-3 std, for every linear and the embeddings."""
+    """OLMo's init (docs/method.md §8): N(0, std) truncated at +-3 std, for every linear and the embeddings."""
     return functools.partial(torch.nn.init.trunc_normal_, mean=0.0, std=std, a=-3 * std, b=3 * std)
 
 
@@ -96,7 +96,7 @@ def build_transformer_config(
         expert_model_parallel_size=parallel.ep,
         pipeline_model_parallel_layout=parallel.pipeline_layout,
         # With VPP and PP=2, prev and next rank are the same peer and batched p2p mis-orders the sends
-        # (megatron-on-cpu.md gotcha 9): silently wrong gradients. Unbatched p2p is correct everywhere.
+        # (docs/cpu.md gotcha 9): silently wrong gradients. Unbatched p2p is correct everywhere.
         batch_p2p_comm=parallel.effective_vpp is None,
         recompute_granularity=recompute.granularity,
         recompute_method=recompute.method if full else None,

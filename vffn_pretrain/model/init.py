@@ -3,7 +3,7 @@
 megatron-core initialises each rank's shards from that rank's RNG stream, so a PP=2 model differs from a PP=1
 one with the same seed. Here every parameter is drawn as its whole (global) tensor from a generator keyed by
 the run seed and the parameter's global checkpoint key, and each rank keeps its own slice (the slice the
-distributed checkpoint would give it). Rule (spec §8): norm scales 1, other 1-D tensors 0, every matrix
+distributed checkpoint would give it). Rule (docs/method.md §8): norm scales 1, other 1-D tensors 0, every matrix
 N(0, std) truncated at +-3 std.
 """
 

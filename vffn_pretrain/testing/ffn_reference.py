@@ -1,4 +1,4 @@
-"""An independent VersatileFFN written from the spec (§2–§6) in plain PyTorch, one token and one expert at a time.
+"""An independent VersatileFFN written from docs/method.md (§2–§6) in plain PyTorch, one token and one expert at a time.
 
 No masking trick (§7), no fused shapes, no megatron: every expert slices its own rows of the global weights and
 runs its own SwiGLU, every loop is a full residual FFN, all in the dtype of the inputs (use float64). The
@@ -50,7 +50,7 @@ def expert_output(h: torch.Tensor, e: int, num_experts: int, wt: RefWeights) -> 
 
 
 def width_path(h: torch.Tensor, wt: RefWeights, num_experts: int, top_k: int):
-    """(Y_width [d], router logits [N], chosen experts [k]) for one token (spec §3.3)."""
+    """(Y_width [d], router logits [N], chosen experts [k]) for one token (docs/method.md §3.3)."""
     logits = wt.router @ h
     top = torch.topk(logits, top_k).indices
     g = torch.softmax(logits[top], dim=0)

@@ -29,7 +29,7 @@ def model_sharded_state_dict(ddp_chunks: list) -> dict:
 def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None) -> None:
     """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0)."""
     if optimizer is not None and ddp_chunks[0].ddp_config.overlap_param_gather:
-        # Params are stale until the next forward with overlapped param gather (megatron-on-cpu.md gotcha 8).
+        # Params are stale until the next forward with overlapped param gather (docs/cpu.md gotcha 8).
         for chunk in ddp_chunks:
             chunk.start_param_sync(force_sync=True)
     Path(directory).mkdir(parents=True, exist_ok=True)

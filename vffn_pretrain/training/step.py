@@ -43,7 +43,7 @@ def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     mask = loss_mask.reshape(-1).float()
     loss_sum = torch.sum(losses.reshape(-1) * mask)
     num_tokens = mask.sum().to(torch.int)
-    # The schedule scales the returned loss in place; report a clone (megatron-on-cpu.md gotcha 1).
+    # The schedule scales the returned loss in place; report a clone (docs/cpu.md gotcha 1).
     report = torch.stack([loss_sum.detach().clone(), num_tokens.detach().clone().float()])
     return loss_sum, num_tokens, {"lm loss": report}
 

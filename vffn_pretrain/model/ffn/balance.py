@@ -1,4 +1,4 @@
-"""Switch-style load-balancing loss (spec §3.4, §12 #6), attached to the backward pass only.
+"""Switch-style load-balancing loss (docs/method.md §3.4, §12 #6), attached to the backward pass only.
 
 L_bal = N * sum_e f_e * P_e, f_e = share of the top-k assignments that go to expert e, P_e = mean router
 probability (softmax over all N) of expert e. Both are measured over the tokens of one "global micro-batch": the
@@ -14,7 +14,7 @@ of its own tokens' probabilities; the ranks' gradient contributions add up throu
 parallelism, through the TP all-reduce of the router weight, which is marked `sequence_parallel`).
 
 Layers. Each layer attaches its own term with alpha / num_layers (the caller passes that as `alpha`), so the model
-adds alpha times the mean of the per-layer L_bal over its layers (spec §12 #6), not their sum as megatron's MoE
+adds alpha times the mean of the per-layer L_bal over its layers (docs/method.md §12 #6), not their sum as megatron's MoE
 aux losses do.
 
 The attached value never enters the forward output, so the reported LM loss is unchanged.

@@ -1,4 +1,4 @@
-"""`ffn.*` config group: which FFN fills the MLP slot, and VersatileFFN's own settings (spec §12)."""
+"""`ffn.*` config group: which FFN fills the MLP slot, and VersatileFFN's own settings (docs/method.md §12)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class FFNConfig:
     tau0, tau_decay, tau_min: Gumbel temperature tau_t = max(tau0 * tau_decay**t, tau_min), t = optimizer step;
     tau_decay_to_end: if true, tau_decay is set so tau reaches tau_min at the run's last step.
     balance_coeff: Switch balance loss alpha; the loss added is alpha * mean over layers of N * sum_e f_e P_e
-    (spec §12 #6; 0 or balance_loss=false turns it off).
+    (docs/method.md §12 #6; 0 or balance_loss=false turns it off).
     token_sparse_recursion: in training, a token keeps an autograd graph only for the loops it sampled (and the
     width path only when lambda > 0); deeper loops run for their values alone (versatile, depth_only; not under
     sequence parallelism, where the all-token path runs). Same losses and gradients, less backward work and

@@ -1,4 +1,4 @@
-"""Dense checkpoint -> FFN variant: which keys move, and which are new (continued pre-training, spec §8, §12 #14).
+"""Dense checkpoint -> FFN variant: which keys move, and which are new (continued pre-training, docs/method.md §8, §12 #14).
 
 Keys are megatron's, per transformer layer (`decoder.layers.<i>.` + suffix; the same suffixes appear in
 torch_dist sharded keys). The attention, embeddings and final norm keep their names for every kind.

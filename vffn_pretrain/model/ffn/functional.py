@@ -1,4 +1,4 @@
-"""Tensor maths of VersatileFFN (spec §3–§5, §7), free of modules and process groups.
+"""Tensor maths of VersatileFFN (docs/method.md §3–§5, §7), free of modules and process groups.
 
 Shapes use `...` for the token dims ([s, b] in megatron's layout, or a flat [T]); `h` is the hidden size, `U` a
 rank's local hidden units of the FFN (d_ff / TP), `N` the number of (virtual) experts, `L` the number of loops.
@@ -20,13 +20,13 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
 
 
 def router_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """fp32 logits of a bias-free head on the un-normalised stream (spec §12 #3, #4, #8).
+    """fp32 logits of a bias-free head on the un-normalised stream (docs/method.md §12 #3, #4, #8).
     hidden [..., h] (any dtype), weight [out, h] -> [..., out] fp32."""
     return F.linear(hidden.float(), weight.float())
 
 
 def topk_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of the raw logits, softmax over the k selected only (spec §3.3), in fp32.
+    """Top-k of the raw logits, softmax over the k selected only (docs/method.md §3.3), in fp32.
 
     logits [..., N] fp32 -> (gates [..., N] fp32, zero outside the top-k, summing to 1; indices [..., k] int64).
     """
@@ -40,7 +40,7 @@ class _StraightThroughOneHot(torch.autograd.Function):
     """Forward: the exact one-hot `hard`; backward: the incoming gradient goes to `soft` unchanged.
 
     `hard - soft.detach() + soft` is the textbook form, but in floating point it is not exactly the one-hot, and
-    the forward value must be exactly H^(l_sampled) mixed with the width path (spec §4.2, §5)."""
+    the forward value must be exactly H^(l_sampled) mixed with the width path (docs/method.md §4.2, §5)."""
 
     @staticmethod
     def forward(ctx, soft: torch.Tensor, hard: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ class _StraightThroughOneHot(torch.autograd.Function):
 
 def gumbel_straight_through(logits: torch.Tensor, noise: torch.Tensor, tau: float
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hard Gumbel-softmax with the straight-through estimator (spec §4.2), all in fp32.
+    """Hard Gumbel-softmax with the straight-through estimator (docs/method.md §4.2), all in fp32.
 
     logits, noise [..., L] fp32 -> (p [..., L] fp32: forward one-hot of argmax(logits + noise), backward the
     gradient of softmax((logits + noise) / tau); index [...] int64 of the sampled loop count minus one).
@@ -89,7 +89,7 @@ def fuse(lam: torch.Tensor, y_width: torch.Tensor, y_depth: torch.Tensor) -> tor
 def expert_segments(d_ff: int, num_experts: int, tp_rank: int, tp_size: int) -> tuple[torch.Tensor, int]:
     """How this TP rank's local hidden units split into virtual-expert slices.
 
-    Expert e owns global units [e*d_ff/N, (e+1)*d_ff/N) in both the gate and up halves (spec §3.1). Rank r holds
+    Expert e owns global units [e*d_ff/N, (e+1)*d_ff/N) in both the gate and up halves (docs/method.md §3.1). Rank r holds
     global units [r*U, (r+1)*U), U = d_ff/TP (megatron's stride-2 GLU split keeps the halves aligned). Cutting the
     local units into segments of width gcd(U, d_ff/N) gives pieces that each belong to exactly one expert, for
     any N and TP that divide d_ff. Returns (expert index of each local segment [n_seg] int64, segment width).
@@ -102,7 +102,7 @@ def expert_segments(d_ff: int, num_experts: int, tp_rank: int, tp_size: int) -> 
 
 def mask_units(act: torch.Tensor, gates: torch.Tensor, seg_expert: torch.Tensor, seg_width: int,
                offset: float = 0.0) -> torch.Tensor:
-    """m ⊙ a₁ of spec §7 on this rank's units: each unit scaled by (offset + its expert's gate).
+    """m ⊙ a₁ of docs/method.md §7 on this rank's units: each unit scaled by (offset + its expert's gate).
 
     act [..., U] (model dtype), gates [..., N] fp32 (the full N, replicated on every TP rank) -> [..., U].
     offset=1 gives the width_only ablation's (1 + m) ⊙ a₁ (dense FFN always on plus the routed experts)."""
@@ -117,7 +117,7 @@ def routed_expert_delta(act: torch.Tensor, top_weight: torch.Tensor, top_idx: to
                         weight_out: torch.Tensor, num_experts: int) -> torch.Tensor:
     """sum_j g_j * W_out[:, I(e_j)] @ a1[I(e_j)] per token, each expert multiplying only its own tokens' slices.
 
-    The sparse form of the width path's fc2 (spec §7: k/N of the masked-dense product's work), for when one
+    The sparse form of the width path's fc2 (docs/method.md §7: k/N of the masked-dense product's work), for when one
     rank holds every hidden unit (TP=1); under TP it would leave the ranks holding popular experts with more
     work, so the masked-dense form is used there. act [T, d_ff] (loop 1's activations), top_weight [T, k] fp32,
     top_idx [T, k], weight_out [h, d_ff] -> [T, h] in act's dtype. Differentiable in act, top_weight, weight_out.

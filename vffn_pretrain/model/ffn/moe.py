@@ -1,4 +1,4 @@
-"""The paper's MoE baseline (spec §9.4, §12 #18) on megatron-core's MoELayer.
+"""The paper's MoE baseline (docs/method.md §9.4, §12 #18) on megatron-core's MoELayer.
 
 The dense SwiGLU FFN stays as an always-on shared expert (width d_ff, keys `mlp.shared_experts.*`), plus N real
 experts of width d_ff/N with top-k routing (softmax over the k selected logits, fp32 router, dropless). The
@@ -51,7 +51,7 @@ class BalancedTopKRouter(TopKRouter):
         value, counts = None, None
         if self.training and cfg.balance_loss and cfg.balance_coeff > 0 and (grad or record):
             sp = bool(self.config.sequence_parallel) and self.tp_group.size() > 1
-            # alpha / num_layers: the loss is averaged over layers (spec §12 #6), like VersatileFFN's
+            # alpha / num_layers: the loss is averaged over layers (docs/method.md §12 #6), like VersatileFFN's
             terms = switch_balance(torch.softmax(flat.float(), dim=-1), routing_map, cfg.top_k,
                                    cfg.balance_coeff / self.config.num_layers, token_group(sp), weight)
             if grad:
@@ -85,7 +85,7 @@ def moe_transformer_config(ffn_cfg, model_cfg, parallel_cfg) -> dict:
         moe_router_load_balancing_type="none",  # balance loss: BalancedTopKRouter
         moe_aux_loss_coeff=0.0,
         moe_router_score_function="softmax",
-        moe_router_pre_softmax=False,  # softmax over the top-k logits only (spec §3.3)
+        moe_router_pre_softmax=False,  # softmax over the top-k logits only (docs/method.md §3.3)
         moe_router_dtype="fp32",
         # all-to-all is megatron's choice for EP at scale, but its dispatcher needs a CUDA side stream; the
         # all-gather dispatcher computes the same result and also runs on gloo.

@@ -30,7 +30,7 @@ def _versatile_modules(chunks) -> Iterator:
     return (m for m in ffn_modules(chunks) if isinstance(m, VersatileFFN))
 
 
-# ---- temperature (spec §4.2, §12 #9) ----------------------------------------------------------------------------
+# ---- temperature (docs/method.md §4.2, §12 #9) ----------------------------------------------------------------------------
 
 
 def current_tau(ffn_cfg, step: int, total_steps: int) -> float:

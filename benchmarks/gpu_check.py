@@ -64,9 +64,11 @@ def step_environment(args) -> dict:
     from vffn_pretrain.training.throughput import device_peak_flops
 
     cuda = torch.cuda.is_available()
-    name, peak = device_peak_flops()
+    peak_info = device_peak_flops()
+    name, peak = peak_info.device, peak_info.flops
     info = {
-        "device": name, "python": sys.version.split()[0], "torch": torch.__version__,
+        "device": name, "part": peak_info.part, "mfu_peak": peak_info.describe(),
+        "python": sys.version.split()[0], "torch": torch.__version__,
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
         "megatron_core": megatron.core.__version__, "HAVE_TE": bool(te_ext.HAVE_TE),
         "backend": select_backend("auto").name, "peak_bf16_tflops": None if peak is None else peak / 1e12,

@@ -78,7 +78,9 @@ def test_schedule_scales_balance_gradient_per_token(single_rank, kind):
     micro = split_global_batch(batch, step=0, dp_rank=0, dp_size=1, micro_batch_size=MBS)
 
     def run(alpha):
-        ffn.balance_coeff = alpha
+        for m in chunks[0].modules():  # each layer holds its own copy of the ffn.* settings
+            if hasattr(m, "ffn_cfg"):
+                m.ffn_cfg.balance_coeff = alpha
         ddp[0].zero_grad_buffer()
         get_forward_backward_func()(
             forward_step_func=partial(forward_step, noise_seed=SEED), data_iterator=iter(micro), model=ddp[0],

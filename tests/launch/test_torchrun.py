@@ -84,7 +84,7 @@ def test_init_from_a_missing_checkpoint_fails_on_every_rank(tiny, tmp_path):
     done = helpers.torchrun([*tiny, "train.max_steps=2", f"run_dir={tmp_path / 'run'}", f"train.init_from={missing}"],
                             tmp_path / "run.log", env={"NPROC_PER_NODE": "2"}).wait(timeout=180)
     assert done.returncode != 0
-    assert f"train.init_from={missing}: neither a checkpoint nor a directory of checkpoints" in done.output, \
+    assert f"train.init_from`: {missing}: neither a checkpoint nor a directory of checkpoints" in done.output, \
         helpers.tail(done.output)
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained, nothing saved
 

@@ -43,6 +43,6 @@ def test_init_from_missing_directory_is_a_clear_error(rank_pools, dense_checkpoi
     overrides, _ = dense_checkpoint
     from vffn_pretrain.testing import RankPoolError
 
-    with pytest.raises(RankPoolError, match="train.init_from=.*nowhere"):
+    with pytest.raises(RankPoolError, match="train.init_from`: .*nowhere: neither a checkpoint"):
         rank_pools(1).run(cases.train, [*overrides[:-3], f"run_dir={tmp_path / 'x'}",
                                         f"train.init_from={tmp_path / 'nowhere'}"])

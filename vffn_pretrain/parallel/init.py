@@ -45,12 +45,14 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
     `timeout_s` (parallel.init_timeout_s) bounds joining the world; it stays the default group's timeout until
     `set_collective_timeout` gives the run's collectives theirs (after the pre-flight check).
     """
+    join = {}  # torchrun / srun: the environment says where; a plain process: a world of one, said here
     if not dist.is_initialized():
         if "RANK" not in os.environ and slurm_step_world_size() > 1:
             _env_from_slurm_tasks()
         if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
+            # Not exported: a subprocess (a launcher, a test) must not inherit this store's address as its own.
+            join = {"init_method": f"tcp://127.0.0.1:{os.environ.get('MASTER_PORT') or free_port()}", "rank": 0,
+                    "world_size": 1}
     if torch.cuda.is_available():
         # First: megatron's imports in cpu_compat.activate (TE, apex) may query the device, which would open a
         # context on GPU 0 for every rank of the node.
@@ -62,11 +64,13 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
     # device_id binds the group to the rank's GPU (no guessing for barriers; communicators made up front).
     bind = {"device_id": device()} if backend == "nccl" else {}
     try:
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **bind)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s), **bind, **join)
     except Exception as e:  # a store that never answers, a port in use, ...: say where we tried to go
+        where = join.get("init_method", "tcp://").removeprefix("tcp://") if join else \
+            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
         raise RuntimeError(
-            f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} could not join the process group at "
-            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} within {timeout_s:.0f} s "
+            f"rank {os.environ.get('RANK', 0)} of {os.environ.get('WORLD_SIZE', 1)} could not join the process "
+            f"group at {where} within {timeout_s:.0f} s "
             f"(parallel.init_timeout_s): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
             "Check MASTER_ADDR/MASTER_PORT and that every node was started."
         ) from e

@@ -107,7 +107,7 @@ class Trainer:
             try:
                 load_dense_into(t.init_from, self.ddp, cfg)
             except FileNotFoundError as e:
-                raise ConfigError("train.init_from", str(e).split(": ", 1)[-1]) from None
+                raise ConfigError("train.init_from", f"{t.init_from}: {str(e).split(': ', 1)[-1]}") from None
         self.start_step = self.step
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
             OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
@@ -341,6 +341,7 @@ class Trainer:
                 exit_code = EXIT_REQUEUE
                 break
         self.finish(exit_code)
+        self.release(failed=False)  # the run is over: the next command on this run_dir may take it
         return exit_code
 
     def _train_record(self, result, window_loss, window_steps, elapsed, tokens_per_step, skipped_total) -> dict:

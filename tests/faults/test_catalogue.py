@@ -134,14 +134,6 @@ DATA_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, code, named", [c[1:] for c in DATA_CASES], ids=[c[0] for c in DATA_CASES])
-def test_vffn_data(argv, code, named, files, tmp_path, capsys, monkeypatch):
-    out = run_cli("vffn-data", _fill(argv, files, tmp_path), capsys, monkeypatch)
-    assert out.code == code, out.out
-    assert named.format(**files) in out.error_line()
-    assert _nothing_left(tmp_path) == []
-
-
 # ------------------------------------------------------------------------------------------------ vffn-generate
 GENERATE_CASES = [
     ("missing-checkpoint", ["--checkpoint", "{tmp}/ckpts"], 2, "ckpts"),
@@ -157,10 +149,15 @@ GENERATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv, code, named", [c[1:] for c in GENERATE_CASES],
-                         ids=[c[0] for c in GENERATE_CASES])
-def test_vffn_generate(argv, code, named, files, tmp_path, capsys, monkeypatch):
-    out = run_cli("vffn-generate", _fill(argv, files, tmp_path), capsys, monkeypatch)
+# vffn-data and vffn-generate cases share one check: the exit code, the one error line naming the flag or
+# file, and nothing left behind.
+ARGV_CASES = [("vffn-data", *c) for c in DATA_CASES] + [("vffn-generate", *c) for c in GENERATE_CASES]
+
+
+@pytest.mark.parametrize("tool, argv, code, named", [(c[0], *c[2:]) for c in ARGV_CASES],
+                         ids=[f"{c[0]}-{c[1]}" for c in ARGV_CASES])
+def test_vffn_data_and_generate(tool, argv, code, named, files, tmp_path, capsys, monkeypatch):
+    out = run_cli(tool, _fill(argv, files, tmp_path), capsys, monkeypatch)
     assert out.code == code, out.out
     assert named.format(**files) in out.error_line()
     assert _nothing_left(tmp_path) == []

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import Timing
 
@@ -29,13 +31,20 @@ def test_calibration_file_reproduces_the_measured_layer_times(tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)["measured"]
     timing = Timing.load(tmp_path / "cal.json")
-    assert set(timing.forward) == {"dense", "versatile", "default"}
+    assert set(timing.forward) == {"dense", "versatile", "default", "head"}
     for kind in ("dense", "versatile"):
+        # The layer's cost is the second layer's share of a micro-batch inside whole training steps.
+        steps = report[kind]["steps_s"]
+        per_micro = {n: (steps[f"{n} layers x 3 micro-batches"] - steps[f"{n} layers x 1 micro-batches"]) / 2
+                     for n in (1, 2)}
+        in_situ = report[kind]["forward_s"] + report[kind]["backward_s"]
+        assert in_situ == pytest.approx(max(per_micro[2] - per_micro[1], 0.0), rel=1e-9, abs=1e-12)
         item = costs.ItemCost("t", kind, report[kind]["forward_flops"], report[kind]["backward_flops"], 0, 0, 0)
         assert abs(timing.forward_s(item) - report[kind]["forward_s"]) <= 1e-9 * report[kind]["forward_s"]
         assert abs(timing.backward_s(item) - report[kind]["backward_s"]) <= 1e-9 * report[kind]["backward_s"]
         assert report[kind]["forward_s"] > 0
     assert report["p2p"]["latency_s"] > 0 and timing.p2p_latency_s == report["p2p"]["latency_s"]
+    assert timing.optimizer_seconds_per_param == report["step"]["once_per_step_s_per_param"] > 0
 
 
 def test_bad_override_is_one_line_exit_2(tmp_path):

@@ -114,3 +114,18 @@ def test_planner_unloads_a_heavy_layer_mix():
     best = planner.plan(req)
     even = planner.evaluate(req, (4, 4))
     assert best.split[0] > 4 and best.step_time < even.step_time
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("p,v,cores", [(2, 1, None), (3, 1, 2), (4, 1, 2), (2, 2, 1)])
+def test_lower_bound_holds_with_optimizer_and_shared_cores(seed, p, v, cores):
+    """The optimizer term and shared cores only add time: the bound stays below every split's simulated step,
+    and the optimizer moves the best step by at least the average rank's optimizer time."""
+    rng = random.Random(seed * 7 + p)
+    timing = Timing({"default": 1.0}, {"default": 1.0}, optimizer_seconds_per_param=0.5)
+    req = planner.PlanRequest(_items(rng, 8), p, v, 5, timing, cores=cores)
+    exact = planner.brute_force(req)
+    assert planner.lower_bound(req) <= exact.step_time * (1 + 1e-9)
+    without = planner.PlanRequest(req.items, p, v, 5, UNIT, cores=cores)
+    params = sum(i.params for i in req.items)
+    assert exact.step_time >= planner.brute_force(without).step_time + 0.5 * params / p - 1e-9

@@ -59,3 +59,40 @@ def test_balanced_interleaved_bubble(p, v, m):
     assert sim.step_time == pytest.approx((m + (p - 1) / v) * 3.0 / p * p)
     # rank 0 holds 2 (p - 1) + (v - 1) p + 1 micro-batch chunks at its peak (megatron's warm-up + 1).
     assert sim.peak_in_flight[0] == min(2 * (p - 1) + (v - 1) * p + 1, m * v)
+
+
+def test_shared_core_two_ranks_one_core_by_hand():
+    """p=2, m=2, unit ops, one core shared. Rank 0 runs F0 F1 B0 B1, rank 1 F0 B0 F1 B1. By hand:
+    F(0,0) alone [0,1]; F(0,1) and F(1,0) together at half speed [1,3]; B(1,0) alone [3,4] (B(0,0) waits
+    for it); B(0,0) and F(1,1) together [4,6]; B(1,1) [6,7]; B(0,1) [7,8]. With one core the step is the total
+    work, 8."""
+    sim = simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2, cores=1)
+    assert sim.end[Op("F", 0, 1)] == pytest.approx(3.0) and sim.end[Op("F", 1, 0)] == pytest.approx(3.0)
+    assert sim.end[Op("B", 1, 0)] == pytest.approx(4.0)
+    assert sim.start[Op("F", 1, 1)] == pytest.approx(4.0) and sim.end[Op("B", 0, 0)] == pytest.approx(6.0)
+    assert sim.step_time == pytest.approx(8.0)
+    dedicated = simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2)
+    assert dedicated.step_time == pytest.approx(6.0)
+    assert simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2, cores=2).step_time == pytest.approx(6.0)
+
+
+@pytest.mark.parametrize("p,m,cores", [(4, 8, 2), (4, 3, 1), (3, 5, 2)])
+def test_shared_cores_bounds(p, m, cores):
+    """Sharing never beats a device per rank, never beats total work / cores, and one core is exactly serial."""
+    fwd = [1.0 + 0.3 * c for c in range(p)]
+    bwd = [2.0 - 0.2 * c for c in range(p)]
+    shared = simulate(fwd, bwd, p, m, cores=cores)
+    alone = simulate(fwd, bwd, p, m)
+    total = m * (sum(fwd) + sum(bwd))
+    assert shared.step_time >= alone.step_time - 1e-9
+    assert shared.step_time >= total / cores - 1e-9
+    if cores == 1:
+        assert shared.step_time == pytest.approx(total)
+
+
+def test_optimizer_follows_the_flush():
+    """The step ends when the slowest rank's optimizer does, after the last backward anywhere."""
+    sim = simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2, optimizer=[0.5, 1.5])
+    assert sim.pipeline_time == pytest.approx(6.0)
+    assert sim.step_time == pytest.approx(7.5)
+    assert sim.busy == [pytest.approx(4.5), pytest.approx(5.5)]

@@ -1,18 +1,30 @@
 """`vffn-plan calibrate [--out FILE] [--rounds N] [overrides]`: measure this machine's cost rates for the planner.
 
-For every FFN kind the config uses (ffn.kind, or each kind of ffn.layers), one transformer layer of the
-configured shape runs forward and backward on a micro-batch of train.micro_batch_size x train.seq_length random
-hidden states, `rounds` times after one warm-up; the medians divided by the cost model's FLOPs for that layer
-give seconds per FLOP (forward and backward separately). The "default" rate (used by the embedding and the
-LM head) is the median over the kinds. P2P is measured with gloo between two local processes (the median time
-of a round trip of the layer-input-sized message and of a tiny one, halved): per-byte cost and latency. A
-single-rank layer is timed (TP=1); the file is for the machine it was measured on. Writes the JSON that
-`timing.Timing.load` reads (`--calibration FILE` of vffn-plan, `parallel.plan_costs` of the trainer).
+Layers are timed where the planner's costs are paid: inside whole training steps (`training.step.train_step`,
+megatron-core DDP, optimizer and schedule, as the trainer runs them) on micro-batches of train.micro_batch_size x
+train.seq_length random tokens. For every FFN kind the config uses (ffn.kind, or each kind of ffn.layers), models
+of one and of two layers of that kind run steps of 1 and of 3 micro-batches, `rounds` times each in interleaved
+rounds after a warm-up, and the fastest of the rounds is kept (other processes on the machine only ever add
+time, and differences of noisy figures amplify it):
+
+* one micro-batch's cost, T(n layers, 3) - T(n layers, 1) over 2; the second layer's share of it is the layer's
+  cost per micro-batch (including DDP's gradient hooks, which a layer timed alone would miss), split between
+  forward and backward as a layer timed alone splits it; divided by the cost model's FLOPs: seconds per FLOP;
+* what the one-layer model's micro-batch costs beyond its layer is the embedding, LM head, loss and the
+  schedule's own work: the "head" rate (split 1:2 between forward and backward, like the head's FLOPs);
+* what is left of a one-micro-batch step is work done once per step (gradient norm and clipping, the optimizer
+  update, zeroing buffers): `optimizer_seconds_per_param`.
+
+The "default" rate (any other item) is the median over the kinds. P2P is measured with gloo between two local
+processes (the fastest round trip of the layer-input-sized message and of a tiny one, halved): per-byte
+cost and latency. A single rank is timed (TP=1); the file is for the machine it was measured on. Writes the JSON
+that `timing.Timing.load` reads (`--calibration FILE` of vffn-plan, `parallel.plan_costs` of the trainer).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -24,9 +36,7 @@ from vffn_pretrain.planning.timing import Timing
 
 
 def _layer_seconds(model_cfg, ffn_cfg, micro: int, seq: int, rounds: int) -> tuple[float, float]:
-    """Median forward and backward seconds of layer 1 of a one-layer model of ffn_cfg.kind."""
-    import dataclasses
-
+    """Fastest forward and backward seconds of one layer of ffn_cfg.kind timed alone (for the forward share)."""
     from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.model.gpt import build_model
     from vffn_pretrain.parallel import ParallelConfig
@@ -47,7 +57,53 @@ def _layer_seconds(model_cfg, ffn_cfg, micro: int, seq: int, rounds: int) -> tup
         if r:  # the first round warms up
             fwd.append(mid - start)
             bwd.append(end - mid)
-    return statistics.median(fwd), statistics.median(bwd)
+    return min(fwd), min(bwd)
+
+
+class _StepTimer:
+    """A model of `layers` layers of one FFN kind with megatron-core DDP and optimizer, and its step timer."""
+
+    def __init__(self, model_cfg, ffn_cfg, train_cfg, layers: int):
+        from vffn_pretrain.model.ffn import state as ffn_state
+        from vffn_pretrain.model.gpt import build_model
+        from vffn_pretrain.parallel import ParallelConfig
+        from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
+
+        shape = dataclasses.replace(model_cfg, num_layers=layers)
+        self.chunks = build_model(shape, ffn_cfg, ParallelConfig())
+        ffn_state.set_training_step(self.chunks, 0, 1)
+        self.ddp = wrap_ddp(self.chunks, ParallelConfig())
+        self.optimizer = build_optimizer(self.ddp, OptimConfig(lr=1e-4, min_lr=1e-5), ParallelConfig())
+        self.params = sum(p.numel() for c in self.chunks for p in c.parameters())
+        self.b, self.s, self.vocab = train_cfg.micro_batch_size, train_cfg.seq_length, shape.vocab_size
+        self.gen = torch.Generator().manual_seed(0)
+
+    def step_seconds(self, micro_batches: int) -> float:
+        from vffn_pretrain.training.step import train_step
+
+        b, s = self.b, self.s
+        batches = []
+        for i in range(micro_batches):
+            tokens = torch.randint(0, self.vocab, (b, s + 1), generator=self.gen)
+            batches.append({"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": torch.ones(b, s),
+                            "position_ids": torch.arange(s).expand(b, s).contiguous(), "mb_key": (0, i)})
+        start = time.perf_counter()
+        train_step(self.ddp, self.optimizer, batches, seq_length=s, micro_batch_size=b)
+        return time.perf_counter() - start
+
+
+def _step_times(model_cfg, ffn_cfg, train_cfg, rounds: int) -> dict:
+    """Fastest step seconds {(layers, micro-batches): s} for 1 and 2 layers x 1 and 3 micro-batches, timed in
+    interleaved rounds after one warm-up round, and the parameter counts {layers: n}."""
+    timers = {n: _StepTimer(model_cfg, ffn_cfg, train_cfg, n) for n in (1, 2)}
+    times: dict[tuple[int, int], list[float]] = {(n, k): [] for n in timers for k in (1, 3)}
+    for r in range(rounds + 1):
+        for (n, k), out in times.items():
+            seconds = timers[n].step_seconds(k)
+            if r:
+                out.append(seconds)
+    return {"seconds": {key: min(v) for key, v in times.items()},
+            "params": {n: t.params for n, t in timers.items()}}
 
 
 def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> None:
@@ -67,7 +123,7 @@ def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> No
                 dist.recv(buf, 0)
                 dist.send(buf, 0)
             times.append((time.perf_counter() - start) / 2)
-        results.append(statistics.median(times[1:]))
+        results.append(min(times[1:]))
     if rank == 0:
         out.put(results)
     dist.destroy_process_group()
@@ -95,21 +151,37 @@ def measure_p2p(nbytes: int, rounds: int) -> tuple[float, float]:
 
 
 def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
-    """Timing from measurements for a validated RunConfig; also a report {kind: {forward_s, backward_s, ...}}.
-    Needs megatron's model-parallel state set up at TP = PP = 1 (a world of one)."""
+    """Timing from measurements for a validated RunConfig; also a report {kind: {forward_s, backward_s, ...},
+    "step": {...}, "p2p": ...}. Needs megatron's model-parallel state set up at TP = PP = 1 (a world of one)."""
     m, f, t = cfg.model, cfg.ffn, cfg.train
     shape = counting_shape(cfg)
     step = costs.StepShape(t.micro_batch_size, t.seq_length, 1, False, 4, token_sparse=f.token_sparse_recursion)
     forward, backward, report = {}, {}, {}
+    beyond_layer, once_per_param = [], []
     for kind in dict.fromkeys(f.layer_kinds(m.num_layers)):
         ffn_k = f.for_kind(kind)
         item = costs.layer_cost(shape, ffn_k.counting_shape(1), step)
-        fwd_s, bwd_s = _layer_seconds(m, ffn_k, t.micro_batch_size, t.seq_length, rounds)
+        alone_f, alone_b = _layer_seconds(m, ffn_k, t.micro_batch_size, t.seq_length, rounds)
+        timed = _step_times(m, ffn_k, t, rounds)
+        sec, params = timed["seconds"], timed["params"]
+        per_micro = {n: (sec[(n, 3)] - sec[(n, 1)]) / 2 for n in (1, 2)}
+        layer = max(per_micro[2] - per_micro[1], 0.0)
+        fwd_s, bwd_s = layer * alone_f / (alone_f + alone_b), layer * alone_b / (alone_f + alone_b)
         forward[kind], backward[kind] = fwd_s / item.forward_flops, bwd_s / item.backward_flops
+        beyond_layer.append(max(per_micro[1] - layer, 0.0))
+        once = [max(sec[(n, 1)] - per_micro[n], 0.0) for n in (1, 2)]
+        once_per_param.append(sum(once) / (params[1] + params[2]))
         report[kind] = {"forward_s": fwd_s, "backward_s": bwd_s, "forward_flops": item.forward_flops,
-                        "backward_flops": item.backward_flops}
+                        "backward_flops": item.backward_flops, "alone_forward_s": alone_f,
+                        "alone_backward_s": alone_b, "steps_s": {f"{n} layers x {k} micro-batches": v
+                                                                 for (n, k), v in sec.items()}}
     forward["default"] = statistics.median(forward.values())
     backward["default"] = statistics.median(backward.values())
+    head = costs.head_cost(shape, step)
+    rest = statistics.median(beyond_layer)  # embedding, head, loss and the schedule, per micro-batch
+    forward["head"], backward["head"] = rest / 3 / head.forward_flops, 2 * rest / 3 / head.backward_flops
+    optimizer_rate = statistics.median(once_per_param)
+    report["step"] = {"per_micro_batch_beyond_layers_s": rest, "once_per_step_s_per_param": optimizer_rate}
     analytic = Timing.analytic("cpu")
     per_byte, latency = analytic.p2p_seconds_per_byte, analytic.p2p_latency_s
     report["p2p"] = "analytic cpu profile (not measured)"
@@ -117,7 +189,7 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
         nbytes = int(t.micro_batch_size * t.seq_length * m.hidden_size * 4)
         per_byte, latency = measure_p2p(max(nbytes, 1 << 16), rounds)
         report["p2p"] = {"seconds_per_byte": per_byte, "latency_s": latency}
-    return Timing(forward, backward, {}, per_byte, latency, "calibrated"), report
+    return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate), report
 
 
 def counting_shape(cfg):

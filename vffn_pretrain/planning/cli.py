@@ -7,7 +7,8 @@ explicit `parallel.pipeline_layout` (when given); `--json` prints the same as on
 
 Options: --micro-batches M (default: train.global_batch_size / (train.micro_batch_size x --dp)), --dp (default 1),
 --memory-gib G (per device; default unlimited), --metrics PATH (loop mixes from a metrics.jsonl; default
-uniform), --calibration FILE (default: analytic costs of --device, H100), --bytes-per-param (default 18).
+uniform), --calibration FILE (default: analytic costs of --device, H100), --bytes-per-param (default 18),
+--shared-cores N (the ranks share N CPU cores, as gloo runs on one host do; default: a device per rank).
 Bad input: one line naming the key or option, exit 2.
 """
 
@@ -38,16 +39,23 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--calibration")
     ap.add_argument("--device", default="H100")
     ap.add_argument("--bytes-per-param", type=float, default=planner.BYTES_PER_PARAM)
+    ap.add_argument("--shared-cores", type=int)
     return ap
 
 
 def _compose(overrides: list[str]):
+    """The composed Hydra config; a bad override (Hydra's or OmegaConf's error) becomes a one-line ConfigError."""
     from hydra import compose, initialize_config_dir
 
     from vffn_pretrain.conf_path import CONF_DIR
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose("config", overrides=overrides)
+    except Exception as e:
+        if type(e).__module__.startswith(("hydra", "omegaconf")):
+            raise ConfigError("overrides", str(e).splitlines()[0]) from None
+        raise
 
 
 def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
@@ -73,7 +81,11 @@ def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     if args.memory_gib is not None and args.memory_gib <= 0:
         raise ConfigError("--memory-gib", f"must be positive, got {args.memory_gib}")
     budget = args.memory_gib * 2**30 if args.memory_gib else None
-    req = planner.PlanRequest(items, par.pp, par.effective_vpp or 1, micro, timing, budget, args.bytes_per_param)
+    cores = getattr(args, "shared_cores", None)
+    if cores is not None and cores < 1:
+        raise ConfigError("--shared-cores", f"must be positive, got {cores}")
+    req = planner.PlanRequest(items, par.pp, par.effective_vpp or 1, micro, timing, budget, args.bytes_per_param,
+                              cores=cores)
     return req, par.pipeline_layout
 
 
@@ -122,7 +134,9 @@ def _print_table(rep: dict) -> None:
 def _stand_in_layout(raw) -> str | None:
     """The explicit layout, or None. Without one, the trainer insists that PP x VPP divides the layers; the
     planner exists for the other cases, so validation runs on an even stand-in layout instead."""
-    par, layers = raw.parallel, int(raw.model.num_layers)
+    par, layers = raw.parallel, raw.model.num_layers
+    if not (isinstance(par.pp, int) and isinstance(par.vpp, (int, type(None))) and isinstance(layers, int)):
+        return par.pipeline_layout  # the config's own validation names the bad key
     if par.pipeline_layout == "auto":  # what the trainer would plan is the "planned" row
         par.pipeline_layout = None
     if par.pipeline_layout is not None or par.pp < 2:
@@ -158,11 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     except planner.PlanError as e:
         print(f"vffn-plan: {e}", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    except Exception as e:  # Hydra's override errors
-        if type(e).__module__.startswith(("hydra", "omegaconf")):
-            print(f"vffn-plan: {str(e).splitlines()[0]}", file=sys.stderr)
-            return EXIT_BAD_CONFIG
-        raise
     if args.json:
         print(json.dumps(rep, indent=1))
     else:

@@ -15,7 +15,8 @@ chunks in front of its first chunk r, cannot finish before micro-batch m-1 has r
 works m * (its chunks' F + B) in between; so step >= max_r (head_r + m work_r + tail_r). Without interleaving
 the minimum of that over all splits is an exact minimax DP (ignoring memory, which only removes splits, and
 recompute, which only adds work). With interleaving it is relaxed to weighted averages over ranks (each a DP);
-a single layer's m (f + b) is a bound too.
+a single layer's m (f + b) is a bound too. The optimizer step after the flush adds at least the average rank's
+(total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, so the bound holds.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class PlanError(ValueError):
 class PlanRequest:
     """items: [E, t_1 .. t_n, L] costs; p, v, m: pipeline ranks, virtual stages, micro-batches;
     memory_budget: bytes per device (None: unlimited); bytes_per_param: static bytes per parameter
-    (weights, gradients, optimizer state); group: microbatch_group_size_per_vp_stage (default p)."""
+    (weights, gradients, optimizer state); group: microbatch_group_size_per_vp_stage (default p);
+    cores: CPU cores the ranks share (CPU runs of several ranks on one host; None: a device per rank)."""
 
     items: list[ItemCost]
     p: int
@@ -54,6 +56,7 @@ class PlanRequest:
     bytes_per_param: float = BYTES_PER_PARAM
     group: int | None = None
     allow_recompute: bool = True
+    cores: int | None = None
 
     def __post_init__(self):
         if [self.items[0].symbol, self.items[-1].symbol] != ["E", "L"]:
@@ -132,9 +135,11 @@ def evaluate(req: PlanRequest, split: tuple[int, ...], recompute: list[str] | No
     groups = _chunk_items(req, split)
     boundary = req.items[1].input_bytes  # one micro-batch's hidden states cross each stage boundary
     hop = req.timing.p2p_s(boundary) if req.p > 1 else 0.0
-    static = [0.0] * req.p
+    params = [0.0] * req.p
     for c, g in enumerate(groups):
-        static[c % req.p] += sum(i.params for i in g) * req.bytes_per_param
+        params[c % req.p] += sum(i.params for i in g)
+    static = [n * req.bytes_per_param for n in params]
+    optimizer = [req.timing.optimizer_s(n) for n in params]
     choices = [recompute] if recompute else _recompute_choices(req)
 
     best = None
@@ -143,7 +148,7 @@ def evaluate(req: PlanRequest, split: tuple[int, ...], recompute: list[str] | No
         fwd = [sum(req.timing.forward_s(i) for i in g) for g in chunk_items]
         bwd = [sum(req.timing.backward_s(i) for i in g) for g in chunk_items]
         act = [sum(i.stored_bytes for i in g) for g in chunk_items]
-        sim = simulate(fwd, bwd, req.p, req.m, hop, act, req.group)
+        sim = simulate(fwd, bwd, req.p, req.m, hop, act, req.group, optimizer, req.cores)
         memory = [s + a for s, a in zip(static, sim.peak_activation_bytes)]
         feasible = req.memory_budget is None or max(memory) <= req.memory_budget
         cand = Plan(tuple(split), list(rc), sim, memory, feasible, layout_string(tuple(split)), fwd, bwd)
@@ -337,12 +342,15 @@ def lower_bound(req: PlanRequest) -> float:
         bound = max(_averaged_bound(req, work, hop, alpha) for alpha in _alphas(req.p))
     # The last micro-batch's own forward and backward through every item are a chain too.
     path = sum(fwd) + sum(bwd) + 2 * hop * (req.chunks - 1)
-    return max(bound, layer, path)
+    # After the flush the busiest rank's optimizer step runs; on any split it is at least the average.
+    optimizer = req.timing.optimizer_s(sum(i.params for i in req.items)) / req.p
+    return max(bound, layer, path) + optimizer
 
 
 def _chain_bound(req: PlanRequest, work: list[float], hop: float) -> float:
     """min over splits of max_r (head_r + tail_r + m work_r), v = 1 (memory and recompute relaxed)."""
-    relaxed = PlanRequest(req.items, req.p, 1, req.m, req.timing, None, req.bytes_per_param, req.group, False)
+    relaxed = PlanRequest(req.items, req.p, 1, req.m, req.timing, None, req.bytes_per_param, req.group, False,
+                          req.cores)
     prefix = [work[0]]
     for w in work[1:-1]:
         prefix.append(prefix[-1] + w)

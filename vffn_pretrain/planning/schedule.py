@@ -12,7 +12,13 @@ The per-rank orders are those of `forward_backward_pipelining_without_interleavi
 min(p - r - 1, m) forwards, m - w one-forward-one-backward pairs, w cool-down backwards) and
 `forward_backward_pipelining_with_interleaving` (`get_schedule_table` order in groups of g micro-batches,
 warm-up 2 (p - r - 1) + (v - 1) g, capped at m v). Sends do not block the sender (the model of an overlapped,
-buffered P2P); the optimizer step is not simulated.
+buffered P2P). The optimizer step follows the pipeline flush: megatron's gradient-norm all-reduce makes every rank
+wait for the last one, then each rank steps its own parameters, so the step ends `max(optimizer)` after the
+pipeline does.
+
+`cores` models ranks that share a host's CPU cores (gloo tests and benchmarks on one machine): while k > cores
+ranks compute at once, each progresses at cores / k of its own speed (processor sharing); a rank waiting for
+its input uses none. Without it every rank has its own device.
 
 Peak activation memory follows from the order alone: a rank holds chunk c's activations for micro-batch i from
 the start of F(c, i) to the end of B(c, i), so its peak is the largest running sum of its forwards minus its
@@ -21,6 +27,7 @@ backwards, weighted by each chunk's bytes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -83,47 +90,45 @@ class StepSimulation:
     start: dict
     end: dict
     peak_in_flight: list[int]
+    pipeline_time: float = 0.0  # when the last rank finishes its last backward (step_time less the optimizer)
 
 
 def simulate(forward: list[float], backward: list[float], p: int, m: int, p2p: float = 0.0,
-             activation_bytes: list[float] | None = None, group: int | None = None) -> StepSimulation:
+             activation_bytes: list[float] | None = None, group: int | None = None,
+             optimizer: list[float] | None = None, cores: int | None = None) -> StepSimulation:
     """Simulate one step. forward[c], backward[c]: seconds of one micro-batch on chunk c (len = p * v);
     p2p: seconds per activation or gradient transfer between ranks; activation_bytes[c]: bytes chunk c keeps
-    per in-flight micro-batch; group: megatron's microbatch_group_size_per_vp_stage (default p)."""
+    per in-flight micro-batch; group: megatron's microbatch_group_size_per_vp_stage (default p);
+    optimizer[r]: seconds of rank r's optimizer step; cores: CPU cores the ranks share (None: one device each)."""
     chunks = len(forward)
     if chunks != len(backward) or chunks % p:
         raise ValueError(f"need p * v forward and backward times, got {len(forward)}, {len(backward)} for p={p}")
     if m < 1:
         raise ValueError(f"need at least one micro-batch, got {m}")
+    if cores is not None and cores < 1:
+        raise ValueError(f"cores must be positive, got {cores}")
     v = chunks // p
     act = activation_bytes or [0.0] * chunks
     orders = [rank_order(r, p, v, m, group) for r in range(p)]
     hop = p2p if p > 1 else 0.0
-    start: dict[Op, float] = {}
-    end: dict[Op, float] = {}
-    pos = [0] * p
-    free = [0.0] * p
-    remaining = sum(len(o) for o in orders)
-    while remaining:
-        progressed = False
-        for r in range(p):
-            while pos[r] < len(orders[r]):
-                op = orders[r][pos[r]]
-                deps = _deps(op, chunks)
-                if any(d not in end for d in deps):
-                    break
-                ready = max([free[r]] + [end[d] + (hop if d.kind == op.kind or d.chunk != op.chunk else 0.0)
-                                         for d in deps])
-                duration = forward[op.chunk] if op.kind == "F" else backward[op.chunk]
-                start[op], end[op] = ready, ready + duration
-                free[r] = end[op]
-                pos[r] += 1
-                remaining -= 1
-                progressed = True
-        if not progressed:
-            raise RuntimeError("schedule deadlock: the per-rank orders are inconsistent")
-    step_time = max(free)
-    busy = [sum((forward if op.kind == "F" else backward)[op.chunk] for op in orders[r]) for r in range(p)]
+
+    def duration(op: Op) -> float:
+        return forward[op.chunk] if op.kind == "F" else backward[op.chunk]
+
+    def ready_time(op: Op, free: float, end: dict) -> float | None:
+        """When op can start on a rank free at `free`: None while an input is still being computed."""
+        deps = _deps(op, chunks)
+        if any(d not in end for d in deps):
+            return None
+        return max([free] + [end[d] + (hop if d.kind == op.kind or d.chunk != op.chunk else 0.0) for d in deps])
+
+    if cores is None or cores >= p:
+        start, end = _run_dedicated(orders, duration, ready_time)
+    else:
+        start, end = _run_shared(orders, duration, ready_time, cores)
+    pipeline_time = max(end[o[-1]] for o in orders)
+    step_time = pipeline_time + max(optimizer or [0.0])
+    busy = [sum(duration(op) for op in orders[r]) + (optimizer[r] if optimizer else 0.0) for r in range(p)]
     idle = [step_time - b for b in busy]
     peaks, counts = [], []
     for r in range(p):
@@ -137,7 +142,72 @@ def simulate(forward: list[float], backward: list[float], p: int, m: int, p2p: f
         peaks.append(peak)
         counts.append(n_peak)
     bubble = sum(idle) / (p * step_time) if step_time > 0 else 0.0
-    return StepSimulation(step_time, busy, idle, bubble, peaks, start, end, counts)
+    return StepSimulation(step_time, busy, idle, bubble, peaks, start, end, counts, pipeline_time)
+
+
+def _run_dedicated(orders, duration, ready_time) -> tuple[dict, dict]:
+    """Start and end of every op when each rank has its own device: an op runs as soon as its rank is free
+    and its inputs have arrived."""
+    start: dict[Op, float] = {}
+    end: dict[Op, float] = {}
+    pos = [0] * len(orders)
+    free = [0.0] * len(orders)
+    remaining = sum(len(o) for o in orders)
+    while remaining:
+        progressed = False
+        for r, order in enumerate(orders):
+            while pos[r] < len(order):
+                op = order[pos[r]]
+                ready = ready_time(op, free[r], end)
+                if ready is None:
+                    break
+                start[op], end[op] = ready, ready + duration(op)
+                free[r] = end[op]
+                pos[r] += 1
+                remaining -= 1
+                progressed = True
+        if not progressed:
+            raise RuntimeError("schedule deadlock: the per-rank orders are inconsistent")
+    return start, end
+
+
+def _run_shared(orders, duration, ready_time, cores: int) -> tuple[dict, dict]:
+    """Start and end of every op when the ranks share `cores` cores: an event loop over op starts and ends in
+    which the k running ops each advance at min(1, cores / k) seconds of work per second."""
+    start: dict[Op, float] = {}
+    end: dict[Op, float] = {}
+    pos = [0] * len(orders)
+    free = [0.0] * len(orders)
+    left: dict[int, float] = {}  # rank -> seconds of work left on its running op
+    now = 0.0
+    while any(pos[r] < len(o) for r, o in enumerate(orders)):
+        next_ready = math.inf
+        for r, order in enumerate(orders):
+            if r in left or pos[r] == len(order):
+                continue
+            ready = ready_time(order[pos[r]], free[r], end)
+            if ready is None:
+                continue
+            if ready <= now + 1e-15:
+                start[order[pos[r]]] = now
+                left[r] = duration(order[pos[r]])
+            else:
+                next_ready = min(next_ready, ready)
+        if not left and next_ready == math.inf:
+            raise RuntimeError("schedule deadlock: the per-rank orders are inconsistent")
+        rate = min(1.0, cores / len(left)) if left else 1.0
+        next_end = now + min(left.values()) / rate if left else math.inf
+        step_to = min(next_end, next_ready)
+        for r in list(left):
+            left[r] -= (step_to - now) * rate
+            if left[r] <= 1e-12:
+                op = orders[r][pos[r]]
+                end[op] = step_to
+                free[r] = step_to
+                pos[r] += 1
+                del left[r]
+        now = step_to
+    return start, end
 
 
 def _deps(op: Op, chunks: int) -> list[Op]:

@@ -2,8 +2,12 @@
 
 The calibration file (written by `vffn-plan calibrate`) is JSON:
   {"device": str, "seconds_per_flop": {"forward": {kind: s}, "backward": {kind: s}},
-   "seconds_per_item": {"E": s, "L": s}, "p2p_seconds_per_byte": s, "p2p_latency_s": s}
-where kind is an FFN kind, "head" or "embedding"; a kind missing from it uses the "default" entry.
+   "seconds_per_item": {"E": s, "L": s}, "p2p_seconds_per_byte": s, "p2p_latency_s": s,
+   "optimizer_seconds_per_param": s}
+where kind is an FFN kind, "head" or "embedding"; a kind missing from it uses the "default" entry. The optimizer
+rate covers what a training step does once after the pipeline drains (gradient norm, clipping, the optimizer's
+update, zeroing the buffers), per parameter of the rank; analytic profiles leave it at 0 (on a GPU it is a few
+milliseconds against seconds of pipeline).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Timing:
     p2p_seconds_per_byte: float = 0.0
     p2p_latency_s: float = 0.0
     source: str = "analytic"
+    optimizer_seconds_per_param: float = 0.0
 
     @classmethod
     def analytic(cls, device: str = "H100", efficiency: float = ANALYTIC_EFFICIENCY) -> Timing:
@@ -53,13 +58,15 @@ class Timing:
         spf = data["seconds_per_flop"]
         return cls(dict(spf["forward"]), dict(spf["backward"]), dict(data.get("seconds_per_item", {})),
                    float(data.get("p2p_seconds_per_byte", 0.0)), float(data.get("p2p_latency_s", 0.0)),
-                   f"calibrated ({data.get('device', '?')}, {path})")
+                   f"calibrated ({data.get('device', '?')}, {path})",
+                   float(data.get("optimizer_seconds_per_param", 0.0)))
 
     def save(self, path: str | Path, device: str) -> None:
         Path(path).write_text(json.dumps({
             "device": device, "seconds_per_flop": {"forward": self.forward, "backward": self.backward},
             "seconds_per_item": self.per_item, "p2p_seconds_per_byte": self.p2p_seconds_per_byte,
-            "p2p_latency_s": self.p2p_latency_s}, indent=1))
+            "p2p_latency_s": self.p2p_latency_s,
+            "optimizer_seconds_per_param": self.optimizer_seconds_per_param}, indent=1))
 
     def _rate(self, table: dict[str, float], kind: str) -> float:
         return table.get(kind, table["default"])
@@ -72,6 +79,9 @@ class Timing:
         recomputed = item.backward_flops_effective - item.backward_flops
         return (item.backward_flops * self._rate(self.backward, item.kind)
                 + recomputed * self._rate(self.forward, item.kind) + self.per_item.get(item.symbol, 0.0))
+
+    def optimizer_s(self, params: float) -> float:
+        return params * self.optimizer_seconds_per_param
 
     def p2p_s(self, nbytes: float) -> float:
         return self.p2p_latency_s + nbytes * self.p2p_seconds_per_byte

@@ -1,0 +1,157 @@
+"""The pipeline simulator against measured CPU step times, and a planned layout against the even split.
+
+Two studies on this machine, each rank a gloo process with one thread:
+
+1. **Prediction**: `vffn-plan calibrate` measures the config's rates, then for PP = 2 and PP = 4, an even and a
+   skewed layout, the trainer runs (`vffn-pretrain` under torchrun) and its measured step time (from
+   metrics.jsonl windows after a warm-up) is set against `vffn-plan`'s prediction for that layout. When more
+   ranks run than the machine has cores, the prediction shares the cores among the ranks (`--shared-cores`).
+2. **Planning**: a heterogeneous model (dense layers first, VersatileFFN after) at PP = 2: the planner's layout
+   and the even split run in interleaved rounds; the table gives each round's step times and the speed-up.
+
+    python benchmarks/pipeline_measured.py [--json] [--steps 10] [--rounds 3] [--quick]
+
+--quick runs one case of each study with a few steps (what the test suite checks). Prints tables; --json for
+machines. Timings need a quiet machine: check `uptime` first; the load is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODEL = ["model=tiny", "model.num_layers=8", "train.micro_batch_size=2", "train.global_batch_size=16",
+         "train.seq_length=128"]
+MIXED = ["ffn.layers='dense*4,versatile*4'"]
+QUIET = ["train.eval_interval=100000", "checkpoint.interval=100000", "logging.wandb.enabled=false",
+         "logging.interval=2", "logging.stats_interval=100000", "logging.progress_bar=false"]
+PREDICTION_CASES = [  # (pp, name, layout)
+    (2, "even", "Etttt|ttttL"),
+    (2, "skewed", "Etttttt|ttL"),
+    (4, "even", "Ett|tt|tt|ttL"),
+    (4, "skewed", "Etttt|tt|t|tL"),
+]
+
+
+def _env() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def calibrate(overrides: list[str], out: Path, rounds: int) -> None:
+    cmd = [sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", "--out", str(out), "--rounds",
+           str(rounds), *overrides]
+    subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
+
+
+def predict(overrides: list[str], pp: int, layout: str | None, calibration: Path) -> dict:
+    """vffn-plan's rows for this layout ("given") and its own plan ("planned")."""
+    cores = os.cpu_count() or 1
+    cmd = [sys.executable, "-m", "vffn_pretrain.planning.cli", "--json", "--calibration", str(calibration),
+           *overrides, f"parallel.pp={pp}"]
+    if layout:
+        cmd.append(f"parallel.pipeline_layout={layout}")
+    if pp > cores:
+        cmd.append(f"--shared-cores={cores}")
+    out = subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
+    return {row["name"]: row for row in json.loads(out.stdout)["plans"]}
+
+
+def measure(overrides: list[str], pp: int, layout: str, steps: int, warmup: int) -> list[float]:
+    """Step seconds of each metrics.jsonl window after `warmup` steps of a real trainer run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={pp}",
+               f"--master-port={_free_port()}", "-m", "vffn_pretrain.train", *overrides, *QUIET,
+               f"parallel.pp={pp}", f"parallel.pipeline_layout={layout}", f"train.max_steps={steps}",
+               f"run_dir={tmp}/run"]
+        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"trainer failed ({done.returncode}): {done.stderr[-2000:]}")
+        records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
+    tokens = 16 * 128  # train.global_batch_size x train.seq_length of MODEL
+    return [tokens / r["tokens_per_sec"] for r in records if "tokens_per_sec" in r and r["step"] > warmup]
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def prediction_study(args, workdir: Path) -> list[dict]:
+    cal = workdir / "versatile.json"
+    calibrate(MODEL, cal, args.calib_rounds)
+    rows = []
+    cases = PREDICTION_CASES[:1] if args.quick else PREDICTION_CASES
+    for pp, name, layout in cases:
+        predicted = predict(MODEL, pp, layout, cal)["given"]["step_time_s"]
+        measured = statistics.median(measure(MODEL, pp, layout, args.steps, args.warmup))
+        rows.append({"pp": pp, "layout_name": name, "layout": layout, "predicted_s": predicted,
+                     "measured_s": measured, "error": predicted / measured - 1, "load": load()})
+    return rows
+
+
+def planning_study(args, workdir: Path) -> dict:
+    overrides = MODEL + MIXED
+    cal = workdir / "mixed.json"
+    calibrate(overrides, cal, args.calib_rounds)
+    plans = predict(overrides, 2, None, cal)
+    planned, even = plans["planned"]["layout"], plans["even"]["layout"]
+    rounds = []
+    for r in range(1 if args.quick else args.rounds):
+        order = [("planned", planned), ("even", even)] if r % 2 == 0 else [("even", even), ("planned", planned)]
+        times = {name: statistics.median(measure(overrides, 2, layout, args.steps, args.warmup))
+                 for name, layout in order}
+        rounds.append({**times, "speedup": times["even"] / times["planned"], "load": load()})
+    return {"planned_layout": planned, "even_layout": even,
+            "predicted_planned_s": plans["planned"]["step_time_s"], "predicted_even_s": plans["even"]["step_time_s"],
+            "rounds": rounds, "median_speedup": statistics.median(r["speedup"] for r in rounds)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--calib-rounds", type=int, default=7)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.calib_rounds = 4, 2, 2
+    with tempfile.TemporaryDirectory() as tmp:
+        result = {"cores": os.cpu_count(), "load_before": load(),
+                  "prediction": prediction_study(args, Path(tmp)), "planning": planning_study(args, Path(tmp))}
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    print(f"load before: {result['load_before']} ({result['cores']} cores)")
+    print(f"\n{'PP':>3} {'layout':>16} {'predicted s':>12} {'measured s':>11} {'error':>7}  load")
+    for row in result["prediction"]:
+        print(f"{row['pp']:>3} {row['layout']:>16} {row['predicted_s']:>12.3f} {row['measured_s']:>11.3f} "
+              f"{row['error']:>+7.1%}  {row['load']}")
+    plan = result["planning"]
+    print(f"\nmixed model PP=2: planned {plan['planned_layout']} (predicted {plan['predicted_planned_s']:.3f} s) "
+          f"vs even {plan['even_layout']} (predicted {plan['predicted_even_s']:.3f} s)")
+    print(f"{'round':>5} {'planned s':>10} {'even s':>8} {'speed-up':>9}  load")
+    for i, r in enumerate(plan["rounds"]):
+        print(f"{i:>5} {r['planned']:>10.3f} {r['even']:>8.3f} {r['speedup']:>9.3f}  {r['load']}")
+    print(f"median speed-up of the planned layout: {plan['median_speedup']:.3f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

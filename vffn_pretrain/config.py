@@ -43,7 +43,12 @@ class RunConfig:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir) if self.checkpoint.dir else self.run_dir / "checkpoints"
+        return checkpoint_dir_of(self.checkpoint, self.run_dir)
+
+
+def checkpoint_dir_of(checkpoint: CheckpointConfig, run_dir: Path) -> Path:
+    """Where a run's checkpoints live: checkpoint.dir, or run_dir/checkpoints."""
+    return Path(checkpoint.dir) if checkpoint.dir else run_dir / "checkpoints"
 
 
 def _build(cls, group: str, values: Any):
@@ -126,8 +131,11 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
     if parallel.pipeline_layout == "auto":
         from vffn_pretrain.planning.auto import auto_layout
+        from vffn_pretrain.training.checkpointing import CheckpointManager
 
-        parallel.pipeline_layout = auto_layout(model, ffn, parallel, train, world_size, run_dir)
+        checkpoint_dir = checkpoint_dir_of(checkpoint, run_dir)
+        resume_from = CheckpointManager(checkpoint_dir).latest() if checkpoint.resume else None
+        parallel.pipeline_layout = auto_layout(model, ffn, parallel, train, world_size, run_dir, resume_from)
     if parallel.pipeline_layout is not None:
         _validate_layout(parallel, model)
     if train.seq_length > model.max_position_embeddings:

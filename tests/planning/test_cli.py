@@ -26,8 +26,28 @@ def test_json_plan_covers_every_layer(capsys):
     (["parallel.pp=8"], "parallel.pp"),
     (["parallel.pp=2", "parallel.pipeline_layout=Ettt|ttL"], "parallel.pipeline_layout"),
     (["parallel.pp=2", "--memory-gib", "0.0001"], "short by"),
+    (["parallel.pp=2", "--checkpoint", "/nonexistent"], "--checkpoint"),
+    (["parallel.pp=2", "--shared-cores", "0"], "--shared-cores"),
+    (["parallel.pp=abc"], "parallel.pp"),
+    (["ffn.layers=dense,versatile"], "overrides"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, extra, key):
     assert main([*SMALL, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err and "Traceback" not in err
+
+
+def test_loop_mixes_from_a_checkpoint_move_the_plan(capsys, tmp_path):
+    """A checkpoint whose first layers sampled L_max loops and last layers one loop: the planned split puts
+    fewer layers on the first stage than uniform mixes do."""
+    from vffn_pretrain.planning.loops import write_loop_stats
+
+    write_loop_stats(tmp_path, 10, "Ettt|tttL", {str(n): [0, 0, 0, 100] if n <= 3 else [100, 0, 0, 0]
+                                                 for n in range(1, 7)})
+    shape = ["model=354m", "model.num_layers=6", "train.micro_batch_size=1", "train.global_batch_size=16",
+             "parallel.pp=2", "--json"]  # large enough that compute, not latency, decides (analytic H100 costs)
+    assert main(shape) == 0
+    uniform = json.loads(capsys.readouterr().out)["plans"][0]["stages"][0]["layers"]
+    assert main([*shape, "--checkpoint", str(tmp_path)]) == 0
+    skewed = json.loads(capsys.readouterr().out)["plans"][0]["stages"][0]["layers"]
+    assert skewed[0] < uniform[0]

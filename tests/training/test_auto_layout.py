@@ -4,6 +4,7 @@ requests are start-up errors naming the key, exit 2."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,62 @@ def test_bad_auto_request_exits_2_with_one_line(synthetic_data, tmp_path):
     lines = [line for line in out.stderr.splitlines() if "parallel.plan_memory_gib" in line]
     assert len(lines) == 1 and "short by" in lines[0] and "Traceback" not in out.stderr
     assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def test_resume_switches_layout_when_the_plan_is_faster_by_more_than_the_threshold(rank_pools, synthetic_data,
+                                                                                   tmp_path):
+    """A PP=2 run on the even split saves its loop statistics with the checkpoint; resumed with
+    pipeline_layout=auto it moves to the planned layout (versatile layers are ~3x a dense one's work) and computes
+    the single-rank losses; with a threshold above the predicted gain it keeps the checkpoint's layout."""
+    first = rank_pools(2).run(cases.train, _overrides(synthetic_data, tmp_path, "r", "parallel.pp=2",
+                                                      "parallel.pipeline_layout=Ett|ttL", "train.max_steps=4",
+                                                      "train.exit_interval=2", "checkpoint.interval=2"))[0]
+    assert first["summary"]["steps"] == 2
+    ckpt = tmp_path / "r" / "checkpoints" / "step_0000002"
+    stats = json.loads((ckpt / "loop_stats.json").read_text())
+    assert stats["pipeline_layout"] == "Ett|ttL" and sorted(stats["loop_hist"]) == ["3", "4"]
+
+    def chosen(*extra):
+        return cases.run_config(_overrides(synthetic_data, tmp_path, "r", "parallel.pp=2",
+                                           "parallel.pipeline_layout=auto", "train.max_steps=4", *extra),
+                                world_size=2).parallel.pipeline_layout
+
+    assert chosen() == "Ettt|tL"
+    assert chosen("parallel.replan_threshold=100") == "Ett|ttL"
+    assert chosen("checkpoint.resume=false") == "Ettt|tL"  # a fresh start plans without the checkpoint
+
+    resumed = rank_pools(2).run(cases.train, _overrides(synthetic_data, tmp_path, "r", "parallel.pp=2",
+                                                        "parallel.pipeline_layout=auto", "train.max_steps=4"))[0]
+    assert resumed["summary"]["steps"] == 4
+    single = rank_pools(1).run(cases.train, _overrides(synthetic_data, tmp_path, "one", "train.max_steps=4"))[0]
+    np.testing.assert_allclose([resumed["losses"][s] for s in (3, 4)], [single["losses"][s] for s in (3, 4)],
+                               rtol=1e-5)
+
+
+def test_replan_decision():
+    """Keep the saved layout within the threshold, switch beyond it, and replan whatever the threshold when the
+    saved layout no longer fits the request."""
+    from vffn_pretrain.planning import planner
+    from vffn_pretrain.planning.auto import replan_decision
+    from vffn_pretrain.planning.costs import ItemCost
+    from vffn_pretrain.planning.timing import Timing
+
+    unit = Timing({"default": 1.0}, {"default": 1.0})
+    layers = [ItemCost("t", "dense", 1.0, 2.0, 1.0, 1.0, 1.0)] * 4 + [ItemCost("t", "versatile", 3.0, 6.0, 1.0, 1.0, 1.0)] * 4
+    req = planner.PlanRequest([ItemCost("E", "embedding", 0, 0, 0, 0, 1.0), *layers,
+                               ItemCost("L", "head", 0, 0, 0, 0, 1.0)], 2, 1, 8, unit)
+    best = planner.plan(req)
+    even = planner.evaluate(req, (4, 4))
+    gain = even.step_time / best.step_time - 1
+    assert best.layout != even.layout and gain > 0.2
+    assert replan_decision(req, best, even.layout, 0.05)[0] == best.layout
+    layout, why = replan_decision(req, best, even.layout, gain + 0.01)
+    assert layout == even.layout and "kept" in why
+    assert replan_decision(req, best, "Ett|tt|tt|ttL", 100.0)[0] == best.layout  # PP=4 layout at PP=2
+    assert replan_decision(req, best, None, 100.0)[0] == best.layout
+    # Under a budget the best plan just fits, a split that needs more memory is left whatever the threshold.
+    tight = planner.PlanRequest(req.items, 2, 1, 8, unit, memory_budget=max(best.memory) * 1.0001,
+                                allow_recompute=False)
+    over = next(s for s in planner._compositions(8, 2) if not planner.evaluate(tight, s).feasible)
+    layout, why = replan_decision(tight, planner.plan(tight), planner.layout_string(over), 100.0)
+    assert layout == best.layout and "over parallel.plan_memory_gib" in why

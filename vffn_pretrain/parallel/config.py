@@ -20,6 +20,7 @@ class ParallelConfig:
     pipeline_layout: str | None = None  # megatron-core layout string, e.g. "Ettt|tttL", or "auto" (planned)
     plan_memory_gib: float | None = None  # pipeline_layout=auto: memory budget per device (None: unlimited)
     plan_costs: str | None = None  # pipeline_layout=auto: a `vffn-plan calibrate` JSON (None: analytic costs)
+    replan_threshold: float = 0.05  # pipeline_layout=auto on resume: switch layouts when predicted this much faster
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
@@ -43,6 +44,9 @@ class ParallelConfig:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"parallel.{key}", f"must be a positive number, got {value!r}")
+        value = self.replan_threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ConfigError("parallel.replan_threshold", f"must be a finite number >= 0, got {value!r}")
         if self.overlap_param_gather and not self.distributed_optimizer:
             raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
 

@@ -1,8 +1,15 @@
 """`parallel.pipeline_layout=auto`: plan the layout at start-up, before the model is built.
 
 The planner sees the run's layers with the costs of `parallel.plan_costs` (a `vffn-plan calibrate` JSON) or,
-when null, analytic costs (H100 figures with a GPU, a CPU/gloo profile without), and the loop mixes of the latest stats record in run_dir/metrics.jsonl when the run has one (a resumed
-run), else uniform mixes (what tau0 gives before training). The trainer's own recompute setting applies to every
+when null, analytic costs (H100 figures with a GPU, a CPU/gloo profile without), and loop mixes from, in order:
+the checkpoint the run resumes from (its loop_stats.json), the latest stats record in run_dir/metrics.jsonl, or
+uniform mixes (what tau0 gives before training).
+
+On resume, the checkpoint also names the layout it was trained with. The run keeps that layout unless the plan
+for the checkpoint's loop mixes is predicted faster than it by more than `parallel.replan_threshold` (a fraction,
+5% by default), or it no longer fits (another PP/VPP, layer count or memory budget); then the run switches to the
+plan (distributed checkpoints load into any layout) and says so in one line. Switching has a cost (the RNG
+states are not restored across layouts), hence the threshold. The trainer's own recompute setting applies to every
 stage (the planner's per-stage recompute is not used). The result is an ordinary layout string, validated and
 turned into parallel.vpp like one written by hand. Every rank plans from the same inputs, so all agree.
 """
@@ -14,15 +21,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.planning import planner
+from vffn_pretrain.planning import loops, planner
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 
 
-def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | None) -> planner.PlanRequest:
-    """The planner's request for these validated config groups (dp from the world size)."""
+def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | None,
+                 checkpoint: Path | None = None) -> planner.PlanRequest:
+    """The planner's request for these validated config groups (dp from the world size); loop mixes from the
+    `checkpoint` directory's loop_stats.json when given, else from `metrics` (a metrics.jsonl) when it exists,
+    else uniform."""
     from vffn_pretrain.planning.cli import build_request
 
     chunks = parallel.pp * (parallel.effective_vpp or 1)
@@ -33,6 +43,7 @@ def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | N
     if budget is not None and not budget > 0:
         raise ConfigError("parallel.plan_memory_gib", f"must be null or positive, got {budget!r}")
     args = SimpleNamespace(metrics=str(metrics) if metrics and metrics.exists() else None, micro_batches=None,
+                           checkpoint=str(checkpoint) if checkpoint else None,
                            dp=parallel.data_parallel_size(world_size), calibration=parallel.plan_costs,
                            device=_this_device(),
                            memory_gib=budget, bytes_per_param=planner.BYTES_PER_PARAM)
@@ -55,22 +66,56 @@ def _this_device() -> str:
     return "H100" if torch.cuda.is_available() else "cpu"
 
 
-def auto_layout(model, ffn, parallel, train, world_size: int, run_dir: Path) -> str | None:
-    """The planned layout string (None at parallel.pp=1: nothing to split). Logs the plan in one line.
-    Raises ConfigError naming parallel.pp / parallel.plan_memory_gib when no layout can be planned."""
+def auto_layout(model, ffn, parallel, train, world_size: int, run_dir: Path,
+                resume_from: Path | None = None) -> str | None:
+    """The layout string to run (None at parallel.pp=1: nothing to split). Logs the decision in one line.
+    resume_from: the checkpoint directory this run will resume from, if any (its loop statistics and layout
+    decide whether to replan). Raises ConfigError naming parallel.pp / parallel.plan_memory_gib when no layout
+    can be planned."""
     if parallel.pp == 1:
         log.info("parallel.pipeline_layout=auto: parallel.pp=1, no pipeline to plan")
         return None
     metrics = Path(run_dir) / "metrics.jsonl"
-    req = plan_request(model, ffn, parallel, train, world_size, metrics)
+    saved = loops.checkpoint_loop_stats(resume_from, model.num_layers) if resume_from else None
+    req = plan_request(model, ffn, parallel, train, world_size, metrics, resume_from if saved else None)
     try:
         best = planner.plan(req)
     except planner.PlanError as e:
         key = "parallel.plan_memory_gib" if e.key == "memory budget" else e.key
         raise ConfigError(key, str(e).split(": ", 1)[-1]) from None
+    if saved:
+        source = f"loop mixes of {resume_from} (step {saved['step']})"
+        layout, reason = replan_decision(req, best, saved["pipeline_layout"], parallel.replan_threshold)
+        log.info("parallel.pipeline_layout=auto: %s | %s | %s, %s", layout, reason, source, req.timing.source)
+        return layout
     even = planner.evaluate(req, planner.even_split(req.num_layers, req.chunks))
     source = f"loop mixes of {metrics}" if metrics.exists() else "uniform loop mixes"
     log.info("parallel.pipeline_layout=auto: %s | predicted step %.4g s, bubble %.1f%%, peak %.2f GiB | even split "
              "%s: %.4g s | %s, %s, %d micro-batches", best.layout, best.step_time, 100 * best.sim.bubble,
              max(best.memory) / 2**30, even.layout, even.step_time, source, req.timing.source, req.m)
     return best.layout
+
+
+def replan_decision(req: planner.PlanRequest, best: planner.Plan, saved_layout: str | None,
+                    threshold: float) -> tuple[str, str]:
+    """(layout to run, why) on resume: the checkpoint's `saved_layout` unless `best` is predicted faster by
+    more than `threshold` (a fraction), or the saved layout does not fit this request (other PP/VPP or layer
+    count, or over the memory budget)."""
+    try:
+        split = planner.parse_layout(saved_layout or "", req.num_layers, req.p)
+        current = planner.evaluate(req, split) if len(split) == req.chunks else None
+    except (planner.PlanError, ValueError):
+        current = None
+    if current is None:
+        return best.layout, (f"replanned: the checkpoint's layout {saved_layout!r} does not fit "
+                             f"pp={req.p} x vpp={req.v} and {req.num_layers} layers")
+    if not current.feasible:
+        return best.layout, (f"replanned: the checkpoint's layout {saved_layout} needs "
+                             f"{max(current.memory) / 2**30:.2f} GiB, over parallel.plan_memory_gib")
+    gain = current.step_time / best.step_time - 1
+    if best.layout != current.layout and gain > threshold:
+        return best.layout, (f"replanned from {current.layout}: predicted step {best.step_time:.4g} s vs "
+                             f"{current.step_time:.4g} s, {gain:.1%} faster (parallel.replan_threshold="
+                             f"{threshold:g})")
+    return current.layout, (f"kept the checkpoint's layout: the plan {best.layout} would be {gain:.1%} faster, "
+                            f"not more than parallel.replan_threshold={threshold:g}")

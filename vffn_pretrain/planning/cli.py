@@ -7,7 +7,7 @@ explicit `parallel.pipeline_layout` (when given); `--json` prints the same as on
 
 Options: --micro-batches M (default: train.global_batch_size / (train.micro_batch_size x --dp)), --dp (default 1),
 --memory-gib G (per device; default unlimited), --metrics PATH (loop mixes from a metrics.jsonl; default
-uniform), --calibration FILE (default: analytic costs of --device, H100), --bytes-per-param (default 18),
+uniform), --checkpoint DIR (loop mixes from a checkpoint's loop_stats.json; wins over --metrics), --calibration FILE (default: analytic costs of --device, H100), --bytes-per-param (default 18),
 --shared-cores N (the ranks share N CPU cores, as gloo runs on one host do; default: a device per rank).
 Bad input: one line naming the key or option, exit 2.
 """
@@ -22,7 +22,7 @@ import warnings
 from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.model import counting
 from vffn_pretrain.planning import costs, planner
-from vffn_pretrain.planning.loops import latest_loop_mixes
+from vffn_pretrain.planning.loops import LOOP_STATS_FILE, checkpoint_loop_stats, latest_loop_mixes
 from vffn_pretrain.planning.timing import Timing
 
 EXIT_BAD_CONFIG = 2
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dp", type=int, default=1)
     ap.add_argument("--memory-gib", type=float)
     ap.add_argument("--metrics")
+    ap.add_argument("--checkpoint")
     ap.add_argument("--calibration")
     ap.add_argument("--device", default="H100")
     ap.add_argument("--bytes-per-param", type=float, default=planner.BYTES_PER_PARAM)
@@ -67,7 +68,14 @@ def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     ffns = ffns if isinstance(ffns, list) else [ffns] * m.num_layers
     step = costs.StepShape(t.micro_batch_size, t.seq_length, par.tp, par.sp,
                            4 if t.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
-    mixes = latest_loop_mixes(args.metrics, m.num_layers)[0] if args.metrics else None
+    mixes = None
+    if getattr(args, "checkpoint", None):
+        saved = checkpoint_loop_stats(args.checkpoint, m.num_layers)
+        if saved is None:
+            raise ConfigError("--checkpoint", f"{args.checkpoint} has no readable {LOOP_STATS_FILE}")
+        mixes = saved["mixes"]
+    elif args.metrics:
+        mixes = latest_loop_mixes(args.metrics, m.num_layers)[0]
     items = costs.model_items(shape, ffns, step, mixes)
     if args.micro_batches is not None and args.micro_batches < 1:
         raise ConfigError("--micro-batches", f"must be positive, got {args.micro_batches}")

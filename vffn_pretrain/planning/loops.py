@@ -1,4 +1,9 @@
-"""Per-layer loop mixes for the cost model: from the trainer's metrics.jsonl, or uniform before training.
+"""Per-layer loop mixes for the cost model: from a checkpoint, the trainer's metrics.jsonl, or uniform before
+training.
+
+Every checkpoint directory holds `loop_stats.json` (written by the trainer with the checkpoint): {"step": int,
+"pipeline_layout": the layout string the run had (null without a pipeline), "loop_hist": {layer_number:
+[tokens that sampled 1..L_max loops]}} from the latest logging window before the save.
 
 metrics.jsonl records written every `logging.stats_interval` carry `layers`: {layer_number: {"loop_hist":
 [tokens that sampled 1..L_max loops], ...}} with 1-based global layer numbers. The latest such record is used.
@@ -9,7 +14,10 @@ the sampled counts are close to uniform: that is the default.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+LOOP_STATS_FILE = "loop_stats.json"
 
 
 def normalise(hist: list[float]) -> list[float] | None:
@@ -40,3 +48,28 @@ def latest_loop_mixes(metrics_path: str | Path, num_layers: int) -> tuple[list[l
         if 0 <= index < num_layers and layer.get("loop_hist"):
             mixes[index] = normalise(layer["loop_hist"])
     return mixes, latest.get("step")
+
+
+def write_loop_stats(checkpoint_dir: str | Path, step: int, pipeline_layout: str | None,
+                     loop_hist: dict[str, list[float]]) -> None:
+    """Write `loop_stats.json` into a checkpoint directory (atomically: a cut-off write leaves no file)."""
+    path = Path(checkpoint_dir) / LOOP_STATS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "pipeline_layout": pipeline_layout, "loop_hist": loop_hist}))
+    os.replace(tmp, path)
+
+
+def checkpoint_loop_stats(checkpoint_dir: str | Path, num_layers: int) -> dict | None:
+    """{"mixes": per layer (None where none was logged), "step", "pipeline_layout"} from a checkpoint's
+    loop_stats.json; None when the checkpoint has none or it cannot be read (older checkpoints)."""
+    try:
+        data = json.loads((Path(checkpoint_dir) / LOOP_STATS_FILE).read_text())
+        hists = data["loop_hist"]
+        mixes: list[list[float] | None] = [None] * num_layers
+        for key, hist in hists.items():
+            index = int(key) - 1
+            if 0 <= index < num_layers and hist:
+                mixes[index] = normalise([float(h) for h in hist])
+        return {"mixes": mixes, "step": data.get("step"), "pipeline_layout": data.get("pipeline_layout")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from vffn_pretrain.parallel.init import device as rank_device
+from vffn_pretrain.planning.loops import write_loop_stats
 from vffn_pretrain.training import dist_ckpt
 from vffn_pretrain.training.faults import FAULTS
 
@@ -112,9 +113,12 @@ class CheckpointManager:
         return msg
 
     # ---------------------------------------------------------------------------------------------- saving
-    def save(self, step: int, ddp_chunks: list, optimizer, common: dict[str, Any], layout: dict) -> Path:
+    def save(self, step: int, ddp_chunks: list, optimizer, common: dict[str, Any], layout: dict,
+             loop_stats: dict | None = None) -> Path:
         """Write checkpoint `step`; returns its directory. On a write error (a full disk, say) every rank raises
-        CheckpointSaveError, the temporary directory is removed and older checkpoints are left as they were."""
+        CheckpointSaveError, the temporary directory is removed and older checkpoints are left as they were.
+        `loop_stats` ({"pipeline_layout", "loop_hist"}) goes to the checkpoint's loop_stats.json (rank 0), which
+        the pipeline planner reads on resume."""
         rank = dist.get_rank()
         final = self.root / step_dir_name(step)
         tmp = self.root / f".tmp-{step_dir_name(step)}"
@@ -129,6 +133,8 @@ class CheckpointManager:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
             (tmp / "rng").mkdir(exist_ok=True)
             torch.save({"layout": layout, "state": rng_state()}, tmp / "rng" / f"rank_{rank:05d}.pt")
+            if rank == 0 and loop_stats is not None:
+                write_loop_stats(tmp, step, loop_stats["pipeline_layout"], loop_stats["loop_hist"])
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - reported below, on every rank
             error = _root_cause(e)
         if FAULTS.kill_in_save == step:

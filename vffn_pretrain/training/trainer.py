@@ -60,6 +60,9 @@ class Trainer:
         self.cfg = cfg
         self.callbacks: list[cb.Callback] = []
         self.wandb: cb.WandbLogger | None = None
+        # The latest window's per-layer loop histograms {layer number: counts}, saved with each checkpoint for
+        # the pipeline planner (parallel.pipeline_layout=auto replans from them on resume).
+        self.loop_hists: dict[str, list[float]] = {}
 
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -348,6 +351,9 @@ class Trainer:
         t = self.cfg.train
         tokens_per_sec = tokens_per_step * window_steps / max(elapsed, 1e-9)
         stats = self._ffn_stats()
+        if stats:
+            self.loop_hists = {str(n): layer["loop_hist"] for n, layer in ffn_state.layer_stats(stats).items()
+                               if layer.get("loop_hist")}
         tflops = self._executed_flops_per_token(stats) * tokens_per_sec / self.world / 1e12
         record: dict[str, Any] = {
             "step": self.step,
@@ -436,7 +442,8 @@ class Trainer:
             "wandb_id": self.wandb.run_id if self.wandb else None,
             "config": self.cfg.raw,
         }
-        self.last_checkpoint = self.ckpt.save(self.step, self.ddp, self.optimizer, common, self.layout)
+        loop_stats = {"pipeline_layout": self.cfg.parallel.pipeline_layout, "loop_hist": self.loop_hists}
+        self.last_checkpoint = self.ckpt.save(self.step, self.ddp, self.optimizer, common, self.layout, loop_stats)
         self._emit("on_message", f"saved checkpoint {self.last_checkpoint}")
 
     # ------------------------------------------------------------------------------------------------ the end

@@ -3,12 +3,12 @@
 Layers are timed where the planner's costs are paid: inside whole training steps (`training.step.train_step`,
 megatron-core DDP, optimizer and schedule, as the trainer runs them) on micro-batches of train.micro_batch_size x
 train.seq_length random tokens. For every FFN kind the config uses (ffn.kind, or each kind of ffn.layers), models
-of one and of two layers of that kind run steps of 1 and of 3 micro-batches, `rounds` times each in interleaved
+of one and of three layers of that kind run steps of 1 and of 4 micro-batches, `rounds` times each in interleaved
 rounds after a warm-up, and the fastest of the rounds is kept (other processes on the machine only ever add
 time, and differences of noisy figures amplify it):
 
-* one micro-batch's cost, T(n layers, 3) - T(n layers, 1) over 2; the second layer's share of it is the layer's
-  cost per micro-batch (including DDP's gradient hooks, which a layer timed alone would miss), split between
+* one micro-batch's cost, T(n layers, 4) - T(n layers, 1) over 3; half the difference between the three- and
+  the one-layer model's is a layer's cost per micro-batch (including DDP's gradient hooks, which a layer timed alone would miss), split between
   forward and backward as a layer timed alone splits it; divided by the cost model's FLOPs: seconds per FLOP;
 * what the one-layer model's micro-batch costs beyond its layer is the embedding, LM head, loss and the
   schedule's own work: the "head" rate (split 1:2 between forward and backward, like the head's FLOPs);
@@ -60,6 +60,10 @@ def _layer_seconds(model_cfg, ffn_cfg, micro: int, seq: int, rounds: int) -> tup
     return min(fwd), min(bwd)
 
 
+LAYERS = (1, 3)  # models of this many layers ...
+MICRO_BATCHES = (1, 4)  # ... run steps of this many micro-batches
+
+
 class _StepTimer:
     """A model of `layers` layers of one FFN kind with megatron-core DDP and optimizer, and its step timer."""
 
@@ -93,10 +97,10 @@ class _StepTimer:
 
 
 def _step_times(model_cfg, ffn_cfg, train_cfg, rounds: int) -> dict:
-    """Fastest step seconds {(layers, micro-batches): s} for 1 and 2 layers x 1 and 3 micro-batches, timed in
+    """Fastest step seconds {(layers, micro-batches): s} for 1 and 3 layers x 1 and 4 micro-batches, timed in
     interleaved rounds after one warm-up round, and the parameter counts {layers: n}."""
-    timers = {n: _StepTimer(model_cfg, ffn_cfg, train_cfg, n) for n in (1, 2)}
-    times: dict[tuple[int, int], list[float]] = {(n, k): [] for n in timers for k in (1, 3)}
+    timers = {n: _StepTimer(model_cfg, ffn_cfg, train_cfg, n) for n in LAYERS}
+    times: dict[tuple[int, int], list[float]] = {(n, k): [] for n in timers for k in MICRO_BATCHES}
     for r in range(rounds + 1):
         for (n, k), out in times.items():
             seconds = timers[n].step_seconds(k)
@@ -164,13 +168,14 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
         alone_f, alone_b = _layer_seconds(m, ffn_k, t.micro_batch_size, t.seq_length, rounds)
         timed = _step_times(m, ffn_k, t, rounds)
         sec, params = timed["seconds"], timed["params"]
-        per_micro = {n: (sec[(n, 3)] - sec[(n, 1)]) / 2 for n in (1, 2)}
-        layer = max(per_micro[2] - per_micro[1], 0.0)
+        (few, many), (lo, hi) = MICRO_BATCHES, LAYERS
+        per_micro = {n: (sec[(n, many)] - sec[(n, few)]) / (many - few) for n in LAYERS}
+        layer = max(per_micro[hi] - per_micro[lo], 0.0) / (hi - lo)
         fwd_s, bwd_s = layer * alone_f / (alone_f + alone_b), layer * alone_b / (alone_f + alone_b)
         forward[kind], backward[kind] = fwd_s / item.forward_flops, bwd_s / item.backward_flops
-        beyond_layer.append(max(per_micro[1] - layer, 0.0))
-        once = [max(sec[(n, 1)] - per_micro[n], 0.0) for n in (1, 2)]
-        once_per_param.append(sum(once) / (params[1] + params[2]))
+        beyond_layer.append(max(per_micro[lo] - layer, 0.0))
+        once = [max(sec[(n, few)] - few * per_micro[n], 0.0) for n in LAYERS]
+        once_per_param.append(sum(once) / sum(params.values()))
         report[kind] = {"forward_s": fwd_s, "backward_s": bwd_s, "forward_flops": item.forward_flops,
                         "backward_flops": item.backward_flops, "alone_forward_s": alone_f,
                         "alone_backward_s": alone_b, "steps_s": {f"{n} layers x {k} micro-batches": v

@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--vocab-size", type=int, default=None, metavar="N", help="BPE size [the corpus's, 8192]")
     q.add_argument("--limit-files", type=int, default=None, metavar="N",
                    help="read at most N files per package (a quick slice)")
+    q.add_argument("--valid-per-mille", type=int, default=None, metavar="N",
+                   help="documents per thousand (by hash of their id) in the valid split [10]")
+    q.add_argument("--test-per-mille", type=int, default=None, metavar="N",
+                   help="documents per thousand in the test split [5]")
     q.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer worker processes [0]")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
@@ -228,7 +232,8 @@ def _run_corpus(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         manifest = run_build(BuildOptions(
             name=args.name, out=args.out, cache=args.cache, deb_dir=args.deb_dir, overwrite=args.overwrite,
-            vocab_size=args.vocab_size, limit_files=args.limit_files, workers=args.workers, argv=argv),
+            vocab_size=args.vocab_size, limit_files=args.limit_files, workers=args.workers, argv=argv,
+            valid_per_mille=args.valid_per_mille, test_per_mille=args.test_per_mille),
             log=lambda msg: print(msg, file=sys.stderr))
     except FetchError as err:
         print(f"vffn-data: error: {err}", file=sys.stderr)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools.corpus import deb as debfile
-from data_tools.corpus.catalogue import Corpus, get_corpus
+from data_tools.corpus.catalogue import get_corpus
 from data_tools.corpus.clean import CLEANERS, MIN_CHARS
 from data_tools.corpus.fetch import fetch_package
 from data_tools.report import now_iso, write_json_atomic
@@ -44,16 +44,18 @@ class BuildOptions:
     overwrite: bool = False
     vocab_size: int | None = None     # default: the corpus's
     limit_files: int | None = None    # at most this many files per package (a quick slice)
+    valid_per_mille: int | None = None  # default: the corpus's
+    test_per_mille: int | None = None
     workers: int = 0
     argv: list[str] | None = None
 
 
-def split_of(doc_id: str, corpus: Corpus) -> str:
+def split_of(doc_id: str, valid_per_mille: int, test_per_mille: int) -> str:
     """``valid``, ``test`` or ``train`` from sha256(doc_id) mod 1000, independent of every other document."""
     bucket = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "big") % 1000
-    if bucket < corpus.valid_per_mille:
+    if bucket < valid_per_mille:
         return "valid"
-    if bucket < corpus.valid_per_mille + corpus.test_per_mille:
+    if bucket < valid_per_mille + test_per_mille:
         return "test"
     return "train"
 
@@ -94,6 +96,11 @@ def run_build(opts: BuildOptions, log=print) -> dict:
         raise ValueError(f"--vocab-size must be at least 258, got {opts.vocab_size}")
     if opts.limit_files is not None and opts.limit_files < 1:
         raise ValueError(f"--limit-files must be >= 1, got {opts.limit_files}")
+    valid_pm = corpus.valid_per_mille if opts.valid_per_mille is None else opts.valid_per_mille
+    test_pm = corpus.test_per_mille if opts.test_per_mille is None else opts.test_per_mille
+    if not (1 <= valid_pm and 1 <= test_pm and valid_pm + test_pm < 1000):
+        raise ValueError(f"--valid-per-mille {valid_pm} and --test-per-mille {test_pm}: each must be >= 1 "
+                         "and together below 1000")
     if not opts.overwrite:
         _check_out(out, overwrite=False)
     # Every package is fetched and opened before anything is written.
@@ -138,7 +145,7 @@ def run_build(opts: BuildOptions, log=print) -> dict:
                         continue
                     seen.add(digest)
                     full_id = f"{src.package}:{doc_id}"
-                    split = split_of(full_id, corpus)
+                    split = split_of(full_id, valid_pm, test_pm)
                     writers[split].write(json.dumps({"id": full_id, "text": text}, ensure_ascii=False) + "\n")
                     counts[split]["documents"] += 1
                     counts[split]["chars"] += len(text)
@@ -156,6 +163,12 @@ def run_build(opts: BuildOptions, log=print) -> dict:
         for f in writers.values():
             f.close()
 
+    for split in SPLITS:
+        if not any(src["splits"][split]["documents"] for src in sources):
+            n = sum(c["documents"] for src in sources for c in src["splits"].values())
+            raise ValueError(f"split {split!r} got no document out of {n}: too small a corpus or slice for "
+                             f"{valid_pm}/1000 valid and {test_pm}/1000 test; raise --valid-per-mille / "
+                             "--test-per-mille or --limit-files")
     vocab = opts.vocab_size or corpus.vocab_size
     log(f"corpus: training a byte-level BPE with {vocab} ids on text/train.jsonl")
     tok_report = run_train_tokenizer(TrainTokenizerOptions(
@@ -176,6 +189,7 @@ def run_build(opts: BuildOptions, log=print) -> dict:
         "argv": opts.argv,
         "elapsed_s": round(time.perf_counter() - t0, 1),
         "limit_files": opts.limit_files,
+        "split_per_mille": {"valid": valid_pm, "test": test_pm},
         "sources": sources,
         "tokenizer": {"path": "tokenizer.json", "vocab_size": tok_report["tokenizer"]["vocab_size"],
                       "sha256": tok_report["tokenizer"]["hash"]},

@@ -4,7 +4,7 @@
 ``final_loss.png`` (final validation loss per variant: seeds as dots, mean with its 95% t-interval) and
 ``val_curves.png`` (validation loss against step: the bases, and the continued runs averaged over seeds).
 
-Orderings are the paper's (docs/method.md §9; 354M, Table 1 and Table 3), each checked two ways: whether the
+Orderings are the paper's (docs/method.md §10; 354M, Table 1 and Table 3), each checked two ways: whether the
 means are in that order here, and whether the paired t-test across seeds (same seed = same base and data
 order) finds the difference significant at the 5% level. With 3 seeds a test has 2 degrees of freedom:
 only large, consistent differences come out significant.
@@ -19,7 +19,7 @@ from pathlib import Path
 from vffn_pretrain.study.collect import RunResult, read_study
 from vffn_pretrain.study.stats import paired_t, summarize
 
-# Final losses at 354M (Tables 1 and 3); "base" is the dense checkpoint before the extra epoch.
+# Final losses at 354M (docs/method.md §10, Tables 1 and 3); "base" is the dense checkpoint before the extra epoch.
 PAPER_LOSS_354M = {"base": 2.779, "dense": 2.654, "kloop2": 2.631, "kloop4": 2.625, "kloop6": 2.623,
                    "moe": 2.585, "versatile": 2.617, "width_only": 2.633, "depth_only": 2.629}
 # "A < B" claims of the paper (lower loss is better).

@@ -111,7 +111,7 @@ def test_report_numbers_and_orderings(tmp_path, capsys):
     assert f"| versatile | 3 | 2.9500 ± 0.0180 [{2.95 - half:.4f}, {2.95 + half:.4f}] |" in md
     assert "MoE does not have the lowest mean loss" in md
     assert "versatile: 0.0500 below the dense continued baseline (significant" in md
-    for png in ("final_loss.png", "val_curves.png"):
+    for png in ("final_loss.png", "delta_vs_dense.png", "val_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -4,8 +4,8 @@
     vffn-study report DIR [--out REPORT_DIR]
 
 ``run`` trains what is not finished (rerun the same command to resume), then writes the report into
-DIR/report when every run has finished. ``report`` writes report.md, report.json, final_loss.png and
-val_curves.png from whatever runs have finished (the others are listed as missing).
+DIR/report when every run has finished. ``report`` writes report.md, report.json, final_loss.png,
+delta_vs_dense.png and val_curves.png from whatever runs have finished (the others are listed as missing).
 
 Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written;
 2 bad usage, a bad study file (the message names the file and key), an output directory holding another

@@ -1,8 +1,9 @@
 """The study report: a Markdown table per variant, statements about the paper's orderings, and plots.
 
 ``write_report(study_dir, out_dir)`` writes ``report.md``, ``report.json`` (every number in the table),
-``final_loss.png`` (final validation loss per variant: seeds as dots, mean with its 95% t-interval) and
-``val_curves.png`` (validation loss against step: the bases, and the continued runs averaged over seeds).
+``final_loss.png`` (final validation loss per variant: seeds as dots, mean with its 95% t-interval),
+``delta_vs_dense.png`` (each variant's per-seed difference to the dense continued run, with the 95% t-interval
+of the paired differences) and ``val_curves.png`` (validation loss against step: the bases, and the continued runs averaged over seeds).
 
 Orderings are the paper's (docs/method.md §10; 354M, Table 1 and Table 3), each checked two ways: whether the
 means are in that order here, and whether the paired t-test across seeds (same seed = same base and data
@@ -147,6 +148,7 @@ def markdown(meta: dict, data: dict) -> str:
                      f"{_f(c['p'], '{:.3f}')} | {'yes' if c['significant'] else 'no'} |")
     lines += ["", "## In words", ""] + [f"- {s}" for s in statements(data)]
     lines += ["", "Plots: `final_loss.png` (per variant: seeds as dots, mean and 95% t-interval), "
+              "`delta_vs_dense.png` (paired differences to dense, 95% t-interval), "
               "`val_curves.png` (validation loss against step)."]
     return "\n".join(lines) + "\n"
 
@@ -212,6 +214,28 @@ def plot(results: list[RunResult], data: dict, out_dir: Path) -> list[Path]:
     paths.append(out_dir / "final_loss.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    if "dense" in cont and len(cont) > 1:
+        dense = {r.seed: r.final_val_loss for r in cont["dense"]}
+        others = [v for v in cont if v != "dense"]
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(others) + 2), 4))
+        for i, v in enumerate(others):
+            diffs = [r.final_val_loss - dense[r.seed] for r in cont[v] if r.seed in dense]
+            if not diffs:
+                continue
+            s = summarize(diffs)
+            ax.scatter([i] * len(diffs), diffs, s=12, color="grey", zorder=2)
+            ax.errorbar([i], [s.mean], yerr=None if s.ci95 is None else [[s.ci95], [s.ci95]], fmt="o", capsize=5,
+                        color="C3" if v == "versatile" else "C0", zorder=3)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_xticks(range(len(others)), others, rotation=30, ha="right")
+        ax.set_ylabel("final val loss − dense (same seed)")
+        ax.set_title("Paired difference to the dense continued baseline (95% t-interval)")
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        paths.append(out_dir / "delta_vs_dense.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
 
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4))
     for r in base:

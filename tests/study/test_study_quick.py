@@ -5,6 +5,7 @@ errors for bad study files and a directory holding another study."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,21 @@ def test_directory_of_another_study_is_refused(quick_study, tmp_path, capsys):
     assert main(["run", str(tmp_path / "other.yaml"), "--out", str(quick_study), "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a study with other runs" in err[0]
+
+
+def test_directory_in_use_by_a_live_study_is_refused(tmp_path, capsys):
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "vffn-study.lock").write_text(f"{sleeper.pid}\n")
+        assert main(["run", str(CONF), "--out", str(tmp_path / "out"), "--quick"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"vffn-study: error: {tmp_path / 'out'}: another vffn-study run (pid {sleeper.pid}) is "
+                       "working on it; wait for it or stop it"]
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["vffn-study.lock"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 @pytest.mark.parametrize("text, message", [

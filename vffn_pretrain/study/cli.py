@@ -41,7 +41,7 @@ def _run(args) -> int:
     from vffn_pretrain.study.config import load_study
     from vffn_pretrain.study.plan import make_plan
     from vffn_pretrain.study.report import write_report
-    from vffn_pretrain.study.runner import command, record_plan, run_plan
+    from vffn_pretrain.study.runner import command, record_plan, run_plan, take_lock
 
     cfg = load_study(args.config, quick=args.quick, corpus_dir=args.corpus)
     if args.jobs is not None and args.jobs < 1:
@@ -52,12 +52,15 @@ def _run(args) -> int:
         for run in plan:
             print(f"{run.name}: {' '.join(command(run))}")
         return 0
-    tokens_per_step = _tokens_per_step(cfg)
-    record_plan(out, plan, {"name": cfg.name, "config": cfg.path, "quick": cfg.quick, "corpus": cfg.corpus_dir,
-                            "seeds": list(cfg.seeds), "base_steps": cfg.base_steps,
-                            "continued_steps": cfg.continued_steps, "tokens_per_step": tokens_per_step})
-    status = run_plan(plan, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
-                      log=lambda m: print(m, flush=True))
+    lock = take_lock(out)
+    try:
+        record_plan(out, plan, {"name": cfg.name, "config": cfg.path, "quick": cfg.quick,
+                                "corpus": cfg.corpus_dir, "seeds": list(cfg.seeds), "base_steps": cfg.base_steps,
+                                "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)})
+        status = run_plan(plan, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
+                          log=lambda m: print(m, flush=True))
+    finally:
+        lock.unlink(missing_ok=True)
     bad = {k: v for k, v in status.items() if v != "finished"}
     if bad:
         for name, why in bad.items():

@@ -32,6 +32,22 @@ class StudyDirError(ValueError):
     """The output directory holds another study."""
 
 
+def take_lock(out: Path) -> Path:
+    """Claim OUT for this process; StudyDirError if another live process has it. Returns the lock path."""
+    from vffn_pretrain.lifetime import pid_alive
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / "vffn-study.lock"
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and pid != os.getpid() and pid_alive(pid):
+        raise StudyDirError(f"{out}: another vffn-study run (pid {pid}) is working on it; wait for it or stop it")
+    lock.write_text(f"{os.getpid()}\n")
+    return lock
+
+
 def is_finished(run: PlannedRun) -> bool:
     try:
         summary = json.loads((run.run_dir / "summary.json").read_text())

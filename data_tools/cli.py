@@ -1,7 +1,9 @@
 """The ``vffn-data`` command: make and examine megatron-core indexed datasets.
 
-Subcommands: ``tokenize``, ``train-tokenizer``, ``merge``, ``inspect``. Run ``vffn-data SUBCOMMAND --help``.
-Errors are printed as one line (``vffn-data: error: ...``) with exit status 1; bad usage exits with 2.
+Subcommands: ``tokenize``, ``train-tokenizer``, ``merge``, ``inspect``, ``corpus build|list``. Run
+``vffn-data SUBCOMMAND --help``. Errors are printed as one line (``vffn-data: error: ...``) with exit status 1;
+bad usage exits with 2; ``corpus build`` exits with 3 when a package cannot be fetched (unknown to apt, no
+network, not in --deb-dir).
 Heavy imports (megatron-core, torch) happen inside the subcommands, so ``--help`` is instant.
 """
 
@@ -99,6 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-chars", type=int, default=600, help="characters of the sample to show [600]")
     p.add_argument("--verify", action="store_true", help="check file checksums against the report")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    p = sub.add_parser(
+        "corpus", help="build a larger English corpus from Debian packages",
+        description="Named corpora made of Debian packages of public-domain or permissively licensed English "
+                    "text (data_tools/corpus/catalogue.py). 'build' fetches the packages with apt-get download "
+                    "(no root needed), cleans them into documents, splits train/valid/test by a hash of each "
+                    "document's name, trains a BPE and writes the indexed datasets and manifest.json. Exit "
+                    "status: 0 done, 1 bad input or existing output, 2 bad usage, 3 a package could not be "
+                    "fetched.",
+    )
+    corpus_sub = p.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
+    corpus_sub.add_parser("list", help="the corpora that can be built, with their packages and licences")
+    q = corpus_sub.add_parser("build", help="fetch, clean, split, train a BPE, tokenize")
+    q.add_argument("name", metavar="NAME", help="corpus name (see 'vffn-data corpus list')")
+    q.add_argument("--out", required=True, metavar="DIR", help="output directory (must not exist or be empty)")
+    q.add_argument("--cache", default=".cache/vffn-data/debs", metavar="DIR",
+                   help="where downloaded .deb files are kept between builds [%(default)s]")
+    q.add_argument("--deb-dir", default=None, metavar="DIR",
+                   help="take PKG_*.deb from DIR instead of downloading (offline machines, tests)")
+    q.add_argument("--vocab-size", type=int, default=None, metavar="N", help="BPE size [the corpus's, 8192]")
+    q.add_argument("--limit-files", type=int, default=None, metavar="N",
+                   help="read at most N files per package (a quick slice)")
+    q.add_argument("--valid-per-mille", type=int, default=None, metavar="N",
+                   help="documents per thousand (by hash of their id) in the valid split [10]")
+    q.add_argument("--test-per-mille", type=int, default=None, metavar="N",
+                   help="documents per thousand in the test split [5]")
+    q.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer worker processes [0]")
+    q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
 
 
@@ -129,7 +159,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
              "a number in (0, 4096]", args.max_doc_mb)
     if hasattr(args, "min_frequency"):
         need(args.min_frequency >= 1, "--min-frequency", ">= 1", args.min_frequency)
-    if hasattr(args, "vocab_size"):
+    if getattr(args, "vocab_size", None) is not None:
         need(args.vocab_size < 1 << 31, "--vocab-size", "below 2**31", args.vocab_size)
     if hasattr(args, "sample"):
         need(args.sample >= -1, "--sample", "a document index, or -1 for none", args.sample)
@@ -174,6 +204,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                                         argv=argv))
         print(f"wrote {report['output_prefix']}.bin/.idx: {report['documents']['written']:,} documents, "
               f"{report['tokens']:,} tokens from {len(report['inputs'])} inputs")
+    elif args.command == "corpus":
+        return _run_corpus(args, argv)
     elif args.command == "inspect":
         from data_tools.inspection import format_inspect, inspect_prefix
 
@@ -182,6 +214,33 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         if args.sample >= max(info["documents"], 1):
             raise ValueError(f"--sample {args.sample}: {args.prefix} has {info['documents']} documents")
         print(json.dumps(info, indent=2) if args.json else format_inspect(info))
+    return 0
+
+
+def _run_corpus(args: argparse.Namespace, argv: list[str]) -> int:
+    from data_tools.corpus.catalogue import CORPORA
+
+    if args.corpus_command == "list":
+        for corpus in CORPORA.values():
+            print(f"{corpus.name}: {corpus.description}")
+            for src in corpus.sources:
+                print(f"  {src.package:20s} {src.licence}")
+        return 0
+    from data_tools.corpus.build import BuildOptions, run_build
+    from data_tools.corpus.fetch import FetchError
+
+    try:
+        manifest = run_build(BuildOptions(
+            name=args.name, out=args.out, cache=args.cache, deb_dir=args.deb_dir, overwrite=args.overwrite,
+            vocab_size=args.vocab_size, limit_files=args.limit_files, workers=args.workers, argv=argv,
+            valid_per_mille=args.valid_per_mille, test_per_mille=args.test_per_mille),
+            log=lambda msg: print(msg, file=sys.stderr))
+    except FetchError as err:
+        print(f"vffn-data: error: {err}", file=sys.stderr)
+        return 3
+    tokens = {s: v["tokens"] for s, v in manifest["splits"].items()}
+    print(f"wrote {args.out}: " + ", ".join(f"{s} {n:,} tokens" for s, n in tokens.items())
+          + f"; manifest {args.out}/manifest.json")
     return 0
 
 

@@ -130,6 +130,16 @@ DATA_CASES = [
     ("inspect-truncated", ["inspect", "{trunc}"], 1, "trunc.bin"),
     ("inspect-sample-out-of-range", ["inspect", "{good}", "--sample", "100000"], 1, "--sample"),
     ("inspect-negative-chars", ["inspect", "{good}", "--sample-chars", "-4"], 1, "--sample-chars"),
+    ("corpus-unknown-name", ["corpus", "build", "nope", "--out", "{tmp}/c"], 1, "unknown corpus 'nope'"),
+    ("corpus-package-not-in-deb-dir", ["corpus", "build", "debian-docs-en", "--out", "{tmp}/c", "--deb-dir",
+                                       "{adir}"], 3, "package python3.11-doc: no python3.11-doc_*.deb"),
+    ("corpus-out-is-a-file", ["corpus", "build", "debian-docs-en", "--out", "{afile}", "--deb-dir", "{adir}"], 1,
+     "afile: exists and is not a directory"),
+    ("corpus-zero-limit", ["corpus", "build", "debian-docs-en", "--out", "{tmp}/c", "--deb-dir", "{adir}",
+                           "--limit-files", "0"], 1, "--limit-files"),
+    ("corpus-split-too-large", ["corpus", "build", "debian-docs-en", "--out", "{tmp}/c", "--deb-dir", "{adir}",
+                                "--valid-per-mille", "990", "--test-per-mille", "10"], 1, "--valid-per-mille"),
+    ("corpus-no-action", ["corpus"], 2, "ACTION"),
     ("no-subcommand", [], 2, "COMMAND"),
 ]
 

@@ -1,0 +1,115 @@
+"""``vffn-study``: run the paper's continued-pretraining comparison as a seeded study, and report on it.
+
+    vffn-study run conf/study/table1_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
+    vffn-study report DIR [--out REPORT_DIR]
+
+``run`` trains what is not finished (rerun the same command to resume), then writes the report into
+DIR/report when every run has finished. ``report`` writes report.md, report.json, final_loss.png,
+delta_vs_dense.png and val_curves.png from whatever runs have finished (the others are listed as missing).
+
+Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written;
+2 bad usage, a bad study file (the message names the file and key), an output directory holding another
+study, or (report) a directory with no finished continued run; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vffn-study", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="train the study's runs (skipping finished ones), then write the report")
+    p.add_argument("config", metavar="STUDY_YAML", help="a study file, e.g. conf/study/table1_cpu.yaml")
+    p.add_argument("--out", required=True, metavar="DIR", help="study directory (runs, logs, report)")
+    p.add_argument("--quick", action="store_true", help="the study file's tiny `quick:` form (tests, smoke)")
+    p.add_argument("--corpus", default=None, metavar="DIR", help="a `vffn-data corpus build` output "
+                   "[the study file's corpus.dir]")
+    p.add_argument("--jobs", type=int, default=None, metavar="N", help="runs at a time [the study file's]")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; train nothing")
+    p = sub.add_parser("report", help="write the Markdown report and plots of a study directory")
+    p.add_argument("study_dir", metavar="DIR")
+    p.add_argument("--out", default=None, metavar="REPORT_DIR", help="where to write [DIR/report]")
+    return parser
+
+
+def _run(args) -> int:
+    from vffn_pretrain.study.config import load_study
+    from vffn_pretrain.study.plan import make_plan
+    from vffn_pretrain.study.report import write_report
+    from vffn_pretrain.study.runner import command, record_plan, run_plan, take_lock
+
+    cfg = load_study(args.config, quick=args.quick, corpus_dir=args.corpus)
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+    out = Path(args.out)
+    plan = make_plan(cfg, out)
+    if args.dry_run:
+        for run in plan:
+            print(f"{run.name}: {' '.join(command(run))}")
+        return 0
+    lock = take_lock(out)
+    try:
+        record_plan(out, plan, {"name": cfg.name, "config": cfg.path, "quick": cfg.quick,
+                                "corpus": cfg.corpus_dir, "seeds": list(cfg.seeds), "base_steps": cfg.base_steps,
+                                "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)})
+        status = run_plan(plan, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
+                          log=lambda m: print(m, flush=True))
+    finally:
+        lock.unlink(missing_ok=True)
+    bad = {k: v for k, v in status.items() if v != "finished"}
+    if bad:
+        for name, why in bad.items():
+            print(f"vffn-study: {name}: {why}", file=sys.stderr)
+        print(f"vffn-study: {len(bad)} of {len(plan)} runs not finished; rerun the same command to retry",
+              file=sys.stderr)
+        return 1
+    path = write_report(out)
+    print(f"study finished: report {path}")
+    return 0
+
+
+def _tokens_per_step(cfg) -> int | None:
+    """global batch x sequence length as the overrides set them (None when they leave the defaults)."""
+    vals = {}
+    for o in cfg.overrides:
+        key, _, value = o.partition("=")
+        vals[key.lstrip("+")] = value
+    try:
+        return int(vals["train.global_batch_size"]) * int(vals["train.seq_length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (also when called from Python)."""
+    from vffn_pretrain.study.collect import StudyReadError
+    from vffn_pretrain.study.config import StudyConfigError
+    from vffn_pretrain.study.runner import StudyDirError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        from vffn_pretrain.study.report import write_report
+
+        path = write_report(args.study_dir, args.out)
+        print(f"wrote {path}")
+        data = json.loads((path.parent / "report.json").read_text())
+        if data["missing"]:
+            print(f"vffn-study: {len(data['missing'])} runs not finished and left out", file=sys.stderr)
+        return 0
+    except KeyboardInterrupt:
+        print("vffn-study: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (StudyConfigError, StudyDirError, StudyReadError, ValueError, OSError) as err:
+        print(f"vffn-study: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""A study file (conf/study/*.yaml): what to train, with which seeds, on which data.
+
+Keys (all required unless a default is given)::
+
+    name: table1_cpu
+    corpus: {name: debian-docs-en, dir: PATH}   # a `vffn-data corpus build` output; null: the bundled corpus
+    seeds: [1, 2, 3]                            # each seed: base init, data order, Gumbel noise
+    base_variant: dense                         # the FFN the base is trained with [dense]
+    variants: [dense, kloop2, ...]              # conf/ffn/<name>.yaml groups continued from the base
+    base_steps: 300                             # optimizer steps of the base (one "epoch" E)
+    continued_steps: 300                        # optimizer steps of every continued run (E again)
+    overrides: [model.hidden_size=64, ...]      # trainer overrides shared by every run
+    variant_overrides: {versatile: [...]}       # extra overrides of a variant's continued runs [{}]
+    jobs: 2                                     # runs at a time [1]
+    threads_per_job: 1                          # OMP/torch threads per run [1]
+    quick: {...}                                # keys replaced by `--quick` (a tiny form for tests) [{}]
+
+Problems are :class:`StudyConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+KEYS = {"name", "corpus", "seeds", "base_variant", "variants", "base_steps", "continued_steps", "overrides",
+        "variant_overrides", "jobs", "threads_per_job", "quick"}
+
+
+class StudyConfigError(ValueError):
+    """A study file that cannot be read or has a wrong key."""
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    path: str
+    name: str
+    corpus_name: str | None
+    corpus_dir: str | None
+    seeds: tuple[int, ...]
+    base_variant: str
+    variants: tuple[str, ...]
+    base_steps: int
+    continued_steps: int
+    overrides: tuple[str, ...]
+    variant_overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    jobs: int = 1
+    threads_per_job: int = 1
+    quick: bool = False
+
+
+def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None = None) -> StudyConfig:
+    """Read and check a study file; ``quick`` applies its ``quick:`` block, ``corpus_dir`` replaces corpus.dir."""
+    path = Path(path)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except FileNotFoundError:
+        raise StudyConfigError(f"{path}: no such study file") from None
+    except Exception as e:  # YAML syntax, interpolation errors
+        raise StudyConfigError(f"{path}: not a readable study file ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise StudyConfigError(f"{path}: expected a mapping at the top level")
+
+    def bad(key: str, why: str) -> StudyConfigError:
+        return StudyConfigError(f"{path}: key {key!r} {why}")
+
+    unknown = sorted(set(raw) - KEYS)
+    if unknown:
+        raise bad(unknown[0], f"is not a study key (known: {', '.join(sorted(KEYS))})")
+    quick_block = raw.get("quick") or {}
+    if not isinstance(quick_block, dict) or set(quick_block) - (KEYS - {"quick", "name"}):
+        raise bad("quick", "must be a mapping of study keys (not name or quick)")
+    if quick:
+        raw = {**raw, **quick_block}
+    for key in ("name", "seeds", "variants", "base_steps", "continued_steps", "overrides"):
+        if key not in raw:
+            raise bad(key, "is missing")
+
+    def positive_int(key: str, value) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(key, f"must be a positive integer, got {value!r}")
+        return value
+
+    def str_list(key: str, value) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds) or len(set(seeds)) != len(seeds):
+        raise bad("seeds", f"must be a non-empty list of distinct integers, got {seeds!r}")
+    variants = str_list("variants", raw["variants"])
+    base_variant = raw.get("base_variant", "dense")
+    for key, names in (("variants", variants), ("base_variant", (base_variant,))):
+        if not names:
+            raise bad(key, "must name at least one variant")
+        for v in names:
+            if not (FFN_CONF_DIR / f"{v}.yaml").is_file():
+                raise bad(key, f"names {v!r}, which is not a conf/ffn group")
+    if len(set(variants)) != len(variants):
+        raise bad("variants", "lists a variant twice")
+    vo = raw.get("variant_overrides") or {}
+    if not isinstance(vo, dict):
+        raise bad("variant_overrides", "must map variant names to lists of overrides")
+    for v in vo:  # a variant left out (as --quick does) keeps its entry unused; a typo is an error
+        if not (FFN_CONF_DIR / f"{v}.yaml").is_file():
+            raise bad("variant_overrides", f"names {v!r}, which is not a conf/ffn group")
+    corpus = raw.get("corpus")
+    if corpus is not None and (not isinstance(corpus, dict) or not corpus.get("dir")):
+        raise bad("corpus", "must be null (the bundled corpus) or {name: ..., dir: PATH}")
+    return StudyConfig(
+        path=str(path),
+        name=str(raw["name"]),
+        corpus_name=None if corpus is None else str(corpus.get("name") or ""),
+        corpus_dir=corpus_dir or (None if corpus is None else str(corpus["dir"])),
+        seeds=tuple(seeds),
+        base_variant=base_variant,
+        variants=variants,
+        base_steps=positive_int("base_steps", raw["base_steps"]),
+        continued_steps=positive_int("continued_steps", raw["continued_steps"]),
+        overrides=str_list("overrides", raw["overrides"]),
+        variant_overrides={k: str_list(f"variant_overrides.{k}", v) for k, v in vo.items()},
+        jobs=positive_int("jobs", raw.get("jobs", 1)),
+        threads_per_job=positive_int("threads_per_job", raw.get("threads_per_job", 1)),
+        quick=quick,
+    )

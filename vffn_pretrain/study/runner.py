@@ -1,0 +1,138 @@
+"""Executing a study plan: trainer subprocesses, ``jobs`` at a time, resumable.
+
+A run is *finished* when its ``summary.json`` says ``exit_code: 0`` after the planned number of steps; a
+finished run is skipped. Any other run is started with the same command: the trainer resumes from the newest
+checkpoint in its run directory (or, for a continued run with none yet, starts from its base's final
+checkpoint). So rerunning ``vffn-study run`` after an interruption, a crash or a reboot picks up where it was.
+A continued run starts only once its base is finished; when a run fails, the runs that depend on it are
+reported as blocked and the others go on.
+
+``OUT/study.json`` records the plan (every run's overrides); a rerun whose plan differs (another study file,
+``--quick`` or not, another corpus) is refused rather than mixed into the same directory. Each run's output
+goes to ``OUT/logs/<run>.log`` (appended on resume). SIGINT/SIGTERM are passed on to the running trainers,
+which save a checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vffn_pretrain.study.plan import PlannedRun
+
+POLL_S = 2.0
+
+
+class StudyDirError(ValueError):
+    """The output directory holds another study."""
+
+
+def take_lock(out: Path) -> Path:
+    """Claim OUT for this process; StudyDirError if another live process has it. Returns the lock path."""
+    from vffn_pretrain.lifetime import pid_alive
+
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / "vffn-study.lock"
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and pid != os.getpid() and pid_alive(pid):
+        raise StudyDirError(f"{out}: another vffn-study run (pid {pid}) is working on it; wait for it or stop it")
+    lock.write_text(f"{os.getpid()}\n")
+    return lock
+
+
+def is_finished(run: PlannedRun) -> bool:
+    try:
+        summary = json.loads((run.run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("exit_code") == 0 and summary.get("steps") == run.steps
+
+
+def log_path(out: Path, run: PlannedRun) -> Path:
+    return out / "logs" / (run.name.replace("/", "_") + ".log")
+
+
+def command(run: PlannedRun) -> list[str]:
+    return [sys.executable, "-m", "vffn_pretrain.train", *run.overrides]
+
+
+def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
+    """Write OUT/study.json, or check that the one there describes the same runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "seed": r.seed,
+                                "steps": r.steps, "run_dir": str(r.run_dir), "after": r.after,
+                                "overrides": list(r.overrides)} for r in plan]}
+    path = out / "study.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise StudyDirError(f"{path}: exists but is not valid JSON; move it away to start afresh") from None
+        if old.get("runs") != record["runs"]:
+            raise StudyDirError(f"{out}: holds a study with other runs ({old.get('config')}, quick="
+                                f"{old.get('quick')}); use another --out")
+        return
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int = 1, log=print) -> dict[str, str]:
+    """Run what is not finished; return {run name: "finished" | "failed (exit N)" | "blocked by NAME"}."""
+    status: dict[str, str] = {r.name: "finished" for r in plan if is_finished(r)}
+    pending = [r for r in plan if r.name not in status]
+    if len(status):
+        log(f"study: {len(status)} of {len(plan)} runs already finished; {len(pending)} to run")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    running: dict[str, tuple[PlannedRun, subprocess.Popen, float]] = {}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+
+    def forward(signum, _frame):
+        for _run, proc, _t in running.values():
+            proc.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while pending or running:
+            for run in list(pending):
+                if run.after is not None and status.get(run.after, "").startswith(("failed", "blocked")):
+                    status[run.name] = f"blocked by {run.after}"
+                    pending.remove(run)
+            ready = [r for r in pending if r.after is None or status.get(r.after) == "finished"]
+            while ready and len(running) < jobs:
+                run = ready.pop(0)
+                pending.remove(run)
+                resuming = (run.run_dir / "checkpoints").is_dir()
+                log(f"study: start {run.name}{' (resuming)' if resuming else ''}")
+                with open(log_path(out, run), "a") as f:
+                    f.write(f"\n# {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command(run))}\n")
+                    f.flush()
+                    proc = subprocess.Popen(command(run), stdout=f, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+                running[run.name] = (run, proc, time.perf_counter())
+            if not running:
+                continue  # only blocked runs were left: the loop above marks them
+            time.sleep(POLL_S)
+            for name, (run, proc, t0) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                del running[name]
+                if rc == 0 and is_finished(run):
+                    status[name] = "finished"
+                    log(f"study: finished {name} in {time.perf_counter() - t0:.0f}s")
+                else:
+                    status[name] = f"failed (exit {rc})"
+                    log(f"study: {name} failed with exit {rc}; see {log_path(out, run)}")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for _run, proc, _t in running.values():  # an exception above: do not leave trainers behind
+            proc.wait()
+    return status

@@ -4,6 +4,6 @@ Modules (imported explicitly; this package imports nothing heavy on its own so t
 light): ``config`` (DataConfig), ``tokenizer`` (build_tokenizer), ``indexed`` (verified opening of .bin/.idx),
 ``checks`` (start-up checks), ``builder`` (build_datasets), ``loader`` (build_dataloader); ``prefix`` (the file
 names of a dataset prefix), ``report`` (a dataset's JSON report), ``bundled`` (the corpus and tokenizer shipped in
-``assets/``), ``tokenizing`` (documents to an indexed dataset). The ``vffn-data`` tool (``data_tools``) is built on
+``assets/``), ``tokenizing`` (documents to an indexed dataset). The ``vffn-data`` tool is built on
 these; nothing here imports it.
 """

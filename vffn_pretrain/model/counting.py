@@ -37,8 +37,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# FFN_KINDS and ADAPTIVE_DEPTH_KINDS (kinds whose inference cost depends on a loop mix) stay importable from here.
-from vffn_pretrain.model.kinds import ADAPTIVE_DEPTH_KINDS, FFN_KINDS, traits  # noqa: F401
+from vffn_pretrain.model import kinds
+
+# Kept importable from here; the table of kinds is model/kinds.py.
+FFN_KINDS = kinds.FFN_KINDS
+ADAPTIVE_DEPTH_KINDS = kinds.ADAPTIVE_DEPTH_KINDS  # kinds whose inference cost depends on a loop mix
 
 
 @dataclass(frozen=True)
@@ -96,12 +99,12 @@ class FFNShape:
     loops: int = 1
 
     @property
-    def traits(self):
-        """The kind's :class:`~vffn_pretrain.model.kinds.KindTraits`."""
-        return traits(self.kind)
+    def traits(self) -> kinds.KindTraits:
+        """What the kind is made of (model/kinds.py)."""
+        return kinds.traits(self.kind)
 
     def __post_init__(self) -> None:
-        t = traits(self.kind)  # ValueError for an unknown kind
+        t = kinds.traits(self.kind)  # ValueError for an unknown kind
         if t.has_router:
             if self.num_experts <= 0 or not 0 < self.top_k <= self.num_experts:
                 raise ValueError(
@@ -234,7 +237,7 @@ def width_path_form(kind: str, tp_size: int, device_type: str = "cpu") -> str:
     GPU the sparse form's per-expert sizes cost a host sync and N small GEMMs, which the saved FLOPs do not pay back
     at the paper's N=8, k=2, and under TP it would load the ranks holding popular experts more. width_only always
     folds its experts into the one masked-dense fc2."""
-    if traits(kind).width_folded:
+    if kinds.traits(kind).width_folded:
         return "masked_dense"
     return "sparse" if tp_size == 1 and device_type == "cpu" else "masked_dense"
 

@@ -14,8 +14,8 @@ import json
 import sys
 import warnings
 
-from data_tools import readers
-from data_tools.worker import DEFAULT_MAX_DOC_MB
+from vffn_pretrain.data.tokenizing import readers
+from vffn_pretrain.data.tokenizing.worker import DEFAULT_MAX_DOC_MB
 
 TOKENIZER_HELP = ("tokenizer: a HuggingFace tokenizer.json, a tiktoken BPE file (optionally 'tiktoken:PATH'), "
                   "'null:N' (megatron-core's null tokenizer, for tests), or 'bundled' (the default: the BPE shipped "
@@ -170,7 +170,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     _check_numbers(args)
     if args.command == "tokenize":
-        from data_tools.pipeline import TokenizeOptions, default_workers, run_tokenize
+        from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, default_workers, run_tokenize
 
         workers = default_workers() if args.workers is None else args.workers
         report = run_tokenize(TokenizeOptions(

@@ -12,9 +12,9 @@ import os
 
 import numpy as np
 
-from data_tools.prefix import report_path
-from data_tools.report import read_report
 from vffn_pretrain.data.hashing import sha256_file
+from vffn_pretrain.data.prefix import bin_path, idx_path, report_path
+from vffn_pretrain.data.report import read_report
 
 
 def length_histogram(lengths: np.ndarray) -> list[dict]:
@@ -60,8 +60,7 @@ def inspect_prefix(prefix: str, *, tokenizer: str | None = None, sample_index: i
     if verify:
         if not report or "output" not in report:
             raise CorruptDatasetError(f"{report_path(prefix)}: no report with checksums to verify against")
-        for kind in ("bin", "idx"):
-            path = f"{prefix}.{kind}"
+        for kind, path in (("bin", bin_path(prefix)), ("idx", idx_path(prefix))):
             expected = report["output"].get(f"{kind}_sha256")
             if expected and sha256_file(path) != expected:
                 raise CorruptDatasetError(f"{path}: checksum differs from the one in {report_path(prefix)} "

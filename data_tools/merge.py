@@ -11,9 +11,9 @@ import os
 import time
 from dataclasses import dataclass
 
-from data_tools.prefix import report_path
-from data_tools.report import base_report, now_iso, read_report, write_json_atomic
-from data_tools.writer import AtomicIndexedWriter
+from vffn_pretrain.data.prefix import report_path
+from vffn_pretrain.data.report import base_report, now_iso, read_report, write_json_atomic
+from vffn_pretrain.data.tokenizing.writer import AtomicIndexedWriter
 
 
 class MergeError(ValueError):

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_tools import readers
-from data_tools.report import SkipLog, base_report, now_iso, write_json_atomic
-from data_tools.worker import WorkerConfig, _records
+from vffn_pretrain.data.report import SkipLog, base_report, now_iso, write_json_atomic
+from vffn_pretrain.data.tokenizing import readers
+from vffn_pretrain.data.tokenizing.worker import WorkerConfig, _records
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"

@@ -15,6 +15,7 @@ uniform), e.g. ``+info.eval_loop_mix=[0.1,0.2,0.3,0.4]``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,28 +23,13 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vffn_pretrain.model.counting import (
-    ADAPTIVE_DEPTH_KINDS,
-    FFNShape,
-    ModelShape,
-    count_params,
-    flops_per_token,
-    padded_vocab_size,
-    uniform_loop_mix,
-)
-from vffn_pretrain.model.layer_pattern import parse_layer_pattern
+from vffn_pretrain.model.config import ModelConfig
+from vffn_pretrain.model.counting import count_params, flops_per_token, uniform_loop_mix
+from vffn_pretrain.model.ffn.config import FFNConfig
+from vffn_pretrain.model.kinds import FFN_KINDS, traits
+from vffn_pretrain.model.shapes import counting_shapes
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
-# Which ffn.* keys each kind needs: a missing one is an error rather than a silent default.
-_FFN_KEYS = {
-    "dense": (),
-    "kloop": ("loops",),
-    "moe": ("num_experts", "top_k"),
-    "width_only": ("num_experts", "top_k"),
-    "depth_only": ("max_loops",),
-    "versatile": ("num_experts", "top_k", "max_loops"),
-}
 
 
 def _select(cfg: DictConfig, key: str, default: Any = ...) -> Any:
@@ -92,32 +78,33 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
     if seq_length is None:
         seq_length = _positive_int(cfg, "train.seq_length")
     tp = _positive_int(cfg, "parallel.tp", 1)
-    vocab = _positive_int(cfg, "model.vocab_size")
     groups = _positive_int(cfg, "model.num_query_groups", None)
-    m = ModelShape(
+    model = ModelConfig(
         num_layers=_positive_int(cfg, "model.num_layers"),
-        d_model=_positive_int(cfg, "model.hidden_size"),
-        d_ff=_positive_int(cfg, "model.ffn_hidden_size"),
-        num_heads=_positive_int(cfg, "model.num_attention_heads"),
+        hidden_size=_positive_int(cfg, "model.hidden_size"),
+        ffn_hidden_size=_positive_int(cfg, "model.ffn_hidden_size"),
+        num_attention_heads=_positive_int(cfg, "model.num_attention_heads"),
         num_query_groups=None if groups is None else int(groups),
-        vocab_size=padded_vocab_size(vocab, tensor_parallel=tp),
-        seq_length=int(seq_length),
+        vocab_size=_positive_int(cfg, "model.vocab_size"),
         tied_embeddings=bool(_select(cfg, "model.tied_embeddings", False)),
+        make_vocab_size_divisible_by=_positive_int(cfg, "model.make_vocab_size_divisible_by", 128),
     )
 
     kind = str(_select(cfg, "ffn.kind"))
-    if kind not in _FFN_KEYS:
-        raise ValueError(f"ffn.kind={kind!r} is not one of {sorted(_FFN_KEYS)}")
+    if kind not in FFN_KINDS:
+        raise ValueError(f"ffn.kind={kind!r} is not one of {sorted(FFN_KINDS)}")
     pattern = _select(cfg, "ffn.layers", None)
     if isinstance(pattern, ListConfig):
         pattern = OmegaConf.to_container(pattern)
-    kinds = [kind] * m.num_layers if pattern is None else parse_layer_pattern(pattern, m.num_layers)
-    ffn_kwargs = {key: _positive_int(cfg, f"ffn.{key}") for k in dict.fromkeys(kinds) for key in _FFN_KEYS[k]}
-    shapes = {k: FFNShape(k, **ffn_kwargs) for k in set(kinds)}
-    f = shapes[kind] if pattern is None else [shapes[k] for k in kinds]  # a mixed model counts per layer
+    ffn = FFNConfig(kind=kind, layers=pattern)
+    kinds = ffn.layer_kinds(model.num_layers)
+    # Only the ffn.* keys the kinds in use read; a missing one is an error rather than a silent default.
+    ffn_kwargs = {key: _positive_int(cfg, f"ffn.{key}") for k in dict.fromkeys(kinds) for key in traits(k).settings}
+    ffn = dataclasses.replace(ffn, **ffn_kwargs)
+    m, f = counting_shapes(model, ffn, tp=tp, seq_length=int(seq_length))  # f: per layer for a mixed model
 
     loop_mix = None
-    if any(k in ADAPTIVE_DEPTH_KINDS for k in kinds):
+    if any(traits(k).adaptive_depth for k in kinds):
         raw = _select(cfg, "info.eval_loop_mix", None)
         max_loops = ffn_kwargs["max_loops"]
         loop_mix = _loop_mix(raw, max_loops) if raw is not None else uniform_loop_mix(max_loops)

@@ -36,7 +36,7 @@ def gloo_group():
 @pytest.fixture(scope="session")
 def jargon_text() -> str:
     """The bundled corpus, decoded independently of the data tools."""
-    from data_tools.bundled import BUNDLED_CORPUS
+    from vffn_pretrain.data.bundled import BUNDLED_CORPUS
 
     return gzip.decompress(BUNDLED_CORPUS.read_bytes()).decode("utf-8")
 
@@ -50,8 +50,8 @@ def jargon_blocks(jargon_text) -> list[str]:
 @pytest.fixture(scope="session")
 def jargon_prefix(tmp_path_factory) -> str:
     """The bundled corpus tokenized with the bundled tokenizer, in-process."""
-    from data_tools.bundled import BUNDLED_CORPUS
-    from data_tools.pipeline import TokenizeOptions, run_tokenize
+    from vffn_pretrain.data.bundled import BUNDLED_CORPUS
+    from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
 
     prefix = str(tmp_path_factory.mktemp("jargon") / "jargon")
     run_tokenize(TokenizeOptions(inputs=[str(BUNDLED_CORPUS)], output_prefix=prefix, split_on_blank_lines=True))

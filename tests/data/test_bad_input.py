@@ -148,7 +148,7 @@ def test_existing_output_is_not_overwritten_without_overwrite(tmp_path, capsys):
 
 
 def test_interrupted_run_leaves_nothing_and_keeps_the_previous_output(tmp_path):
-    from data_tools.pipeline import TokenizeOptions, run_tokenize
+    from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
 
     src = write_jsonl(tmp_path / "a.jsonl", [f"document {i}" for i in range(3000)])
     out = str(tmp_path / "out")

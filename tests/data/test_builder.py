@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from data_tools.pipeline import TokenizeOptions, run_tokenize
 from tests.data.helpers import write_jsonl
 from vffn_pretrain.data.builder import build_datasets
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.data.tokenizer import build_tokenizer
+from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
 
 NULL = "null:1000"
 
@@ -60,9 +60,9 @@ def test_default_config_uses_the_bundled_corpus_tokenized_once(tmp_path, gloo_gr
     assert list((tmp_path / "cache" / "bundled").glob("*/jargon.bin"))
 
     # A second run reuses the tokenized corpus and the cached indices, and sees the same samples.
-    import data_tools.pipeline
+    from vffn_pretrain.data.tokenizing import pipeline
 
-    monkeypatch.setattr(data_tools.pipeline, "run_tokenize", lambda *a, **k: pytest.fail("re-tokenized"))
+    monkeypatch.setattr(pipeline, "run_tokenize", lambda *a, **k: pytest.fail("re-tokenized"))
     again, _, _ = build_datasets(cfg, seq_length=32, seed=3, num_samples=(200, 20, 4), tokenizer=tok,
                                  padded_vocab_size=8192)
     assert _tokens(again, 50) == _tokens(train, 50)

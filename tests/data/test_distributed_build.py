@@ -21,7 +21,7 @@ def _rank_main(rank: int, port: int, workdir: str, cases: list) -> None:
     results: dict = {}
     try:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-        import data_tools.pipeline as pipeline
+        import vffn_pretrain.data.tokenizing.pipeline as pipeline
         from vffn_pretrain.data.builder import build_datasets
         from vffn_pretrain.data.config import DataConfig
         from vffn_pretrain.data.tokenizer import build_tokenizer

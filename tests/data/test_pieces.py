@@ -9,12 +9,12 @@ import random
 import numpy as np
 import pytest
 
-from data_tools.bundled import BUNDLED_TOKENIZER
-from data_tools.readers import Chunk
-from data_tools.worker import DOCUMENT_TOO_LONG, WorkerConfig, process_chunk
 from tests.data.test_tokenizer import _write_tiktoken
+from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
 from vffn_pretrain.data.pieces import SAFE_CUT, safe_cuts
 from vffn_pretrain.data.tokenizer import build_tokenizer
+from vffn_pretrain.data.tokenizing.readers import Chunk
+from vffn_pretrain.data.tokenizing.worker import DOCUMENT_TOO_LONG, WorkerConfig, process_chunk
 
 # Pieces of text a random document is made of, each repeated a random number of times: letters of several
 # scripts and cases, contractions, digits, punctuation, every kind of whitespace the patterns treat specially

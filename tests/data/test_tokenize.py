@@ -150,7 +150,7 @@ def test_console_script_runs():
 
 
 def test_progress_bar_reports_documents_and_tokens(tmp_path, capsys):
-    from data_tools.pipeline import TokenizeOptions, run_tokenize
+    from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
 
     src = write_jsonl(tmp_path / "a.jsonl", number_docs(200, seed=4))
     report = run_tokenize(TokenizeOptions([str(src)], str(tmp_path / "out"), tokenizer="null:100", progress=True,

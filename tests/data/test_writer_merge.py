@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from data_tools.cli import main
-from data_tools.writer import AtomicIndexedWriter, CompactIndexedDatasetBuilder
 from tests.data.helpers import number_docs, read_docs, write_jsonl
+from vffn_pretrain.data.tokenizing.writer import AtomicIndexedWriter, CompactIndexedDatasetBuilder
 
 
 def _read(path) -> bytes:

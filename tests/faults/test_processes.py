@@ -82,7 +82,7 @@ def test_killed_tokenizer_leaves_no_worker_and_its_partial_files_are_swept(tmp_p
 
 
 def test_a_thousand_workers_are_capped_and_ctrl_c_stops_the_run_cleanly(tmp_path):
-    from data_tools.pipeline import usable_cpus
+    from vffn_pretrain.data.tokenizing.pipeline import usable_cpus
 
     src = tmp_path / "big.jsonl"
     line = json.dumps({"text": " ".join(str(i % 97) for i in range(2000))}) + "\n"

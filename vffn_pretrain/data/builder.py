@@ -19,13 +19,12 @@ from pathlib import Path
 import torch
 
 from vffn_pretrain.data import checks
+from vffn_pretrain.data.bundled import bundled_cache_prefix, ensure_bundled_prefix
 from vffn_pretrain.data.config import BUNDLED, Blend, DataConfig
 
 
 def _resolve_prefix(prefix: str, cfg: DataConfig, tokenizer, *, materialize: bool) -> str:
     if prefix == BUNDLED:
-        from data_tools.bundled import bundled_cache_prefix, ensure_bundled_prefix
-
         if materialize:
             return str(ensure_bundled_prefix(cfg.cache_dir, tokenizer, workers=cfg.bundled_tokenize_workers))
         return str(bundled_cache_prefix(cfg.cache_dir, tokenizer))

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vffn_pretrain.data.indexed import CorruptDatasetError, open_indexed_dataset
+from vffn_pretrain.data.prefix import report_path
+from vffn_pretrain.data.report import read_report
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -74,9 +76,6 @@ def check_token_ids(prefix: str, tokenizer, padded_vocab_size: int, *, key: str 
 
 def check_report_tokenizer(prefix: str, tokenizer) -> None:
     """Raise ValueError naming data.tokenizer if the prefix's report names a different tokenizer."""
-    from data_tools.prefix import report_path
-    from data_tools.report import read_report
-
     report = read_report(report_path(prefix)) or {}
     made_with = report.get("tokenizer") or {}
     if made_with.get("hash") and made_with["hash"] != tokenizer.hash:

@@ -26,6 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vffn_pretrain.data.prefix import strip_file_suffix
+
 BUNDLED = "bundled"
 
 Blend = tuple[list[str], list[float] | None]
@@ -133,12 +135,7 @@ def _number(v: Any) -> float | None:
 def _clean_prefix(p: str, key: str) -> str:
     if not isinstance(p, str) or not p.strip():
         raise ValueError(f"{key}: expected a dataset prefix (path without .bin/.idx), got {p!r}")
-    p = p.strip()
-    # A common slip: naming one of the two files instead of the prefix.
-    for suffix in (".bin", ".idx"):
-        if p.endswith(suffix):
-            p = p[: -len(suffix)]
-    return p
+    return strip_file_suffix(p.strip())
 
 
 def parse_blend(value: Any, key: str = "data.paths") -> Blend:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vffn_pretrain.data.prefix import bin_path, idx_path
+
 # The .idx layout, as written by megatron-core's _IndexWriter (megatron/core/datasets/indexed_dataset.py).
 _MAGIC = b"MMIDIDX\x00\x00"
 _HEADER_BYTES = 9 + 8 + 1 + 8 + 8
@@ -47,8 +49,7 @@ class PrefixInfo:
 
 
 def _paths(prefix: str | os.PathLike) -> tuple[str, str]:
-    prefix = str(prefix)
-    return prefix + ".bin", prefix + ".idx"
+    return bin_path(prefix), idx_path(prefix)
 
 
 def verify_prefix(prefix: str | os.PathLike) -> PrefixInfo:

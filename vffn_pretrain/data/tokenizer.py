@@ -2,8 +2,8 @@
 
 ``build_tokenizer(spec)`` understands:
 
-* ``None`` (or ``"bundled"``): the byte-level BPE shipped in ``data_tools/assets`` (trained on the bundled
-  corpus, see ``data_tools/assets/SOURCE.md``);
+* ``None`` (or ``"bundled"``): the byte-level BPE shipped in ``vffn_pretrain/data/assets`` (trained on the
+  bundled corpus, see ``vffn_pretrain/data/assets/SOURCE.md``);
 * a path to a HuggingFace ``tokenizer.json``;
 * a path to a tiktoken BPE file (lines of ``base64-token rank``), optionally written ``tiktoken:PATH``.
   When the file name is one of tiktoken's own encodings (``cl100k_base.tiktoken``, ``o200k_base.tiktoken``,
@@ -31,6 +31,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
 from vffn_pretrain.data.hashing import sha256_file
 
 # Names tried, in order, for the end-of-document token of a HuggingFace tokenizer.
@@ -258,8 +259,6 @@ class NullTokenizer(BaseTokenizer):
 
 def bundled_tokenizer_path() -> Path:
     """The tokenizer.json shipped with the bundled corpus."""
-    from data_tools.bundled import BUNDLED_TOKENIZER
-
     return BUNDLED_TOKENIZER
 
 

@@ -24,9 +24,9 @@ SEED = 13
 
 def held_out_documents() -> list[str]:
     """The bundled corpus's validation-split documents, as text."""
-    from data_tools.bundled import BUNDLED_CORPUS, BUNDLED_SPLIT_ON_BLANK_LINES
-    from data_tools.readers import iter_chunks, resolve_inputs
+    from vffn_pretrain.data.bundled import BUNDLED_CORPUS, BUNDLED_SPLIT_ON_BLANK_LINES
     from vffn_pretrain.data.checks import split_document_ranges
+    from vffn_pretrain.data.tokenizing.readers import iter_chunks, resolve_inputs
 
     docs = [raw for chunk in iter_chunks(resolve_inputs([str(BUNDLED_CORPUS)]),
                                          split_on_blank_lines=BUNDLED_SPLIT_ON_BLANK_LINES)

@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vffn_pretrain.model.kinds import traits
+
 
 class ExportError(Exception):
     """Bad input: the message is the one line printed."""
@@ -87,7 +89,7 @@ def build_hf_model(loaded, tokenizer):
           if isinstance(v, torch.Tensor) and not k.endswith("_extra_state")}
     hf_sd = weights.megatron_to_hf(sd, cfg.model, cfg.ffn)
     vocab = sd["embedding.word_embeddings.weight"].shape[0]
-    if cfg.ffn.kind == "dense":
+    if traits(cfg.ffn.kind).plain:  # dense: a Llama
         from transformers import LlamaConfig, LlamaForCausalLM
 
         model = LlamaForCausalLM(LlamaConfig(**weights.llama_config_kwargs(cfg.model, vocab, token_ids(tokenizer))))

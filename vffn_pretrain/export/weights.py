@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-SHARED_WEIGHT_KINDS = ("versatile", "depth_only", "width_only", "kloop")
+from vffn_pretrain.model.kinds import SHARED_WEIGHT_KINDS, traits  # noqa: F401 (SHARED_WEIGHT_KINDS: importable here)
 
 
 def _split_qkv(qkv: torch.Tensor, heads: int, groups: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,7 +37,7 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str,
     """`sd`: GPTModel.state_dict() at TP = PP = 1 (`_extra_state` entries are ignored). Returns the state dict
     of LlamaForCausalLM (kind dense) or of modeling_vffn.VffnForCausalLM (other kinds); tensors are views or
     copies in the input dtype."""
-    kind = ffn_cfg.kind
+    kind = traits(ffn_cfg.kind)  # ValueError for an unknown kind
     heads = model_cfg.num_attention_heads
     groups = model_cfg.num_query_groups or heads
     out = {
@@ -56,10 +56,7 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str,
             dst + "self_attn.v_proj.weight": v,
             dst + "self_attn.o_proj.weight": sd[src + "self_attention.linear_proj.weight"],
         })
-        if kind == "dense":
-            out[dst + "post_attention_layernorm.weight"] = sd[src + "pre_mlp_layernorm.weight"]
-            out.update(_swiglu(sd[src + "mlp.linear_fc1.weight"], sd[src + "mlp.linear_fc2.weight"], dst + "mlp."))
-        elif kind == "moe":
+        if kind.moe:
             out[dst + "post_attention_layernorm.weight"] = sd[src + "pre_mlp_layernorm.weight"]
             out[dst + "mlp.router.weight"] = sd[src + "mlp.router.weight"]
             out.update(_swiglu(sd[src + "mlp.shared_experts.linear_fc1.weight"],
@@ -68,15 +65,16 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str,
                 expert = f"{src}mlp.experts.local_experts.{e}."
                 out.update(_swiglu(sd[expert + "linear_fc1.weight"], sd[expert + "linear_fc2.weight"],
                                    f"{dst}mlp.experts.{e}."))
-        elif kind in SHARED_WEIGHT_KINDS:
+        elif kind.shared_weights:
             out[dst + "mlp.norm.weight"] = sd[src + "mlp.norm.weight"]
             out.update(_swiglu(sd[src + "mlp.linear_fc1.weight"], sd[src + "mlp.linear_fc2.weight"],
                                dst + "mlp.ffn."))
             for head in ("router", "loop_head"):
                 if src + f"mlp.{head}.weight" in sd:
                     out[dst + f"mlp.{head}.weight"] = sd[src + f"mlp.{head}.weight"]
-        else:
-            raise ValueError(f"ffn.kind={kind!r} cannot be exported")
+        else:  # dense
+            out[dst + "post_attention_layernorm.weight"] = sd[src + "pre_mlp_layernorm.weight"]
+            out.update(_swiglu(sd[src + "mlp.linear_fc1.weight"], sd[src + "mlp.linear_fc2.weight"], dst + "mlp."))
     return out
 
 
@@ -110,7 +108,8 @@ def llama_config_kwargs(model_cfg, vocab_size: int, tokenizer_ids: dict) -> dict
 
 def vffn_config_kwargs(model_cfg, ffn_cfg, vocab_size: int, tokenizer_ids: dict) -> dict:
     """VffnConfig keyword arguments for a megatron model of any non-dense kind."""
-    loops = {"kloop": ffn_cfg.loops, "width_only": 1}.get(ffn_cfg.kind, ffn_cfg.max_loops)
+    kind = traits(ffn_cfg.kind)
+    loops = ffn_cfg.max_loops if kind.moe else kind.loop_count(ffn_cfg)  # moe has no loops: ffn.max_loops as given
     return dict(
         _shape_kwargs(model_cfg, vocab_size, tokenizer_ids),
         rotary_base=float(model_cfg.rotary_base),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.model.counting import padded_vocab_size
 
 
 @dataclass
@@ -58,5 +59,4 @@ class ModelConfig:
 
     def padded_vocab_size(self, tp: int = 1) -> int:
         """Vocabulary rounded up to a multiple of make_vocab_size_divisible_by x TP (Megatron's convention)."""
-        multiple = self.make_vocab_size_divisible_by * tp
-        return -(-self.vocab_size // multiple) * multiple
+        return padded_vocab_size(self.vocab_size, tp, self.make_vocab_size_divisible_by)

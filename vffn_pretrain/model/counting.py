@@ -37,9 +37,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-FFN_KINDS = ("dense", "kloop", "moe", "versatile", "width_only", "depth_only")
-# Kinds whose per-token loop count is predicted, so their inference cost depends on a loop mix.
-ADAPTIVE_DEPTH_KINDS = ("versatile", "depth_only")
+from vffn_pretrain.model import kinds
+
+# Kept importable from here; the table of kinds is model/kinds.py.
+FFN_KINDS = kinds.FFN_KINDS
+ADAPTIVE_DEPTH_KINDS = kinds.ADAPTIVE_DEPTH_KINDS  # kinds whose inference cost depends on a loop mix
 
 
 @dataclass(frozen=True)
@@ -96,17 +98,21 @@ class FFNShape:
     max_loops: int = 4
     loops: int = 1
 
+    @property
+    def traits(self) -> kinds.KindTraits:
+        """What the kind is made of (model/kinds.py)."""
+        return kinds.traits(self.kind)
+
     def __post_init__(self) -> None:
-        if self.kind not in FFN_KINDS:
-            raise ValueError(f"unknown FFN kind {self.kind!r}; expected one of {FFN_KINDS}")
-        if self.kind in ("moe", "versatile", "width_only"):
+        t = kinds.traits(self.kind)  # ValueError for an unknown kind
+        if t.has_router:
             if self.num_experts <= 0 or not 0 < self.top_k <= self.num_experts:
                 raise ValueError(
                     f"need 0 < top_k <= num_experts, got top_k={self.top_k}, num_experts={self.num_experts}"
                 )
-        if self.kind in ADAPTIVE_DEPTH_KINDS and self.max_loops <= 0:
+        if t.adaptive_depth and self.max_loops <= 0:
             raise ValueError(f"max_loops must be positive, got {self.max_loops}")
-        if self.kind == "kloop" and self.loops <= 0:
+        if t.fixed_loops and self.loops <= 0:
             raise ValueError(f"loops must be positive, got {self.loops}")
 
 
@@ -152,20 +158,12 @@ def count_params(m: ModelShape, f: FFNShape | Sequence[FFNShape]) -> dict:
     attn = d * (d + 2 * kv_dim) + d * d  # fused QKV + output projection
     dense_ffn = 3 * d * d_ff  # fc1 (d -> 2*d_ff, gate and value) + fc2 (d_ff -> d)
 
-    n, k_max = f.num_experts, f.max_loops
-    if f.kind in ("dense", "kloop"):
-        extra = 0  # k-loop reuses the same weights k times
-    elif f.kind == "versatile":
+    # What a kind adds over one dense SwiGLU (k-loop reuses the same weights k times: nothing): a router d->N and
+    # a loop head d->L_max, no bias (docs/method.md §8); moe's N real SwiGLU experts of width d_ff/N.
+    t, n = f.traits, f.num_experts
+    if t.has_router:
         _check_expert_width(m, f)
-        extra = d * (n + k_max)  # router d->N + loop head d->L_max, no bias (docs/method.md §8)
-    elif f.kind == "width_only":
-        _check_expert_width(m, f)
-        extra = d * n
-    elif f.kind == "depth_only":
-        extra = d * k_max
-    else:  # moe
-        _check_expert_width(m, f)
-        extra = n * 3 * d * (d_ff // n) + d * n  # N real SwiGLU experts of width d_ff/N + router
+    extra = d * n * t.has_router + d * f.max_loops * t.has_loop_head + 3 * d * d_ff * t.moe
 
     norms_per_layer = 2 * d
     per_layer = attn + dense_ffn + extra + norms_per_layer
@@ -239,7 +237,7 @@ def width_path_form(kind: str, tp_size: int, device_type: str = "cpu") -> str:
     GPU the sparse form's per-expert sizes cost a host sync and N small GEMMs, which the saved FLOPs do not pay back
     at the paper's N=8, k=2, and under TP it would load the ranks holding popular experts more. width_only always
     folds its experts into the one masked-dense fc2."""
-    if kind == "width_only":
+    if kinds.traits(kind).width_folded:
         return "masked_dense"
     return "sparse" if tp_size == 1 and device_type == "cpu" else "masked_dense"
 
@@ -251,7 +249,7 @@ def _width_cost(f: FFNShape, width_reuse: bool, width_form: str | None) -> float
         return kn / 3.0 if width_reuse else kn
     if width_form not in WIDTH_FORMS:
         raise ValueError(f"width_form must be None or one of {WIDTH_FORMS}, got {width_form!r}")
-    if f.kind == "width_only":  # its experts ride in its one masked fc2 whatever the layout's form
+    if f.traits.width_folded:  # its experts ride in its one masked fc2 whatever the layout's form
         return 0.0
     return kn / 3.0 if width_form == "sparse" else 1.0 / 3.0
 
@@ -273,22 +271,14 @@ def ffn_flops_multiplier(
     WIDTH_FORMS, see :func:`width_path_form`) instead counts the width path as the code computes it,
     which is what MFU needs; it overrides ``width_reuse``.
     """
-    kn = f.top_k / f.num_experts
-    width = _width_cost(f, width_reuse, width_form) if f.kind in ("versatile", "width_only") else 0.0
-    if f.kind == "dense":
-        return 1.0
-    if f.kind == "kloop":
-        return float(f.loops)
-    if f.kind == "moe":
-        return 1.0 + kn  # real experts: no reuse possible
-    if f.kind == "width_only":
-        return 1.0 + width
-    if training:
-        return f.max_loops + width
+    t = f.traits
+    if t.moe:
+        return 1.0 + f.top_k / f.num_experts  # real experts: no reuse possible
+    width = _width_cost(f, width_reuse, width_form) if t.width_path else 0.0
+    if training or not t.adaptive_depth:  # every loop (1, k or L_max) and the width path run for every token
+        return float(t.loop_count(f)) + width
     p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(f.max_loops), f.max_loops)
     mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
-    if f.kind == "depth_only":
-        return mean_loops
     p_below_max = sum(p[:-1])  # tokens at L_max skip the width path at inference (docs/method.md §5)
     return mean_loops + p_below_max * width
 
@@ -306,11 +296,11 @@ def ffn_train_step_multiplier(
     gradient needs their values). ``loop_mix`` is the sampled mix (default uniform); ``width_reuse`` and
     ``width_form`` as in :func:`ffn_flops_multiplier`."""
     forward = ffn_flops_multiplier(f, training=True, width_reuse=width_reuse, width_form=width_form)
-    if not token_sparse or f.kind not in ("versatile", "depth_only"):
+    if not token_sparse or not f.traits.adaptive_depth:
         return forward
     p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(f.max_loops), f.max_loops)
     mean_loops = sum((i + 1) * pi for i, pi in enumerate(p))
-    width = _width_cost(f, width_reuse, width_form) if f.kind == "versatile" else 0.0
+    width = _width_cost(f, width_reuse, width_form) if f.traits.width_path else 0.0
     backward_graph = mean_loops + sum(p[:-1]) * width
     return (forward + 2.0 * backward_graph) / 3.0
 
@@ -340,7 +330,7 @@ def flops_breakdown(
         total = 0.0
         for shape, count in _layer_groups(m, f):
             part = flops_breakdown(dataclasses.replace(m, num_layers=count), shape, training=training,
-                                   loop_mix=loop_mix if shape.kind in ADAPTIVE_DEPTH_KINDS else None,
+                                   loop_mix=loop_mix if shape.traits.adaptive_depth else None,
                                    width_reuse=width_reuse, causal=causal, token_sparse=token_sparse,
                                    width_form=width_form)
             for key in out:
@@ -365,21 +355,14 @@ def flops_breakdown(
                                width_form=width_form)
     )
 
-    n, k_max = f.num_experts, f.max_loops
-    if f.kind in ("moe", "width_only"):
-        router = 2.0 * d * n
-    elif f.kind == "depth_only":
-        router = 2.0 * d * k_max
-    elif f.kind == "versatile":
-        if training:
-            router = 2.0 * d * (n + k_max)  # router runs for every token in training (docs/method.md §5)
-        else:
-            # Inference: the loop head runs for every token, the router only for tokens with
-            # l < L_max, which are the only ones that take the width path (Algorithm 2).
-            p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(k_max), k_max)
-            router = 2.0 * d * (k_max + n * sum(p[:-1]))
-    else:
-        router = 0.0
+    t, n, k_max = f.traits, f.num_experts, f.max_loops
+    routed = 1.0  # the share of tokens the router runs for: all of them in training (docs/method.md §5)
+    if t.width_path and t.adaptive_depth and not training:
+        # Inference: the loop head runs for every token, the router only for tokens with
+        # l < L_max, which are the only ones that take the width path (Algorithm 2).
+        p = _validate_loop_mix(loop_mix if loop_mix is not None else uniform_loop_mix(k_max), k_max)
+        routed = sum(p[:-1])
+    router = 2.0 * d * (k_max * t.has_loop_head + n * t.has_router * routed)
     router *= L
 
     lm_head = 2.0 * d * m.vocab_size

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.model.counting import FFN_KINDS
+from vffn_pretrain.model.kinds import FFN_KINDS, traits
 
 
 def parse_layer_pattern(pattern: Any, num_layers: int) -> list[str]:
@@ -32,7 +32,7 @@ def parse_layer_pattern(pattern: Any, num_layers: int) -> list[str]:
         kinds.extend([kind] * repeat)
     if len(kinds) != num_layers:
         raise ConfigError("ffn.layers", f"{pattern!r} names {len(kinds)} layers but model.num_layers={num_layers}")
-    if "moe" in kinds and len(set(kinds)) > 1:
+    if len(set(kinds)) > 1 and any(traits(kind).moe for kind in kinds):
         raise ConfigError("ffn.layers", "moe layers cannot be mixed with other kinds (the MoE baseline sets "
                                         "model-wide megatron MoE options)")
     return kinds

@@ -31,6 +31,7 @@ import time
 
 import torch
 
+from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import Timing
 
@@ -158,13 +159,13 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
     """Timing from measurements for a validated RunConfig; also a report {kind: {forward_s, backward_s, ...},
     "step": {...}, "p2p": ...}. Needs megatron's model-parallel state set up at TP = PP = 1 (a world of one)."""
     m, f, t = cfg.model, cfg.ffn, cfg.train
-    shape = counting_shape(cfg)
+    shape = model_shape(m, seq_length=t.seq_length)
     step = costs.StepShape(t.micro_batch_size, t.seq_length, 1, False, 4, token_sparse=f.token_sparse_recursion)
     forward, backward, report = {}, {}, {}
     beyond_layer, once_per_param = [], []
     for kind in dict.fromkeys(f.layer_kinds(m.num_layers)):
         ffn_k = f.for_kind(kind)
-        item = costs.layer_cost(shape, ffn_k.counting_shape(1), step)
+        item = costs.layer_cost(shape, ffn_shapes(ffn_k, 1), step)
         alone_f, alone_b = _layer_seconds(m, ffn_k, t.micro_batch_size, t.seq_length, rounds)
         timed = _step_times(m, ffn_k, t, rounds)
         sec, params = timed["seconds"], timed["params"]
@@ -195,14 +196,6 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
         per_byte, latency = measure_p2p(max(nbytes, 1 << 16), rounds)
         report["p2p"] = {"seconds_per_byte": per_byte, "latency_s": latency}
     return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate), report
-
-
-def counting_shape(cfg):
-    from vffn_pretrain.model import counting
-
-    m, t = cfg.model, cfg.train
-    return counting.ModelShape(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
-                               m.num_query_groups, m.padded_vocab_size(1), t.seq_length, m.tied_embeddings)
 
 
 def main(argv: list[str]) -> int:

@@ -20,7 +20,7 @@ import sys
 import warnings
 
 from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.model import counting
+from vffn_pretrain.model.shapes import counting_shapes
 from vffn_pretrain.planning import costs, planner
 from vffn_pretrain.planning.loops import LOOP_STATS_FILE, checkpoint_loop_stats, latest_loop_mixes
 from vffn_pretrain.planning.timing import Timing
@@ -62,9 +62,7 @@ def _compose(overrides: list[str]):
 def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     """The planner's request for a validated RunConfig and the CLI options; also the explicit layout if any."""
     m, f, par, t = cfg.model, cfg.ffn, cfg.parallel, cfg.train
-    shape = counting.ModelShape(m.num_layers, m.hidden_size, m.ffn_hidden_size, m.num_attention_heads,
-                                m.num_query_groups, m.padded_vocab_size(par.tp), t.seq_length, m.tied_embeddings)
-    ffns = f.counting_shape(m.num_layers)
+    shape, ffns = counting_shapes(m, f, tp=par.tp, seq_length=t.seq_length)
     ffns = ffns if isinstance(ffns, list) else [ffns] * m.num_layers
     step = costs.StepShape(t.micro_batch_size, t.seq_length, par.tp, par.sp,
                            4 if t.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)

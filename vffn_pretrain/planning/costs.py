@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from vffn_pretrain.model import counting
 
-ADAPTIVE = counting.ADAPTIVE_DEPTH_KINDS
 RECOMPUTE_CHOICES = ("none", "full")
 
 
@@ -93,7 +92,8 @@ def layer_cost(model: counting.ModelShape, ffn: counting.FFNShape, step: StepSha
     """Cost of one transformer layer. `loop_mix` is the sampled training mix (default uniform, what tau0 gives
     before training); `eval_loop_mix` the argmax mix used when `training=False` (default: `loop_mix`)."""
     d, tp, tokens = model.d_model, step.tp, step.tokens
-    adaptive = ffn.kind in ADAPTIVE
+    t = ffn.traits
+    adaptive = t.adaptive_depth
     mix = loop_mix if (adaptive and loop_mix is not None) else (
         counting.uniform_loop_mix(ffn.max_loops) if adaptive else None)
     if training:
@@ -118,17 +118,17 @@ def layer_cost(model: counting.ModelShape, ffn: counting.FFNShape, step: StepSha
     if not step.flash_attention:
         attn_values += model.num_heads * model.seq_length / tp  # softmax probabilities, a*s per token
     per_pass = 2 * d / seq_shard + 3 * model.d_ff / tp  # norm in/out, fc1 out (gate, up), SwiGLU out
-    if ffn.kind in ADAPTIVE and training:
+    if adaptive and training:
         kept_loops = mean_loops(mix) if step.token_sparse else float(ffn.max_loops)
         width_share = (1.0 - mix[-1]) if step.token_sparse else 1.0
         ffn_values = kept_loops * per_pass
-        if ffn.kind == "versatile":
+        if t.width_path:
             ffn_values += width_share * model.d_ff / tp + ffn.num_experts + ffn.max_loops  # masked a1, logits
-    elif ffn.kind == "kloop":
+    elif t.fixed_loops:
         ffn_values = ffn.loops * per_pass
-    elif ffn.kind in ("moe", "width_only"):
+    elif t.has_router and not adaptive:  # one pass, the routed share (moe's experts, width_only's a1), logits
         ffn_values = per_pass * (1.0 + ffn.top_k / ffn.num_experts) + ffn.num_experts
-    else:
+    else:  # dense, and an adaptive kind at eval
         ffn_values = per_pass
     activation = tokens * step.bytes_per_value * (attn_values + ffn_values + d / seq_shard)  # + residual out
     params = counting.count_params(_one_layer(model), ffn)["params_per_layer"] / tp

@@ -30,13 +30,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vffn_pretrain.model.counting import (
-    FFNShape,
-    ModelShape,
-    count_params,
-    flops_per_token,
-    padded_vocab_size,
-)
+from vffn_pretrain.model.config import ModelConfig
+from vffn_pretrain.model.counting import FFNShape, ModelShape, count_params, flops_per_token
+from vffn_pretrain.model.ffn.config import FFNConfig
+from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "conf" / "sweep" / "ladder.yaml"
@@ -126,16 +123,15 @@ def plan_ladder(ladder: DictConfig | dict, rules: LadderRules = LadderRules()) -
     seq = int(ladder.seq_length)
     rungs = []
     for size in ladder.sizes:
-        d = int(size.hidden_size)
-        shape = ModelShape(
+        model = ModelConfig(  # ffn_hidden_size None: 4 * hidden_size, as in training
             num_layers=int(size.num_layers),
-            d_model=d,
-            d_ff=int(size.get("ffn_hidden_size") or 4 * d),
-            num_heads=int(size.num_attention_heads),
+            hidden_size=int(size.hidden_size),
+            ffn_hidden_size=int(size.ffn_hidden_size) if size.get("ffn_hidden_size") else None,
+            num_attention_heads=int(size.num_attention_heads),
             num_query_groups=size.get("num_query_groups"),
-            vocab_size=padded_vocab_size(int(ladder.vocab_size)),
-            seq_length=seq,
+            vocab_size=int(ladder.vocab_size),
         )
+        shape = model_shape(model, seq_length=seq)
         params = count_params(shape, FFNShape("dense"))
         n = params["params_non_embedding"]
         tokens = token_budget(n, rules)
@@ -156,13 +152,13 @@ def plan_ladder(ladder: DictConfig | dict, rules: LadderRules = LadderRules()) -
 
 
 def ffn_shape(variant: str, ffn_conf_dir: Path = FFN_CONF_DIR) -> FFNShape:
-    """The FFNShape of a conf/ffn/<variant>.yaml group (for compute estimates)."""
+    """The FFNShape of a conf/ffn/<variant>.yaml group (for compute estimates); keys it omits take FFNConfig's
+    defaults, as in training."""
     path = ffn_conf_dir / f"{variant}.yaml"
     if not path.exists():
         raise ValueError(f"unknown FFN variant {variant!r}: {path} does not exist")
-    cfg = OmegaConf.load(path)
-    keys = ("num_experts", "top_k", "max_loops", "loops")
-    return FFNShape(str(cfg.kind), **{k: int(cfg[k]) for k in keys if cfg.get(k) is not None})
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    return ffn_shapes(FFNConfig(**{k: v for k, v in cfg.items() if v is not None}), 1)
 
 
 def model_overrides(ladder: DictConfig, rung: Rung) -> list[str]:

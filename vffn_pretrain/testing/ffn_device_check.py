@@ -22,7 +22,8 @@ import dataclasses
 import torch
 
 from vffn_pretrain.model import noise
-from vffn_pretrain.model.ffn.config import FFN_KINDS, FFNConfig
+from vffn_pretrain.model.ffn.config import FFNConfig
+from vffn_pretrain.model.kinds import FFN_KINDS, SHARED_WEIGHT_KINDS, traits
 from vffn_pretrain.testing.ffn_reference import RefWeights, reference
 
 # ||layer - reference|| / ||reference|| per tensor. fp32: float rounding (measured <= 6e-5 on CPU, the loop head's
@@ -34,7 +35,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 # d=64). Held only to "no sign error, no missing term".
 BF16_LOOP_HEAD_TOLERANCE = 0.6
 HEAD_SCALE = 40.0  # router / loop-head weights scaled up so decisions are clear-cut, as in tests/ffn/
-REFERENCE_KINDS = ("versatile", "depth_only", "width_only", "kloop")
+REFERENCE_KINDS = SHARED_WEIGHT_KINDS  # the kinds testing.ffn_reference computes
 
 
 def variants() -> list[dict]:
@@ -43,10 +44,11 @@ def variants() -> list[dict]:
     has_sparse = "token_sparse_recursion" in {f.name for f in dataclasses.fields(FFNConfig)}
     out = []
     for kind in FFN_KINDS:
-        kw = {"balance_coeff": 0.05} if kind in ("versatile", "width_only") else {}
-        if kind == "kloop":
+        t = traits(kind)
+        kw = {"balance_coeff": 0.05} if t.width_path else {}
+        if t.fixed_loops:
             kw["loops"] = 3
-        if has_sparse and kind in ("versatile", "depth_only"):
+        if has_sparse and t.adaptive_depth:
             out += [(kind, dict(kw, token_sparse_recursion=flag)) for flag in (False, True)]
         else:
             out.append((kind, kw))
@@ -87,7 +89,7 @@ def compare(build_block, kind: str, ffn_kw: dict, *, dtype: torch.dtype, trainin
     mlp = block.mlp
     with torch.no_grad():
         for name in ("router", "loop_head"):
-            if hasattr(mlp, name) and kind != "moe":
+            if hasattr(mlp, name) and not traits(kind).moe:
                 getattr(mlp, name).weight.mul_(HEAD_SCALE)
         norm = getattr(mlp, "norm", None) or block.norm
         norm.weight.copy_(1 + 0.1 * torch.randn(d, generator=torch.Generator().manual_seed(7)))
@@ -110,7 +112,7 @@ def compare(build_block, kind: str, ffn_kw: dict, *, dtype: torch.dtype, trainin
         got["grad_input"] = x.grad
         got.update({f"grad {n}": p.grad for n, p in block.named_parameters() if p.grad is not None})
 
-    if kind == "moe":
+    if traits(kind).moe:
         want = _moe_float64(build_block(cfg, d, d_ff, torch.float64), block, h, g, training)
     else:
         want = _reference_outputs(block, kind, cfg, h, g, training, tau, seed, device)
@@ -128,12 +130,12 @@ def _reference_outputs(block, kind, cfg, h, g, training, tau, seed, device) -> d
     T, d = h.shape[0] * h.shape[1], h.shape[2]
     H = h.double().reshape(T, d).requires_grad_(True)
     gumbel = None
-    if kind in ("versatile", "depth_only"):
+    if traits(kind).adaptive_depth:
         noise.seed_microbatch(seed, (5, 1))
         gumbel = noise.gumbel_noise((h.shape[0], h.shape[1], cfg.max_loops), mlp.layer_number, device)
         gumbel = gumbel.cpu().double().reshape(T, -1)
-    ref_kind, loops = (("kloop", 1) if kind == "dense" else (kind, cfg.loops))
-    balance = cfg.balance_coeff if cfg.balance_loss and kind in ("versatile", "width_only") else 0.0
+    ref_kind, loops = (("kloop", 1) if traits(kind).plain else (kind, cfg.loops))  # dense = one loop of k-loop
+    balance = cfg.balance_coeff if cfg.balance_loss and traits(kind).width_path else 0.0
     Y, aux, _, _ = reference(H, wt, kind=ref_kind, num_experts=cfg.num_experts, top_k=cfg.top_k,
                              max_loops=cfg.max_loops, loops=loops, noise=gumbel, tau=tau, training=training,
                              balance_coeff=balance)

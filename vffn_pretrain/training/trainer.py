@@ -24,6 +24,8 @@ from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.model import counting
 from vffn_pretrain.model.ffn import state as ffn_state
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
+from vffn_pretrain.model.kinds import traits
+from vffn_pretrain.model.shapes import counting_shapes
 from vffn_pretrain.parallel import device as rank_device
 from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
 from vffn_pretrain.parallel.init import set_collective_timeout
@@ -46,13 +48,8 @@ EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps
 
 
 def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape | list[counting.FFNShape]]:
-    m = cfg.model
-    model_shape = counting.ModelShape(
-        num_layers=m.num_layers, d_model=m.hidden_size, d_ff=m.ffn_hidden_size, num_heads=m.num_attention_heads,
-        num_query_groups=m.num_query_groups, vocab_size=m.padded_vocab_size(cfg.parallel.tp),
-        seq_length=cfg.train.seq_length, tied_embeddings=m.tied_embeddings,
-    )
-    return model_shape, cfg.ffn.counting_shape(m.num_layers)  # a list of per-layer shapes for a mixed model
+    """The run's counting shapes (a list of per-layer FFN shapes for a mixed model)."""
+    return counting_shapes(cfg.model, cfg.ffn, tp=cfg.parallel.tp, seq_length=cfg.train.seq_length)
 
 
 class Trainer:
@@ -215,8 +212,7 @@ class Trainer:
         width_form = self.width_form = counting.width_path_form(cfg.ffn.kind, cfg.parallel.tp, self.device.type)
         # token-sparse recursion (not under SP) makes the backward follow the sampled loops: counted per window
         self.token_sparse = (cfg.ffn.token_sparse_recursion and not (cfg.parallel.sp and cfg.parallel.tp > 1)
-                             and any(k in ("versatile", "depth_only")
-                                     for k in cfg.ffn.layer_kinds(cfg.model.num_layers)))
+                             and any(traits(k).adaptive_depth for k in cfg.ffn.layer_kinds(cfg.model.num_layers)))
         self.flops_per_token_executed = counting.flops_per_token(m_shape, f_shape, training=True,
                                                                  width_form=width_form,
                                                                  token_sparse=self.token_sparse)
@@ -387,7 +383,7 @@ class Trainer:
             return self.flops_per_token_executed
         kinds = self.cfg.ffn.layer_kinds(self.cfg.model.num_layers)
         adaptive = [layer["loop_hist"] for number, layer in ffn_state.layer_stats(stats).items()
-                    if kinds[number - 1] in ("versatile", "depth_only")]
+                    if traits(kinds[number - 1]).adaptive_depth]
         hist = [sum(col) for col in zip(*adaptive)]
         if not hist or not sum(hist):
             return self.flops_per_token_executed
@@ -462,7 +458,7 @@ class Trainer:
         wall = time.perf_counter() - self.run_start
         summary = {
             # k-loop variants differ by k: keep them apart in sweeps.
-            "variant": f"kloop{cfg.ffn.loops}" if cfg.ffn.kind == "kloop" else cfg.ffn.kind,
+            "variant": f"{cfg.ffn.kind}{cfg.ffn.loops}" if traits(cfg.ffn.kind).fixed_loops else cfg.ffn.kind,
             "model": cfg.model.name,
             "params_total": self.info["params_total"],
             "params_non_embedding": self.info["params_non_embedding"],

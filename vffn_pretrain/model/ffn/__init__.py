@@ -8,6 +8,14 @@ weights), moe (moe.py, megatron-core's MoELayer). The trainer-facing API (temper
 overrides) is in state.py; dense-checkpoint key mapping in convert.py.
 """
 
-from vffn_pretrain.model.ffn.registry import FFNSlot, build_ffn_slot, register_ffn
-
 __all__ = ["FFNSlot", "build_ffn_slot", "register_ffn"]
+
+
+def __getattr__(name: str):
+    # The registry needs megatron; importing it on first use keeps `ffn.config` (FFNConfig) importable without
+    # torch, for vffn-info and the planner.
+    if name in __all__:
+        from vffn_pretrain.model.ffn import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

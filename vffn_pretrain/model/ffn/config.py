@@ -6,9 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.model.kinds import FFN_KINDS, traits
 from vffn_pretrain.model.layer_pattern import parse_layer_pattern
-
-FFN_KINDS = ("dense", "kloop", "moe", "versatile", "width_only", "depth_only")
 
 
 @dataclass
@@ -59,14 +58,11 @@ class FFNConfig:
         return dataclasses.replace(self, kind=kind, layers=None)
 
     def counting_shape(self, num_layers: int):
-        """What `model.counting` takes: one FFNShape for a uniform model, a list (one per layer) for a mixed one."""
-        from vffn_pretrain.model.counting import FFNShape
+        """What `model.counting` takes: one FFNShape for a uniform model, a list (one per layer) for a mixed one
+        (`model.shapes.ffn_shapes`)."""
+        from vffn_pretrain.model.shapes import ffn_shapes
 
-        shapes = {kind: FFNShape(kind, self.num_experts, self.top_k, self.max_loops, self.loops)
-                  for kind in set(self.layer_kinds(num_layers))}
-        if len(shapes) == 1:
-            return next(iter(shapes.values()))
-        return [shapes[kind] for kind in self.layer_kinds(num_layers)]
+        return ffn_shapes(self, num_layers)
 
     def validate(self, d_ff: int, tp: int = 1, num_layers: int | None = None) -> None:
         """Checks `kind` and, with `num_layers`, the `layers` pattern; then the settings of every kind in use."""
@@ -77,9 +73,8 @@ class FFNConfig:
             self._validate_kind(kind, d_ff, tp)
 
     def _validate_kind(self, kind: str, d_ff: int, tp: int) -> None:
-        uses_experts = kind in ("versatile", "width_only", "moe")
-        uses_loops = kind in ("versatile", "depth_only")
-        if uses_experts:
+        t = traits(kind)
+        if t.has_router:
             if not isinstance(self.num_experts, int) or self.num_experts < 1:
                 raise ConfigError("ffn.num_experts", f"must be a positive integer, got {self.num_experts!r}")
             if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.num_experts:
@@ -92,7 +87,7 @@ class FFNConfig:
                 )
         if d_ff % tp:
             raise ConfigError("parallel.tp", f"parallel.tp={tp} does not divide d_ff={d_ff}")
-        if uses_loops:
+        if t.adaptive_depth:
             if not isinstance(self.max_loops, int) or self.max_loops < 1:
                 raise ConfigError("ffn.max_loops", f"must be an integer >= 1, got {self.max_loops!r}")
             if not self.tau0 > 0:
@@ -101,7 +96,7 @@ class FFNConfig:
                 raise ConfigError("ffn.tau_min", f"must be in (0, ffn.tau0={self.tau0}], got {self.tau_min!r}")
             if not 0 < self.tau_decay <= 1:
                 raise ConfigError("ffn.tau_decay", f"must be in (0, 1], got {self.tau_decay!r}")
-        if kind == "kloop" and (not isinstance(self.loops, int) or self.loops < 1):
+        if t.fixed_loops and (not isinstance(self.loops, int) or self.loops < 1):
             raise ConfigError("ffn.loops", f"must be an integer >= 1, got {self.loops!r}")
         if not isinstance(self.token_sparse_recursion, bool):
             raise ConfigError("ffn.token_sparse_recursion", f"must be true or false, got {self.token_sparse_recursion!r}")

@@ -21,34 +21,26 @@ from __future__ import annotations
 
 import re
 
-_SHARED_KINDS = ("versatile", "depth_only", "width_only", "kloop")
+from vffn_pretrain.model.kinds import traits
 
 
 def dense_to_variant_key_map(kind: str) -> dict[str, str]:
     """Per-layer key fragments to rename when loading a dense checkpoint into `kind` ({} for dense)."""
-    if kind == "dense":
-        return {}
-    if kind in _SHARED_KINDS:
+    t = traits(kind)  # ValueError for an unknown kind
+    if t.shared_weights:
         return {".pre_mlp_layernorm.": ".mlp.norm."}
-    if kind == "moe":
+    if t.moe:
         return {".mlp.linear_fc1.": ".mlp.shared_experts.linear_fc1.",
                 ".mlp.linear_fc2.": ".mlp.shared_experts.linear_fc2."}
-    raise ValueError(f"unknown ffn kind {kind!r}")
+    return {}
 
 
 def new_parameter_patterns(kind: str) -> list[str]:
     """Regexes of the variant's keys a dense checkpoint lacks (the only keys allowed to be missing)."""
-    patterns = {
-        "dense": [],
-        "kloop": [],
-        "versatile": [r"\.mlp\.router\.weight$", r"\.mlp\.loop_head\.weight$"],
-        "width_only": [r"\.mlp\.router\.weight$"],
-        "depth_only": [r"\.mlp\.loop_head\.weight$"],
-        "moe": [r"\.mlp\.router\.weight$", r"\.mlp\.router\.expert_bias$", r"\.mlp\.experts\."],
-    }
-    if kind not in patterns:
-        raise ValueError(f"unknown ffn kind {kind!r}")
-    return patterns[kind]
+    t = traits(kind)  # ValueError for an unknown kind
+    return ([r"\.mlp\.router\.weight$"] * t.has_router
+            + [r"\.mlp\.loop_head\.weight$"] * t.has_loop_head
+            + [r"\.mlp\.router\.expert_bias$", r"\.mlp\.experts\."] * t.moe)
 
 
 def rename_dense_key(key: str, kind: str) -> str:

@@ -62,10 +62,10 @@ from vffn_pretrain.model.ffn.functional import (
 from vffn_pretrain.model.ffn.recursion import LoopPlan, final_states, mix_states, run_loops
 from vffn_pretrain.model.ffn.registry import FFNSlot, register_config_overrides, register_ffn
 from vffn_pretrain.model.ffn.stats import FFNStats
+from vffn_pretrain.model.kinds import SHARED_WEIGHT_KINDS, traits
 
 log = logging.getLogger(__name__)
 
-SHARED_WEIGHT_KINDS = ("versatile", "depth_only", "width_only", "kloop")
 
 
 class ReplicatedHead(torch.nn.Module):
@@ -127,10 +127,10 @@ class VersatileFFN(MLP):
             raise ConfigError("ffn.kind", "VersatileFFN needs a bias-free SwiGLU FFN (docs/method.md §2)")
         self.ffn_cfg = ffn_cfg
         self.kind = ffn_cfg.kind
-        self.has_width = self.kind in ("versatile", "width_only")
-        self.adaptive = self.kind in ("versatile", "depth_only")
-        self.max_loops = {"versatile": ffn_cfg.max_loops, "depth_only": ffn_cfg.max_loops,
-                          "kloop": ffn_cfg.loops, "width_only": 1}[self.kind]
+        kind_traits = traits(self.kind)
+        self.has_width = kind_traits.width_path
+        self.adaptive = kind_traits.adaptive_depth
+        self.max_loops = kind_traits.loop_count(ffn_cfg)
         self.num_experts = ffn_cfg.num_experts if self.has_width else 0
         self.norm = build_module(norm, config=config, hidden_size=config.hidden_size,
                                  eps=config.layernorm_epsilon)
@@ -162,10 +162,8 @@ class VersatileFFN(MLP):
 
     def forward(self, hidden_states: torch.Tensor, padding_mask=None, **kwargs):
         token_weight = self._token_weight(hidden_states, padding_mask)
-        if self.kind == "kloop":
-            out = self._forward_kloop(hidden_states, token_weight)
-        elif self.kind == "width_only":
-            out = self._forward_width_only(hidden_states, token_weight)
+        if not self.adaptive:  # k-loop, or width_only's one pass with its width path always on
+            out = (self._forward_width_only if self.has_width else self._forward_kloop)(hidden_states, token_weight)
         elif self.training:
             out = self._forward_adaptive_train(hidden_states, token_weight)
         else:
@@ -181,7 +179,7 @@ class VersatileFFN(MLP):
         states, a1 = run_loops(x, plan, self._loop, keep_free=True)
         y = mix_states(p, states)
         route = balance = None
-        lam = torch.zeros(plan.num_rows, device=h.device) if self.kind == "versatile" else None
+        lam = torch.zeros(plan.num_rows, device=h.device) if self.has_width else None
         if self._uses_width():
             route = self._route(x)
             lam = fusion_weight(expected_loops(p), self.max_loops)
@@ -393,7 +391,7 @@ class VersatileFFN(MLP):
         width-path rows (plan order, from plan.width_start)."""
         lo, hi = self._own_rows(counts.numel())
         expert_counts = None
-        if self.kind == "versatile":
+        if self.has_width:
             expert_counts = torch.zeros(self.num_experts, dtype=torch.float32, device=counts.device)
             if route is not None:
                 ids = plan.order[plan.width_start:]
@@ -403,7 +401,7 @@ class VersatileFFN(MLP):
                 expert_counts = (self._assignments(route).reshape(-1, self.num_experts) * mine[:, None]).sum(0)
         own = counts[lo:hi]
         lam = None
-        if self.kind == "versatile":
+        if self.has_width:
             lam = fusion_weight(own, self.max_loops) if self._uses_width() else torch.zeros(own.shape,
                                                                                             device=own.device)
         self.ffn_stats.add(loop_index=own - 1, lam=lam, expert_counts=expert_counts, token_weight=token_weight)
@@ -498,7 +496,7 @@ def validate_shared_weight_kind(ffn_cfg, model_cfg, parallel_cfg) -> dict:
     """Config check at start-up, before any module is built: megatron's build_module re-raises exceptions from
     module constructors with a changed message and type signature, which would lose the ConfigError's key."""
     ffn_cfg.validate(model_cfg.ffn_hidden_size, parallel_cfg.tp)
-    if (ffn_cfg.kind in ("versatile", "depth_only") and ffn_cfg.token_sparse_recursion and parallel_cfg.sp
+    if (traits(ffn_cfg.kind).adaptive_depth and ffn_cfg.token_sparse_recursion and parallel_cfg.sp
             and parallel_cfg.tp > 1 and _is_first_rank()):
         log.warning("ffn.token_sparse_recursion is not available with parallel.sp: the all-token path runs "
                     "(same results, every loop's backward paid)")

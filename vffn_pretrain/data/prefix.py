@@ -1,0 +1,57 @@
+"""The files of an indexed dataset ``PREFIX`` (``PREFIX.bin``, ``PREFIX.idx``, the report
+``PREFIX.report.json``) and the token dtype: the one place that names them. A prefix is a path the suffixes are
+appended to, never replaced: ``out/corpus.v2_text_document`` is ``out/corpus.v2_text_document.bin`` etc. Free of
+megatron-core imports, for the modules that only need names (reports, checks)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def bin_path(prefix: str | os.PathLike) -> str:
+    return f"{prefix}.bin"
+
+
+def idx_path(prefix: str | os.PathLike) -> str:
+    return f"{prefix}.idx"
+
+
+def report_path(prefix: str | os.PathLike) -> str:
+    return f"{prefix}.report.json"
+
+
+def strip_file_suffix(path: str) -> str:
+    """The prefix of a path that names one of its two data files (``PREFIX.bin``, ``PREFIX.idx``: a common slip
+    where a prefix is asked for); any other path unchanged."""
+    for suffix in (bin_path(""), idx_path("")):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
+
+
+def existing_files(prefix: str | os.PathLike) -> list[str]:
+    """The files of ``prefix`` that already exist (.bin, .idx, report)."""
+    return [p for p in (bin_path(prefix), idx_path(prefix), report_path(prefix)) if os.path.exists(p)]
+
+
+def smallest_dtype(vocab_size: int) -> type[np.number]:
+    """The smallest unsigned dtype megatron-core can store that holds every id below ``vocab_size``."""
+    if vocab_size <= 1 << 8:
+        return np.uint8
+    if vocab_size <= 1 << 16:
+        return np.uint16
+    return np.int32
+
+
+class OutputExistsError(FileExistsError):
+    """The output prefix already exists and overwriting was not asked for."""
+
+
+def check_output(prefix: str | os.PathLike, overwrite: bool) -> None:
+    """Raise OutputExistsError if ``prefix`` exists and ``overwrite`` is false."""
+    existing = existing_files(prefix)
+    if existing and not overwrite:
+        raise OutputExistsError(f"output prefix {prefix} already exists ({', '.join(existing)}); "
+                                f"pass --overwrite to replace it")

@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
-def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | None) -> planner.PlanRequest:
+def plan_request(model, ffn, parallel, train, system, world_size: int,
+                 metrics: Path | None) -> planner.PlanRequest:
     """The planner's request for these validated config groups (dp from the world size)."""
     from vffn_pretrain.planning.cli import build_request
 
@@ -37,12 +38,13 @@ def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | N
                            device=_this_device(),
                            memory_gib=budget, bytes_per_param=planner.BYTES_PER_PARAM)
     try:
-        req, _ = build_request(SimpleNamespace(model=model, ffn=ffn, parallel=parallel, train=train), args)
+        req, _ = build_request(SimpleNamespace(model=model, ffn=ffn, parallel=parallel, train=train, system=system),
+                               args)
     except ConfigError as e:
         if e.key == "--calibration":
             raise ConfigError("parallel.plan_costs", str(e).split(": ", 1)[-1]) from None
         raise
-    if train.recompute_granularity == "full":
+    if system.recompute_granularity == "full":
         req.items = [i.with_recompute("full") if i.symbol == "t" else i for i in req.items]
     req.allow_recompute = False
     return req
@@ -55,14 +57,14 @@ def _this_device() -> str:
     return "H100" if torch.cuda.is_available() else "cpu"
 
 
-def auto_layout(model, ffn, parallel, train, world_size: int, run_dir: Path) -> str | None:
+def auto_layout(model, ffn, parallel, train, system, world_size: int, run_dir: Path) -> str | None:
     """The planned layout string (None at parallel.pp=1: nothing to split). Logs the plan in one line.
     Raises ConfigError naming parallel.pp / parallel.plan_memory_gib when no layout can be planned."""
     if parallel.pp == 1:
         log.info("parallel.pipeline_layout=auto: parallel.pp=1, no pipeline to plan")
         return None
     metrics = Path(run_dir) / "metrics.jsonl"
-    req = plan_request(model, ffn, parallel, train, world_size, metrics)
+    req = plan_request(model, ffn, parallel, train, system, world_size, metrics)
     try:
         best = planner.plan(req)
     except planner.PlanError as e:

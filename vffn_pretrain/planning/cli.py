@@ -58,7 +58,7 @@ def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     ffns = f.counting_shape(m.num_layers)
     ffns = ffns if isinstance(ffns, list) else [ffns] * m.num_layers
     step = costs.StepShape(t.micro_batch_size, t.seq_length, par.tp, par.sp,
-                           4 if t.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
+                           4 if cfg.system.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
     mixes = latest_loop_mixes(args.metrics, m.num_layers)[0] if args.metrics else None
     items = costs.model_items(shape, ffns, step, mixes)
     if args.micro_batches is not None and args.micro_batches < 1:

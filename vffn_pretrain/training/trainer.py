@@ -145,7 +145,7 @@ class Trainer:
             self._emit("on_train_start", self.info)
 
     def _build_model(self) -> None:
-        cfg, t, system = self.cfg, self.cfg.train, self.cfg.train
+        cfg, t, system = self.cfg, self.cfg.train, self.cfg.system
         use_bf16 = system.precision == "bf16" or (system.precision == "auto" and torch.cuda.is_available())
         self.params_dtype = torch.bfloat16 if use_bf16 else torch.float32
         recompute = RecomputeConfig(system.recompute_granularity, system.recompute_method,

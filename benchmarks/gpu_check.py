@@ -175,11 +175,11 @@ def _throughput_run(kind: str, seq: int, micro: int, args, run_dir: Path) -> dic
     return {
         "kind": kind, "layers": cfg.model.num_layers, "seq_length": cfg.train.seq_length,
         "micro_batch": cfg.train.micro_batch_size, "global_batch": cfg.train.global_batch_size,
-        "steps_measured": len(steady), "backend": cfg.train.backend,
+        "steps_measured": len(steady), "backend": cfg.system.backend,
         "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steady),
         "tflops_per_device": statistics.median(r["tflops_per_device"] for r in steady),
         "mfu": statistics.median(mfu) if mfu else "unknown",
-        "flops_per_token": trainer.flops_per_token_train, "peak_memory_gib": peak,
+        "flops_per_token": trainer.flops.train, "peak_memory_gib": peak,
         "loss_last": steady[-1]["loss"],
     }
 

@@ -16,10 +16,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_moves import apply_moved_keys
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.system_config import SystemConfig
 from vffn_pretrain.training.config import CheckpointConfig, LoggingConfig, TrainConfig, WandbConfig
 
 
@@ -28,6 +30,7 @@ class RunConfig:
     model: ModelConfig
     ffn: FFNConfig
     parallel: ParallelConfig
+    system: SystemConfig
     data: DataConfig
     train: TrainConfig
     checkpoint: CheckpointConfig
@@ -96,13 +99,15 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     except Exception as e:  # an interpolation or missing mandatory value
         raise ConfigError(getattr(e, "full_key", "config") or "config", str(e).splitlines()[0]) from None
     raw.pop("hydra", None)
-    known = {"model", "ffn", "parallel", "data", "train", "checkpoint", "logging", "run_name", "run_dir"}
+    known = {"model", "ffn", "parallel", "system", "data", "train", "checkpoint", "logging", "run_name", "run_dir"}
     for key in raw:
         if key not in known:
             raise ConfigError(key, f"unknown top-level key (known: {', '.join(sorted(known))})")
+    apply_moved_keys(raw, {"system": SystemConfig})
     model = _build(ModelConfig, "model", raw.get("model"))
     ffn = _build(FFNConfig, "ffn", raw.get("ffn"))
     parallel = _build(ParallelConfig, "parallel", raw.get("parallel"))
+    system = _build(SystemConfig, "system", raw.get("system"))
     try:
         data = DataConfig.from_dict(raw.get("data") or {})
     except ValueError as e:
@@ -113,6 +118,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     logging_cfg = _build(LoggingConfig, "logging", raw.get("logging"))
 
     parallel.validate_static()
+    system.validate()
     dp = parallel.data_parallel_size(world_size)
     model.validate(tp=parallel.tp)
     ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp, num_layers=model.num_layers)
@@ -135,7 +141,8 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
 
         checkpoint_dir = checkpoint_dir_of(checkpoint, run_dir)
         resume_from = CheckpointManager(checkpoint_dir).latest() if checkpoint.resume else None
-        parallel.pipeline_layout = auto_layout(model, ffn, parallel, train, world_size, run_dir, resume_from)
+        parallel.pipeline_layout = auto_layout(model, ffn, parallel, train, system, world_size, run_dir,
+                                               resume_from)
     if parallel.pipeline_layout is not None:
         _validate_layout(parallel, model)
     if train.seq_length > model.max_position_embeddings:
@@ -143,7 +150,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
                           f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
     if parallel.sp and train.seq_length % parallel.tp:
         raise ConfigError("train.seq_length", f"must be divisible by parallel.tp={parallel.tp} with parallel.sp")
-    run_cfg = RunConfig(model, ffn, parallel, data, train, checkpoint, logging_cfg, run_name, run_dir,
+    run_cfg = RunConfig(model, ffn, parallel, system, data, train, checkpoint, logging_cfg, run_name, run_dir,
                         world_size, raw)
     for key, path in (("run_dir", run_dir), ("checkpoint.dir", run_cfg.checkpoint_dir),
                       ("data.cache_dir", Path(data.cache_dir).expanduser())):

@@ -19,8 +19,9 @@ from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
 from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.testing.batches import split_global_batch, synthetic_global_batch
+from vffn_pretrain.testing.params import swap_params_with
 from vffn_pretrain.training import dist_ckpt
-from vffn_pretrain.training.batches import split_global_batch, synthetic_global_batch
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 from vffn_pretrain.training.step import train_step
 
@@ -60,22 +61,22 @@ def _params(ddp):
 
 def save_grads(ddp, directory):
     """Save every parameter's reduced gradient as a checkpoint laid out like the weights."""
-    previous = dist_ckpt.swap_params_with(ddp, {p: p.main_grad.detach().clone() for p in _params(ddp)})
+    previous = swap_params_with(ddp, {p: p.main_grad.detach().clone() for p in _params(ddp)})
     try:
         dist_ckpt.save(directory, ddp)
     finally:
-        dist_ckpt.swap_params_with(ddp, previous)
+        swap_params_with(ddp, previous)
 
 
 def max_grad_diff(ddp, reference_dir) -> tuple[float, float]:
     """(max |grad - reference grad|, max |reference grad|) over this rank's shards, reduced over the world."""
     params = _params(ddp)
     holders = {p: torch.zeros_like(p.data) for p in params}
-    previous = dist_ckpt.swap_params_with(ddp, holders)
+    previous = swap_params_with(ddp, holders)
     try:
         dist_ckpt.load(reference_dir, ddp)
     finally:
-        dist_ckpt.swap_params_with(ddp, previous)
+        swap_params_with(ddp, previous)
     diff = max(float((p.main_grad - holders[p]).abs().max()) for p in params)
     scale = max(float(holders[p].abs().max()) for p in params)
     out = torch.tensor([diff, scale], dtype=torch.float64)

@@ -270,7 +270,7 @@ def pp_case(directory: str) -> dict:
     noise is keyed by the global layer number and micro-batch, not by the stage or the DP rank."""
     from megatron.core import dist_checkpointing
 
-    from vffn_pretrain.training.batches import split_global_batch, synthetic_global_batch
+    from vffn_pretrain.testing.batches import split_global_batch, synthetic_global_batch
     from vffn_pretrain.training.step import train_step
 
     def loss_of(model):

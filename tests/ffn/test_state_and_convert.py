@@ -11,9 +11,11 @@ from vffn_pretrain.model import noise
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
-from vffn_pretrain.model.ffn.convert import convert_dense_state_dict, is_new_parameter
+from vffn_pretrain.model.ffn.convert import is_new_parameter
 from vffn_pretrain.model.gpt import build_model
 from vffn_pretrain.parallel import ParallelConfig, seed_all
+from vffn_pretrain.testing.dense_conversion import convert_dense_state_dict
+from vffn_pretrain.testing.ffn_stats_summary import stats_summary
 
 TINY = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128)
 
@@ -64,7 +66,7 @@ def test_set_training_step_and_stats(single_rank):
         model(tokens, pos, None)
     val = state.collect_stats([model])
     assert val[1]["tokens"] == 16 and val[1]["balance_loss"] is None and val["mean_loops"] >= 1.0
-    summary = state.stats_summary(stats)
+    summary = stats_summary(stats)
     assert set(summary) == {"mean_loops", "mean_lambda", "balance_loss"}
 
 

@@ -152,7 +152,7 @@ def converted_logits(overrides: list[str], dense_ckpt: str, kind: str, variant_o
     from megatron.core import parallel_state as ps
 
     from vffn_pretrain.model.ffn import state as ffn_state
-    from vffn_pretrain.training.batches import synthetic_global_batch
+    from vffn_pretrain.testing.batches import synthetic_global_batch
     from vffn_pretrain.training.trainer import Trainer
 
     out = {}

@@ -61,3 +61,53 @@ def test_cli_reports_bad_config_without_starting(tmp_path):
     assert out.returncode == 2
     assert "config key `parallel.tp`" in out.stdout
     assert not (tmp_path / "run").exists()  # nothing written before the config was valid
+
+
+# train.backend / precision / recompute_* moved to system.*; the old keys still work, with a warning.
+MOVED = [("backend", "local"), ("precision", "bf16"), ("recompute_granularity", "full"),
+         ("recompute_method", "block"), ("recompute_num_layers", 2)]
+
+
+@pytest.mark.parametrize("key,value", MOVED)
+def test_system_keys_under_their_new_and_old_names(key, value, caplog):
+    new = cases.run_config([f"system.{key}={value}"])
+    assert getattr(new.system, key) == value
+    assert not [r for r in caplog.records if "deprecated" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="vffn_pretrain"):
+        old = cases.run_config([f"train.{key}={value}"])
+    assert getattr(old.system, key) == value and old.system == new.system
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert warnings == [f"train.{key} is deprecated: use system.{key} (took system.{key}={value!r})"]
+    # the saved config says it the new way
+    assert old.raw["system"][key] == value and key not in old.raw["train"]
+
+
+def test_old_and_new_system_keys_in_conflict_name_both():
+    with pytest.raises(ConfigError) as info:
+        cases.run_config(["train.backend=local", "system.backend=te"])
+    assert info.value.key == "train.backend"
+    assert "system.backend" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_old_and_new_system_keys_agreeing_are_fine():
+    assert cases.run_config(["train.precision=fp32", "system.precision=fp32"]).system.precision == "fp32"
+
+
+@pytest.mark.parametrize("overrides,key", [(["system.backend=cuda"], "system.backend"),
+                                           (["train.backend=cuda"], "system.backend"),
+                                           (["system.recompute_num_layers=0"], "system.recompute_num_layers")])
+def test_bad_system_values_name_the_new_key(overrides, key):
+    with pytest.raises(ConfigError) as info:
+        cases.run_config(overrides)
+    assert info.value.key == key
+
+
+def test_ffn_kloop_is_kloop4():
+    assert cases.run_config(["ffn=kloop"]).raw["ffn"] == cases.run_config(["ffn=kloop4"]).raw["ffn"]
+    assert cases.run_config(["ffn=kloop", "ffn.loops=6"]).ffn == cases.run_config(["ffn=kloop6"]).ffn
+
+
+def test_ffn_loops_of_versatile_sets_k_of_kloop_layers_in_a_mixed_model():
+    cfg = cases.run_config(["ffn=versatile", "ffn.layers='kloop*2,versatile*2'", "ffn.loops=3"])
+    shapes = cfg.ffn.counting_shape(cfg.model.num_layers)
+    assert [(s.kind, s.loops) for s in shapes][:2] == [("kloop", 3), ("kloop", 3)]

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 AUTO = "auto"
 
 
-def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | None,
+def plan_request(model, ffn, parallel, train, system, world_size: int, metrics: Path | None,
                  checkpoint: Path | None = None) -> planner.PlanRequest:
     """The planner's request for these validated config groups (dp from the world size); loop mixes from the
     `checkpoint` directory's loop_stats.json when given, else from `metrics` (a metrics.jsonl) when it exists,
@@ -48,12 +48,13 @@ def plan_request(model, ffn, parallel, train, world_size: int, metrics: Path | N
                            device=_this_device(),
                            memory_gib=budget, bytes_per_param=planner.BYTES_PER_PARAM)
     try:
-        req, _ = build_request(SimpleNamespace(model=model, ffn=ffn, parallel=parallel, train=train), args)
+        req, _ = build_request(SimpleNamespace(model=model, ffn=ffn, parallel=parallel, train=train, system=system),
+                               args)
     except ConfigError as e:
         if e.key == "--calibration":
             raise ConfigError("parallel.plan_costs", str(e).split(": ", 1)[-1]) from None
         raise
-    if train.recompute_granularity == "full":
+    if system.recompute_granularity == "full":
         req.items = [i.with_recompute("full") if i.symbol == "t" else i for i in req.items]
     req.allow_recompute = False
     return req
@@ -66,7 +67,7 @@ def _this_device() -> str:
     return "H100" if torch.cuda.is_available() else "cpu"
 
 
-def auto_layout(model, ffn, parallel, train, world_size: int, run_dir: Path,
+def auto_layout(model, ffn, parallel, train, system, world_size: int, run_dir: Path,
                 resume_from: Path | None = None) -> str | None:
     """The layout string to run (None at parallel.pp=1: nothing to split). Logs the decision in one line.
     resume_from: the checkpoint directory this run will resume from, if any (its loop statistics and layout
@@ -77,7 +78,7 @@ def auto_layout(model, ffn, parallel, train, world_size: int, run_dir: Path,
         return None
     metrics = Path(run_dir) / "metrics.jsonl"
     saved = loops.checkpoint_loop_stats(resume_from, model.num_layers) if resume_from else None
-    req = plan_request(model, ffn, parallel, train, world_size, metrics, resume_from if saved else None)
+    req = plan_request(model, ffn, parallel, train, system, world_size, metrics, resume_from if saved else None)
     try:
         best = planner.plan(req)
     except planner.PlanError as e:

@@ -65,7 +65,7 @@ def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
     shape, ffns = counting_shapes(m, f, tp=par.tp, seq_length=t.seq_length)
     ffns = ffns if isinstance(ffns, list) else [ffns] * m.num_layers
     step = costs.StepShape(t.micro_batch_size, t.seq_length, par.tp, par.sp,
-                           4 if t.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
+                           4 if cfg.system.precision == "fp32" else 2, token_sparse=f.token_sparse_recursion)
     mixes = None
     if getattr(args, "checkpoint", None):
         saved = checkpoint_loop_stats(args.checkpoint, m.num_layers)

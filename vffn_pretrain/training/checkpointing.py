@@ -73,11 +73,24 @@ def set_rng_state(state: dict) -> None:
 
 
 class CheckpointManager:
-    """Saves, lists, prunes and loads checkpoints in `root`. Every method is collective (all ranks call it)."""
+    """Saves, lists, prunes and loads checkpoints in `root`, and says when the trainer saves (every `interval`
+    steps and at the last step). Saving and loading are collective (all ranks call them).
 
-    def __init__(self, root: str | Path, keep: int = 3):
+    `last` is the newest checkpoint this process saved or resumed from (None before either)."""
+
+    def __init__(self, root: str | Path, keep: int = 3, interval: int | None = None):
         self.root = Path(root)
         self.keep = keep
+        self.interval = interval
+        self.last: Path | None = None
+
+    # ---------------------------------------------------------------------------------------------- cadence
+    def should_save(self, step: int, max_steps: int) -> bool:
+        return step == max_steps or (self.interval is not None and step % self.interval == 0)
+
+    def has_saved(self, step: int) -> bool:
+        """Whether `last` is checkpoint `step` (a stop right after a scheduled save need not save again)."""
+        return self.last is not None and self.last.name == step_dir_name(step)
 
     # ---------------------------------------------------------------------------------------------- listing
     def complete_checkpoints(self) -> list[Path]:
@@ -156,6 +169,7 @@ class CheckpointManager:
                 log.warning("could not update %s: %s", self.root / "latest", e)
             self._prune()
         dist.barrier()
+        self.last = final
         return final
 
     def _prune(self) -> None:
@@ -176,6 +190,7 @@ class CheckpointManager:
         for path in candidates:
             loaded = self.try_load(path, ddp_chunks, optimizer, layout)
             if loaded is not None:
+                self.last = loaded.path
                 return loaded
             if config is not None:
                 changed = model_changes(saved_config(path), config)

@@ -31,20 +31,15 @@ class TrainConfig:
     eps: float = 1e-8
     clip_grad: float = 1.0
     seed: int = 1234
-    precision: str = "auto"
     eval_interval: int = 100
     eval_iters: int = 4
     max_skipped_steps: int = 5
     init_from: str | None = None
-    recompute_granularity: str | None = None
-    recompute_method: str = "uniform"
-    recompute_num_layers: int = 1
-    backend: str = "auto"
     exit_interval: int | None = None  # stop (after saving) once this process has run this many steps
 
     def validate(self, dp_size: int) -> None:
         _positive_int("train", self, "max_steps", "global_batch_size", "micro_batch_size", "seq_length",
-                      "eval_interval", "max_skipped_steps", "recompute_num_layers")
+                      "eval_interval", "max_skipped_steps")
         if self.eval_iters < 0:
             raise ConfigError("train.eval_iters", f"must be >= 0, got {self.eval_iters}")
         if self.global_batch_size % (self.micro_batch_size * dp_size):
@@ -63,15 +58,6 @@ class TrainConfig:
             raise ConfigError("train.lr_schedule", f"must be cosine, wsd or constant, got {self.lr_schedule!r}")
         if not 0 < self.wsd_decay_ratio <= 1:
             raise ConfigError("train.wsd_decay_ratio", f"must be in (0, 1], got {self.wsd_decay_ratio}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError("train.precision", f"must be auto, fp32 or bf16, got {self.precision!r}")
-        if self.recompute_granularity not in (None, "full", "selective"):
-            raise ConfigError("train.recompute_granularity",
-                              f"must be null, full or selective, got {self.recompute_granularity!r}")
-        if self.recompute_method not in ("uniform", "block"):
-            raise ConfigError("train.recompute_method", f"must be uniform or block, got {self.recompute_method!r}")
-        if self.backend not in ("auto", "local", "te"):
-            raise ConfigError("train.backend", f"must be auto, local or te, got {self.backend!r}")
         if self.exit_interval is not None and (not isinstance(self.exit_interval, int) or self.exit_interval < 1):
             raise ConfigError("train.exit_interval", f"must be null or a positive integer, got {self.exit_interval!r}")
         if self.clip_grad < 0:

@@ -79,17 +79,3 @@ def load(directory: str | Path, ddp_chunks: list, optimizer=None, *, strict: boo
         optimizer.load_state_dict(loaded["optimizer"])
     common = dist_checkpointing.load_common_state_dict(str(directory))
     return dict(common.get("common", {})) if isinstance(common, dict) else {}
-
-
-@torch.no_grad()
-def swap_params_with(ddp_chunks: list, tensors: dict[torch.nn.Parameter, torch.Tensor]) -> dict:
-    """Point each parameter's data at `tensors[param]`; returns the previous data to swap back.
-
-    Lets the checkpoint machinery save or load other per-parameter tensors (e.g. gradients) with the same
-    global layout as the weights.
-    """
-    previous = {}
-    for p, t in tensors.items():
-        previous[p] = p.data
-        p.data = t
-    return previous

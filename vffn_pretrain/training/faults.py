@@ -1,9 +1,11 @@
-"""Fault-injection hooks for the tests, read once from the environment when the trainer starts.
+"""Fault-injection hooks for the tests, read once from the environment when this module is first imported (the
+trainer's start-up), never per step:
 
     VFFN_FAULT_KILL_IN_SAVE=STEP     kill -9 this process while saving STEP, after its files are written and
                                      before the checkpoint is complete
     VFFN_FAULT_ENOSPC_IN_SAVE=STEP   fail the save of STEP with "[Errno 28] No space left on device" after part
                                      of it is written (a full disk)
+    VFFN_FAULT_NAN_STEPS=5,6         make the loss NaN on those steps (numbered as logged, from 1)
 
 Tests running the trainer in-process set the attributes of `FAULTS` directly.
 """
@@ -11,7 +13,7 @@ Tests running the trainer in-process set the attributes of `FAULTS` directly.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def _step(name: str) -> int | None:
@@ -19,14 +21,20 @@ def _step(name: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+def _steps(name: str) -> frozenset[int]:
+    return frozenset(int(s) for s in os.environ.get(name, "").split(",") if s.strip())
+
+
 @dataclass
 class Faults:
     kill_in_save: int | None = None
     enospc_in_save: int | None = None
+    nan_steps: frozenset[int] = field(default_factory=frozenset)
 
     @classmethod
     def from_env(cls) -> Faults:
-        return cls(kill_in_save=_step("VFFN_FAULT_KILL_IN_SAVE"), enospc_in_save=_step("VFFN_FAULT_ENOSPC_IN_SAVE"))
+        return cls(kill_in_save=_step("VFFN_FAULT_KILL_IN_SAVE"), enospc_in_save=_step("VFFN_FAULT_ENOSPC_IN_SAVE"),
+                   nan_steps=_steps("VFFN_FAULT_NAN_STEPS"))
 
 
 FAULTS = Faults.from_env()

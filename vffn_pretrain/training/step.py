@@ -9,7 +9,6 @@ DP ranks, which is what the parallel-equivalence tests rely on.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,6 +19,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from vffn_pretrain.model import noise
 from vffn_pretrain.parallel.init import device as rank_device
+from vffn_pretrain.training.faults import FAULTS
 
 
 @dataclass
@@ -29,12 +29,6 @@ class StepResult:
     update_successful: bool
     num_tokens: int
     skipped: bool = False  # NaN/Inf in the loss or gradients: the optimizer did not step
-
-
-def _fault_nan_steps() -> set[int]:
-    """Test hook: VFFN_FAULT_NAN_STEPS="5,6" makes the loss NaN on those steps (numbered as logged, from 1)."""
-    raw = os.environ.get("VFFN_FAULT_NAN_STEPS", "")
-    return {int(s) for s in raw.split(",") if s.strip()}
 
 
 def lm_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -59,7 +53,7 @@ def forward_step(data_iterator, model, *, noise_seed: int | None = None):
         attention_mask=None,
         labels=batch["labels"],
     )
-    if batch["mb_key"][0] + 1 in _fault_nan_steps():
+    if batch["mb_key"][0] + 1 in FAULTS.nan_steps:  # test hook (training.faults)
         output = output * float("nan")
     return output, partial(lm_loss_func, batch["loss_mask"])
 

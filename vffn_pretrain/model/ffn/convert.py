@@ -43,17 +43,5 @@ def new_parameter_patterns(kind: str) -> list[str]:
             + [r"\.mlp\.router\.expert_bias$", r"\.mlp\.experts\."] * t.moe)
 
 
-def rename_dense_key(key: str, kind: str) -> str:
-    for old, new in dense_to_variant_key_map(kind).items():
-        if old in key:
-            return key.replace(old, new)
-    return key
-
-
-def convert_dense_state_dict(state_dict: dict, kind: str) -> dict:
-    """A dense model's (regular) state dict with its keys renamed for `kind`; values are not copied."""
-    return {rename_dense_key(k, kind): v for k, v in state_dict.items()}
-
-
 def is_new_parameter(key: str, kind: str) -> bool:
     return any(re.search(p, key) for p in new_parameter_patterns(kind))

@@ -162,16 +162,3 @@ def reduce_stats(stats: dict, group=None, *, pipeline: bool = True) -> dict:
 def layer_stats(stats: dict) -> dict[int, dict]:
     """Only the per-layer entries of a collect_stats / reduce_stats result."""
     return {k: v for k, v in stats.items() if isinstance(k, int)}
-
-
-def stats_summary(stats: dict) -> dict[str, float]:
-    """Flat scalars for a log line: mean_loops, mean_lambda and balance_loss averaged over layers."""
-    layers = layer_stats(stats).values()
-    out = {}
-    if stats.get("mean_loops") is not None:
-        out["mean_loops"] = stats["mean_loops"]
-    for key in ("mean_lambda", "balance_loss"):
-        values = [v[key] for v in layers if v[key] is not None]
-        if values:
-            out[key] = sum(values) / len(values)
-    return out

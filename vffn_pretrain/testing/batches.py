@@ -1,4 +1,5 @@
-"""Cutting a global batch into this DP rank's micro-batches, and synthetic token batches for tests."""
+"""Test batches: synthetic global batches of random tokens, cut into a DP rank's micro-batches the way the
+trainer's data loader cuts real ones (the trainer itself never uses these)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,39 @@
+"""`system.*` config group: how the model runs on this hardware (kernels, number format, activation recompute).
+
+None of it changes the parameters' names or shapes: a checkpoint loads under any of these settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vffn_pretrain.config_errors import ConfigError
+
+
+@dataclass
+class SystemConfig:
+    """backend: auto | local (megatron's local modules) | te (transformer-engine); auto picks te where
+    megatron-core reports a working transformer-engine (model/backend.py).
+    precision: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16; bf16 keeps fp32 main weights in the optimizer.
+    recompute_granularity: null | full | selective (megatron-core activation recompute); full uses
+    recompute_method (uniform | block) and recompute_num_layers."""
+
+    backend: str = "auto"
+    precision: str = "auto"
+    recompute_granularity: str | None = None
+    recompute_method: str = "uniform"
+    recompute_num_layers: int = 1
+
+    def validate(self) -> None:
+        if self.backend not in ("auto", "local", "te"):
+            raise ConfigError("system.backend", f"must be auto, local or te, got {self.backend!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError("system.precision", f"must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.recompute_granularity not in (None, "full", "selective"):
+            raise ConfigError("system.recompute_granularity",
+                              f"must be null, full or selective, got {self.recompute_granularity!r}")
+        if self.recompute_method not in ("uniform", "block"):
+            raise ConfigError("system.recompute_method", f"must be uniform or block, got {self.recompute_method!r}")
+        n = self.recompute_num_layers
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError("system.recompute_num_layers", f"must be a positive integer, got {n!r}")

@@ -1,0 +1,66 @@
+"""Evaluation: when (every `train.eval_interval` steps and at the last step) and what (the per-token validation
+loss over `train.eval_iters` global batches from the start of the valid split, and the loops the FFN took)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from vffn_pretrain.model.ffn import state as ffn_state
+from vffn_pretrain.training.config import TrainConfig
+from vffn_pretrain.training.ffn_stats import window_ffn_stats
+from vffn_pretrain.training.step import train_step
+
+
+class Evaluator:
+    """`enabled` is false without validation data or with train.eval_iters=0. `last` is the newest record."""
+
+    def __init__(self, train: TrainConfig, has_valid_data: bool):
+        self.interval = train.eval_interval
+        self.iters = train.eval_iters
+        self.seq_length, self.micro_batch_size = train.seq_length, train.micro_batch_size
+        self.enabled = train.eval_iters > 0 and has_valid_data
+        self.last: dict | None = None
+
+    def should_evaluate(self, step: int, max_steps: int) -> bool:
+        return self.enabled and (step % self.interval == 0 or step == max_steps)
+
+    def evaluate(self, step: int, ddp_chunks: list, optimizer, micro_batches: Callable[[int], list[dict]]) -> dict:
+        """Collective. `micro_batches(i)` is this rank's share of the i-th validation global batch. Returns the
+        record (step, val_loss, val_ppl, val_mean_loops and, for adaptive FFNs, val_loop_hist summed over
+        layers); the training statistics gathered since the last log line are dropped."""
+        ffn_state.collect_stats(ddp_chunks, reset=True)
+        for chunk in ddp_chunks:
+            chunk.eval()
+        loss_sum, tokens = 0.0, 0
+        with torch.no_grad():
+            for i in range(self.iters):
+                res = train_step(ddp_chunks, optimizer, micro_batches(i), seq_length=self.seq_length,
+                                 micro_batch_size=self.micro_batch_size, forward_only=True)
+                loss_sum += res.loss * res.num_tokens
+                tokens += res.num_tokens
+        for chunk in ddp_chunks:
+            chunk.train()
+        stats = window_ffn_stats(ddp_chunks)
+        val_loss = loss_sum / max(tokens, 1)
+        record = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)),
+                  "val_mean_loops": stats.get("mean_loops") if stats else None}
+        if stats:
+            hist = None
+            for layer in ffn_state.layer_stats(stats).values():
+                h = np.asarray(layer["raw"]["loop_hist"], dtype=np.float64)
+                hist = h if hist is None else hist + h
+            record["val_loop_hist"] = None if hist is None else hist.tolist()
+        self.last = record
+        return record
+
+    def loop_mix(self) -> list[float] | None:
+        """The share of tokens at each loop count in the last evaluation (None without one, or without loops)."""
+        hist = (self.last or {}).get("val_loop_hist")
+        if not hist:
+            return None
+        hist = np.asarray(hist, dtype=np.float64)
+        return [float(x) for x in hist / hist.sum()] if hist.sum() > 0 else None

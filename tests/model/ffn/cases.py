@@ -8,7 +8,16 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
-from tests.ffn.common import LAYER, SEED, make_ffn, max_err, module_grads, ref_weights, seq_gather, seq_shard
+from tests.model.ffn.common import (
+    LAYER,
+    SEED,
+    make_ffn,
+    max_err,
+    module_grads,
+    ref_weights,
+    seq_gather,
+    seq_shard,
+)
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.testing.ffn_reference import reference

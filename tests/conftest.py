@@ -46,13 +46,13 @@ def single_rank():
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> str:
-    from tests.training import cases
+    from tests.training import trainer_runs
 
-    return cases.make_dataset(tmp_path_factory.mktemp("data"))
+    return trainer_runs.make_dataset(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture
 def base_overrides(synthetic_data, tmp_path) -> list[str]:
-    from tests.training import cases
+    from tests.training import trainer_runs
 
-    return [*cases.BASE, f"data.paths={synthetic_data}", f"data.cache_dir={tmp_path / 'cache'}"]
+    return [*trainer_runs.BASE, f"data.paths={synthetic_data}", f"data.cache_dir={tmp_path / 'cache'}"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from data_tools.pipeline import TokenizeOptions, run_tokenize
-from tests.data.helpers import write_jsonl
+from tests.data.documents import write_jsonl
 from vffn_pretrain.data.builder import build_datasets
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.data.tokenizer import build_tokenizer

@@ -10,7 +10,7 @@ import torch
 
 from data_tools.cli import main
 from data_tools.writer import AtomicIndexedWriter, CompactIndexedDatasetBuilder
-from tests.data.helpers import number_docs, read_docs, write_jsonl
+from tests.data.documents import number_docs, read_docs, write_jsonl
 
 
 def _read(path) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
-from tests.model.ffn.common import (
+from tests.model.ffn.tiny_layers import (
     LAYER,
     SEED,
     make_ffn,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
+from tests import tiny_model
 from tests.model.ffn.tiny_layers import (
     LAYER,
     SEED,
@@ -157,7 +158,7 @@ def dp_balance_case() -> dict:
 
 # ---- whole-model cases: checkpoint resharding, expert parallelism ------------------------------------------------
 
-TINY_GPT = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=256)  # = padded at TP 1 and 2
+TINY_GPT = tiny_model.FFN_GPT  # vocabulary padded alike at TP 1 and 2
 
 
 def _gpt(kind: str, tp: int = 1, sp: bool = False, ep: int = 1, seed: int = SEED, **ffn_kw):

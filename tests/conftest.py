@@ -1,4 +1,5 @@
-"""Shared fixtures: CPU shims for in-process tests, and pools of gloo ranks reused across the session."""
+"""Shared fixtures: CPU shims for in-process tests, pools of gloo ranks reused across the session, and the
+synthetic dataset with the overrides of a tiny trainer run on it."""
 
 from __future__ import annotations
 
@@ -41,3 +42,17 @@ def single_rank():
     seed_all(1234)
     yield
     ps.destroy_model_parallel()
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> str:
+    from tests.training import trainer_runs
+
+    return trainer_runs.make_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def base_overrides(synthetic_data, tmp_path) -> list[str]:
+    from tests.training import trainer_runs
+
+    return [*trainer_runs.BASE, f"data.paths={synthetic_data}", f"data.cache_dir={tmp_path / 'cache'}"]

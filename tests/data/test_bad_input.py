@@ -13,7 +13,7 @@ import time
 import pytest
 
 from data_tools.cli import main
-from tests.data.helpers import read_docs, write_jsonl
+from tests.data.documents import read_docs, write_jsonl
 
 NULL = ["--tokenizer", "null:100", "--workers", "0"]
 

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from tests.data.helpers import write_jsonl
+from tests.data.documents import write_jsonl
 from vffn_pretrain.data.builder import build_datasets
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.data.tokenizer import build_tokenizer

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from data_tools.cli import main
-from tests.data.helpers import number_docs, write_jsonl
+from tests.data.documents import number_docs, write_jsonl
 from vffn_pretrain.data.indexed import CorruptDatasetError, verify_prefix
 
 

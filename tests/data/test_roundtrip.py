@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.data.helpers import read_docs
+from tests.data.documents import read_docs
 from vffn_pretrain.data.tokenizer import build_tokenizer
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from data_tools.cli import main
-from tests.data.helpers import number_docs, read_docs, write_jsonl
+from tests.data.documents import number_docs, read_docs, write_jsonl
 
 
 def _ids(doc: str) -> list[int]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from data_tools.cli import main
-from tests.data.helpers import write_jsonl
+from tests.data.documents import write_jsonl
 from vffn_pretrain.data.bundled import BUNDLED_CORPUS, BUNDLED_TOKENIZER
 from vffn_pretrain.data.tokenizer import build_tokenizer
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data_tools.cli import main
-from tests.data.helpers import number_docs, read_docs, write_jsonl
+from tests.data.documents import number_docs, read_docs, write_jsonl
 from vffn_pretrain.data.tokenizing.writer import AtomicIndexedWriter, CompactIndexedDatasetBuilder
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.export import cases
-from tests.training import cases as training_cases
+from tests.export import export_runs as cases
+from tests.training import trainer_runs as training_cases
 
 KINDS = ("dense", "versatile", "kloop", "moe")
 

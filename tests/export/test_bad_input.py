@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.export import cases
+from tests.export import export_runs as cases
 
 
 def _one_line(result: dict) -> str:

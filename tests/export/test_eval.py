@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.export import cases
+from tests.export import export_runs as cases
 
 
 def test_cloze_items_are_the_held_out_documents_rebuilt():

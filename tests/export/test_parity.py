@@ -10,9 +10,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.export import cases
+from tests.export import export_runs as cases
 from tests.export.conftest import KINDS
-from tests.training import cases as training_cases
+from tests.training import trainer_runs as training_cases
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.clis import run_cli
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 # ------------------------------------------------------------------------------------------------ fixtures
 

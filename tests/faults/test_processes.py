@@ -12,7 +12,7 @@ import time
 
 from data_tools.cli import main as vffn_data
 from tests.faults.processes import children, wait_until_gone
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 # A helper notices its parent's death within lifetime.POLL_S; the rest is slack for a loaded machine.
 GONE_WITHIN_S = 15

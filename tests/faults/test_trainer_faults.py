@@ -14,7 +14,7 @@ import time
 from omegaconf import OmegaConf
 
 from tests.faults import trainer_cases
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 
 def _args(base_overrides, run_dir, *extra):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 
 class _Collect(logging.Handler):

@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from tests.launch import helpers
-from tests.training import cases
+from tests.launch import launcher_runs as helpers
+from tests.training import trainer_runs as cases
 
 _slurm_state: dict[str, str | None] = {}
 

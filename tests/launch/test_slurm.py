@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tests.launch import helpers
+from tests.launch import launcher_runs as helpers
 from tests.launch.conftest import require_slurm
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 pytestmark = pytest.mark.slurm
 

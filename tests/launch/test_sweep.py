@@ -8,8 +8,8 @@ import shlex
 import subprocess
 import sys
 
-from tests.launch import helpers
-from tests.training import cases
+from tests.launch import launcher_runs as helpers
+from tests.training import trainer_runs as cases
 
 VARIANTS = ("dense", "versatile")
 

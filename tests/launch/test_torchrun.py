@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.launch import helpers
+from tests.launch import launcher_runs as helpers
 from vffn_pretrain.parallel import free_port
 
 STEPS = 3

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.config_errors import ConfigError
 
 # Two versatile layers (about 3x a dense layer's work) last: the even split 2|2 puts both on the last stage.

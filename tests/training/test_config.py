@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.config_errors import ConfigError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 
 @pytest.fixture(scope="module")

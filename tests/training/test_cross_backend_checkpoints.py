@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.model.attention import SDPACoreAttention
 from vffn_pretrain.model.norm import RMSNorm
 

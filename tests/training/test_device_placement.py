@@ -4,7 +4,7 @@ thread; vffn-generate feeds the model device tensors and samples with a generato
 
 from __future__ import annotations
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 
 def audited(fn, *args, check_modules: bool = False):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.model import counting
 from vffn_pretrain.training import throughput
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.model import counting
 
 PATTERN = "ffn.layers='dense,versatile*3'"

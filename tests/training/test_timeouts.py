@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.testing import RankPool
 
 

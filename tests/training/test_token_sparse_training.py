@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 STEPS = 5
 

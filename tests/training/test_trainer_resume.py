@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 
 def _args(base_overrides, run_dir, *extra):

@@ -119,7 +119,7 @@ def activate(disable: Iterable[str] = (), literals: str | None = None) -> frozen
     if megatron.core.__version__ != MEGATRON_VERSION:
         raise RuntimeError(
             f"vffn_pretrain.parallel.cpu_compat patches private names of megatron-core {MEGATRON_VERSION}, "
-            f"found {megatron.core.__version__}: re-run tests/test_cpu_compat.py and update the shims."
+            f"found {megatron.core.__version__}: re-run tests/parallel/test_cpu_compat.py and update the shims."
         )
     disabled = set(disable) | {s for s in os.environ.get("VFFN_CPU_COMPAT_DISABLE", "").split(",") if s}
     unknown = disabled - set(SHIMS)

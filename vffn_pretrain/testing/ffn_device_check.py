@@ -4,7 +4,7 @@ This is the correctness step of benchmarks/gpu_check.py: the layer is built by t
 (transformer-engine's linear layers and norm on a GPU that has it), run forward (+ backward in training) on the
 device, and compared with `ffn_reference.reference` evaluated in float64 on the CPU from the layer's own weights,
 input and Gumbel noise. The tests compare the module with the reference at every TP/SP layout on CPU
-(tests/ffn/); this is the TP=1 comparison, made where the kernels differ.
+(tests/model/ffn/); this is the TP=1 comparison, made where the kernels differ.
 
 Per kind: the VersatileFFN family (versatile, depth_only, width_only, kloop) against the reference of that kind;
 dense as the reference's one-loop FFN (pre-norm, SwiGLU, residual); moe, megatron-core's MoE layer, which the
@@ -34,7 +34,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
 # successive loop states, which are small next to the bf16 rounding of each state (measured 0.2-0.4 on CPU at
 # d=64). Held only to "no sign error, no missing term".
 BF16_LOOP_HEAD_TOLERANCE = 0.6
-HEAD_SCALE = 40.0  # router / loop-head weights scaled up so decisions are clear-cut, as in tests/ffn/
+HEAD_SCALE = 40.0  # router / loop-head weights scaled up so decisions are clear-cut, as in tests/model/ffn/
 REFERENCE_KINDS = SHARED_WEIGHT_KINDS  # the kinds testing.ffn_reference computes
 
 

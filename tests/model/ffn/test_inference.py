@@ -4,7 +4,7 @@ of eval outputs is in test_reference_parity.)"""
 
 import torch
 
-from tests.ffn.common import make_ffn
+from tests.model.ffn.tiny_layers import make_ffn
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.functional import router_logits, swiglu

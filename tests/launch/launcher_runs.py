@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN_SH = REPO_ROOT / "launch" / "torchrun.sh"

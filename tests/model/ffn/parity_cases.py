@@ -8,7 +8,17 @@ from __future__ import annotations
 import torch
 from megatron.core import parallel_state as ps
 
-from tests.ffn.common import LAYER, SEED, make_ffn, max_err, module_grads, ref_weights, seq_gather, seq_shard
+from tests import tiny_model
+from tests.model.ffn.tiny_layers import (
+    LAYER,
+    SEED,
+    make_ffn,
+    max_err,
+    module_grads,
+    ref_weights,
+    seq_gather,
+    seq_shard,
+)
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.testing.ffn_reference import reference
@@ -148,7 +158,7 @@ def dp_balance_case() -> dict:
 
 # ---- whole-model cases: checkpoint resharding, expert parallelism ------------------------------------------------
 
-TINY_GPT = dict(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=256)  # = padded at TP 1 and 2
+TINY_GPT = tiny_model.FFN_GPT  # vocabulary padded alike at TP 1 and 2
 
 
 def _gpt(kind: str, tp: int = 1, sp: bool = False, ep: int = 1, seed: int = SEED, **ffn_kw):

@@ -17,7 +17,7 @@ import pytest
 from tests.faults.processes import children, wait_until_gone
 from tests.faults.test_processes import GONE_WITHIN_S
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 STEPS = ["environment", "correctness", "layer_speed", "throughput", "resume"]
 
 

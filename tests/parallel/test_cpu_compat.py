@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.dist import cases
+from tests.parallel import layout_runs as cases
 from vffn_pretrain.parallel import cpu_compat
 
 
@@ -72,7 +72,7 @@ def test_distopt_fix_not_installed_when_te_or_apex_present():
 def test_removing_a_shim_breaks_a_tiny_training_step(shim):
     script = """
         if __name__ == "__main__":
-            from tests.dist import cases
+            from tests.parallel import layout_runs as cases
             from vffn_pretrain.parallel import init_distributed
             init_distributed()
             ddp, opt = cases.build({})

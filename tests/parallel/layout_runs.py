@@ -15,6 +15,7 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core import parallel_state as ps
 
+from tests import tiny_model
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
@@ -26,8 +27,9 @@ from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 from vffn_pretrain.training.step import train_step
 
 SEED = 1234
-GBS, MBS, SEQ, VOCAB = 8, 2, 32, 256  # vocab is a multiple of 128 x TP, so padding is layout-independent
-TINY = dict(num_layers=4, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=SEQ)
+GBS, MBS, SEQ = tiny_model.GLOBAL_BATCH, tiny_model.MICRO_BATCH, tiny_model.SEQ
+VOCAB = tiny_model.PARALLEL_VOCAB  # a multiple of 128 x TP, so padding is layout-independent
+TINY = tiny_model.PARALLEL_MODEL
 
 
 def build(layout: dict, *, distributed_optimizer: bool = False, ffn: str = "dense"):

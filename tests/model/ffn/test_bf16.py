@@ -4,7 +4,7 @@ stays close to the fp32 layer with the same weights."""
 import pytest
 import torch
 
-from tests.ffn.common import SEED, make_ffn
+from tests.model.ffn.tiny_layers import SEED, make_ffn
 from vffn_pretrain.model import noise
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.ffn.common import make_ffn
+from tests.model.ffn.tiny_layers import make_ffn
 from vffn_pretrain.model.counting import width_path_form
 from vffn_pretrain.model.ffn import versatile
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.training import cases as training_cases
+from tests.training import trainer_runs as training_cases
 
 # A passage of the bundled corpus's style, tokenized with the bundled BPE: "a batch of real text".
 TEXT = ("The hacker ethic is the belief that information-sharing is a powerful positive good, and that it is an "

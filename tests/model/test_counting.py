@@ -242,7 +242,7 @@ def test_attention_core_convention():
 
 # --- vffn-info -------------------------------------------------------------------------------
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_conf(root: Path) -> Path:

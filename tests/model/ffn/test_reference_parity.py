@@ -9,7 +9,7 @@ with argmax loop counts. The loop histogram the module records equals the refere
 
 import pytest
 
-from tests.ffn.cases import parity, tp2_parity_suite
+from tests.model.ffn.parity_cases import parity, tp2_parity_suite
 
 ATOL = 3e-5  # fp32 module vs fp64 reference; a wrong term shows up at 1e-3 and above
 

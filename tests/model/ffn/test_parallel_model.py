@@ -1,7 +1,7 @@
 """Whole-model parallel checks: a VersatileFFN checkpoint written at TP=2 loads at TP=1 and back with the same
 outputs (eval and train mode), and the MoE baseline runs with expert parallelism, matching EP=1."""
 
-from tests.ffn.cases import ep_case, pp_case, reshard_case
+from tests.model.ffn.parity_cases import ep_case, pp_case, reshard_case
 
 
 def test_checkpoint_reshards_between_tp2_and_tp1(rank_pools, tmp_path):

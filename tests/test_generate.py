@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 
 
 def test_generate_from_checkpoint_with_loops(rank_pools, base_overrides, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests.ffn.common import D, make_ffn
+from tests.model.ffn.tiny_layers import D, make_ffn
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.ffn import versatile
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.dist import cases
+from tests.parallel import layout_runs as cases
 
 
 @pytest.mark.parametrize("distributed_optimizer", [False, True], ids=["plain_opt", "dist_opt"])

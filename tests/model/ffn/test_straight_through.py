@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.ffn.common import LAYER, SEED, make_ffn
+from tests.model.ffn.tiny_layers import LAYER, SEED, make_ffn
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.ffn.functional import router_logits
 

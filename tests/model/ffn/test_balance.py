@@ -8,8 +8,8 @@ import pytest
 import torch
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from tests.ffn.cases import SEED, analytic_balance_grad, dp_balance_case, switch_value
-from tests.ffn.common import make_ffn
+from tests.model.ffn.parity_cases import SEED, analytic_balance_grad, dp_balance_case, switch_value
+from tests.model.ffn.tiny_layers import make_ffn
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state

@@ -9,7 +9,7 @@ import pytest
 import torch
 from megatron.core import parallel_state as ps
 
-from tests.ffn.common import D, make_ffn, module_grads
+from tests.model.ffn.tiny_layers import D, make_ffn, module_grads
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state

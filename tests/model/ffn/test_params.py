@@ -14,7 +14,7 @@ from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
 from vffn_pretrain.parallel import ParallelConfig
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[3] / "conf"
 PAPER_DENSE = {"354m": 354_712_576, "720m": 720_812_544, "1b2": 1_212_741_632}
 PAPER_VERSATILE_EXTRA = {"354m": 184_320, "720m": 276_480, "1b2": 368_640}  # 15 * d * (8 + 4), docs/method.md §8
 

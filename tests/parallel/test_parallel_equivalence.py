@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.dist import cases
+from tests.parallel import layout_runs as cases
 
 LAYOUTS_4 = {
     "tp2": {"tp": 2},

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from tests import tiny_model
 from vffn_pretrain.conf_path import CONF_DIR
 
-VOCAB = 512
-# A small model and batch; the data is a synthetic indexed dataset (see make_dataset).
+VOCAB = tiny_model.TRAINER_VOCAB
+# The tiny model and batch (tests/tiny_model.py); the data is a synthetic indexed dataset (see make_dataset).
 BASE = [
-    "model.num_layers=4", "model.hidden_size=64", "model.ffn_hidden_size=256", "model.num_attention_heads=4",
-    f"model.vocab_size={VOCAB}", "train.seq_length=32", "train.global_batch_size=8", "train.micro_batch_size=2",
-    "train.lr=3e-3", "train.eval_interval=1000", "train.eval_iters=1", "logging.interval=1",
-    "logging.wandb.enabled=false", "logging.progress_bar=false", f"data.tokenizer=null:{VOCAB}",
+    *tiny_model.TRAINER_OVERRIDES, "train.lr=3e-3", "train.eval_interval=1000", "train.eval_iters=1",
+    "logging.interval=1", "logging.wandb.enabled=false", "logging.progress_bar=false",
+    f"data.tokenizer=null:{VOCAB}",
 ]
 
 

@@ -5,7 +5,7 @@ those of the model actually built (parameters) and the per-layer sum of uniform 
 import pytest
 import torch
 
-from tests.training import cases
+from tests.training import trainer_runs as cases
 from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.model import counting
 from vffn_pretrain.model.config import ModelConfig

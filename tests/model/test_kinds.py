@@ -17,7 +17,7 @@ from vffn_pretrain.model.kinds import FFN_KINDS, KINDS, SHARED_WEIGHT_KINDS, tra
 from vffn_pretrain.model.shapes import counting_shapes, ffn_shapes
 from vffn_pretrain.scaling.ladder import ffn_shape
 
-PACKAGE = Path(__file__).resolve().parents[1] / "vffn_pretrain"
+PACKAGE = Path(__file__).resolve().parents[2] / "vffn_pretrain"
 
 # Written from docs/method.md (§3-§6 versatile, §9.4 moe, §10 Table 3 ablations), not from the code:
 # (width path, adaptive depth, fixed loops, shares the dense weights in one VersatileFFN module, moe, loop count)

@@ -15,6 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vffn_pretrain.model.kinds import KINDS
+
 
 class StudyReadError(ValueError):
     """A directory that is not a study, or a run file that cannot be read."""
@@ -39,13 +41,15 @@ class RunResult:
 
 
 def loop_stats(variant: str, loop_mix: list[float] | None) -> tuple[float | None, float | None]:
-    """(mean loops, width fraction) at evaluation for the adaptive kinds; (None, None) for the others."""
-    if variant not in ("versatile", "depth_only") or not loop_mix:
+    """(mean loops, width fraction) at evaluation for the adaptive kinds; (None, None) for the others. A variant
+    is an `ffn=` config name: an FFN kind, or a kind with settings such as kloop4."""
+    kind = KINDS.get(variant)
+    if kind is None or not kind.adaptive_depth or not loop_mix:
         return None, None
     total = sum(loop_mix)
     p = [x / total for x in loop_mix]
     mean = sum((i + 1) * x for i, x in enumerate(p))
-    return mean, (1.0 - p[-1] if variant == "versatile" else None)
+    return mean, (1.0 - p[-1] if kind.width_path else None)
 
 
 def _curve(path: Path) -> list[tuple[int, float]]:

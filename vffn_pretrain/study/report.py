@@ -24,6 +24,8 @@ from vffn_pretrain.study.stats import paired_t, summarize
 PAPER_LOSS_354M = {"base": 2.779, "dense": 2.654, "kloop2": 2.631, "kloop4": 2.625, "kloop6": 2.623,
                    "moe": 2.585, "versatile": 2.617, "width_only": 2.633, "depth_only": 2.629}
 # "A < B" claims of the paper (lower loss is better).
+# The paper's variant names (rows of its Tables 1 and 3), not FFN kinds: what the report compares and highlights.
+DENSE, MOE, VERSATILE = "dense", "moe", "versatile"
 CHAIN = ("versatile", "kloop6", "kloop4", "kloop2", "dense")
 TABLE3 = (("versatile", "depth_only"), ("versatile", "width_only"), ("depth_only", "width_only"),
           ("width_only", "dense"), ("depth_only", "dense"))
@@ -62,7 +64,7 @@ def analyse(results: list[RunResult]) -> dict:
     for name, runs in groups:
         loss = summarize([r.final_val_loss for r in runs])
         ppl = summarize([r.final_val_ppl for r in runs])
-        vs_dense = _paired(runs, cont["dense"]) if name != "dense" and "dense" in cont else None
+        vs_dense = _paired(runs, cont[DENSE]) if name != DENSE and DENSE in cont else None
         rows.append({
             "variant": name, "seeds": sorted(r.seed for r in runs),
             "loss": loss.__dict__ | {"lo": loss.lo, "hi": loss.hi}, "ppl": ppl.__dict__,
@@ -93,8 +95,8 @@ def analyse(results: list[RunResult]) -> dict:
     for a, b in zip(present, present[1:]):
         claim(a, b, "Table 1 chain")
     for v in cont:
-        if v != "moe":
-            claim("moe", v, "Table 1: MoE lowest")
+        if v != MOE:
+            claim(MOE, v, "Table 1: MoE lowest")
     for a, b in TABLE3:
         claim(a, b, "Table 3")
     for v in cont:
@@ -205,7 +207,7 @@ def plot(results: list[RunResult], data: dict, out_dir: Path) -> list[Path]:
         ax.scatter([i] * len(runs), [r.final_val_loss for r in runs], s=12, color="grey", zorder=2)
         ci = row["loss"]["ci95"]
         ax.errorbar([i], [row["loss"]["mean"]], yerr=None if ci is None else [[ci], [ci]], fmt="o", capsize=5,
-                    color="C0" if row["variant"] != "versatile" else "C3", zorder=3)
+                    color="C0" if row["variant"] != VERSATILE else "C3", zorder=3)
     ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=30, ha="right")
     ax.set_ylabel("final validation loss")
     ax.set_title("Final validation loss (dots: seeds; bars: 95% t-interval)")
@@ -215,9 +217,9 @@ def plot(results: list[RunResult], data: dict, out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
-    if "dense" in cont and len(cont) > 1:
-        dense = {r.seed: r.final_val_loss for r in cont["dense"]}
-        others = [v for v in cont if v != "dense"]
+    if DENSE in cont and len(cont) > 1:
+        dense = {r.seed: r.final_val_loss for r in cont[DENSE]}
+        others = [v for v in cont if v != DENSE]
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(others) + 2), 4))
         for i, v in enumerate(others):
             diffs = [r.final_val_loss - dense[r.seed] for r in cont[v] if r.seed in dense]
@@ -226,7 +228,7 @@ def plot(results: list[RunResult], data: dict, out_dir: Path) -> list[Path]:
             s = summarize(diffs)
             ax.scatter([i] * len(diffs), diffs, s=12, color="grey", zorder=2)
             ax.errorbar([i], [s.mean], yerr=None if s.ci95 is None else [[s.ci95], [s.ci95]], fmt="o", capsize=5,
-                        color="C3" if v == "versatile" else "C0", zorder=3)
+                        color="C3" if v == VERSATILE else "C0", zorder=3)
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_xticks(range(len(others)), others, rotation=30, ha="right")
         ax.set_ylabel("final val loss − dense (same seed)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.training import trainer_runs as cases
@@ -69,7 +71,12 @@ MOVED = [("backend", "local"), ("precision", "bf16"), ("recompute_granularity", 
 
 
 @pytest.mark.parametrize("key,value", MOVED)
-def test_system_keys_under_their_new_and_old_names(key, value, caplog):
+def test_system_keys_under_their_new_and_old_names(key, value, caplog, monkeypatch):
+    # An in-process Hydra run earlier in the session (logging.config with disable_existing_loggers) disables
+    # loggers that already exist; the CLI configures logging before it loads the config, so it never is.
+    moves = logging.getLogger("vffn_pretrain.config_moves")
+    monkeypatch.setattr(moves, "disabled", False)
+    monkeypatch.setattr(moves, "level", logging.NOTSET)
     new = cases.run_config([f"system.{key}={value}"])
     assert getattr(new.system, key) == value
     assert not [r for r in caplog.records if "deprecated" in r.getMessage()]

@@ -27,8 +27,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-MODEL = ["model=tiny", "model.num_layers=8", "train.micro_batch_size=2", "train.global_batch_size=16",
-         "train.seq_length=128"]
+GLOBAL_BATCH, SEQ_LENGTH = 16, 128
+MODEL = ["model=tiny", "model.num_layers=8", "train.micro_batch_size=2", f"train.global_batch_size={GLOBAL_BATCH}",
+         f"train.seq_length={SEQ_LENGTH}"]
 MIXED = ["ffn.layers='dense*4,versatile*4'"]
 QUIET = ["train.eval_interval=100000", "checkpoint.interval=100000", "logging.wandb.enabled=false",
          "logging.interval=2", "logging.stats_interval=100000", "logging.progress_bar=false"]
@@ -83,7 +84,7 @@ def measure(overrides: list[str], pp: int, layout: str, steps: int, warmup: int)
         if done.returncode:
             raise RuntimeError(f"trainer failed ({done.returncode}): {done.stderr[-2000:]}")
         records = [json.loads(line) for line in Path(tmp, "run", "metrics.jsonl").read_text().splitlines()]
-    tokens = 16 * 128  # train.global_batch_size x train.seq_length of MODEL
+    tokens = GLOBAL_BATCH * SEQ_LENGTH
     return [tokens / r["tokens_per_sec"] for r in records if "tokens_per_sec" in r and r["step"] > warmup]
 
 

@@ -38,6 +38,9 @@ from vffn_pretrain.config_errors import ConfigError
         (["train.seq_length=8192"], 1, "train.seq_length"),
         (["parallel.collective_timeout_min=0"], 1, "parallel.collective_timeout_min"),
         (["parallel.init_timeout_s=soon"], 1, "parallel.init_timeout_s"),
+        (["parallel.replan_threshold=-0.1"], 1, "parallel.replan_threshold"),
+        (["parallel.replan_threshold=inf"], 1, "parallel.replan_threshold"),
+        (["parallel.replan_threshold=soon"], 1, "parallel.replan_threshold"),
     ],
 )
 def test_bad_config_names_the_key(overrides, world, key):

@@ -4,3 +4,4 @@ from vffn_pretrain import lifetime as _lifetime
 
 if _lifetime.is_multiprocessing_child():  # e.g. megatron-core's checkpoint writer's manager process
     _lifetime.exit_with_parent()
+_lifetime.watch_forked_children()  # e.g. megatron-core's per-bucket file writers, forked by the trainer

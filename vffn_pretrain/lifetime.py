@@ -2,12 +2,13 @@
 
 A trainer killed with kill -9 (or by the OOM killer) cannot stop its children: megatron-core's checkpoint
 writer starts a multiprocessing manager (a spawned server process, which in turn keeps multiprocessing's
-resource tracker alive), and `vffn-data tokenize` forks worker processes. Left alone they would run forever.
-`exit_with_parent()` starts a daemon thread in the child that ends it once its parent is gone (the child is
-re-parented, so `os.getppid()` changes). Spawned children of a vffn program import this package while they
-prepare (they re-import the parent's main module), which is where the watch starts for them; the tokenize
-workers call it from their initializer. The resource tracker exits by itself once no live process holds its
-pipe.
+resource tracker alive) and forks one writer process per file bucket, and `vffn-data tokenize` forks worker
+processes. Left alone they would run forever (a forked writer whose parent is gone can block for good on a full
+result pipe). `exit_with_parent()` starts a daemon thread in the child that ends it once its parent is gone (the
+child is re-parented, so `os.getppid()` changes). Spawned children of a vffn program import this package while
+they prepare (they re-import the parent's main module), which is where the watch starts for them; forked
+children re-import nothing, so `watch_forked_children()` (called when the package is imported) starts the watch
+in every child `os.fork()` makes. The resource tracker exits by itself once no live process holds its pipe.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 
 POLL_S = 0.5
 _started = False
+_fork_hook_registered = False
 
 
 def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False) -> None:
@@ -40,6 +42,22 @@ def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False) -> Non
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def watch_forked_children() -> None:
+    """Make every child this process forks from now on (multiprocessing's fork context, megatron-core's file
+    writers, `os.fork`) exit when this process dies. subprocess's fork-exec does not run these hooks."""
+    global _fork_hook_registered
+    if _fork_hook_registered:
+        return
+    _fork_hook_registered = True
+    os.register_at_fork(after_in_child=_watch_new_parent)
+
+
+def _watch_new_parent() -> None:
+    global _started
+    _started = False  # the parent's watch thread did not survive the fork; the child watches its own parent
+    exit_with_parent()
 
 
 def is_multiprocessing_child() -> bool:

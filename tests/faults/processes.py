@@ -31,7 +31,7 @@ def wait_until_gone(sid: int, timeout_s: float) -> list[tuple[int, str]]:
     while True:
         left = session_members(sid)
         if not left or time.monotonic() > deadline:
-            return left
+            return [(pid, f"{cmd} [{describe(pid)}]") for pid, cmd in left]
         time.sleep(0.2)
 
 
@@ -41,3 +41,18 @@ def children(pid: int) -> list[int]:
             return [int(p) for p in f.read().split()]
     except OSError:
         return []
+
+
+def describe(pid: int) -> str:
+    """State, parent and each thread's state and kernel wait channel: why a survivor is still there."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        threads = []
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            name = open(f"/proc/{pid}/task/{tid}/comm").read().strip()
+            state = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()[0]
+            wchan = open(f"/proc/{pid}/task/{tid}/wchan").read().strip() or "-"
+            threads.append(f"{name}:{state}:{wchan}")
+        return f"state {fields[0]}, parent {fields[1]}, threads {' '.join(threads)}"
+    except OSError as exc:
+        return f"gone while described ({exc.strerror})"

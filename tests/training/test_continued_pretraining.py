@@ -46,3 +46,26 @@ def test_init_from_missing_directory_is_a_clear_error(rank_pools, dense_checkpoi
     with pytest.raises(RankPoolError, match="train.init_from`: .*nowhere: neither a checkpoint"):
         rank_pools(1).run(cases.train, [*overrides[:-3], f"run_dir={tmp_path / 'x'}",
                                         f"train.init_from={tmp_path / 'nowhere'}"])
+
+
+def _val_records(run_dir) -> dict[int, float]:
+    import json
+    from pathlib import Path
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["val_loss"] for r in map(json.loads, lines) if "val_loss" in r}
+
+
+def test_eval_at_start_records_the_converted_models_starting_loss_and_changes_no_step(rank_pools, dense_checkpoint,
+                                                                                     tmp_path):
+    overrides, ckpt = dense_checkpoint
+    base = [*overrides[:-3], "train.max_steps=2", "ffn=versatile", f"train.init_from={ckpt}"]
+    plain = rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'plain'}"])[0]
+    start = rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'start'}", "train.eval_at_start=true"])[0]
+    assert sorted(_val_records(tmp_path / "start")) == [0, 2]
+    assert sorted(_val_records(tmp_path / "plain")) == [2]
+    # The evaluation draws no random numbers and leaves the model in training mode: every step is the same.
+    assert start["losses"] == plain["losses"]
+    assert _val_records(tmp_path / "start")[2] == _val_records(tmp_path / "plain")[2]
+    # The converted model starts near the dense model's loss, above what two more steps reach.
+    assert _val_records(tmp_path / "start")[0] > _val_records(tmp_path / "start")[2]

@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 1234
     eval_interval: int = 100
     eval_iters: int = 4
+    eval_at_start: bool = False  # evaluate once before a fresh run's first step (step 0)
     max_skipped_steps: int = 5
     init_from: str | None = None
     exit_interval: int | None = None  # stop (after saving) once this process has run this many steps

@@ -1,4 +1,5 @@
-"""Evaluation: when (every `train.eval_interval` steps and at the last step) and what (the per-token validation
+"""Evaluation: when (every `train.eval_interval` steps, at the last step, and with `train.eval_at_start` before a
+fresh run's first step) and what (the per-token validation
 loss over `train.eval_iters` global batches from the start of the valid split, and the loops the FFN took)."""
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ class Evaluator:
         self.iters = train.eval_iters
         self.seq_length, self.micro_batch_size = train.seq_length, train.micro_batch_size
         self.enabled = train.eval_iters > 0 and has_valid_data
+        self.at_start = train.eval_at_start
         self.last: dict | None = None
 
     def should_evaluate(self, step: int, max_steps: int) -> bool:
         return self.enabled and (step % self.interval == 0 or step == max_steps)
+
+    def should_evaluate_at_start(self, step: int) -> bool:
+        """Before the first step of a fresh run (a resumed run already has its step-0 record, if any)."""
+        return self.enabled and self.at_start and step == 0
 
     def evaluate(self, step: int, ddp_chunks: list, optimizer, micro_batches: Callable[[int], list[dict]]) -> dict:
         """Collective. `micro_batches(i)` is this rank's share of the i-th validation global batch. Returns the

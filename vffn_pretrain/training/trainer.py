@@ -291,6 +291,9 @@ class Trainer:
         self._start_fit()
         exit_code = EXIT_OK
         try:
+            if self.evaluator.should_evaluate_at_start(self.step):
+                with self.speed.paused():
+                    self.evaluate()
             while self.step < t.max_steps:
                 result = self.train_one_step()
                 if self.guard.should_stop(self.step, result, self.last_checkpoint):

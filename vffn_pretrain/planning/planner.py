@@ -7,24 +7,27 @@ adds time), else the split is infeasible. The objective is the simulated step ti
 
 Search (`plan`): every split when there are at most `exhaustive_limit` of them; otherwise an exact dynamic
 programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check), without
-interleaving one for the 1F1B chain bound below, and the even split, each refined by moving single layers between chunks while the
-simulated time improves.
+interleaving one for the 1F1B chain bound, the split the window bound below is attained on, and the even split,
+each refined by moving single layers between chunks while the simulated time improves.
 
 Lower bound (`lower_bound`): on any split, rank r cannot start before micro-batch 0 has run forward through the
 chunks in front of its first chunk r, cannot finish before micro-batch m-1 has run backward through them, and
-works m * (its chunks' F + B) in between; so step >= max_r (head_r + m work_r + tail_r). Without interleaving
-the minimum of that over all splits is an exact minimax DP (ignoring memory, which only removes splits, and
-recompute, which only adds work). With interleaving it is relaxed to weighted averages over ranks (each a DP);
-a single layer's m (f + b) is a bound too. The optimizer step after the flush adds at least the average rank's
+works m * (its chunks' F + B) in between; so step >= max_r (head_r + m work_r + tail_r). `bounds.window_bound`
+generalises this to any window of a rank's fixed operation order (which catches the interleaved schedule's
+waits) and minimises it exactly over all splits for v = 1 and 2, with memory and per-rank recompute; for v > 2
+the head + work + tail form is relaxed to weighted averages over ranks (each a DP). A single layer's m (f + b)
+and one micro-batch's whole chain are bounds too. The optimizer step after the flush adds at least the average rank's
 (total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, so the bound holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
 
+from vffn_pretrain.planning.bounds import window_bound, window_bound_split
 from vffn_pretrain.planning.costs import ItemCost
 from vffn_pretrain.planning.schedule import StepSimulation, rank_order, simulate
 from vffn_pretrain.planning.timing import Timing
@@ -300,6 +303,8 @@ def plan(req: PlanRequest, exhaustive_limit: int = 2000) -> Plan:
         best = None
         weights = [None] + ([_chain_weight(req)] if req.v == 1 else [])
         starts = [minimax_split(req, w) for w in weights] + [even_split(req.num_layers, req.chunks)]
+        if req.v <= 2:
+            starts.append(window_bound_split(req)[1])  # the split the lower bound is attained on
         for split in dict.fromkeys(s for s in starts if s is not None):
             cand = _refine(req, evaluate(req, split))
             if best is None or _better(cand, best):
@@ -335,35 +340,20 @@ def lower_bound(req: PlanRequest) -> float:
     fwd = [req.timing.forward_s(i) for i in req.items]
     bwd = [req.timing.backward_s(i) for i in req.items]
     hop = req.timing.p2p_s(req.items[1].input_bytes) if req.p > 1 else 0.0
-    layer = req.m * max(work[1:-1])
-    if req.v == 1:
-        bound = _chain_bound(req, work, hop)
-    else:
-        bound = max(_averaged_bound(req, work, hop, alpha) for alpha in _alphas(req.p))
-    # The last micro-batch's own forward and backward through every item are a chain too.
-    path = sum(fwd) + sum(bwd) + 2 * hop * (req.chunks - 1)
     # After the flush the busiest rank's optimizer step runs; on any split it is at least the average.
     optimizer = req.timing.optimizer_s(sum(i.params for i in req.items)) / req.p
-    return max(bound, layer, path) + optimizer
-
-
-def _chain_bound(req: PlanRequest, work: list[float], hop: float) -> float:
-    """min over splits of max_r (head_r + tail_r + m work_r), v = 1 (memory and recompute relaxed)."""
-    relaxed = PlanRequest(req.items, req.p, 1, req.m, req.timing, None, req.bytes_per_param, req.group, False,
-                          req.cores)
-    prefix = [work[0]]
-    for w in work[1:-1]:
-        prefix.append(prefix[-1] + w)
-
-    def weight(c: int, a: int, w: float) -> float:
-        return (prefix[a] + 2 * hop * c if c > 0 else 0.0) + req.m * w
-    split = minimax_split(relaxed, weight)
-    value, start = 0.0, 0
-    for c, n in enumerate(split):
-        w = prefix[start + n] - prefix[start] + (work[0] if c == 0 else 0.0) + (work[-1] if c == req.chunks - 1 else 0.0)
-        value = max(value, weight(c, start, w))
-        start += n
-    return value
+    layer = req.m * max(work[1:-1])
+    # The last micro-batch's own forward and backward through every item are a chain too.
+    path = sum(fwd) + sum(bwd) + 2 * hop * (req.chunks - 1)
+    bounds = [layer + optimizer, path + optimizer]
+    if req.v <= 2:
+        windows = window_bound(req)  # includes each rank's own optimizer step
+        if windows == math.inf:  # nothing fits the memory budget: the bound without it
+            windows = window_bound(dataclasses.replace(req, memory_budget=None))
+        bounds.append(windows)
+    else:
+        bounds.append(max(_averaged_bound(req, work, hop, alpha) for alpha in _alphas(req.p)) + optimizer)
+    return max(bounds)
 
 
 def _alphas(p: int) -> list[list[float]]:

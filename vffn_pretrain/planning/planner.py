@@ -8,7 +8,8 @@ adds time), else the split is infeasible. The objective is the simulated step ti
 Search (`plan`): every split when there are at most `exhaustive_limit` of them; otherwise an exact dynamic
 programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check), without
 interleaving one for the 1F1B chain bound, the split the window bound below is attained on, and the even split,
-each refined by moving single layers between chunks while the simulated time improves.
+each refined by moving single layers between chunks while the simulated time improves; with interleaving, the
+best is then kicked (`KICKS` seeded random multi-layer moves) and refined again, keeping any improvement.
 
 Lower bound (`lower_bound`): on any split, rank r cannot start before micro-batch 0 has run forward through the
 chunks in front of its first chunk r, cannot finish before micro-batch m-1 has run backward through them, and
@@ -25,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import random
 from dataclasses import dataclass, field
 
 from vffn_pretrain.planning.bounds import window_bound, window_bound_split
@@ -32,7 +34,8 @@ from vffn_pretrain.planning.costs import ItemCost
 from vffn_pretrain.planning.schedule import StepSimulation, rank_order, simulate
 from vffn_pretrain.planning.timing import Timing
 
-BYTES_PER_PARAM = 18.0  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
+BYTES_PER_PARAM = 18.0
+KICKS = 3  # seeded perturbation restarts of the interleaved search (deterministic: every rank plans alike)  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
 
 
 class PlanError(ValueError):
@@ -294,6 +297,17 @@ def _refine(req: PlanRequest, plan: Plan) -> Plan:
     return plan
 
 
+def _perturb(split: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
+    """Move one to four single layers between random chunks (each chunk keeps at least one)."""
+    out = list(split)
+    for _ in range(rng.randint(1, 4)):
+        src, dst = rng.sample(range(len(out)), 2)
+        if out[src] > 1:
+            out[src] -= 1
+            out[dst] += 1
+    return tuple(out)
+
+
 def plan(req: PlanRequest, exhaustive_limit: int = 2000) -> Plan:
     """The fastest feasible plan found (exhaustive when the split space is small). Raises PlanError naming the
     budget key, with the shortfall, when no split fits."""
@@ -309,6 +323,11 @@ def plan(req: PlanRequest, exhaustive_limit: int = 2000) -> Plan:
             cand = _refine(req, evaluate(req, split))
             if best is None or _better(cand, best):
                 best = cand
+        if req.v > 1:  # interleaved: single-layer moves stall in local optima; kick and climb again
+            for seed in range(KICKS):
+                cand = _refine(req, evaluate(req, _perturb(best.split, random.Random(seed))))
+                if _better(cand, best):
+                    best = cand
     if not best.feasible:
         need = max(best.memory)
         raise PlanError("memory budget", f"no layout fits {req.memory_budget / 2**30:.2f} GiB per device: the "

@@ -111,3 +111,23 @@ def test_bad_study_file_is_one_line_exit_2(tmp_path, capsys, text, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"vffn-study: error: {conf}") and message in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_report_shows_the_starting_loss_when_runs_evaluated_at_step_0(quick_study, tmp_path):
+    """train.eval_at_start gives a step-0 record; the report then has a column for the converted model's loss."""
+    from vffn_pretrain.study.collect import read_study
+    from vffn_pretrain.study.report import analyse, markdown
+
+    meta, results = read_study(quick_study)
+    assert "after conversion" not in markdown(meta, analyse(results))  # the quick study does not evaluate at 0
+    for r in results:
+        r.curve = [(0, 7.0 if r.variant == "versatile" else 6.0), *r.curve]
+    lines = markdown(meta, analyse(results)).splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("| variant |"))
+    header, rule = lines[i], lines[i + 1]
+    rows = [line for line in lines if line.startswith(("| versatile |", "| dense |"))]
+    assert "val loss at step 0 (after conversion)" in header and rule.startswith("|---|")
+    assert header.count("|") == rule.count("|")
+    column = header.split(" | ").index("val loss at step 0 (after conversion)")
+    assert {row.split(" | ")[0]: row.split(" | ")[column] for row in rows} == {"| versatile": "7.0000",
+                                                                             "| dense": "6.0000"}

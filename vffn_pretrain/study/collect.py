@@ -39,6 +39,12 @@ class RunResult:
     tokens: int | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)  # (step, val_loss)
 
+    @property
+    def start_val_loss(self) -> float | None:
+        """The validation loss before the first step (train.eval_at_start): for a continued run, the converted
+        model's starting loss. None when the run has no step-0 evaluation."""
+        return self.curve[0][1] if self.curve and self.curve[0][0] == 0 else None
+
 
 def loop_stats(variant: str, loop_mix: list[float] | None) -> tuple[float | None, float | None]:
     """(mean loops, width fraction) at evaluation for the adaptive kinds; (None, None) for the others. A variant

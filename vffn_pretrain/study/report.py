@@ -69,6 +69,7 @@ def analyse(results: list[RunResult]) -> dict:
             "variant": name, "seeds": sorted(r.seed for r in runs),
             "loss": loss.__dict__ | {"lo": loss.lo, "hi": loss.hi}, "ppl": ppl.__dict__,
             "vs_dense": None if vs_dense is None else vs_dense.__dict__ | {"significant": vs_dense.significant(ALPHA)},
+            "start_loss": _mean([r.start_val_loss for r in runs]),
             "mean_loops": _mean([r.mean_loops for r in runs]),
             "width_fraction": _mean([r.width_fraction for r in runs]),
             "flops_train": _mean([r.flops_train for r in runs]),
@@ -123,10 +124,17 @@ def markdown(meta: dict, data: dict) -> str:
               f"({meta.get('tokens_per_step')} tokens a step). Loss: final validation loss (nats/token).", ""]
     if data["missing"]:
         lines += [f"**Not finished ({len(data['missing'])} runs, left out):** {', '.join(data['missing'])}", ""]
-    lines += ["| variant | seeds | val loss: mean ± std [95% t-interval] | val ppl: mean ± std | Δ loss vs dense "
-              "(paired t, p) | mean loops (eval) | width-path fraction (eval) | train FLOPs/token | inference "
-              "FLOPs/token | wall time (s, mean) | paper 354M loss |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    # The converted model's loss at step 0, when the runs evaluated before their first step (train.eval_at_start).
+    with_start = any(row["start_loss"] is not None for row in data["rows"])
+
+    def start(row) -> str:
+        return f" {_f(row['start_loss'])} |" if with_start else ""
+
+    columns = ["variant", "seeds", "val loss: mean ± std [95% t-interval]", "val ppl: mean ± std",
+               "Δ loss vs dense (paired t, p)", *(["val loss at step 0 (after conversion)"] if with_start else []),
+               "mean loops (eval)", "width-path fraction (eval)", "train FLOPs/token", "inference FLOPs/token",
+               "wall time (s, mean)", "paper 354M loss"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in data["rows"]:
         vd = row["vs_dense"]
         delta = "—" if vd is None else (f"{vd['mean_diff']:+.4f} (t={_f(vd['t'], '{:.2f}')}, p={_f(vd['p'], '{:.3f}')})"
@@ -136,7 +144,7 @@ def markdown(meta: dict, data: dict) -> str:
         lines.append(
             f"| {row['variant']} | {len(row['seeds'])} | {_pm(row['loss'])} | "
             f"{ppl_text} | "
-            f"{delta} | {_f(row['mean_loops'], '{:.2f}')} | {_f(row['width_fraction'], '{:.2f}')} | "
+            f"{delta} |{start(row)} {_f(row['mean_loops'], '{:.2f}')} | {_f(row['width_fraction'], '{:.2f}')} | "
             f"{_f(row['flops_train'], '{:.3g}')} | {_f(row['flops_eval'], '{:.3g}')} | "
             f"{_f(row['wall_time_s'], '{:.0f}')} | {_f(row['paper_loss_354m'], '{:.3f}')} |")
     lines += ["", "`*`: paired t-test across seeds significant at the 5% level (two-sided). The base row is the "

@@ -21,10 +21,16 @@ import time
 POLL_S = 0.5
 _started = False
 _fork_hook_registered = False
+_forking_pid: int | None = None
 
 
-def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False) -> None:
+def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False, parent: int | None = None) -> None:
     """Start watching (once per process): when the parent process dies, exit at once (status 1).
+
+    ``parent`` is the PID this process was started by; by default multiprocessing's record of it, else the
+    current parent. Comparing with the PID the starter had (not with whatever ``getppid()`` says by the time the
+    watch starts) matters: a child whose parent died while it was starting up is already re-parented, and
+    would otherwise take its new parent for the one to watch and never exit.
 
     With ``take_group``, a process that leads its own process group (started with ``start_new_session``)
     kills the whole group instead, so that its own subprocesses, which do not watch it, go with it."""
@@ -32,7 +38,8 @@ def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False) -> Non
     if _started:
         return
     _started = True
-    parent = os.getppid()
+    if parent is None:
+        parent = _starter_pid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -44,6 +51,13 @@ def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False) -> Non
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _starter_pid() -> int:
+    import multiprocessing
+
+    starter = multiprocessing.parent_process()  # set in spawned and forked multiprocessing children
+    return starter.pid if starter is not None and starter.pid else os.getppid()
+
+
 def watch_forked_children() -> None:
     """Make every child this process forks from now on (multiprocessing's fork context, megatron-core's file
     writers, `os.fork`) exit when this process dies. subprocess's fork-exec does not run these hooks."""
@@ -51,13 +65,18 @@ def watch_forked_children() -> None:
     if _fork_hook_registered:
         return
     _fork_hook_registered = True
-    os.register_at_fork(after_in_child=_watch_new_parent)
+    os.register_at_fork(before=_note_forking_pid, after_in_child=_watch_new_parent)
+
+
+def _note_forking_pid() -> None:
+    global _forking_pid
+    _forking_pid = os.getpid()  # the child inherits this value: the PID of the process that forked it
 
 
 def _watch_new_parent() -> None:
     global _started
     _started = False  # the parent's watch thread did not survive the fork; the child watches its own parent
-    exit_with_parent()
+    exit_with_parent(parent=_forking_pid)
 
 
 def is_multiprocessing_child() -> bool:

@@ -4,12 +4,19 @@ synthetic dataset with the overrides of a tiny trainer run on it."""
 from __future__ import annotations
 
 import os
+import signal
 import warnings
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 warnings.filterwarnings("ignore")
+
+# A suite started in the background by a non-interactive shell (`nohup make test &`, some CI runners) inherits
+# SIGINT ignored, and so would every program the tests start: the Ctrl-C tests would see their SIGINT dropped.
+# A handled (not ignored) SIGINT here becomes the default disposition in every program the tests exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

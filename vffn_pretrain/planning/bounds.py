@@ -102,12 +102,17 @@ def window_bound_split(req) -> tuple[float, tuple[int, ...] | None]:
         tail = {"F": f_behind + b_total + (K - 1) * hop, "B": b_front}
         return est, tail
 
+    # What the schedule fixes for each rank, whatever the split: its widest windows and its held micro-batches.
+    orders = [rank_order(r, p, v, m, req.group) for r in range(p)]
+    windows = [_windows(orders[r], r) for r in range(p)]
+    held_pairs = [_held_pairs(orders[r], r) for r in range(p)]
+
     def rank_value(r, spans):
         """Window bound of rank r + its optimizer step, as an array over its chunks' (start, end) layers;
         spans[j] = (start, end) of its j-th chunk (broadcastable arrays). inf where nothing fits."""
-        order = rank_order(r, p, v, m, req.group)
         chunks = [r + j * p for j in range(v)]
         ends = [(chunks[j] == 0, chunks[j] == K - 1) for j in range(v)]
+        chain = [chains(chunks[j], *spans[j]) for j in range(v)]
         best = math.inf
         for rc in settings:
             c = cost[rc]
@@ -118,8 +123,7 @@ def window_bound_split(req) -> tuple[float, tuple[int, ...] | None]:
                 dur[f"B{j}"] = c["B"].span(start, end) + has_e * c["B"].e + has_l * c["B"].l
                 act.append(c["act"].span(start, end) + has_e * c["act"].e + has_l * c["act"].l)
             value = -math.inf
-            chain = [chains(chunks[j], *spans[j]) for j in range(v)]
-            for k1, k2, counts in _windows(order, chunks[0]):
+            for k1, k2, counts in windows[r]:
                 est = chain[int(k1[1])][0][k1[0]]
                 tail = chain[int(k2[1])][1][k2[0]]
                 work = sum(counts[k] * dur[k] for k in dur if counts.get(k))
@@ -129,7 +133,7 @@ def window_bound_split(req) -> tuple[float, tuple[int, ...] | None]:
             value = value + t.optimizer_s(n_params)
             if req.memory_budget is not None:
                 peak = -math.inf
-                for held in _held_pairs(order, chunks[0]):
+                for held in held_pairs[r]:
                     peak = np.maximum(peak, sum(h * a for h, a in zip(held, act)))
                 memory = n_params * req.bytes_per_param + peak
                 value = np.where(memory <= req.memory_budget, value, math.inf)

@@ -17,8 +17,8 @@ works m * (its chunks' F + B) in between; so step >= max_r (head_r + m work_r + 
 generalises this to any window of a rank's fixed operation order (which catches the interleaved schedule's
 waits) and minimises it exactly over all splits for v = 1 and 2, with memory and per-rank recompute; for v > 2
 the head + work + tail form is relaxed to weighted averages over ranks (each a DP). A single layer's m (f + b)
-and one micro-batch's whole chain are bounds too. The optimizer step after the flush adds at least the average rank's
-(total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, so the bound holds.
+and one micro-batch's whole chain are bounds too. The optimizer step after the flush adds at least the average
+rank's (total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, so the bound holds.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from vffn_pretrain.planning.costs import ItemCost
 from vffn_pretrain.planning.schedule import StepSimulation, rank_order, simulate
 from vffn_pretrain.planning.timing import Timing
 
-BYTES_PER_PARAM = 18.0
-KICKS = 3  # seeded perturbation restarts of the interleaved search (deterministic: every rank plans alike)  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
+BYTES_PER_PARAM = 18.0  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
+KICKS = 3  # seeded perturbation restarts of the interleaved search (deterministic: every rank plans alike)
 
 
 class PlanError(ValueError):

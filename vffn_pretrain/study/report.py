@@ -126,10 +126,6 @@ def markdown(meta: dict, data: dict) -> str:
         lines += [f"**Not finished ({len(data['missing'])} runs, left out):** {', '.join(data['missing'])}", ""]
     # The converted model's loss at step 0, when the runs evaluated before their first step (train.eval_at_start).
     with_start = any(row["start_loss"] is not None for row in data["rows"])
-
-    def start(row) -> str:
-        return f" {_f(row['start_loss'])} |" if with_start else ""
-
     columns = ["variant", "seeds", "val loss: mean ± std [95% t-interval]", "val ppl: mean ± std",
                "Δ loss vs dense (paired t, p)", *(["val loss at step 0 (after conversion)"] if with_start else []),
                "mean loops (eval)", "width-path fraction (eval)", "train FLOPs/token", "inference FLOPs/token",
@@ -141,12 +137,12 @@ def markdown(meta: dict, data: dict) -> str:
                                        + (" *" if vd["significant"] else ""))
         ppl = row["ppl"]
         ppl_text = f"{ppl['mean']:.2f}" + ("" if ppl["std"] is None else f" ± {ppl['std']:.2f}")
-        lines.append(
-            f"| {row['variant']} | {len(row['seeds'])} | {_pm(row['loss'])} | "
-            f"{ppl_text} | "
-            f"{delta} |{start(row)} {_f(row['mean_loops'], '{:.2f}')} | {_f(row['width_fraction'], '{:.2f}')} | "
-            f"{_f(row['flops_train'], '{:.3g}')} | {_f(row['flops_eval'], '{:.3g}')} | "
-            f"{_f(row['wall_time_s'], '{:.0f}')} | {_f(row['paper_loss_354m'], '{:.3f}')} |")
+        cells = [row["variant"], str(len(row["seeds"])), _pm(row["loss"]), ppl_text, delta,
+                 *([_f(row["start_loss"])] if with_start else []), _f(row["mean_loops"], "{:.2f}"),
+                 _f(row["width_fraction"], "{:.2f}"), _f(row["flops_train"], "{:.3g}"),
+                 _f(row["flops_eval"], "{:.3g}"), _f(row["wall_time_s"], "{:.0f}"),
+                 _f(row["paper_loss_354m"], "{:.3f}")]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "`*`: paired t-test across seeds significant at the 5% level (two-sided). The base row is the "
               "dense checkpoint the continued runs start from (it has seen half their tokens).", "",
               "## The paper's orderings", "",

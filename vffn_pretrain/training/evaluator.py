@@ -1,6 +1,6 @@
 """Evaluation: when (every `train.eval_interval` steps, at the last step, and with `train.eval_at_start` before a
-fresh run's first step) and what (the per-token validation
-loss over `train.eval_iters` global batches from the start of the valid split, and the loops the FFN took)."""
+fresh run's first step) and what (the per-token validation loss over `train.eval_iters` global batches from the
+start of the valid split, and the loops the FFN took)."""
 
 from __future__ import annotations
 

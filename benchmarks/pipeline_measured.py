@@ -4,12 +4,13 @@ Two studies on this machine, each rank a gloo process with one thread:
 
 1. **Prediction**: `vffn-plan calibrate` measures the config's rates, then for PP = 2 and PP = 4, an even and a
    skewed layout, the trainer runs (`vffn-pretrain` under torchrun) and its measured step time (from
-   metrics.jsonl windows after a warm-up) is set against `vffn-plan`'s prediction for that layout. When more
-   ranks run than the machine has cores, the prediction shares the cores among the ranks (`--shared-cores`).
+   metrics.jsonl windows after a warm-up) is set against `vffn-plan`'s prediction for that layout. The ranks
+   share this machine's cores: the calibration also measures how much k ranks training at once slow each other
+   (`--shared-ranks`, k up to the largest PP), and the prediction simulates with it (`--shared-cores`).
 2. **Planning**: a heterogeneous model (dense layers first, VersatileFFN after) at PP = 2: the planner's layout
    and the even split run in interleaved rounds; the table gives each round's step times and the speed-up.
 
-    python benchmarks/pipeline_measured.py [--json] [--steps 10] [--rounds 3] [--quick]
+    python benchmarks/pipeline_measured.py [--json] [--steps 10] [--rounds 3] [--study both] [--quick]
 
 --quick runs one case of each study with a few steps (what the test suite checks). Prints tables; --json for
 machines. Timings need a quiet machine: check `uptime` first; the load is printed with the results.
@@ -54,10 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def calibrate(overrides: list[str], out: Path, rounds: int) -> None:
+def calibrate(overrides: list[str], out: Path, rounds: int, shared_ranks: int, sharing_seconds: float) -> dict:
+    """Runs `vffn-plan calibrate` into `out`; returns its measured sharing slowdown {ranks: factor}."""
     cmd = [sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", "--out", str(out), "--rounds",
-           str(rounds), *overrides]
-    subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
+           str(rounds), f"--shared-ranks={shared_ranks}", f"--sharing-seconds={sharing_seconds}", *overrides]
+    done = subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)["measured"]["shared_slowdown"]
 
 
 def predict(overrides: list[str], pp: int, layout: str | None, calibration: Path) -> dict:
@@ -67,8 +70,7 @@ def predict(overrides: list[str], pp: int, layout: str | None, calibration: Path
            *overrides, f"parallel.pp={pp}"]
     if layout:
         cmd.append(f"parallel.pipeline_layout={layout}")
-    if pp > cores:
-        cmd.append(f"--shared-cores={cores}")
+    cmd.append(f"--shared-cores={cores}")
     out = subprocess.run(cmd, env=_env(), check=True, capture_output=True, text=True)
     return {row["name"]: row for row in json.loads(out.stdout)["plans"]}
 
@@ -92,23 +94,23 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def prediction_study(args, workdir: Path) -> list[dict]:
+def prediction_study(args, workdir: Path) -> dict:
     cal = workdir / "versatile.json"
-    calibrate(MODEL, cal, args.calib_rounds)
-    rows = []
     cases = PREDICTION_CASES[:1] if args.quick else PREDICTION_CASES
+    slowdown = calibrate(MODEL, cal, args.calib_rounds, max(pp for pp, _, _ in cases), args.sharing_seconds)
+    rows = []
     for pp, name, layout in cases:
         predicted = predict(MODEL, pp, layout, cal)["given"]["step_time_s"]
         measured = statistics.median(measure(MODEL, pp, layout, args.steps, args.warmup))
         rows.append({"pp": pp, "layout_name": name, "layout": layout, "predicted_s": predicted,
                      "measured_s": measured, "error": predicted / measured - 1, "load": load()})
-    return rows
+    return {"shared_slowdown": slowdown, "rows": rows}
 
 
 def planning_study(args, workdir: Path) -> dict:
     overrides = MODEL + MIXED
     cal = workdir / "mixed.json"
-    calibrate(overrides, cal, args.calib_rounds)
+    calibrate(overrides, cal, args.calib_rounds, 2, args.sharing_seconds)
     plans = predict(overrides, 2, None, cal)
     planned, even = plans["planned"]["layout"], plans["even"]["layout"]
     rounds = []
@@ -129,29 +131,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--calib-rounds", type=int, default=7)
+    ap.add_argument("--sharing-seconds", type=float, default=2.0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--study", choices=("prediction", "planning", "both"), default="both")
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.warmup, args.calib_rounds = 4, 2, 2
+        args.steps, args.warmup, args.calib_rounds, args.sharing_seconds = 4, 2, 2, 0.5
     with tempfile.TemporaryDirectory() as tmp:
-        result = {"cores": os.cpu_count(), "load_before": load(),
-                  "prediction": prediction_study(args, Path(tmp)), "planning": planning_study(args, Path(tmp))}
+        result = {"cores": os.cpu_count(), "load_before": load()}
+        if args.study in ("prediction", "both"):
+            result["prediction"] = prediction_study(args, Path(tmp))
+        if args.study in ("planning", "both"):
+            result["planning"] = planning_study(args, Path(tmp))
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     print(f"load before: {result['load_before']} ({result['cores']} cores)")
+    if "prediction" in result:
+        _print_prediction(result["prediction"])
+    if "planning" in result:
+        _print_planning(result["planning"])
+    return 0
+
+
+def _print_prediction(pred: dict) -> None:
+    print("measured sharing slowdown (k ranks training at once): "
+          + ", ".join(f"{k}: {x:.2f}x" for k, x in pred["shared_slowdown"].items()))
     print(f"\n{'PP':>3} {'layout':>16} {'predicted s':>12} {'measured s':>11} {'error':>7}  load")
-    for row in result["prediction"]:
+    for row in pred["rows"]:
         print(f"{row['pp']:>3} {row['layout']:>16} {row['predicted_s']:>12.3f} {row['measured_s']:>11.3f} "
               f"{row['error']:>+7.1%}  {row['load']}")
-    plan = result["planning"]
+
+
+def _print_planning(plan: dict) -> None:
     print(f"\nmixed model PP=2: planned {plan['planned_layout']} (predicted {plan['predicted_planned_s']:.3f} s) "
           f"vs even {plan['even_layout']} (predicted {plan['predicted_even_s']:.3f} s)")
     print(f"{'round':>5} {'planned s':>10} {'even s':>8} {'speed-up':>9}  load")
     for i, r in enumerate(plan["rounds"]):
         print(f"{i:>5} {r['planned']:>10.3f} {r['even']:>8.3f} {r['speedup']:>9.3f}  {r['load']}")
     print(f"median speed-up of the planned layout: {plan['median_speedup']:.3f}x")
-    return 0
 
 
 if __name__ == "__main__":

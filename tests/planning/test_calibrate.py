@@ -27,7 +27,8 @@ def _calibrate(tmp_path, *args):
 
 
 def test_calibration_file_reproduces_the_measured_layer_times(tmp_path):
-    out = _calibrate(tmp_path, "--out", "cal.json", "--rounds", "2", *TINY)
+    out = _calibrate(tmp_path, "--out", "cal.json", "--rounds", "2", "--shared-ranks", "2", "--sharing-seconds",
+                     "0.3", *TINY)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)["measured"]
     timing = Timing.load(tmp_path / "cal.json")
@@ -45,9 +46,51 @@ def test_calibration_file_reproduces_the_measured_layer_times(tmp_path):
         assert report[kind]["forward_s"] > 0
     assert report["p2p"]["latency_s"] > 0 and timing.p2p_latency_s == report["p2p"]["latency_s"]
     assert timing.optimizer_seconds_per_param == report["step"]["once_per_step_s_per_param"] > 0
+    # Sharing: one rank alone is the reference; two at once on this host are never faster.
+    assert timing.shared_slowdown[1] == 1.0 and timing.shared_slowdown[2] >= 1.0
+    assert report["shared_slowdown"] == {str(k): x for k, x in timing.shared_slowdown.items()}
+
+
+@pytest.mark.parametrize("args,key", [(["--shared-ranks", "-1"], "--shared-ranks"),
+                                      (["--shared-ranks", "2", "--sharing-seconds", "inf"], "--sharing-seconds"),
+                                      (["--rounds", "0"], "--rounds"), (["--out", "."], "--out"),
+                                      (["--out", "no/such/dir/cal.json"], "--out")])
+def test_bad_option_is_one_line_exit_2(tmp_path, args, key):
+    out = _calibrate(tmp_path, *args, *TINY)
+    assert out.returncode == 2 and key in out.stderr and "Traceback" not in out.stderr
+    assert len([line for line in out.stderr.splitlines() if "vffn-plan" in line]) == 1
+    assert not (tmp_path / "calibration.json").exists()
 
 
 def test_bad_override_is_one_line_exit_2(tmp_path):
     out = _calibrate(tmp_path, *TINY[:-1], "ffn.layers='dense*3'")
     assert out.returncode == 2 and "ffn.layers" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "calibration.json").exists()
+
+
+def test_ctrl_c_during_the_sharing_measurement_exits_130_and_leaves_nothing(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the sharing workers train: one line,
+    exit 130, no calibration file, no worker left behind."""
+    import signal
+    import time
+
+    from tests.faults.processes import children, wait_until_gone
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.Popen([sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", "--out", "cal.json",
+                             "--rounds", "1", "--no-p2p", "--shared-ranks", "2", "--sharing-seconds", "120", *TINY],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:  # the sharing workers have started
+        time.sleep(0.5)
+    assert len(children(proc.pid)) >= 2, "the sharing workers never started"
+    time.sleep(8)  # well into the measurement
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    assert not list(tmp_path.glob("cal.json*"))
+    assert not wait_until_gone(proc.pid, 30)

@@ -28,11 +28,15 @@ def test_json_plan_covers_every_layer(capsys):
     (["parallel.pp=2", "--memory-gib", "0.0001"], "short by"),
     (["parallel.pp=2", "--checkpoint", "/nonexistent"], "--checkpoint"),
     (["parallel.pp=2", "--shared-cores", "0"], "--shared-cores"),
+    (["parallel.pp=2", "--calibration", "{bad_slowdown}"], "--calibration"),
     (["parallel.pp=abc"], "parallel.pp"),
     (["ffn.layers=dense,versatile"], "overrides"),
 ])
-def test_bad_input_is_one_line_exit_2(capsys, extra, key):
-    assert main([*SMALL, *extra]) == 2
+def test_bad_input_is_one_line_exit_2(capsys, tmp_path, extra, key):
+    bad = tmp_path / "bad_slowdown.json"  # a calibration whose sharing table claims sharing speeds ranks up
+    bad.write_text(json.dumps({"seconds_per_flop": {"forward": {"default": 1e-9}, "backward": {"default": 1e-9}},
+                               "shared_slowdown": {"1": 1.0, "2": 0.5}}))
+    assert main([*SMALL, *(a.format(bad_slowdown=bad) for a in extra)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and key in err and "Traceback" not in err
 
@@ -51,3 +55,20 @@ def test_loop_mixes_from_a_checkpoint_move_the_plan(capsys, tmp_path):
     assert main([*shape, "--checkpoint", str(tmp_path)]) == 0
     skewed = json.loads(capsys.readouterr().out)["plans"][0]["stages"][0]["layers"]
     assert skewed[0] < uniform[0]
+
+
+def test_a_measured_sharing_table_slows_ranks_that_share_cores(capsys, tmp_path):
+    """--shared-cores with a calibration that measured sharing: two ranks on two cores are no longer free of
+    each other (lossless sharing would give the dedicated figure)."""
+    rates = {"seconds_per_flop": {"forward": {"default": 1e-9}, "backward": {"default": 1e-9}}}
+    plain, measured = tmp_path / "plain.json", tmp_path / "measured.json"
+    plain.write_text(json.dumps(rates))
+    measured.write_text(json.dumps({**rates, "shared_slowdown": {"1": 1.0, "2": 1.5}}))
+    step = {}
+    for name, cal, extra in [("dedicated", plain, []), ("lossless", plain, ["--shared-cores", "2"]),
+                             ("measured", measured, ["--shared-cores", "2"])]:
+        assert main([*SMALL, "parallel.pp=2", "parallel.pipeline_layout=Ettt|tttL", "--json", "--calibration",
+                     str(cal), *extra]) == 0
+        step[name] = {r["name"]: r for r in json.loads(capsys.readouterr().out)["plans"]}["given"]["step_time_s"]
+    assert step["lossless"] == pytest.approx(step["dedicated"])
+    assert step["dedicated"] * 1.05 < step["measured"] < step["dedicated"] * 1.5

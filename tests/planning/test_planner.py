@@ -126,6 +126,13 @@ def test_lower_bound_holds_with_optimizer_and_shared_cores(seed, p, v, cores):
     req = planner.PlanRequest(_items(rng, 8), p, v, 5, timing, cores=cores)
     exact = planner.brute_force(req)
     assert planner.lower_bound(req) <= exact.step_time * (1 + 1e-9)
+    lossy = {k: 1.2 * max(1.0, k / (cores or 1)) for k in (2, 3, 4)}  # a measured machine: worse than lossless
+    measured = Timing({"default": 1.0}, {"default": 1.0}, optimizer_seconds_per_param=0.5,
+                      shared_slowdown={1: 1.0, **lossy})
+    slowed = planner.brute_force(planner.PlanRequest(req.items, p, v, 5, measured, cores=cores))
+    assert planner.lower_bound(req) <= slowed.step_time * (1 + 1e-9)
+    if cores:
+        assert slowed.step_time > exact.step_time
     without = planner.PlanRequest(req.items, p, v, 5, UNIT, cores=cores)
     params = sum(i.params for i in req.items)
     assert exact.step_time >= planner.brute_force(without).step_time + 0.5 * params / p - 1e-9

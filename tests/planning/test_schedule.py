@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vffn_pretrain.planning.schedule import Op, rank_order, simulate
+from vffn_pretrain.planning.schedule import Op, rank_order, sharing_slowdown, simulate
 
 
 @pytest.mark.parametrize("p,m", [(2, 3), (3, 3), (4, 8), (4, 2), (3, 7)])
@@ -74,6 +74,29 @@ def test_shared_core_two_ranks_one_core_by_hand():
     dedicated = simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2)
     assert dedicated.step_time == pytest.approx(6.0)
     assert simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2, cores=2).step_time == pytest.approx(6.0)
+
+
+def test_measured_sharing_slowdown_by_hand():
+    """The same schedule as above on two cores whose measured slowdown is 1.5 for two ranks at once (not the
+    lossless 1.0). By hand: F(0,0) alone [0,1]; F(0,1) and F(1,0) together, each at 1 / 1.5 speed [1,2.5];
+    B(1,0) alone [2.5,3.5]; B(0,0) and F(1,1) together [3.5,5]; B(1,1) [5,6]; B(0,1) [6,7]."""
+    table = {1: 1.0, 2: 1.5}
+    sim = simulate([1.0, 1.0], [1.0, 1.0], p=2, m=2, cores=2, shared_slowdown=table)
+    assert sim.end[Op("F", 0, 1)] == pytest.approx(2.5) and sim.end[Op("F", 1, 0)] == pytest.approx(2.5)
+    assert sim.end[Op("B", 1, 0)] == pytest.approx(3.5)
+    assert sim.end[Op("B", 0, 0)] == pytest.approx(5.0) and sim.end[Op("F", 1, 1)] == pytest.approx(5.0)
+    assert sim.step_time == pytest.approx(7.0)
+    # Busy time stays the work itself: the slowdown is the machine's, not the rank's.
+    assert sim.busy == pytest.approx([4.0, 4.0])
+
+
+def test_sharing_slowdown_table():
+    table = {1: 1.0, 2: 1.1, 3: 1.8, 4: 2.4}
+    assert sharing_slowdown(3, 2, table) == pytest.approx(1.8)
+    assert sharing_slowdown(8, 2, table) == pytest.approx(2.4 * 8 / 4)  # beyond the table: sharing what 4 had
+    assert sharing_slowdown(2, 2, {1: 1.0, 4: 2.4}) == pytest.approx(1.0)  # a gap: lossless sharing
+    assert sharing_slowdown(2, 2, {2: 0.97}) == 1.0  # noise below 1 never speeds a rank up
+    assert [sharing_slowdown(k, 2) for k in (1, 2, 3, 4)] == pytest.approx([1.0, 1.0, 1.5, 2.0])
 
 
 @pytest.mark.parametrize("p,m,cores", [(4, 8, 2), (4, 3, 1), (3, 5, 2)])

@@ -1,4 +1,4 @@
-"""`vffn-plan calibrate [--out FILE] [--rounds N] [overrides]`: measure this machine's cost rates for the planner.
+"""`vffn-plan calibrate [--out FILE] [--rounds N] [--shared-ranks N] [overrides]`: measure this machine's cost rates.
 
 Layers are timed where the planner's costs are paid: inside whole training steps (`training.step.train_step`,
 megatron-core DDP, optimizer and schedule, as the trainer runs them) on micro-batches of train.micro_batch_size x
@@ -19,6 +19,12 @@ The "default" rate (any other item) is the median over the kinds. P2P is measure
 processes (the fastest round trip of the layer-input-sized message and of a tiny one, halved): per-byte
 cost and latency. A single rank is timed (TP=1); the file is for the machine it was measured on. Writes the JSON
 that `timing.Timing.load` reads (`--calibration FILE` of vffn-plan, `parallel.plan_costs` of the trainer).
+
+`--shared-ranks N` (CPU runs of several ranks on one host) also measures how ranks that share the host's cores
+slow each other: N processes each train the three-layer model; in interleaved rounds k = 1..N of them train at
+once for `--sharing-seconds` while the rest wait, and each one's steps per second is set against one rank alone
+(`measure_sharing`). Lossless processor sharing would give max(1, k / cores); the table says what this machine
+really loses, and `vffn-plan --shared-cores` simulates with it. Bad options: one line naming the option, exit 2.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import dataclasses
 import os
 import statistics
 import time
+from pathlib import Path
+from queue import Empty
 
 import torch
 
@@ -155,9 +163,85 @@ def measure_p2p(nbytes: int, rounds: int) -> tuple[float, float]:
     return per_byte, tiny
 
 
-def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
+MAX_SHARED_RANKS = 64
+SHARING_MICRO_BATCHES = 4  # a worker's step while k ranks share the cores: the 3-layer model, this many micro-batches
+
+
+def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds: float, barrier, out) -> None:
+    """One rank of the sharing measurement: a world of its own, the 3-layer model of the config's first FFN kind;
+    at each phase k it trains for `seconds` if index < k (else waits at the barrier, using no CPU) and reports
+    (phase number, steps per second)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the workers
+    torch.set_num_threads(1)
+    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.planning.cli import _compose
+
+    cfg = load_run_config(_compose(overrides), world_size=1)
+    init_distributed()
+    setup_model_parallel(ParallelConfig())
+    seed_all(cfg.train.seed + index)
+    kind = cfg.ffn.layer_kinds(cfg.model.num_layers)[0]
+    timer = _StepTimer(cfg.model, cfg.ffn.for_kind(kind), cfg.train, LAYERS[-1])
+    timer.step_seconds(SHARING_MICRO_BATCHES)  # warm-up
+    for n, k in enumerate(phases):
+        barrier.wait()
+        if index >= k:
+            continue
+        busy, steps, start = 0.0, 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            busy += timer.step_seconds(SHARING_MICRO_BATCHES)
+            steps += 1
+        out.put((n, index, steps / busy))
+    barrier.wait()
+
+
+def measure_sharing(overrides: list[str], ranks: int, rounds: int, seconds: float = 2.0) -> dict[int, float]:
+    """How much slower one rank trains while k ranks of this host train at once, for k = 1..ranks: slowdown[k] =
+    (steps per second of one rank alone) / (mean steps per second of k together), from the fastest of `rounds`
+    interleaved rounds of each k. Ranks on their own devices have slowdown 1; ranks sharing c cores would have
+    max(1, k / c) if the cores were shared without loss, and the table is what this machine really loses."""
+    import torch.multiprocessing as mp
+
+    phases = [k for _ in range(rounds) for k in range(1, ranks + 1)]
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(ranks), ctx.Queue()
+    procs = [ctx.Process(target=_sharing_worker, args=(i, overrides, phases, seconds, barrier, queue), daemon=True)
+             for i in range(ranks)]
+    per_phase: dict[int, list[float]] = {}
+    try:
+        for p in procs:
+            p.start()
+        for _ in range(sum(phases)):
+            while True:
+                try:
+                    n, _index, rate = queue.get(timeout=5)
+                    break
+                except Empty:
+                    failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                    if failed:
+                        raise RuntimeError(f"a worker of the sharing measurement failed (exit {failed[0]})") from None
+            per_phase.setdefault(n, []).append(rate)
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+    rates: dict[int, list[float]] = {}
+    for n, k in enumerate(phases):
+        rates.setdefault(k, []).append(statistics.mean(per_phase[n]))
+    alone = max(rates[1])
+    return {k: max(1.0, alone / max(r)) for k, r in sorted(rates.items())}
+
+
+def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], int, float] | None = None
+              ) -> tuple[Timing, dict]:
     """Timing from measurements for a validated RunConfig; also a report {kind: {forward_s, backward_s, ...},
-    "step": {...}, "p2p": ...}. Needs megatron's model-parallel state set up at TP = PP = 1 (a world of one)."""
+    "step": {...}, "p2p": ..., "shared_slowdown": ...}. Needs megatron's model-parallel state set up at TP = PP = 1
+    (a world of one). sharing: (the config's overrides, ranks, seconds per phase) to measure `measure_sharing`."""
     m, f, t = cfg.model, cfg.ffn, cfg.train
     shape = model_shape(m, seq_length=t.seq_length)
     step = costs.StepShape(t.micro_batch_size, t.seq_length, 1, False, 4, token_sparse=f.token_sparse_recursion)
@@ -195,7 +279,12 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True) -> tuple[Timing, dict]:
         nbytes = int(t.micro_batch_size * t.seq_length * m.hidden_size * 4)
         per_byte, latency = measure_p2p(max(nbytes, 1 << 16), rounds)
         report["p2p"] = {"seconds_per_byte": per_byte, "latency_s": latency}
-    return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate), report
+    slowdown = {}
+    if sharing:
+        overrides, ranks, seconds = sharing
+        slowdown = measure_sharing(overrides, ranks, rounds, seconds)
+        report["shared_slowdown"] = {str(k): x for k, x in slowdown.items()}
+    return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate, slowdown), report
 
 
 def main(argv: list[str]) -> int:
@@ -215,11 +304,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--out", default="calibration.json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-p2p", action="store_true", help="keep the analytic CPU P2P figures")
+    ap.add_argument("--shared-ranks", type=int, default=0,
+                    help="also measure how ranks sharing this host's cores slow each other, for 1..N ranks")
+    ap.add_argument("--sharing-seconds", type=float, default=2.0, help="seconds of training per measured phase")
     args = ap.parse_args(argv)
+    overrides = [*args.overrides, "parallel.tp=1", "parallel.pp=1", "parallel.vpp=null",
+                 "parallel.pipeline_layout=null", "parallel.sp=false"]
     try:
-        raw = _compose([*args.overrides, "parallel.tp=1", "parallel.pp=1", "parallel.vpp=null",
-                        "parallel.pipeline_layout=null", "parallel.sp=false"])
-        cfg = load_run_config(raw, world_size=1)
+        if args.rounds < 1:
+            raise ConfigError("--rounds", f"must be at least 1, got {args.rounds}")
+        if not 0 <= args.shared_ranks <= MAX_SHARED_RANKS:
+            raise ConfigError("--shared-ranks", f"must be between 0 and {MAX_SHARED_RANKS}, got {args.shared_ranks}")
+        if not 0 < args.sharing_seconds <= 600:
+            raise ConfigError("--sharing-seconds", f"must be in (0, 600], got {args.sharing_seconds}")
+        out = Path(args.out)
+        if out.is_dir() or not out.parent.is_dir():
+            raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
+        cfg = load_run_config(_compose(overrides), world_size=1)
     except ConfigError as e:
         print(f"vffn-plan calibrate: {e}", file=sys.stderr)
         return 2
@@ -228,10 +329,16 @@ def main(argv: list[str]) -> int:
     setup_model_parallel(ParallelConfig())
     seed_all(cfg.train.seed)
     try:
-        timing, report = calibrate(cfg, args.rounds, p2p=not args.no_p2p)
+        sharing = (overrides, args.shared_ranks, args.sharing_seconds) if args.shared_ranks else None
+        timing, report = calibrate(cfg, args.rounds, p2p=not args.no_p2p, sharing=sharing)
+    except KeyboardInterrupt:
+        print(f"vffn-plan calibrate: interrupted; {out} was not written", file=sys.stderr)
+        return 130
     finally:
         ps.destroy_model_parallel()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    timing.save(args.out, device)
+    partial = out.with_name(out.name + ".partial")  # a reader never sees half a file
+    timing.save(partial, device)
+    os.replace(partial, out)
     print(json.dumps({"out": args.out, "device": device, "measured": report}, indent=1))
     return 0

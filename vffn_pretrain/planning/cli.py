@@ -8,7 +8,8 @@ explicit `parallel.pipeline_layout` (when given); `--json` prints the same as on
 Options: --micro-batches M (default: train.global_batch_size / (train.micro_batch_size x --dp)), --dp (default 1),
 --memory-gib G (per device; default unlimited), --metrics PATH (loop mixes from a metrics.jsonl; default
 uniform), --checkpoint DIR (loop mixes from a checkpoint's loop_stats.json; wins over --metrics), --calibration FILE (default: analytic costs of --device, H100), --bytes-per-param (default 18),
---shared-cores N (the ranks share N CPU cores, as gloo runs on one host do; default: a device per rank).
+--shared-cores N (the ranks share N CPU cores, as gloo runs on one host do; default: a device per rank; with a
+calibration measured with `--shared-ranks`, its slowdown table, else lossless sharing).
 Bad input: one line naming the key or option, exit 2.
 """
 

@@ -154,7 +154,7 @@ def evaluate(req: PlanRequest, split: tuple[int, ...], recompute: list[str] | No
         fwd = [sum(req.timing.forward_s(i) for i in g) for g in chunk_items]
         bwd = [sum(req.timing.backward_s(i) for i in g) for g in chunk_items]
         act = [sum(i.stored_bytes for i in g) for g in chunk_items]
-        sim = simulate(fwd, bwd, req.p, req.m, hop, act, req.group, optimizer, req.cores)
+        sim = simulate(fwd, bwd, req.p, req.m, hop, act, req.group, optimizer, req.cores, req.timing.shared_slowdown)
         memory = [s + a for s, a in zip(static, sim.peak_activation_bytes)]
         feasible = req.memory_budget is None or max(memory) <= req.memory_budget
         cand = Plan(tuple(split), list(rc), sim, memory, feasible, layout_string(tuple(split)), fwd, bwd)

@@ -16,9 +16,12 @@ buffered P2P). The optimizer step follows the pipeline flush: megatron's gradien
 wait for the last one, then each rank steps its own parameters, so the step ends `max(optimizer)` after the
 pipeline does.
 
-`cores` models ranks that share a host's CPU cores (gloo tests and benchmarks on one machine): while k > cores
-ranks compute at once, each progresses at cores / k of its own speed (processor sharing); a rank waiting for
-its input uses none. Without it every rank has its own device.
+`cores` models ranks that share a host's CPU cores (gloo tests and benchmarks on one machine): while k ranks
+compute at once, each progresses at 1 / slowdown(k) of its own speed; a rank waiting for its input uses none.
+Without a measured table slowdown(k) = max(1, k / cores), lossless processor sharing; `vffn-plan calibrate
+--shared-ranks N` measures what the machine really loses (context switches, caches, memory bandwidth: on the
+2-core development machine four ranks run 2.2-2.5x slower each, not 2x). Without `cores` every rank has its own
+device.
 
 Peak activation memory follows from the order alone: a rank holds chunk c's activations for micro-batch i from
 the start of F(c, i) to the end of B(c, i), so its peak is the largest running sum of its forwards minus its
@@ -95,11 +98,13 @@ class StepSimulation:
 
 def simulate(forward: list[float], backward: list[float], p: int, m: int, p2p: float = 0.0,
              activation_bytes: list[float] | None = None, group: int | None = None,
-             optimizer: list[float] | None = None, cores: int | None = None) -> StepSimulation:
+             optimizer: list[float] | None = None, cores: int | None = None,
+             shared_slowdown: dict[int, float] | None = None) -> StepSimulation:
     """Simulate one step. forward[c], backward[c]: seconds of one micro-batch on chunk c (len = p * v);
     p2p: seconds per activation or gradient transfer between ranks; activation_bytes[c]: bytes chunk c keeps
     per in-flight micro-batch; group: megatron's microbatch_group_size_per_vp_stage (default p);
-    optimizer[r]: seconds of rank r's optimizer step; cores: CPU cores the ranks share (None: one device each)."""
+    optimizer[r]: seconds of rank r's optimizer step; cores: CPU cores the ranks share (None: one device each);
+    shared_slowdown: measured slowdown per number of ranks computing at once (see `sharing_slowdown`)."""
     chunks = len(forward)
     if chunks != len(backward) or chunks % p:
         raise ValueError(f"need p * v forward and backward times, got {len(forward)}, {len(backward)} for p={p}")
@@ -122,10 +127,10 @@ def simulate(forward: list[float], backward: list[float], p: int, m: int, p2p: f
             return None
         return max([free] + [end[d] + (hop if d.kind == op.kind or d.chunk != op.chunk else 0.0) for d in deps])
 
-    if cores is None or cores >= p:
+    if cores is None or (cores >= p and not shared_slowdown):
         start, end = _run_dedicated(orders, duration, ready_time)
     else:
-        start, end = _run_shared(orders, duration, ready_time, cores)
+        start, end = _run_shared(orders, duration, ready_time, lambda k: sharing_slowdown(k, cores, shared_slowdown))
     pipeline_time = max(end[o[-1]] for o in orders)
     step_time = pipeline_time + max(optimizer or [0.0])
     busy = [sum(duration(op) for op in orders[r]) + (optimizer[r] if optimizer else 0.0) for r in range(p)]
@@ -171,9 +176,23 @@ def _run_dedicated(orders, duration, ready_time) -> tuple[dict, dict]:
     return start, end
 
 
-def _run_shared(orders, duration, ready_time, cores: int) -> tuple[dict, dict]:
-    """Start and end of every op when the ranks share `cores` cores: an event loop over op starts and ends in
-    which the k running ops each advance at min(1, cores / k) seconds of work per second."""
+def sharing_slowdown(k: int, cores: int, measured: dict[int, float] | None = None) -> float:
+    """How many times slower each of k ranks computing at once runs when the ranks share `cores` CPU cores.
+
+    measured: {k: slowdown} from `vffn-plan calibrate --shared-ranks`; where it lacks k, its largest entry
+    K is scaled by k / K (beyond K the extra ranks only share what K had). Without it, lossless processor
+    sharing: max(1, k / cores). Never below 1: sharing only ever slows a rank down (the lower bound relies on it)."""
+    if measured and k in measured:
+        return max(1.0, measured[k])
+    if measured and k > max(measured):
+        top = max(measured)
+        return max(1.0, measured[top] * k / top)
+    return max(1.0, k / cores)
+
+
+def _run_shared(orders, duration, ready_time, slowdown) -> tuple[dict, dict]:
+    """Start and end of every op when the ranks share a host's cores: an event loop over op starts and ends in
+    which the k running ops each advance at 1 / slowdown(k) seconds of work per second."""
     start: dict[Op, float] = {}
     end: dict[Op, float] = {}
     pos = [0] * len(orders)
@@ -195,7 +214,7 @@ def _run_shared(orders, duration, ready_time, cores: int) -> tuple[dict, dict]:
                 next_ready = min(next_ready, ready)
         if not left and next_ready == math.inf:
             raise RuntimeError("schedule deadlock: the per-rank orders are inconsistent")
-        rate = min(1.0, cores / len(left)) if left else 1.0
+        rate = 1.0 / slowdown(len(left)) if left else 1.0
         next_end = now + min(left.values()) / rate if left else math.inf
         step_to = min(next_end, next_ready)
         for r in list(left):

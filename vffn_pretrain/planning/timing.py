@@ -3,11 +3,13 @@
 The calibration file (written by `vffn-plan calibrate`) is JSON:
   {"device": str, "seconds_per_flop": {"forward": {kind: s}, "backward": {kind: s}},
    "seconds_per_item": {"E": s, "L": s}, "p2p_seconds_per_byte": s, "p2p_latency_s": s,
-   "optimizer_seconds_per_param": s}
+   "optimizer_seconds_per_param": s, "shared_slowdown": {k: x}}
 where kind is an FFN kind, "head" or "embedding"; a kind missing from it uses the "default" entry. The optimizer
 rate covers what a training step does once after the pipeline drains (gradient norm, clipping, the optimizer's
 update, zeroing the buffers), per parameter of the rank; analytic profiles leave it at 0 (on a GPU it is a few
-milliseconds against seconds of pipeline).
+milliseconds against seconds of pipeline). "shared_slowdown" (optional, `--shared-ranks`): how many times slower
+one rank trains while k ranks of this host train at once, for k = 1, 2, ...; the simulator uses it for ranks
+that share CPU cores (`--shared-cores`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Timing:
     p2p_latency_s: float = 0.0
     source: str = "analytic"
     optimizer_seconds_per_param: float = 0.0
+    shared_slowdown: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def analytic(cls, device: str = "H100", efficiency: float = ANALYTIC_EFFICIENCY) -> Timing:
@@ -56,17 +59,21 @@ class Timing:
     def load(cls, path: str | Path) -> Timing:
         data = json.loads(Path(path).read_text())
         spf = data["seconds_per_flop"]
+        slowdown = {int(k): float(x) for k, x in data.get("shared_slowdown", {}).items()}
+        if any(k < 1 or not 1.0 <= x < float("inf") for k, x in slowdown.items()):
+            raise ValueError(f"shared_slowdown needs rank counts >= 1 and finite slowdowns >= 1, got {slowdown}")
         return cls(dict(spf["forward"]), dict(spf["backward"]), dict(data.get("seconds_per_item", {})),
                    float(data.get("p2p_seconds_per_byte", 0.0)), float(data.get("p2p_latency_s", 0.0)),
                    f"calibrated ({data.get('device', '?')}, {path})",
-                   float(data.get("optimizer_seconds_per_param", 0.0)))
+                   float(data.get("optimizer_seconds_per_param", 0.0)), slowdown)
 
     def save(self, path: str | Path, device: str) -> None:
         Path(path).write_text(json.dumps({
             "device": device, "seconds_per_flop": {"forward": self.forward, "backward": self.backward},
             "seconds_per_item": self.per_item, "p2p_seconds_per_byte": self.p2p_seconds_per_byte,
             "p2p_latency_s": self.p2p_latency_s,
-            "optimizer_seconds_per_param": self.optimizer_seconds_per_param}, indent=1))
+            "optimizer_seconds_per_param": self.optimizer_seconds_per_param,
+            "shared_slowdown": {str(k): x for k, x in sorted(self.shared_slowdown.items())}}, indent=1))
 
     def _rate(self, table: dict[str, float], kind: str) -> float:
         return table.get(kind, table["default"])

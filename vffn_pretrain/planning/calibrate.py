@@ -179,8 +179,12 @@ def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds
     from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
     from vffn_pretrain.planning.cli import _compose
 
+    import torch.distributed as dist
+
     cfg = load_run_config(_compose(overrides), world_size=1)
-    init_distributed()
+    # A world of one in memory: N workers each picking a free TCP port for their own store can collide.
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    init_distributed()  # joins the world above; installs the CPU shims
     setup_model_parallel(ParallelConfig())
     seed_all(cfg.train.seed + index)
     kind = cfg.ffn.layer_kinds(cfg.model.num_layers)[0]

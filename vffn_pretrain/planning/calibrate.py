@@ -173,13 +173,13 @@ def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds
     (phase number, steps per second)."""
     import signal
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the workers
     import torch.distributed as dist
 
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
     from vffn_pretrain.planning.cli import _compose
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the workers
     torch.set_num_threads(1)
     cfg = load_run_config(_compose(overrides), world_size=1)
     # A world of one in memory: N workers each picking a free TCP port for their own store can collide.

@@ -3,10 +3,12 @@ pattern that reproduces the measured layer times through the cost model, and a m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,8 +71,9 @@ def test_bad_override_is_one_line_exit_2(tmp_path):
 
 
 def test_ctrl_c_during_the_sharing_measurement_exits_130_and_leaves_nothing(tmp_path):
-    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the sharing workers train: one line,
-    exit 130, no calibration file, no worker left behind."""
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the sharing workers start up (still
+    importing torch: the moment a worker that set its own handler would print a KeyboardInterrupt traceback):
+    one line, exit 130, no calibration file, no worker left behind."""
     import signal
     import time
 
@@ -83,14 +86,35 @@ def test_ctrl_c_during_the_sharing_measurement_exits_130_and_leaves_nothing(tmp_
                              "--rounds", "1", "--no-p2p", "--shared-ranks", "2", "--sharing-seconds", "120", *TINY],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.monotonic() + 240
-    while len(children(proc.pid)) < 2 and time.monotonic() < deadline:  # the sharing workers have started
-        time.sleep(0.5)
-    assert len(children(proc.pid)) >= 2, "the sharing workers never started"
-    time.sleep(8)  # well into the measurement
-    os.killpg(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err and "Traceback" not in err
-    assert not list(tmp_path.glob("cal.json*"))
-    assert not wait_until_gone(proc.pid, 30)
+    try:
+        deadline = time.monotonic() + 240
+        while len(children(proc.pid)) < 2 and time.monotonic() < deadline:  # the sharing workers have started
+            time.sleep(0.5)
+        assert len(children(proc.pid)) >= 2, "the sharing workers never started"
+        workers = children(proc.pid)
+        for pid in workers:  # from their first instruction, not once their imports are done
+            assert _ignores_sigint(pid), f"process {pid} does not ignore SIGINT"
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err[-2000:]
+        assert "interrupted" in err and "Traceback" not in err
+        assert not list(tmp_path.glob("cal.json*"))
+        for pid in [proc.pid, *workers]:
+            assert not wait_until_gone(pid, 30)
+    finally:  # a failed assertion must not leave the calibration (and its workers) running
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """Whether the process ignores or blocks SIGINT (Linux /proc masks; multiprocessing's resource tracker blocks
+    it); a process already gone counts."""
+    import signal
+
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigIgn:", "SigBlk:"))]
+    return any(mask >> (signal.SIGINT - 1) & 1 for mask in masks)

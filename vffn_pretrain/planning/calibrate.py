@@ -30,6 +30,7 @@ really loses, and `vffn-plan --shared-cores` simulates with it. Bad options: one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -119,6 +120,20 @@ def _step_times(model_cfg, ffn_cfg, train_cfg, rounds: int) -> dict:
             "params": {n: t.params for n, t in timers.items()}}
 
 
+@contextlib.contextmanager
+def _children_ignore_sigint():
+    """Processes started inside this block inherit an ignored SIGINT from their first instruction (a spawned
+    interpreter keeps an ignored SIGINT ignored), so a terminal's Ctrl-C, sent to the whole process group, reaches
+    only the parent, which stops them; setting the handler in the child would leave a window for a traceback."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> None:
     import torch.distributed as dist
 
@@ -154,8 +169,9 @@ def measure_p2p(nbytes: int, rounds: int) -> tuple[float, float]:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_p2p_worker, args=(r, port, [4, nbytes], rounds, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
+    with _children_ignore_sigint():
+        for p in procs:
+            p.start()
     tiny, big = queue.get(timeout=120)
     for p in procs:
         p.join(timeout=60)
@@ -171,9 +187,6 @@ def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds
     """One rank of the sharing measurement: a world of its own, the 3-layer model of the config's first FFN kind;
     at each phase k it trains for `seconds` if index < k (else waits at the barrier, using no CPU) and reports
     (phase number, steps per second)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it terminates the workers
     import torch.distributed as dist
 
     from vffn_pretrain.config import load_run_config
@@ -216,8 +229,9 @@ def measure_sharing(overrides: list[str], ranks: int, rounds: int, seconds: floa
              for i in range(ranks)]
     per_phase: dict[int, list[float]] = {}
     try:
-        for p in procs:
-            p.start()
+        with _children_ignore_sigint():
+            for p in procs:
+                p.start()
         for _ in range(sum(phases)):
             while True:
                 try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.processes import children, wait_until_gone
+from tests.faults.processes import children, run_in_session, wait_until_gone
 from tests.faults.test_processes import GONE_WITHIN_S
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
@@ -22,8 +22,8 @@ STEPS = ["environment", "correctness", "layer_speed", "throughput", "resume"]
 
 
 def run_check(out: Path, *args: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out), *args], capture_output=True,
-                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), timeout=900)
+    proc = run_in_session([sys.executable, str(SCRIPT), "--quick", "--out", str(out), *args], timeout=900,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
     report = json.loads((out / "gpu_check.json").read_text())
     return proc, report
 

@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.faults.processes import run_in_session
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pipeline_measured.py"
 
 
 def test_quick_run_reports_a_prediction_and_a_planning_round():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--json"], capture_output=True, text=True,
-                          timeout=900, env={**env, "PYTHONWARNINGS": "ignore"})
+    proc = run_in_session([sys.executable, str(SCRIPT), "--quick", "--json"], timeout=900,
+                          env={**env, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     (row,) = report["prediction"]["rows"]

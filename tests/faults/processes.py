@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 
 
@@ -56,3 +58,21 @@ def describe(pid: int) -> str:
         return f"state {fields[0]}, parent {fields[1]}, threads {' '.join(threads)}"
     except OSError as exc:
         return f"gone while described ({exc.strerror})"
+
+
+def run_in_session(cmd: list[str], timeout: float, **popen_kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run(cmd, capture_output=True, text=True) in a session of its own, which is killed as a whole
+    afterwards: on a timeout, or when the command left helper processes behind, none of them outlives the test
+    (subprocess.run's timeout kills the command alone, and its workers would go on using the CPU)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            **popen_kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if proc.returncode is None:
+            proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

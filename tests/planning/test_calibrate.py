@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.processes import run_in_session
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import Timing
 
@@ -24,8 +25,8 @@ def _calibrate(tmp_path, *args):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
         env.pop(key, None)
-    return subprocess.run([sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", *args], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return run_in_session([sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", *args], timeout=300,
+                          env=env, cwd=tmp_path)
 
 
 def test_calibration_file_reproduces_the_measured_layer_times(tmp_path):

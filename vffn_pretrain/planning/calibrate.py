@@ -134,6 +134,33 @@ def _children_ignore_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+def _run_workers(procs: list, queue, count: int, what: str) -> list:
+    """Start `procs` (SIGINT ignored, see above), take `count` results from `queue` and wait for them to exit.
+    A worker that dies fails the measurement at once rather than leaving the others waiting for it (at a
+    barrier, or in gloo's 30-minute rendezvous); whatever happens, no worker outlives this call."""
+    results = []
+    try:
+        with _children_ignore_sigint():
+            for p in procs:
+                p.start()
+        while len(results) < count:
+            try:
+                results.append(queue.get(timeout=5))
+            except Empty:
+                failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+                if failed or all(p.exitcode == 0 for p in procs):
+                    raise RuntimeError(f"a worker of the {what} measurement failed (exit {(failed or [0])[0]})"
+                                       ) from None
+        for p in procs:
+            p.join(timeout=60)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(timeout=10)
+    return results
+
+
 def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> None:
     import torch.distributed as dist
 
@@ -168,13 +195,9 @@ def measure_p2p(nbytes: int, rounds: int) -> tuple[float, float]:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_p2p_worker, args=(r, port, [4, nbytes], rounds, queue)) for r in range(2)]
-    with _children_ignore_sigint():
-        for p in procs:
-            p.start()
-    tiny, big = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
+    procs = [ctx.Process(target=_p2p_worker, args=(r, port, [4, nbytes], rounds, queue), daemon=True)
+             for r in range(2)]
+    [(tiny, big)] = _run_workers(procs, queue, 1, "P2P")
     per_byte = max(big - tiny, 0.0) / max(nbytes - 4, 1)
     return per_byte, tiny
 
@@ -228,26 +251,8 @@ def measure_sharing(overrides: list[str], ranks: int, rounds: int, seconds: floa
     procs = [ctx.Process(target=_sharing_worker, args=(i, overrides, phases, seconds, barrier, queue), daemon=True)
              for i in range(ranks)]
     per_phase: dict[int, list[float]] = {}
-    try:
-        with _children_ignore_sigint():
-            for p in procs:
-                p.start()
-        for _ in range(sum(phases)):
-            while True:
-                try:
-                    n, _index, rate = queue.get(timeout=5)
-                    break
-                except Empty:
-                    failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                    if failed:
-                        raise RuntimeError(f"a worker of the sharing measurement failed (exit {failed[0]})") from None
-            per_phase.setdefault(n, []).append(rate)
-        for p in procs:
-            p.join(timeout=60)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
+    for n, _index, rate in _run_workers(procs, queue, sum(phases), "sharing"):
+        per_phase.setdefault(n, []).append(rate)
     rates: dict[int, list[float]] = {}
     for n, k in enumerate(phases):
         rates.setdefault(k, []).append(statistics.mean(per_phase[n]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up a real two-node SLURM cluster on this one machine, for tests of the sbatch scripts.
 #
-# What it does (following shared/reference/slurm-local.md; Debian bookworm: slurm 22.05, munge 0.5.15):
+# What it does (Debian bookworm: slurm 22.05, munge 0.5.15):
 #   1. installs slurmctld slurmd slurm-client munge with apt if any of them is missing;
 #   2. writes /etc/slurm/slurm.conf: nodes n1, n2 (1 CPU each) on 127.0.0.1, partition `debug`, tuned for
 #      tests: a requeued job may start again after SLURM_REQUEUE_DELAY s (SLURM's default is 120 s, the

@@ -154,3 +154,20 @@ def as_array(x) -> np.ndarray:
 
 
 __all__ = ["dist_checkpointing"]
+
+
+def gloo_threads() -> int:
+    """This process's gloo event-loop threads (one per live gloo process group)."""
+    tasks = Path("/proc/self/task")
+    return sum((task / "comm").read_text().strip() == "gloo_tcp_loop" for task in tasks.iterdir())
+
+
+def gloo_threads_after_training(layout: dict, tear_down: bool) -> int:
+    """Build the model at `layout`, train one step and drop it (and, if `tear_down`, megatron's parallel state
+    too, as most jobs do); the gloo threads counted at the end."""
+    ddp, optimizer = build(layout)
+    run_steps(ddp, optimizer, range(1))
+    del ddp, optimizer
+    if tear_down:
+        ps.destroy_model_parallel()
+    return gloo_threads()

@@ -149,7 +149,24 @@ def release_process_groups() -> None:
     for group in list(c10d._world.pg_map):
         if group is not default:
             dist.destroy_process_group(group)
+    _forget_destroyed_groups()
     gc.collect()
+
+
+def _forget_destroyed_groups() -> None:
+    """Drop what still refers to the destroyed groups inside megatron-core: destroy_model_parallel leaves a few of
+    parallel_state's globals set (the intra-partial data-parallel groups), and RotaryEmbedding.forward is memoised
+    with functools.lru_cache on the method, which keeps the last 32 rotary modules alive, each with its
+    context-parallel group."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+
+    for name, value in list(vars(ps).items()):
+        if isinstance(value, dist.ProcessGroup) and value is not dist.GroupMember.WORLD:
+            setattr(ps, name, None)
+    cache_clear = getattr(RotaryEmbedding.forward, "cache_clear", None)
+    if cache_clear is not None:
+        cache_clear()
 
 
 def seed_all(seed: int) -> None:

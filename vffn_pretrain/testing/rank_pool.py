@@ -22,6 +22,14 @@ class RankPoolError(RuntimeError):
     pass
 
 
+# A rank with more threads than this is replaced (its world restarted) before the next job: a safety net. Each
+# gloo group has a thread that wakes many times a second, and groups that outlive their use (held by a cache, a
+# reference cycle, a job that never tore its parallel state down) once piled up to hundreds per pool rank and
+# took most of a 2-core machine from the tests running meanwhile. A fresh rank has about 10 threads, one set-up
+# adds about 20; a restart costs a few seconds.
+MAX_RANK_THREADS = 100
+
+
 def _worker(rank: int, world_size: int, port: int, jobs, results, env: dict[str, str]) -> None:
     os.environ.update(env)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
@@ -74,24 +82,38 @@ class RankPool:
     """`RankPool(4)` starts 4 rank processes; `run(fn, ...)` returns [result_rank0, ..., result_rank3]."""
 
     def __init__(self, world_size: int, start_timeout_s: float = 180.0, env: dict[str, str] | None = None):
+        self.world_size = world_size
+        self._start_timeout_s = start_timeout_s
+        self._child_env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
         from vffn_pretrain.parallel.init import free_port
 
-        self.world_size = world_size
         ctx = mp.get_context("spawn")
         self._results = ctx.Queue()
-        self._jobs = [ctx.Queue() for _ in range(world_size)]
-        child_env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        child_env.update(env or {})
+        self._jobs = [ctx.Queue() for _ in range(self.world_size)]
         port = free_port()
         self._procs = [
             # Not daemonic: megatron-core's checkpoint writer starts processes of its own.
-            ctx.Process(target=_worker, args=(r, world_size, port, self._jobs[r], self._results, child_env))
-            for r in range(world_size)
+            ctx.Process(target=_worker, args=(r, self.world_size, port, self._jobs[r], self._results,
+                                              self._child_env))
+            for r in range(self.world_size)
         ]
         for p in self._procs:
             p.start()
         self.broken = False
-        self._collect("ready", start_timeout_s)
+        self._collect("ready", self._start_timeout_s)
+
+    def _worn_out(self) -> bool:
+        """Whether a rank has gathered more threads than MAX_RANK_THREADS (see there)."""
+        import psutil
+
+        try:
+            return max(psutil.Process(p.pid).num_threads() for p in self._procs) > MAX_RANK_THREADS
+        except psutil.NoSuchProcess:
+            return False
 
     def _collect(self, expect: str, timeout_s: float) -> list[Any]:
         out: list[Any] = [None] * self.world_size
@@ -129,6 +151,10 @@ class RankPool:
         each failing rank's traceback; a hang past `timeout_s` kills the pool (mark: `broken`)."""
         if self.broken:
             raise RankPoolError("this pool was killed by an earlier failure; start a new one")
+        if self._worn_out():
+            self.close()
+            self._start()
+            self.restarts += 1
         job = (fn.__module__, fn.__qualname__, args, kwargs)
         for q in self._jobs:
             q.put(job)

@@ -94,9 +94,13 @@ def test_lower_bound_is_below_every_plan_and_close_to_the_best(seed, p, v, squee
     best = planner.brute_force(req)
     assert best.feasible
     assert not squeeze or best.step_time > free.step_time
-    bound = planner.lower_bound(req)
+    bound = planner.lower_bound(req, enumerate_limit=0)  # the analytic bounds alone
     assert bound <= best.step_time * (1 + 1e-9)
     assert bound >= 0.75 * best.step_time  # a bound that ignored the schedule would fall far lower
+    # Few enough splits to simulate them all: the bound is the best plan itself unless memory binds.
+    exact = planner.lower_bound(req)
+    assert bound <= exact <= best.step_time * (1 + 1e-9)
+    assert squeeze or exact == pytest.approx(best.step_time, rel=1e-12)
 
 
 def test_uniform_interleaved_bound_is_the_schedules_own_time():

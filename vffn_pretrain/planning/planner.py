@@ -19,6 +19,8 @@ waits) and minimises it exactly over all splits for v = 1 and 2, with memory and
 the head + work + tail form is relaxed to weighted averages over ranks (each a DP). A single layer's m (f + b)
 and one micro-batch's whole chain are bounds too. The optimizer step after the flush adds at least the average
 rank's (total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, so the bound holds.
+Where the splits are few enough to simulate them all (`ENUMERATE_LIMIT`), the fastest of them without recompute
+or memory budget is a bound as well, and an exact one when memory does not bind.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from vffn_pretrain.planning.timing import Timing
 
 BYTES_PER_PARAM = 18.0  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
 KICKS = 3  # seeded perturbation restarts of the interleaved search (deterministic: every rank plans alike)
+ENUMERATE_LIMIT = 5000  # lower_bound simulates every split up to this many (about 40 s of CPU at 5000)
 
 
 class PlanError(ValueError):
@@ -353,8 +356,10 @@ def first_last_split(n: int, k: int) -> tuple[int, ...] | None:
     return tuple(split)
 
 
-def lower_bound(req: PlanRequest) -> float:
-    """A step time no split can beat (see the module docstring)."""
+def lower_bound(req: PlanRequest, enumerate_limit: int = ENUMERATE_LIMIT) -> float:
+    """A step time no split can beat (see the module docstring). Where there are at most `enumerate_limit`
+    splits, also the fastest of them all without recompute and without the memory budget: recompute only adds
+    time and a budget only removes splits, so no plan beats it, and it is the tightest bound there is."""
     work = _item_work(req)
     fwd = [req.timing.forward_s(i) for i in req.items]
     bwd = [req.timing.backward_s(i) for i in req.items]
@@ -372,6 +377,10 @@ def lower_bound(req: PlanRequest) -> float:
         bounds.append(windows)
     else:
         bounds.append(max(_averaged_bound(req, work, hop, alpha) for alpha in _alphas(req.p)) + optimizer)
+    if count_splits(req.num_layers, req.chunks) <= enumerate_limit:
+        relaxed = dataclasses.replace(req, memory_budget=None, allow_recompute=False)
+        bounds.append(min(evaluate(relaxed, split).step_time
+                          for split in _compositions(req.num_layers, req.chunks)))
     return max(bounds)
 
 

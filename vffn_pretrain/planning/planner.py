@@ -38,7 +38,8 @@ from vffn_pretrain.planning.timing import Timing
 
 BYTES_PER_PARAM = 18.0  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
 KICKS = 3  # seeded perturbation restarts of the interleaved search (deterministic: every rank plans alike)
-ENUMERATE_LIMIT = 5000  # lower_bound simulates every split up to this many (about 40 s of CPU at 5000)
+EXHAUSTIVE_LIMIT = 2000  # plan() simulates every split up to this many (it runs at each start-up with `auto`)
+ENUMERATE_LIMIT = 5000  # lower_bound simulates every split up to this many (7B, m = 32: about 30 s of CPU)
 
 
 class PlanError(ValueError):
@@ -311,7 +312,7 @@ def _perturb(split: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
     return tuple(out)
 
 
-def plan(req: PlanRequest, exhaustive_limit: int = 2000) -> Plan:
+def plan(req: PlanRequest, exhaustive_limit: int = EXHAUSTIVE_LIMIT) -> Plan:
     """The fastest feasible plan found (exhaustive when the split space is small). Raises PlanError naming the
     budget key, with the shortfall, when no split fits."""
     if count_splits(req.num_layers, req.chunks) <= exhaustive_limit:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,30 @@ def _ignores_sigint(pid: int) -> bool:
         return True
     masks = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("SigIgn:", "SigBlk:"))]
     return any(mask >> (signal.SIGINT - 1) & 1 for mask in masks)
+
+
+def _dies(code: int) -> None:
+    os._exit(code)
+
+
+def _waits_forever() -> None:
+    import time
+
+    time.sleep(3600)
+
+
+@pytest.mark.parametrize("targets,words", [((_dies, _waits_forever), "died (exit 3)"),
+                                           ((_dies,), "exited without reporting")])
+def test_a_dead_measurement_worker_fails_the_measurement_and_none_survive(targets, words):
+    """A worker that dies must not leave the others waiting (at the sharing barrier, in gloo's rendezvous), and
+    no worker outlives the measurement; `vffn-plan calibrate` turns the error into one line, exit 1."""
+    import multiprocessing as mp
+
+    from vffn_pretrain.planning.calibrate import MeasurementError, _run_workers
+
+    ctx = mp.get_context("spawn")
+    code = 3 if len(targets) > 1 else 0
+    procs = [ctx.Process(target=t, args=(code,) if t is _dies else (), daemon=True) for t in targets]
+    with pytest.raises(MeasurementError, match=re.escape(words)):
+        _run_workers(procs, ctx.Queue(), 1, "test")
+    assert not any(p.is_alive() for p in procs)

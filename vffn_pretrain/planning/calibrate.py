@@ -25,6 +25,7 @@ slow each other: N processes each train the three-layer model; in interleaved ro
 once for `--sharing-seconds` while the rest wait, and each one's steps per second is set against one rank alone
 (`measure_sharing`). Lossless processor sharing would give max(1, k / cores); the table says what this machine
 really loses, and `vffn-plan --shared-cores` simulates with it. Bad options: one line naming the option, exit 2.
+A measurement worker that dies (killed, out of memory): one line, exit 1. Ctrl-C: exit 130. Neither writes the file.
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def _children_ignore_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
+class MeasurementError(RuntimeError):
+    """A worker of a multi-process measurement died or exited without its results."""
+
+
 def _run_workers(procs: list, queue, count: int, what: str) -> list:
     """Start `procs` (SIGINT ignored, see above), take `count` results from `queue` and wait for them to exit.
     A worker that dies fails the measurement at once rather than leaving the others waiting for it (at a
@@ -148,9 +153,10 @@ def _run_workers(procs: list, queue, count: int, what: str) -> list:
                 results.append(queue.get(timeout=5))
             except Empty:
                 failed = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
-                if failed or all(p.exitcode == 0 for p in procs):
-                    raise RuntimeError(f"a worker of the {what} measurement failed (exit {(failed or [0])[0]})"
-                                       ) from None
+                if failed:
+                    raise MeasurementError(f"a worker of the {what} measurement died (exit {failed[0]})") from None
+                if all(p.exitcode == 0 for p in procs):
+                    raise MeasurementError(f"the {what} measurement's workers exited without reporting") from None
         for p in procs:
             p.join(timeout=60)
     finally:
@@ -357,6 +363,9 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"vffn-plan calibrate: interrupted; {out} was not written", file=sys.stderr)
         return 130
+    except MeasurementError as e:
+        print(f"vffn-plan calibrate: {e}; {out} was not written", file=sys.stderr)
+        return 1
     finally:
         ps.destroy_model_parallel()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"

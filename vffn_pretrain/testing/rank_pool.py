@@ -66,10 +66,9 @@ def _worker(rank: int, world_size: int, port: int, jobs, results, env: dict[str,
 
 
 def _release_idle_groups() -> None:
-    """Between jobs a rank keeps no process group it no longer uses: each holds gloo threads that wake many times
-    a second, and a session's idle pools had piled up hundreds of them, taking a quarter of a 2-core machine from
-    the tests that ran meanwhile. Groups are released once the job has torn down megatron's parallel state (a
-    job that leaves it set up may be followed by one that uses it)."""
+    """Between jobs a rank keeps no process group it no longer uses (why: `release_process_groups`). Groups are
+    released once the job has torn down megatron's parallel state; a job that leaves it set up may be followed by
+    one that uses it."""
     from megatron.core import parallel_state as ps
 
     from vffn_pretrain.parallel.init import release_process_groups

@@ -8,8 +8,8 @@ adds time), else the split is infeasible. The objective is the simulated step ti
 Search (`plan`): every split when there are at most `exhaustive_limit` of them; otherwise an exact dynamic
 programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check), without
 interleaving one for the 1F1B chain bound, the split the window bound below is attained on, and the even split,
-each refined by moving single layers between chunks while the simulated time improves; with interleaving, the
-best is then kicked (`KICKS` seeded random multi-layer moves) and refined again, keeping any improvement.
+each refined by moving single layers between chunks, or two chunk boundaries at once, while the simulated time
+improves; with interleaving, the best is then kicked (`KICKS` seeded random multi-layer moves) and refined again, keeping any improvement.
 
 Lower bound (`lower_bound`): on any split, rank r cannot start before micro-batch 0 has run forward through the
 chunks in front of its first chunk r, cannot finish before micro-batch m-1 has run backward through them, and
@@ -284,7 +284,21 @@ def _chain_weight(req: PlanRequest):
 
 def _refine(req: PlanRequest, plan: Plan) -> Plan:
     """Move one layer from any chunk to any other (shifting the chunks in between) while the simulated step
-    time improves: interleaved plans balance ranks, whose chunks are not adjacent."""
+    time improves: interleaved plans balance ranks, whose chunks are not adjacent. Where no single move helps,
+    shift two chunk boundaries by one layer at once: balancing one rank often unbalances another, so the pair is
+    a step down where each half alone is a step up (7B mixed, PP = 8, VPP = 2: 1.050 to 1.048 of the bound)."""
+    while True:
+        plan = _refine_single(req, plan)
+        for split in _boundary_pair_shifts(plan.split):
+            cand = evaluate(req, split)
+            if _better(cand, plan):
+                plan = cand
+                break
+        else:
+            return plan
+
+
+def _refine_single(req: PlanRequest, plan: Plan) -> Plan:
     improved = True
     while improved:
         improved = False
@@ -299,6 +313,20 @@ def _refine(req: PlanRequest, plan: Plan) -> Plan:
                 if _better(cand, plan):
                     plan, improved = cand, True
     return plan
+
+
+def _boundary_pair_shifts(split: tuple[int, ...]):
+    """Splits with two different chunk boundaries each moved by one layer (every chunk keeps at least one)."""
+    shifts = [(b, d) for b in range(len(split) - 1) for d in (1, -1)]  # d = +1: chunk b takes one from b + 1
+    for (b1, d1), (b2, d2) in itertools.combinations(shifts, 2):
+        if b1 == b2:
+            continue
+        out = list(split)
+        for b, d in ((b1, d1), (b2, d2)):
+            out[b] += d
+            out[b + 1] -= d
+        if min(out) >= 1:
+            yield tuple(out)
 
 
 def _perturb(split: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:

@@ -55,10 +55,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def calibrate(overrides: list[str], out: Path, rounds: int, shared_ranks: int, sharing_seconds: float) -> dict:
+def calibrate(overrides: list[str], out: Path, rounds: int, shared_ranks: int, sharing_seconds: float,
+              p2p: bool = True) -> dict:
     """Runs `vffn-plan calibrate` into `out`; returns its measured sharing slowdown {ranks: factor}."""
     cmd = [sys.executable, "-m", "vffn_pretrain.planning.cli", "calibrate", "--out", str(out), "--rounds",
-           str(rounds), f"--shared-ranks={shared_ranks}", f"--sharing-seconds={sharing_seconds}", *overrides]
+           str(rounds), f"--shared-ranks={shared_ranks}", f"--sharing-seconds={sharing_seconds}", *overrides,
+           *([] if p2p else ["--no-p2p"])]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"vffn-plan calibrate failed ({done.returncode}): {done.stderr[-3000:]}")
@@ -128,7 +130,9 @@ def prediction_study(args, workdir: Path) -> dict:
 def planning_study(args, workdir: Path) -> dict:
     overrides = MODEL + MIXED
     cal = workdir / "mixed.json"
-    calibrate(overrides, cal, args.calib_rounds, 2, args.sharing_seconds)
+    # --quick checks the study's plumbing; the prediction study has already exercised the P2P and sharing
+    # measurements, so its planning calibration skips them (about 20 s of the test suite).
+    calibrate(overrides, cal, args.calib_rounds, 0 if args.quick else 2, args.sharing_seconds, p2p=not args.quick)
     plans = predict(overrides, 2, None, cal)
     planned, even = plans["planned"]["layout"], plans["even"]["layout"]
     rounds = []

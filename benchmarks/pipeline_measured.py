@@ -13,7 +13,8 @@ Two studies on this machine, each rank a gloo process with one thread:
     python benchmarks/pipeline_measured.py [--json] [--steps 10] [--rounds 3] [--study both] [--quick]
 
 --quick runs one case of each study with a few steps (what the test suite checks). Prints tables; --json for
-machines. Timings need a quiet machine: check `uptime` first; the load is printed with the results.
+machines. Timings need a quiet machine: check `uptime` first; the load is printed with the results, and with
+each prediction round the host's own speed drift over that case (`core_seconds`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 GLOBAL_BATCH, SEQ_LENGTH = 16, 128
@@ -94,6 +96,32 @@ def measure(overrides: list[str], pp: int, layout: str, steps: int, warmup: int)
     return [tokens / r["tokens_per_sec"] for r in records if "tokens_per_sec" in r and r["step"] > warmup]
 
 
+def core_seconds() -> list[float]:
+    """Seconds a fixed pure-Python loop takes on each core this process may use (best of three, pinned to the
+    core in turn). Compared before a case's calibration and after its measurement, the ratio says how far the
+    host's own speed moved in between, which no calibration can follow: on the 2-vCPU development machine the
+    cores differ by 10-30% and their speed moves within minutes."""
+    cores = sorted(os.sched_getaffinity(0))
+    out = []
+    try:
+        for core in cores:
+            os.sched_setaffinity(0, {core})
+            best = float("inf")
+            for _ in range(3):
+                start = time.perf_counter()
+                sum(i * i for i in range(2_000_000))
+                best = min(best, time.perf_counter() - start)
+            out.append(best)
+    finally:
+        os.sched_setaffinity(0, cores)
+    return out
+
+
+def host_drift(before: list[float], after: list[float]) -> float:
+    """The largest relative change of any core's loop time (0.1: some core got 10% faster or slower)."""
+    return max(abs(a / b - 1) for a, b in zip(after, before))
+
+
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -109,6 +137,7 @@ def prediction_study(args, workdir: Path) -> dict:
     rows = {layout: {"pp": pp, "layout_name": name, "layout": layout, "rounds": []} for pp, name, layout in cases}
     for r in range(1 if args.quick else args.prediction_rounds):
         for pp, name, layout in (cases if r % 2 == 0 else cases[::-1]):
+            speed_before = core_seconds()
             cal = base if args.quick else workdir / f"case-{pp}-{name}.json"
             if not args.quick:
                 calibrate(MODEL, cal, args.calib_rounds, 0, args.sharing_seconds)
@@ -118,7 +147,8 @@ def prediction_study(args, workdir: Path) -> dict:
             predicted = predict(MODEL, pp, layout, cal)["given"]["step_time_s"]
             measured = statistics.median(measure(MODEL, pp, layout, args.steps, args.warmup))
             rows[layout]["rounds"].append({"predicted_s": predicted, "measured_s": measured,
-                                          "error": predicted / measured - 1, "load": load()})
+                                          "error": predicted / measured - 1, "load": load(),
+                                          "host_drift": host_drift(speed_before, core_seconds())})
     for row in rows.values():
         row["error"] = statistics.median(x["error"] for x in row["rounds"])
         row["predicted_s"] = statistics.median(x["predicted_s"] for x in row["rounds"])
@@ -182,7 +212,8 @@ def _print_prediction(pred: dict) -> None:
           + ", ".join(f"{k}: {x:.2f}x" for k, x in pred["shared_slowdown"].items()))
     print(f"\n{'PP':>3} {'layout':>16} {'predicted s':>12} {'measured s':>11} {'error':>7}  each round's error")
     for row in pred["rows"]:
-        each = " ".join(f"{x['error']:+.1%} (load {x['load'].split()[0]})" for x in row["rounds"])
+        each = " ".join(f"{x['error']:+.1%} (load {x['load'].split()[0]}, host drift {x['host_drift']:.0%})"
+                        for x in row["rounds"])
         print(f"{row['pp']:>3} {row['layout']:>16} {row['predicted_s']:>12.3f} {row['measured_s']:>11.3f} "
               f"{row['error']:>+7.1%}  {each}")
 

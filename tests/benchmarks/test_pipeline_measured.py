@@ -26,6 +26,7 @@ def test_quick_run_reports_a_prediction_and_a_planning_round():
     assert (row["pp"], row["layout"]) == (2, "Etttt|ttttL")
     assert row["predicted_s"] > 0 and row["measured_s"] > 0
     assert row["error"] == pytest.approx(row["predicted_s"] / row["measured_s"] - 1)
+    assert 0 <= row["rounds"][0]["host_drift"] < float("inf")
     plan = report["planning"]
     (first,) = plan["rounds"]
     assert first["speedup"] == pytest.approx(first["even"] / first["planned"])

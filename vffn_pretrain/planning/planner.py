@@ -9,7 +9,8 @@ Search (`plan`): every split when there are at most `exhaustive_limit` of them; 
 programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check), without
 interleaving one for the 1F1B chain bound, the split the window bound below is attained on, and the even split,
 each refined by moving single layers between chunks, or two chunk boundaries at once, while the simulated time
-improves; with interleaving, the best is then kicked (`KICKS` seeded random multi-layer moves) and refined again, keeping any improvement.
+improves; with interleaving, the best is then kicked (`KICKS` seeded random multi-layer moves) and refined again,
+keeping any improvement.
 
 Lower bound (`lower_bound`): on any split, rank r cannot start before micro-batch 0 has run forward through the
 chunks in front of its first chunk r, cannot finish before micro-batch m-1 has run backward through them, and

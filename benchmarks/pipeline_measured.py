@@ -101,17 +101,22 @@ def core_seconds() -> list[float]:
     core in turn). Compared before a case's calibration and after its measurement, the ratio says how far the
     host's own speed moved in between, which no calibration can follow: on the 2-vCPU development machine the
     cores differ by 10-30% and their speed moves within minutes."""
+    def loop_seconds() -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            sum(i * i for i in range(2_000_000))
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    if not hasattr(os, "sched_setaffinity"):  # not Linux: one unpinned figure
+        return [loop_seconds()]
     cores = sorted(os.sched_getaffinity(0))
     out = []
     try:
         for core in cores:
             os.sched_setaffinity(0, {core})
-            best = float("inf")
-            for _ in range(3):
-                start = time.perf_counter()
-                sum(i * i for i in range(2_000_000))
-                best = min(best, time.perf_counter() - start)
-            out.append(best)
+            out.append(loop_seconds())
     finally:
         os.sched_setaffinity(0, cores)
     return out

@@ -153,9 +153,6 @@ def as_array(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-__all__ = ["dist_checkpointing"]
-
-
 def gloo_threads() -> int:
     """This process's gloo event-loop threads (one per live gloo process group)."""
     tasks = Path("/proc/self/task")
@@ -171,3 +168,6 @@ def gloo_threads_after_training(layout: dict, tear_down: bool) -> int:
     if tear_down:
         ps.destroy_model_parallel()
     return gloo_threads()
+
+
+__all__ = ["dist_checkpointing"]

@@ -195,12 +195,20 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.calib_rounds, args.sharing_seconds = 4, 2, 2, 0.5
-    with tempfile.TemporaryDirectory() as tmp:
-        result = {"cores": os.cpu_count(), "load_before": load()}
-        if args.study in ("prediction", "both"):
-            result["prediction"] = prediction_study(args, Path(tmp))
-        if args.study in ("planning", "both"):
-            result["planning"] = planning_study(args, Path(tmp))
+    problem = _bad_option(args)
+    if problem:
+        print(f"pipeline_measured: {problem}", file=sys.stderr)
+        return 2
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = {"cores": os.cpu_count(), "load_before": load()}
+            if args.study in ("prediction", "both"):
+                result["prediction"] = prediction_study(args, Path(tmp))
+            if args.study in ("planning", "both"):
+                result["planning"] = planning_study(args, Path(tmp))
+    except KeyboardInterrupt:  # subprocess.run has already killed the command it was waiting for
+        print("pipeline_measured: interrupted; no report", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
@@ -210,6 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     if "planning" in result:
         _print_planning(result["planning"])
     return 0
+
+
+def _bad_option(args) -> str | None:
+    """One line naming the first option no study can run with, or None."""
+    if args.warmup < 0:
+        return f"--warmup must be at least 0, got {args.warmup}"
+    if args.steps < args.warmup + 2:  # metrics.jsonl windows are 2 steps: at least one after the warm-up
+        return f"--steps must be at least --warmup + 2 = {args.warmup + 2}, got {args.steps}"
+    for flag in ("rounds", "prediction_rounds", "calib_rounds"):
+        if getattr(args, flag) < 1:
+            return f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}"
+    if not 0 < args.sharing_seconds < float("inf"):
+        return f"--sharing-seconds must be a positive number of seconds, got {args.sharing_seconds}"
+    return None
 
 
 def _print_prediction(pred: dict) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.faults.processes import run_in_session
+from tests.faults.processes import children, run_in_session, wait_until_gone
+from tests.faults.test_processes import GONE_WITHIN_S
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pipeline_measured.py"
 
@@ -31,3 +35,32 @@ def test_quick_run_reports_a_prediction_and_a_planning_round():
     (first,) = plan["rounds"]
     assert first["speedup"] == pytest.approx(first["even"] / first["planned"])
     assert plan["even_layout"] == "Etttt|ttttL" and plan["planned_layout"].count("t") == 8
+
+
+@pytest.mark.parametrize("args, key", [(["--steps", "1"], "--steps"), (["--warmup", "-1"], "--warmup"),
+                                       (["--prediction-rounds", "0"], "--prediction-rounds"),
+                                       (["--calib-rounds", "0"], "--calib-rounds"), (["--rounds", "-3"], "--rounds"),
+                                       (["--sharing-seconds", "inf"], "--sharing-seconds"),
+                                       (["--sharing-seconds", "nan"], "--sharing-seconds")])
+def test_an_option_no_study_can_run_with_is_one_line_and_exit_2(args, key):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith(f"pipeline_measured: {key} "), proc.stderr
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_no_process():
+    runner = subprocess.Popen([sys.executable, str(SCRIPT), "--quick"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.monotonic() + 120
+    while not children(runner.pid):  # inside its first vffn-plan calibrate
+        assert runner.poll() is None and time.monotonic() < deadline, runner.communicate()
+        time.sleep(0.1)
+    os.killpg(runner.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    out, err = runner.communicate(timeout=120)
+    survivors = wait_until_gone(runner.pid, GONE_WITHIN_S)
+    if survivors:
+        os.killpg(runner.pid, signal.SIGKILL)
+    assert not survivors, survivors
+    assert runner.returncode == 130 and out == ""
+    assert err.strip() == "pipeline_measured: interrupted; no report", err

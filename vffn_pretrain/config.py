@@ -6,8 +6,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_fields import build_group
 from vffn_pretrain.config_moves import apply_moved_keys
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.model.config import ModelConfig
@@ -55,31 +55,7 @@ def checkpoint_dir_of(checkpoint: CheckpointConfig, run_dir: Path) -> Path:
 
 
 def _build(cls, group: str, values: Any):
-    """A dataclass from a mapping, refusing unknown keys (naming them)."""
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(group, f"must be a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in values:
-        if key not in fields:
-            raise ConfigError(f"{group}.{key}", f"unknown key (known: {', '.join(sorted(fields))})")
-    kwargs = dict(values)
-    for name, value in kwargs.items():
-        default = fields[name].default
-        if default is dataclasses.MISSING or default is None or value is None or "|" in str(fields[name].type):
-            continue
-        expected = (int, float) if type(default) is float else type(default)
-        if isinstance(value, bool) and type(default) is not bool or not isinstance(value, expected):
-            raise ConfigError(f"{group}.{name}", f"expected {type(default).__name__}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{group}.{name}", f"must be a finite number, got {value!r}")
-    if cls is LoggingConfig and "wandb" in kwargs:
-        kwargs["wandb"] = _build(WandbConfig, f"{group}.wandb", kwargs["wandb"])
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(group, str(e)) from None
+    return build_group(cls, group, values, nested={"wandb": WandbConfig} if cls is LoggingConfig else None)
 
 
 def resolve_run_dir(run_dir: str | None, run_name: str, multirun_dir: str | None = None) -> Path:
@@ -93,16 +69,35 @@ def resolve_run_dir(run_dir: str | None, run_name: str, multirun_dir: str | None
     return Path("runs") / (f"{run_name}-{job}" if job else run_name)
 
 
-def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None = None) -> RunConfig:
+@dataclass
+class ConfigGroups:
+    model: ModelConfig
+    ffn: FFNConfig
+    parallel: ParallelConfig
+    system: SystemConfig
+    data: DataConfig
+    train: TrainConfig
+    checkpoint: CheckpointConfig
+    logging: LoggingConfig
+
+
+def resolved_config(cfg: DictConfig | dict) -> dict:
+    """Hydra's config as plain containers, interpolations resolved, without the `hydra` group (a plain dict is
+    taken as resolved, and copied)."""
+    if isinstance(cfg, dict):
+        return {k: v for k, v in copy.deepcopy(cfg).items() if k != "hydra"}
     try:
         raw = OmegaConf.to_container(cfg, resolve=True)
     except Exception as e:  # an interpolation or missing mandatory value
         raise ConfigError(getattr(e, "full_key", "config") or "config", str(e).splitlines()[0]) from None
     raw.pop("hydra", None)
-    known = {"model", "ffn", "parallel", "system", "data", "train", "checkpoint", "logging", "run_name", "run_dir"}
-    for key in raw:
-        if key not in known:
-            raise ConfigError(key, f"unknown top-level key (known: {', '.join(sorted(known))})")
+    return raw
+
+
+def validate_groups(raw: dict, world_size: int | None) -> ConfigGroups:
+    """The config groups of `raw` (a resolved config), each key checked for its type and range and the keys
+    against each other. Reads no file: `load_run_config` (the trainer) and `vffn-info` both call it.
+    `world_size` None: the smallest world the parallel layout fits (data parallel size 1)."""
     apply_moved_keys(raw, {"system": SystemConfig})
     model = _build(ModelConfig, "model", raw.get("model"))
     ffn = _build(FFNConfig, "ffn", raw.get("ffn"))
@@ -110,7 +105,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     system = _build(SystemConfig, "system", raw.get("system"))
     try:
         data = DataConfig.from_dict(raw.get("data") or {})
-    except ValueError as e:
+    except ValueError as e:  # DataConfig's errors read "data.<key>: reason"
         key, _, reason = str(e).partition(": ")
         raise ConfigError(key, reason or str(e)) from None
     train = _build(TrainConfig, "train", raw.get("train"))
@@ -119,7 +114,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
 
     parallel.validate_static()
     system.validate()
-    dp = parallel.data_parallel_size(world_size)
+    dp = parallel.data_parallel_size(world_size or parallel.tp * parallel.pp * parallel.cp)
     model.validate(tp=parallel.tp)
     ffn.validate(d_ff=model.ffn_hidden_size, tp=parallel.tp, num_layers=model.num_layers)
     train.validate(dp)
@@ -133,6 +128,30 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
                 f"{model.num_layers} layers are not divisible by parallel.pp x parallel.vpp = {stages}; "
                 "set parallel.pipeline_layout for uneven stages",
             )
+    if system.recompute_granularity == "full" and system.recompute_num_layers > model.num_layers:
+        raise ConfigError("system.recompute_num_layers",
+                          f"{system.recompute_num_layers} is more than model.num_layers={model.num_layers}")
+    if train.seq_length > model.max_position_embeddings:
+        raise ConfigError("train.seq_length",
+                          f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
+    if parallel.sp and train.seq_length % parallel.tp:
+        raise ConfigError("train.seq_length", f"must be divisible by parallel.tp={parallel.tp} with parallel.sp")
+    return ConfigGroups(model, ffn, parallel, system, data, train, checkpoint, logging_cfg)
+
+
+def load_run_config(cfg: DictConfig | dict, world_size: int, multirun_dir: str | None = None) -> RunConfig:
+    raw = resolved_config(cfg)
+    known = {"model", "ffn", "parallel", "system", "data", "train", "checkpoint", "logging", "run_name", "run_dir"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(key, f"unknown top-level key (known: {', '.join(sorted(known))})")
+    for key in ("run_name", "run_dir"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(key, f"expected null or a non-empty string, got {value!r}")
+    g = validate_groups(raw, world_size)
+    model, ffn, parallel, system, data, train, checkpoint = (g.model, g.ffn, g.parallel, g.system, g.data,
+                                                              g.train, g.checkpoint)
     run_name = str(raw.get("run_name") or f"{model.name}-{ffn.kind}")
     run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
     if parallel.pipeline_layout == "auto":
@@ -145,12 +164,7 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
                                                resume_from)
     if parallel.pipeline_layout is not None:
         _validate_layout(parallel, model)
-    if train.seq_length > model.max_position_embeddings:
-        raise ConfigError("train.seq_length",
-                          f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
-    if parallel.sp and train.seq_length % parallel.tp:
-        raise ConfigError("train.seq_length", f"must be divisible by parallel.tp={parallel.tp} with parallel.sp")
-    run_cfg = RunConfig(model, ffn, parallel, system, data, train, checkpoint, logging_cfg, run_name, run_dir,
+    run_cfg = RunConfig(model, ffn, parallel, system, data, train, checkpoint, g.logging, run_name, run_dir,
                         world_size, raw)
     for key, path in (("run_dir", run_dir), ("checkpoint.dir", run_cfg.checkpoint_dir),
                       ("data.cache_dir", Path(data.cache_dir).expanduser())):

@@ -15,7 +15,6 @@ uniform), e.g. ``+info.eval_loop_mix=[0.1,0.2,0.3,0.4]``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,32 +22,16 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.counting import count_params, flops_per_token, uniform_loop_mix
-from vffn_pretrain.model.ffn.config import FFNConfig
-from vffn_pretrain.model.kinds import FFN_KINDS, traits
+from vffn_pretrain.model.kinds import traits
 from vffn_pretrain.model.shapes import counting_shapes
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def _select(cfg: DictConfig, key: str, default: Any = ...) -> Any:
-    value = OmegaConf.select(cfg, key, default=None)
-    if value is None:
-        if default is ...:
-            raise ValueError(f"config key {key!r} is missing (or null); it is needed to count the model")
-        return default
-    return value
-
-
-def _positive_int(cfg: DictConfig, key: str, default: Any = ...) -> Any:
-    """An integer >= 1 (None stays None when that is the default); ValueError naming the key otherwise."""
-    value = _select(cfg, key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"config key {key!r}: expected a positive integer, got {value!r}")
-    return value
+# The model's shape: vffn-info counts only a model whose config names these (a default would count a model
+# nobody asked for).
+SHAPE_KEYS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size")
 
 
 def _loop_mix(raw: Any, max_loops: int) -> list[float]:
@@ -70,44 +53,31 @@ def _loop_mix(raw: Any, max_loops: int) -> list[float]:
 
 
 def info_from_config(cfg: DictConfig | dict) -> dict:
-    """Compute the `vffn-info` report from a composed config (DictConfig or plain nested dict)."""
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
+    """Compute the `vffn-info` report from a composed config (DictConfig or plain nested dict). The config is
+    checked as the trainer checks it (`validate_groups`); `model.seq_length` and `info.eval_loop_mix` are keys of
+    vffn-info alone."""
+    from vffn_pretrain.config import resolved_config, validate_groups
 
-    seq_length = _positive_int(cfg, "model.seq_length", None)
-    if seq_length is None:
-        seq_length = _positive_int(cfg, "train.seq_length")
-    tp = _positive_int(cfg, "parallel.tp", 1)
-    groups = _positive_int(cfg, "model.num_query_groups", None)
-    model = ModelConfig(
-        num_layers=_positive_int(cfg, "model.num_layers"),
-        hidden_size=_positive_int(cfg, "model.hidden_size"),
-        ffn_hidden_size=_positive_int(cfg, "model.ffn_hidden_size"),
-        num_attention_heads=_positive_int(cfg, "model.num_attention_heads"),
-        num_query_groups=None if groups is None else int(groups),
-        vocab_size=_positive_int(cfg, "model.vocab_size"),
-        tied_embeddings=bool(_select(cfg, "model.tied_embeddings", False)),
-        make_vocab_size_divisible_by=_positive_int(cfg, "model.make_vocab_size_divisible_by", 128),
-    )
-
-    kind = str(_select(cfg, "ffn.kind"))
-    if kind not in FFN_KINDS:
-        raise ValueError(f"ffn.kind={kind!r} is not one of {sorted(FFN_KINDS)}")
-    pattern = _select(cfg, "ffn.layers", None)
-    if isinstance(pattern, ListConfig):
-        pattern = OmegaConf.to_container(pattern)
-    ffn = FFNConfig(kind=kind, layers=pattern)
+    raw = resolved_config(cfg)
+    extras = raw.pop("info", None) or {}
+    model_raw = raw.get("model") or {}
+    for key in SHAPE_KEYS:
+        if model_raw.get(key) is None:
+            raise ValueError(f"config key 'model.{key}' is missing (or null); it is needed to count the model")
+    seq_length = model_raw.pop("seq_length", None)  # counts at this length instead of train.seq_length
+    if seq_length is not None:
+        raw.setdefault("train", {})["seq_length"] = seq_length
+    groups = validate_groups(raw, world_size=None)
+    model, ffn, tp = groups.model, groups.ffn, groups.parallel.tp
     kinds = ffn.layer_kinds(model.num_layers)
-    # Only the ffn.* keys the kinds in use read; a missing one is an error rather than a silent default.
-    ffn_kwargs = {key: _positive_int(cfg, f"ffn.{key}") for k in dict.fromkeys(kinds) for key in traits(k).settings}
-    ffn = dataclasses.replace(ffn, **ffn_kwargs)
-    m, f = counting_shapes(model, ffn, tp=tp, seq_length=int(seq_length))  # f: per layer for a mixed model
+    ffn_kwargs = {key: getattr(ffn, key) for k in dict.fromkeys(kinds) for key in traits(k).settings}
+    m, f = counting_shapes(model, ffn, tp=tp, seq_length=groups.train.seq_length)  # f: per layer if mixed
 
     loop_mix = None
     if any(traits(k).adaptive_depth for k in kinds):
-        raw = _select(cfg, "info.eval_loop_mix", None)
+        given = extras.get("eval_loop_mix") if isinstance(extras, dict) else None
         max_loops = ffn_kwargs["max_loops"]
-        loop_mix = _loop_mix(raw, max_loops) if raw is not None else uniform_loop_mix(max_loops)
+        loop_mix = _loop_mix(given, max_loops) if given is not None else uniform_loop_mix(max_loops)
 
     params = count_params(m, f)
     return {
@@ -123,7 +93,7 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
         "num_query_groups": m.kv_heads,
         "vocab_size_padded": m.vocab_size,
         "seq_length": m.seq_length,
-        "ffn": {"kind": kind, **ffn_kwargs, **({"layers": kinds} if pattern is not None else {})},
+        "ffn": {"kind": ffn.kind, **ffn_kwargs, **({"layers": kinds} if ffn.layers is not None else {})},
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_fields import check_fields, setting
 
 
 @dataclass
@@ -22,9 +23,10 @@ class SystemConfig:
     precision: str = "auto"
     recompute_granularity: str | None = None
     recompute_method: str = "uniform"
-    recompute_num_layers: int = 1
+    recompute_num_layers: int = setting(1, ge=1)
 
     def validate(self) -> None:
+        check_fields(self, "system")
         if self.backend not in ("auto", "local", "te"):
             raise ConfigError("system.backend", f"must be auto, local or te, got {self.backend!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -34,6 +36,3 @@ class SystemConfig:
                               f"must be null, full or selective, got {self.recompute_granularity!r}")
         if self.recompute_method not in ("uniform", "block"):
             raise ConfigError("system.recompute_method", f"must be uniform or block, got {self.recompute_method!r}")
-        n = self.recompute_num_layers
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ConfigError("system.recompute_num_layers", f"must be a positive integer, got {n!r}")

@@ -260,7 +260,7 @@ def write_conf(root: Path) -> Path:
     (conf / "ffn" / "versatile.yaml").write_text(
         "kind: versatile\nnum_experts: 8\ntop_k: 2\nmax_loops: 4\nloops: 1\n"
     )
-    (conf / "ffn" / "dense.yaml").write_text("kind: dense\nnum_experts: null\ntop_k: null\nloops: 1\n")
+    (conf / "ffn" / "dense.yaml").write_text("kind: dense\nloops: 1\n")
     return conf
 
 

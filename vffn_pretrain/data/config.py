@@ -20,39 +20,41 @@ by git). ``seed`` overrides the training seed for the sample order (``null``: us
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_fields import DATA, MAX_SEED, build_group, check_fields, setting
 from vffn_pretrain.data.prefix import strip_file_suffix
 
 BUNDLED = "bundled"
+MAX_WORKERS = 512  # worker processes per rank (data loading, tokenizing the bundled corpus)
 
 Blend = tuple[list[str], list[float] | None]
 
 
 @dataclass
 class DataConfig:
-    paths: list | str | None = None
-    train_paths: list | str | None = None
-    valid_paths: list | str | None = None
-    test_paths: list | str | None = None
-    split: str = "969,30,1"
-    tokenizer: str | None = None
+    paths: list | str | None = setting(None, changes=DATA)
+    train_paths: list | str | None = setting(None, changes=DATA)
+    valid_paths: list | str | None = setting(None, changes=DATA)
+    test_paths: list | str | None = setting(None, changes=DATA)
+    split: str = setting("969,30,1", changes=DATA)
+    tokenizer: str | None = setting(None, changes=DATA)
     cache_dir: str = ".cache/vffn-data"
-    num_workers: int = 0
+    num_workers: int = setting(0, ge=0, le=MAX_WORKERS)
     check_token_ids: bool = True
     # Refuse data whose report names another tokenizer than data.tokenizer (false: trust the ids as they are).
     check_tokenizer: bool = True
-    seed: int | None = None
+    seed: int | None = setting(None, ge=0, le=MAX_SEED, changes=DATA)
     # Passed to megatron-core's GPTDatasetConfig (see its documentation).
-    reset_position_ids: bool = False
-    reset_attention_mask: bool = False
-    eod_mask_loss: bool = False
+    reset_position_ids: bool = setting(False, changes=DATA)
+    reset_attention_mask: bool = setting(False, changes=DATA)
+    eod_mask_loss: bool = setting(False, changes=DATA)
     # Documents of the bundled corpus are tokenized with this many worker processes on first use.
-    bundled_tokenize_workers: int = 0
+    bundled_tokenize_workers: int = setting(0, ge=0, le=MAX_WORKERS)
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> DataConfig:
@@ -60,16 +62,19 @@ class DataConfig:
         d = _to_plain(d or {})
         if not isinstance(d, Mapping):
             raise ValueError(f"data: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ValueError(f"data.{key}: unknown key (known keys: {', '.join(sorted(known))})")
-        cfg = cls(**dict(d))
+        try:
+            cfg = build_group(cls, "data", dict(d))
+        except ConfigError as e:  # this module's errors are ValueError("data.<key>: ...")
+            raise ValueError(f"{e.key}: {e.reason}") from None
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Raise ``ValueError("data.<key>: ...")`` for the first bad value."""
+        try:
+            check_fields(self, "data")
+        except ConfigError as e:
+            raise ValueError(f"{e.key}: {e.reason}") from None
         for name in ("paths", "train_paths", "valid_paths", "test_paths"):
             value = getattr(self, name)
             if value is not None:
@@ -86,15 +91,6 @@ class DataConfig:
             raise ValueError(f"data.tokenizer: expected null or a tokenizer path/spec, got {self.tokenizer!r}")
         if not isinstance(self.cache_dir, str) or not self.cache_dir.strip():
             raise ValueError(f"data.cache_dir: expected a directory path, got {self.cache_dir!r}")
-        for name in ("num_workers", "bundled_tokenize_workers"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 0:
-                raise ValueError(f"data.{name}: expected an integer >= 0, got {value!r}")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise ValueError(f"data.seed: expected null or an integer >= 0, got {self.seed!r}")
-        for name in ("check_token_ids", "check_tokenizer", "reset_position_ids", "reset_attention_mask", "eod_mask_loss"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"data.{name}: expected true or false, got {getattr(self, name)!r}")
 
     def blends(self) -> tuple[Blend | None, list[Blend | None] | None]:
         """(blend, None) for ``paths`` + ``split``, or (None, [train, valid, test]) for per-split paths.
@@ -104,10 +100,6 @@ class DataConfig:
             return None, [None if p is None else parse_blend(p, f"data.{n}_paths")
                           for p, n in zip(per_split, ("train", "valid", "test"))]
         return parse_blend(self.paths if self.paths is not None else BUNDLED, "data.paths"), None
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _to_plain(obj: Any) -> Any:
@@ -170,6 +162,8 @@ def parse_split(split: Any) -> list[float]:
         values = [float(s) for s in parts]
     except ValueError:
         raise ValueError(f"data.split: expected comma-separated numbers like \"969,30,1\", got {split!r}") from None
-    if not 1 <= len(values) <= 3 or any(v < 0 or v != v or v == float("inf") for v in values) or sum(values) <= 0:
-        raise ValueError(f"data.split: expected 1 to 3 non-negative numbers, not all zero, got {split!r}")
+    if not 1 <= len(values) <= 3 or any(v < 0 or v != v or v == float("inf") for v in values):
+        raise ValueError(f"data.split: expected 1 to 3 finite non-negative numbers, got {split!r}")
+    if not values[0] > 0:
+        raise ValueError(f"data.split: the training part (the first number) must be > 0, got {split!r}")
     return values + [0.0] * (3 - len(values))

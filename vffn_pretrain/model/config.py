@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_fields import MODEL, check_fields, setting
 from vffn_pretrain.model.counting import padded_vocab_size
 
 
@@ -13,28 +14,26 @@ class ModelConfig:
     """Validated `model.*` keys. The block is OLMo-style: pre-norm RMSNorm, RoPE, SwiGLU, no biases, untied."""
 
     name: str = "tiny"
-    num_layers: int = 4
-    hidden_size: int = 128
-    ffn_hidden_size: int | None = None  # default 4 * hidden_size (docs/method.md §12 #1)
-    num_attention_heads: int = 4
-    num_query_groups: int | None = None  # GQA groups; None = multi-head attention
-    vocab_size: int = 8192  # the tokenizer's vocabulary; the embedding is padded (see padded_vocab_size)
-    max_position_embeddings: int = 4096
-    rotary_base: int = 10000
-    norm_epsilon: float = 1e-6
-    init_std: float = 0.02  # truncated normal at +-3 std for every linear (docs/method.md §8)
-    tied_embeddings: bool = False
-    make_vocab_size_divisible_by: int = 128
+    num_layers: int = setting(4, ge=1, changes=MODEL)
+    hidden_size: int = setting(128, ge=1, changes=MODEL)
+    ffn_hidden_size: int | None = setting(None, ge=1, changes=MODEL)  # default 4 x hidden_size (method.md §12 #1)
+    num_attention_heads: int = setting(4, ge=1, changes=MODEL)
+    num_query_groups: int | None = setting(None, ge=1, changes=MODEL)  # GQA groups; None = multi-head attention
+    # The tokenizer's vocabulary; the embedding is padded (see padded_vocab_size).
+    vocab_size: int = setting(8192, ge=1, changes=MODEL)
+    max_position_embeddings: int = setting(4096, ge=1)  # bounds train.seq_length (RoPE: no weights)
+    rotary_base: int = setting(10000, gt=0, changes=MODEL)
+    norm_epsilon: float = setting(1e-6, gt=0, lt=1, changes=MODEL)
+    init_std: float = setting(0.02, gt=0)  # truncated normal at +-3 std for every linear (docs/method.md §8)
+    tied_embeddings: bool = setting(False, changes=MODEL)
+    make_vocab_size_divisible_by: int = setting(128, ge=1, changes=MODEL)
 
     def __post_init__(self):
         if self.ffn_hidden_size is None:
             self.ffn_hidden_size = 4 * self.hidden_size
 
     def validate(self, tp: int = 1) -> None:
-        for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "vocab_size"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{key}", f"must be a positive integer, got {value!r}")
+        check_fields(self, "model")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
                 "model.num_attention_heads",

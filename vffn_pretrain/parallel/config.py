@@ -5,48 +5,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_fields import check_fields, setting
 
 
 @dataclass
 class ParallelConfig:
     """Validated `parallel.*` keys. DP is whatever is left of the world: world / (tp * pp * cp)."""
 
-    tp: int = 1
-    pp: int = 1
-    vpp: int | None = None  # virtual pipeline stages per pipeline rank (interleaved 1F1B)
+    tp: int = setting(1, ge=1)
+    pp: int = setting(1, ge=1)
+    vpp: int | None = setting(None, ge=1)  # virtual pipeline stages per pipeline rank (interleaved 1F1B)
     sp: bool = False  # sequence parallelism (needs tp > 1)
-    cp: int = 1  # context parallelism; only 1 is supported for now
-    ep: int = 1  # expert parallelism (MoE baseline)
+    cp: int = setting(1, ge=1)  # context parallelism; only 1 is supported for now
+    ep: int = setting(1, ge=1)  # expert parallelism (MoE baseline)
     pipeline_layout: str | None = None  # megatron-core layout string, e.g. "Ettt|tttL", or "auto" (planned)
-    plan_memory_gib: float | None = None  # pipeline_layout=auto: memory budget per device (None: unlimited)
+    # pipeline_layout=auto: memory budget per device in GiB (None: unlimited)
+    plan_memory_gib: float | None = setting(None, gt=0)
     plan_costs: str | None = None  # pipeline_layout=auto: a `vffn-plan calibrate` JSON (None: analytic costs)
-    replan_threshold: float = 0.05  # pipeline_layout=auto on resume: switch layouts when predicted this much faster
+    # pipeline_layout=auto on resume: switch layouts when predicted this much faster
+    replan_threshold: float = setting(0.05, ge=0)
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
     overlap_param_gather: bool = False
-    init_timeout_s: float = 300.0  # joining the world and the pre-flight check
-    collective_timeout_min: float = 30.0  # any collective of the run after start-up (megatron's default)
+    # Joining the world and the pre-flight check; then any collective of the run (megatron's default). At most
+    # 30 days: beyond that a wait is a hang, and a datetime.timedelta overflows.
+    init_timeout_s: float = setting(300.0, gt=0, le=30 * 86400)
+    collective_timeout_min: float = setting(30.0, gt=0, le=30 * 1440)
 
     def validate_static(self) -> None:
-        for key in ("tp", "pp", "cp", "ep"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"parallel.{key}", f"must be a positive integer, got {value!r}")
-        if self.vpp is not None and (not isinstance(self.vpp, int) or self.vpp < 1):
-            raise ConfigError("parallel.vpp", f"must be null or a positive integer, got {self.vpp!r}")
+        check_fields(self, "parallel")
         if self.vpp is not None and self.vpp > 1 and self.pp < 2:
             raise ConfigError("parallel.vpp", f"virtual pipeline stages need parallel.pp >= 2, got pp={self.pp}")
         if self.sp and self.tp < 2:
             raise ConfigError("parallel.sp", "sequence parallelism needs parallel.tp >= 2")
         if self.cp != 1:
             raise ConfigError("parallel.cp", "context parallelism is not supported yet; use 1")
-        for key in ("init_timeout_s", "collective_timeout_min"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"parallel.{key}", f"must be a positive number, got {value!r}")
-        value = self.replan_threshold
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-            raise ConfigError("parallel.replan_threshold", f"must be a finite number >= 0, got {value!r}")
         if self.overlap_param_gather and not self.distributed_optimizer:
             raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
 

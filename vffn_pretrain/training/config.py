@@ -5,75 +5,61 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vffn_pretrain.config_errors import ConfigError
-
-
-def _positive_int(group: str, obj, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{group}.{name}", f"must be a positive integer, got {value!r}")
+from vffn_pretrain.config_fields import DATA, MAX_SEED, check_fields, setting
 
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 300
-    global_batch_size: int = 16
-    micro_batch_size: int = 8
-    seq_length: int = 128
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1
-    warmup_ratio: float = 0.05
+    max_steps: int = setting(300, ge=1)
+    global_batch_size: int = setting(16, ge=1)
+    micro_batch_size: int = setting(8, ge=1)
+    seq_length: int = setting(128, ge=1, changes=DATA)
+    lr: float = setting(2e-3, gt=0)
+    min_lr_ratio: float = setting(0.1, ge=0, le=1)
+    warmup_ratio: float = setting(0.05, ge=0, lt=1)
     lr_schedule: str = "cosine"
-    wsd_decay_ratio: float = 0.2
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    clip_grad: float = 1.0
-    seed: int = 1234
-    eval_interval: int = 100
-    eval_iters: int = 4
+    wsd_decay_ratio: float = setting(0.2, gt=0, le=1)
+    weight_decay: float = setting(0.1, ge=0)
+    beta1: float = setting(0.9, ge=0, lt=1)
+    beta2: float = setting(0.95, ge=0, lt=1)
+    eps: float = setting(1e-8, gt=0)
+    clip_grad: float = setting(1.0, ge=0)  # 0: no clipping
+    seed: int = setting(1234, ge=0, le=MAX_SEED, changes=DATA)  # also the data order when data.seed is null
+    eval_interval: int = setting(100, ge=1)
+    eval_iters: int = setting(4, ge=0)
     eval_at_start: bool = False  # evaluate once before a fresh run's first step (step 0)
-    max_skipped_steps: int = 5
+    max_skipped_steps: int = setting(5, ge=1)
     init_from: str | None = None
-    exit_interval: int | None = None  # stop (after saving) once this process has run this many steps
+    exit_interval: int | None = setting(None, ge=1)  # stop (after saving) once this process has run this many steps
 
     def validate(self, dp_size: int) -> None:
-        _positive_int("train", self, "max_steps", "global_batch_size", "micro_batch_size", "seq_length",
-                      "eval_interval", "max_skipped_steps")
-        if self.eval_iters < 0:
-            raise ConfigError("train.eval_iters", f"must be >= 0, got {self.eval_iters}")
+        check_fields(self, "train")
         if self.global_batch_size % (self.micro_batch_size * dp_size):
             raise ConfigError(
                 "train.global_batch_size",
                 f"{self.global_batch_size} is not divisible by train.micro_batch_size x DP = "
                 f"{self.micro_batch_size} x {dp_size}",
             )
-        if not self.lr > 0:
-            raise ConfigError("train.lr", f"must be > 0, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError("train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError("train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         if self.lr_schedule not in ("cosine", "wsd", "constant"):
             raise ConfigError("train.lr_schedule", f"must be cosine, wsd or constant, got {self.lr_schedule!r}")
-        if not 0 < self.wsd_decay_ratio <= 1:
-            raise ConfigError("train.wsd_decay_ratio", f"must be in (0, 1], got {self.wsd_decay_ratio}")
-        if self.exit_interval is not None and (not isinstance(self.exit_interval, int) or self.exit_interval < 1):
-            raise ConfigError("train.exit_interval", f"must be null or a positive integer, got {self.exit_interval!r}")
-        if self.clip_grad < 0:
-            raise ConfigError("train.clip_grad", f"must be >= 0, got {self.clip_grad}")
+        if self.init_from is not None and not self.init_from.strip():
+            raise ConfigError("train.init_from", "must be null or a checkpoint path, got an empty string")
 
 
 @dataclass
 class CheckpointConfig:
     dir: str | None = None
-    interval: int = 100
-    keep: int = 3
+    interval: int = setting(100, ge=1)
+    keep: int = setting(3, ge=1)
     resume: bool = True
+    # Resume even when a key that changes the model (a MODEL key, e.g. ffn.kind or model.hidden_size) differs
+    # from the checkpoint's config: the weights the changed model shares with the checkpoint are loaded.
+    allow_model_change: bool = False
 
     def validate(self) -> None:
-        _positive_int("checkpoint", self, "interval", "keep")
+        check_fields(self, "checkpoint")
+        if self.dir is not None and not self.dir.strip():
+            raise ConfigError("checkpoint.dir", "must be null or a directory path, got an empty string")
 
 
 @dataclass
@@ -89,14 +75,14 @@ class WandbConfig:
 
 @dataclass
 class LoggingConfig:
-    interval: int = 10
-    stats_interval: int = 50
+    interval: int = setting(10, ge=1)
+    stats_interval: int = setting(50, ge=1)
     progress_bar: str | bool = "auto"
     wandb: WandbConfig = field(default_factory=WandbConfig)
     tensorboard: bool = False
 
     def validate(self) -> None:
-        _positive_int("logging", self, "interval", "stats_interval")
+        check_fields(self, "logging")
         if self.progress_bar not in ("auto", True, False):
             raise ConfigError("logging.progress_bar", f"must be auto, true or false, got {self.progress_bar!r}")
         if self.wandb.system_metrics not in ("auto", True, False):

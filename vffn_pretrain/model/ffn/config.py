@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config_fields import MAX_REPEATS, MODEL, check_fields, setting
 from vffn_pretrain.model.kinds import FFN_KINDS, traits
 from vffn_pretrain.model.layer_pattern import parse_layer_pattern
 
@@ -30,19 +31,19 @@ class FFNConfig:
     the ffn.* settings above with its own kind. moe cannot be mixed with other kinds.
     """
 
-    kind: str = "versatile"
-    num_experts: int = 8
-    top_k: int = 2
-    max_loops: int = 4
-    loops: int = 4
-    tau0: float = 5.0
-    tau_decay: float = 0.99984
-    tau_min: float = 0.1
+    kind: str = setting("versatile", changes=MODEL)
+    num_experts: int = setting(8, ge=1, changes=MODEL)
+    top_k: int = setting(2, ge=1, changes=MODEL)
+    max_loops: int = setting(4, ge=1, le=MAX_REPEATS, changes=MODEL)
+    loops: int = setting(4, ge=1, le=MAX_REPEATS, changes=MODEL)
+    tau0: float = setting(5.0, gt=0)
+    tau_decay: float = setting(0.99984, gt=0, le=1)
+    tau_min: float = setting(0.1, gt=0)
     tau_decay_to_end: bool = False
     balance_loss: bool = True
-    balance_coeff: float = 1e-5
+    balance_coeff: float = setting(1e-5, ge=0)
     token_sparse_recursion: bool = True
-    layers: list | str | None = None
+    layers: list | str | None = setting(None, changes=MODEL)
 
     def layer_kinds(self, num_layers: int) -> list[str]:
         """The FFN kind of each of the `num_layers` layers (all `kind` when `layers` is null)."""
@@ -66,6 +67,7 @@ class FFNConfig:
 
     def validate(self, d_ff: int, tp: int = 1, num_layers: int | None = None) -> None:
         """Checks `kind` and, with `num_layers`, the `layers` pattern; then the settings of every kind in use."""
+        check_fields(self, "ffn")
         if self.kind not in FFN_KINDS:
             raise ConfigError("ffn.kind", f"must be one of {', '.join(FFN_KINDS)}, got {self.kind!r}")
         kinds = [self.kind] if num_layers is None or self.layers is None else self.layer_kinds(num_layers)
@@ -73,11 +75,10 @@ class FFNConfig:
             self._validate_kind(kind, d_ff, tp)
 
     def _validate_kind(self, kind: str, d_ff: int, tp: int) -> None:
+        """The relations between keys for one kind in use (each key's own range: `check_fields`)."""
         t = traits(kind)
         if t.has_router:
-            if not isinstance(self.num_experts, int) or self.num_experts < 1:
-                raise ConfigError("ffn.num_experts", f"must be a positive integer, got {self.num_experts!r}")
-            if not isinstance(self.top_k, int) or not 1 <= self.top_k <= self.num_experts:
+            if self.top_k > self.num_experts:
                 raise ConfigError(
                     "ffn.top_k", f"must be between 1 and ffn.num_experts={self.num_experts}, got {self.top_k!r}"
                 )
@@ -87,18 +88,5 @@ class FFNConfig:
                 )
         if d_ff % tp:
             raise ConfigError("parallel.tp", f"parallel.tp={tp} does not divide d_ff={d_ff}")
-        if t.adaptive_depth:
-            if not isinstance(self.max_loops, int) or self.max_loops < 1:
-                raise ConfigError("ffn.max_loops", f"must be an integer >= 1, got {self.max_loops!r}")
-            if not self.tau0 > 0:
-                raise ConfigError("ffn.tau0", f"must be > 0, got {self.tau0!r}")
-            if not 0 < self.tau_min <= self.tau0:
-                raise ConfigError("ffn.tau_min", f"must be in (0, ffn.tau0={self.tau0}], got {self.tau_min!r}")
-            if not 0 < self.tau_decay <= 1:
-                raise ConfigError("ffn.tau_decay", f"must be in (0, 1], got {self.tau_decay!r}")
-        if t.fixed_loops and (not isinstance(self.loops, int) or self.loops < 1):
-            raise ConfigError("ffn.loops", f"must be an integer >= 1, got {self.loops!r}")
-        if not isinstance(self.token_sparse_recursion, bool):
-            raise ConfigError("ffn.token_sparse_recursion", f"must be true or false, got {self.token_sparse_recursion!r}")
-        if self.balance_coeff < 0:
-            raise ConfigError("ffn.balance_coeff", f"must be >= 0, got {self.balance_coeff!r}")
+        if t.adaptive_depth and self.tau_min > self.tau0:
+            raise ConfigError("ffn.tau_min", f"must be in (0, ffn.tau0={self.tau0}], got {self.tau_min!r}")

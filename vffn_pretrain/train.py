@@ -1,11 +1,14 @@
 """`vffn-pretrain [hydra overrides]` (also `python -m vffn_pretrain.train`): pretraining, under torchrun at any
 world size or as a plain single process.
 
-Exit codes: 0 done; 1 an error (a failed checkpoint save, the run_dir locked by another trainer); 2 the run
-diverged (train.max_skipped_steps NaN/Inf steps in a row) or a bad config or bad data (an unknown key, a wrong
-value, a missing or damaged dataset, a checkpoint of another model); 3 a SIGTERM/SIGUSR1/SIGINT arrived, a
-checkpoint was saved, and the same command will resume (requeue); 130 a second Ctrl-C aborted the run.
-Expected failures print one line naming the key or file, without a traceback.
+Exit codes: 0 done (or nothing left to train: the run's results are left as they were); 1 an error (a failed
+checkpoint save, a full disk, the run_dir or checkpoint.dir locked by another trainer); 2 the run did not
+succeed (train.max_skipped_steps NaN/Inf steps in a row, no optimizer step succeeded, a non-finite final loss)
+or a bad config or bad data (an unknown key, a wrong value, a directory that cannot be written, a missing or
+damaged dataset, a checkpoint of another model, no loadable checkpoint); 3 a SIGTERM/SIGUSR1/SIGHUP/SIGINT
+arrived, a checkpoint was saved (or, before training began, there was nothing new to save), and the same command
+will resume (requeue); 130 Ctrl-C before training began, or a second Ctrl-C. Expected failures print one line
+naming the key or file, without a traceback. `vffn_pretrain.training.signals` says what each signal does when.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def _hydra_main(cfg: DictConfig) -> int:
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.parallel.init import launcher_world_size
     from vffn_pretrain.training.errors import RunError
-    from vffn_pretrain.training.signals import EXIT_INTERRUPTED
+    from vffn_pretrain.training.signals import EXIT_INTERRUPTED, StoppedBeforeTraining
     from vffn_pretrain.training.trainer import run
 
     try:
@@ -57,6 +60,8 @@ def _hydra_main(cfg: DictConfig) -> int:
         _fail(f"bad config: {e}", EXIT_BAD_CONFIG)
     except RunError as e:
         _fail(f"error: {e}", e.exit_code)
+    except StoppedBeforeTraining as e:
+        _fail(e.message(), e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted before training started; nothing was saved", EXIT_INTERRUPTED)
     if code:
@@ -71,9 +76,16 @@ def _fail(message: str, code: int):
 def main() -> None:
     import warnings
 
+    from vffn_pretrain.training.signals import STOP, StoppedBeforeTraining
+
+    STOP.install()  # first: a signal during the imports below is handled too (signals.py says how)
     warnings.filterwarnings("ignore")
-    precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())
-    _hydra_main()
+    logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is not a traceback
+    try:
+        precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())
+        _hydra_main()
+    except StoppedBeforeTraining as e:
+        _fail(e.message(), e.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ exit status and output."""
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -44,9 +45,17 @@ def run_cli(tool: str, argv: list[str], capsys, monkeypatch) -> Outcome:
     main = getattr(importlib.import_module(module), name)
     monkeypatch.setattr(sys, "argv", [tool, *argv])
     capsys.readouterr()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1,
+                                                       signal.SIGUSR2, signal.SIGHUP)}
     try:
         code = main(argv) if takes_argv else main()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:  # a tool's main owns its process's signals; here the process is the test session's
+        from vffn_pretrain.training.signals import STOP
+
+        STOP.restore()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     captured = capsys.readouterr()
     return Outcome(int(code or 0), captured.err + captured.out)

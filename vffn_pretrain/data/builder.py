@@ -94,6 +94,31 @@ def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int
     return blend, per_split, plans
 
 
+def index_cache_dir(cfg: DataConfig) -> Path:
+    """Where megatron-core caches the sample indices of this data config."""
+    return Path(cfg.cache_dir).expanduser().resolve() / "indices"
+
+
+def remove_torn_index_files(cfg: DataConfig) -> list[Path]:
+    """Remove the cached sample indices whose `.npy` does not load (a writer killed mid-write), with the
+    description megatron-core takes for a cache hit, so that they are built again; returns what was removed.
+    Call it holding the cache's writer lock."""
+    import numpy as np
+
+    removed = []
+    directory = index_cache_dir(cfg)
+    for npy in sorted(directory.glob("*.npy")) if directory.is_dir() else []:
+        try:
+            np.load(npy, mmap_mode="r", allow_pickle=True)
+        except (ValueError, OSError, EOFError):
+            stem = npy.name.rsplit("-", 1)[0]  # <hash>-<class>-<split>-<what>.npy
+            for sibling in [npy, directory / f"{stem}-description.txt"]:
+                if sibling.exists():
+                    sibling.unlink()
+                    removed.append(sibling)
+    return removed
+
+
 def _rank0_first(fn):
     """Run ``fn`` on rank 0 and send its result, or its error, to every rank.
 
@@ -154,7 +179,7 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, num_samples: 
         blend=blend,
         blend_per_split=per_split,
         split=cfg.split if per_split is None else None,
-        path_to_cache=str(Path(cfg.cache_dir).expanduser().resolve() / "indices"),
+        path_to_cache=str(index_cache_dir(cfg)),
         tokenizer=tokenizer,
         reset_position_ids=cfg.reset_position_ids,
         reset_attention_mask=cfg.reset_attention_mask,

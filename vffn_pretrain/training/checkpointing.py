@@ -13,11 +13,13 @@ to load is reported and the next older one is tried.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
+from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.parallel.init import device as rank_device
-from vffn_pretrain.planning.loops import write_loop_stats
+from vffn_pretrain.planning.loops import LOOP_STATS_FILE, write_loop_stats
 from vffn_pretrain.training import dist_ckpt
 from vffn_pretrain.training.faults import FAULTS
+from vffn_pretrain.training.rank0 import decided_by_rank0
 
 log = logging.getLogger(__name__)
 
@@ -178,83 +182,107 @@ class CheckpointManager:
 
     # ---------------------------------------------------------------------------------------------- loading
     def load_latest(self, ddp_chunks: list, optimizer, layout: dict,
-                    config: dict | None = None) -> LoadedCheckpoint | None:
-        """Load the newest checkpoint that loads; None if there is none. Reports each one that fails.
+                    check: Callable[[dict], None] | None = None) -> LoadedCheckpoint | None:
+        """Collective. Load the newest checkpoint that loads; None if there is none.
 
-        With `config` (this run's resolved config), a checkpoint that fails to load and was saved with a
-        different model raises ModelChangedError listing the keys that differ: older checkpoints of the same
-        run would fail the same way.
+        Rank 0 alone lists the checkpoints and every rank follows its list (`decided_by_rank0`). A checkpoint any
+        piece of which is damaged (common state, model or optimizer shards, RNG states, loop stats) is reported
+        in one line and the previous one tried; when none loads, a ConfigError names checkpoint.dir.
+        `check(common)` runs on rank 0 before a checkpoint's weights are read (the trainer compares configs); a
+        ConfigError it raises is raised on every rank.
         """
-        self.check_marker()
-        candidates = self.complete_checkpoints()
-        for path in candidates:
-            loaded = self.try_load(path, ddp_chunks, optimizer, layout)
+        if dist.get_rank() == 0:
+            self.check_marker()
+        names = decided_by_rank0(lambda: [p.name for p in self.complete_checkpoints()])
+        failures = []
+        for name in names:
+            path = self.root / name
+            error = decided_by_rank0(lambda path=path: _common_problem(path, check))
+            loaded = None
+            if error is None:
+                loaded, error = self.try_load(path, ddp_chunks, optimizer, layout)
             if loaded is not None:
                 self.last = loaded.path
                 return loaded
-            if config is not None:
-                changed = model_changes(saved_config(path), config)
-                if changed:
-                    raise ModelChangedError(
-                        f"{path} was saved with a different model: {'; '.join(changed)}. Resume with the saved "
-                        f"values, or start anew in another run_dir (or checkpoint.resume=false)")
-        if candidates:
-            raise RuntimeError(f"no checkpoint in {self.root} could be loaded (tried {[p.name for p in candidates]})")
+            if dist.get_rank() == 0:
+                log.error("checkpoint %s failed to load (%s); trying the previous one", path, error)
+            failures.append(f"{name}: {error}")
+        if names:
+            raise ConfigError("checkpoint.dir", f"no checkpoint in {self.root} could be loaded ({'; '.join(failures)}); "
+                                                "move them away (or set checkpoint.dir) to start anew")
         return None
 
-    def try_load(self, path: Path, ddp_chunks: list, optimizer, layout: dict) -> LoadedCheckpoint | None:
-        error = None
+    def try_load(self, path: Path, ddp_chunks: list, optimizer, layout: dict) -> tuple[LoadedCheckpoint | None, str]:
+        """Collective. Load every piece of checkpoint `path`; (loaded, "") or (None, why) on every rank alike."""
+        error, rng = None, None
         try:
             common = dist_ckpt.load(path, ddp_chunks, optimizer)
+            _check_common(common)
+            rng_file = path / "rng" / f"rank_{dist.get_rank():05d}.pt"
+            if common.get("layout") == layout and rng_file.is_file():
+                rng = torch.load(rng_file, weights_only=False)["state"]
+            loop_stats = path / LOOP_STATS_FILE
+            if dist.get_rank() == 0 and loop_stats.exists():
+                json.loads(loop_stats.read_text())
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            common = {}
         failed = torch.tensor([1.0 if error else 0.0], device=rank_device())  # NCCL takes no CPU tensors
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if failed.item():
-            if dist.get_rank() == 0 or error:
-                log.error("checkpoint %s failed to load (%s); trying the previous one", path,
-                          error or "failed on another rank")
-            return None
-        rng_file = path / "rng" / f"rank_{dist.get_rank():05d}.pt"
-        same_layout = common.get("layout") == layout
-        if same_layout and rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False)["state"])
+            return None, error or "failed on another rank"
+        if rng is not None:
+            set_rng_state(rng)
         elif dist.get_rank() == 0:
             log.info("checkpoint layout %s differs from this run's %s: RNG states not restored",
                      common.get("layout"), layout)
-        return LoadedCheckpoint(path, common)
+        return LoadedCheckpoint(path, common), ""
+
+    def sweep_partial_saves(self) -> list[Path]:
+        """Remove the temporary directories of saves cut short (kill -9 mid-save); rank 0, holding the lock."""
+        if not self.root.is_dir():
+            return []
+        partial = [p for p in self.root.iterdir() if p.name.startswith(".tmp-step_") and p.is_dir()]
+        for p in partial:
+            shutil.rmtree(p, ignore_errors=True)
+        return partial
 
 
-class ModelChangedError(ValueError):
-    """The checkpoint to resume holds another model than the config describes."""
+def read_common(path: Path) -> dict:
+    """The common state a checkpoint holds (step, consumed samples, scheduler, config, ...)."""
+    from megatron.core import dist_checkpointing
+
+    return dict(dist_checkpointing.load_common_state_dict(str(path))["common"])
 
 
-# The config groups that decide the parameters' names and shapes.
-MODEL_GROUPS = ("model", "ffn")
+def _check_common(common: dict) -> None:
+    """ValueError unless the common state holds what a resume reads."""
+    for key in ("step", "consumed_samples"):
+        value = common.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"common state: {key} is {value!r}")
+    if not isinstance(common.get("scheduler"), dict):
+        raise ValueError("common state: no scheduler state")
+
+
+def _common_problem(path: Path, check: Callable[[dict], None] | None) -> str | None:
+    """Why checkpoint `path`'s common state is unusable (None: it is usable); `check` may raise ConfigError."""
+    try:
+        common = read_common(path)
+        _check_common(common)
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if check is not None:
+        check(common)
+    return None
 
 
 def saved_config(path: Path) -> dict | None:
-    """The resolved config saved with a checkpoint (None if unreadable)."""
-    from megatron.core import dist_checkpointing
-
+    """The resolved config saved with a checkpoint (None if unreadable or absent)."""
     try:
-        return dict(dist_checkpointing.load_common_state_dict(str(path))["common"]["config"])
+        config = read_common(path).get("config")
     except Exception:  # noqa: BLE001 - a damaged checkpoint has no config to compare
         return None
-
-
-def model_changes(saved: dict | None, current: dict) -> list[str]:
-    """`group.key: saved -> current` for every model/ffn key whose value differs."""
-    if not saved:
-        return []
-    out = []
-    for group in MODEL_GROUPS:
-        old, new = saved.get(group) or {}, current.get(group) or {}
-        for key in sorted(set(old) | set(new)):
-            if old.get(key) != new.get(key):
-                out.append(f"{group}.{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return out
+    return dict(config) if isinstance(config, dict) else None
 
 
 class CheckpointSaveError(RuntimeError):

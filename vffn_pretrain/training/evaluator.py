@@ -34,16 +34,22 @@ class Evaluator:
         """Before the first step of a fresh run (a resumed run already has its step-0 record, if any)."""
         return self.enabled and self.at_start and step == 0
 
-    def evaluate(self, step: int, ddp_chunks: list, optimizer, micro_batches: Callable[[int], list[dict]]) -> dict:
+    def evaluate(self, step: int, ddp_chunks: list, optimizer, micro_batches: Callable[[int], list[dict]],
+                 stop: Callable[[], bool] | None = None) -> dict | None:
         """Collective. `micro_batches(i)` is this rank's share of the i-th validation global batch. Returns the
         record (step, val_loss, val_ppl, val_mean_loops and, for adaptive FFNs, val_loop_hist summed over
-        layers); the training statistics gathered since the last log line are dropped."""
+        layers); the training statistics gathered since the last log line are dropped. `stop()` (collective:
+        the same answer on every rank) is asked before each batch; when it says so, evaluation is abandoned and
+        None returned."""
         ffn_state.collect_stats(ddp_chunks, reset=True)
         for chunk in ddp_chunks:
             chunk.eval()
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, stopped = 0.0, 0, False
         with torch.no_grad():
             for i in range(self.iters):
+                if stop is not None and stop():
+                    stopped = True
+                    break
                 res = train_step(ddp_chunks, optimizer, micro_batches(i), seq_length=self.seq_length,
                                  micro_batch_size=self.micro_batch_size, forward_only=True)
                 loss_sum += res.loss * res.num_tokens
@@ -51,6 +57,8 @@ class Evaluator:
         for chunk in ddp_chunks:
             chunk.train()
         stats = window_ffn_stats(ddp_chunks)
+        if stopped:
+            return None
         val_loss = loss_sum / max(tokens, 1)
         record = {"step": step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0)),
                   "val_mean_loops": stats.get("mean_loops") if stats else None}

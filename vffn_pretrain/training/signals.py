@@ -1,12 +1,22 @@
-"""Stop signals: finish the step, save, exit 3.
+"""Stop signals, at every phase of a run.
 
 SIGTERM / SIGUSR1 are what SLURM sends before preemption or the time limit (SIGUSR2 is submitit's); SIGINT is
-Ctrl-C. The first one is recorded and the trainer stops at the next step boundary after saving. A second
-SIGINT aborts at once (exit 130, like an unhandled Ctrl-C; the last complete checkpoint is intact); a second
-SIGTERM is ignored, because torchrun sends one to every rank when another rank exits 3.
+Ctrl-C; SIGHUP is a closed terminal (left alone when the trainer was started under `nohup`, which ignores it).
+`STOP` records the first one, and what happens depends on the phase it arrives in:
 
-EXIT_REQUEUE (3) tells the launcher the run saved a checkpoint and wants to be requeued; the same command
-resumes from it.
+| phase                                  | outcome                                                             |
+|----------------------------------------|---------------------------------------------------------------------|
+| start-up (imports, config, joining the process group) | stop at once                         |
+| set-up (run directory, data, model, checkpoint loading) | stop when the current set-up step ends, every rank together |
+| training, saving a checkpoint          | finish the step or the save, save, stop                             |
+| evaluation                             | abandon it at the next validation batch, save, stop                 |
+| after the run ended                    | a line; the run's own exit code stands                              |
+
+A stop before training (the first two rows) has nothing new to save: the last checkpoint, if any, is intact.
+Every stop exits with EXIT_REQUEUE (3: the same command resumes; the launchers requeue under SLURM), except a
+Ctrl-C before training began, which exits EXIT_INTERRUPTED (130). A second Ctrl-C aborts at once (130) in any
+phase: a save cut short leaves only a temporary directory, the last complete checkpoint is intact. A second
+SIGTERM is ignored (torchrun sends one to every rank when another rank exits 3).
 """
 
 from __future__ import annotations
@@ -14,34 +24,111 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 
 EXIT_REQUEUE = 3
 EXIT_INTERRUPTED = 130
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, signal.SIGHUP)
 
-class StopRequest:
-    """Records the first stop signal; the trainer polls `requested` at step boundaries."""
+# Phases (StopSignals.phase): a stop is immediate in START_UP, deferred to a phase boundary in the others.
+START_UP = "start-up"
+TRAINING = "training"
+ENDED = "after the run ended"
 
-    def __init__(self, signals=(signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)):
-        self.signal_name: str | None = None
-        self._previous = {}
-        for sig in signals:
-            self._previous[sig] = signal.signal(sig, self._handle)
 
-    def _handle(self, signum, frame):
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-            if signum == signal.SIGINT:
-                print("\nSIGINT: saving a checkpoint at the end of this step, then exiting (Ctrl-C again to abort "
-                      "without saving)", file=sys.stderr, flush=True)
-        elif signum == signal.SIGINT:
-            print("second SIGINT: aborting without saving", file=sys.stderr, flush=True)
-            os._exit(EXIT_INTERRUPTED)
+def say(text: str) -> None:
+    """One line to stderr; a closed or full stream (after SIGHUP, a full disk) is not an error here."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+class StoppedBeforeTraining(BaseException):
+    """A stop signal arrived before training began: nothing new to save. A BaseException (like
+    KeyboardInterrupt), so that no `except Exception` on the way takes it for a failure of its own."""
+
+    def __init__(self, signal_name: str, phase: str):
+        super().__init__(signal_name, phase)
+        self.signal_name, self.phase = signal_name, phase
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_INTERRUPTED if self.signal_name == "SIGINT" else EXIT_REQUEUE
+
+    def message(self) -> str:
+        then = ("exiting with 130 (interrupted)" if self.exit_code == EXIT_INTERRUPTED
+                else f"exiting with {EXIT_REQUEUE} (requeue: the same command starts again)")
+        return (f"{self.signal_name} during {self.phase}: stopped before training; nothing new to save (the last "
+                f"checkpoint, if any, is intact); {then}")
+
+
+class StopSignals:
+    """The process's stop-signal handler (`STOP`). `install()` it once (main thread); the trainer sets `phase`
+    and `immediate`, and polls `requested` at its phase boundaries."""
+
+    def __init__(self):
+        self.signal_name: str | None = None  # the first stop signal
+        self.arrived_in: str | None = None  # the phase it arrived in
+        self.phase = START_UP
+        self.immediate = True  # raise StoppedBeforeTraining from the handler (no process group yet)
+        self._previous: dict = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
+    def install(self) -> bool:
+        """Handle the stop signals from now on; False if already installed or not in the main thread (signal
+        handlers can only be set there)."""
+        if self.installed or threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # started under nohup: the user asked to survive a closed terminal
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return True
+
+    def _ignore_in_forked_child(self) -> None:
+        """A child forked while the handler is installed (megatron-core's checkpoint writers) leaves the stop
+        signals to this process, which ends it (`lifetime`): no second "saving a checkpoint" line from it."""
+        if self.installed:
+            for sig in self._previous:
+                signal.signal(sig, signal.SIG_IGN)
+            self._previous = {}
+
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
+
+    def start_run(self) -> None:
+        """A new run in this process (in-process tests train several): forget an earlier run's signal."""
+        self.signal_name = self.arrived_in = None
+        self.phase, self.immediate = START_UP, True
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.phase == ENDED:
+            say(f"{name} received after the run ended; its exit code stands")
+            return
+        if self.signal_name is None:
+            self.signal_name, self.arrived_in = name, self.phase
+            if self.immediate:
+                raise StoppedBeforeTraining(name, self.phase)
+            then = ("saving a checkpoint at the end of this step, then exiting" if self.phase == TRAINING
+                    else "stopping when this phase allows, then exiting")
+            again = " (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""
+            say(f"\n{name} during {self.phase}: {then}{again}")
+        elif signum == signal.SIGINT:
+            say("second SIGINT: aborting without saving")
+            os._exit(EXIT_INTERRUPTED)
+
+
+STOP = StopSignals()
+os.register_at_fork(after_in_child=STOP._ignore_in_forked_child)

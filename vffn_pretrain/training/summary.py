@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
 from vffn_pretrain.model.kinds import traits
+from vffn_pretrain.training.callbacks.metrics_file import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +28,10 @@ def variant_name(ffn) -> str:
 
 
 def run_summary(cfg, *, info: dict, flops_eval: float, eval_loop_mix: list[float] | None, steps: int,
-                consumed_samples: int, final_train_loss: float | None, final_val_loss: float | None,
+                tokens: int, final_train_loss: float | None, final_val_loss: float | None,
                 wall_time_s: float, exit_code: int, checkpoint: Path | None, wandb_files: str | None) -> dict:
-    """The summary of the run `cfg` (a RunConfig); `info` is what the callbacks got at the start."""
+    """The summary of the run `cfg` (a RunConfig); `info` is what the callbacks got at the start. `tokens`: the
+    training tokens consumed (counted step by step: a resume with another train.seq_length keeps it right)."""
     return {
         "variant": variant_name(cfg.ffn),
         "model": cfg.model.name,
@@ -39,11 +42,12 @@ def run_summary(cfg, *, info: dict, flops_eval: float, eval_loop_mix: list[float
         "flops_per_token_executed": info["flops_per_token_executed"],
         "mfu_peak": info["mfu_peak"],
         "eval_loop_mix": eval_loop_mix,
-        "tokens": consumed_samples * cfg.train.seq_length,
+        "tokens": tokens,
         "steps": steps,
         "final_train_loss": final_train_loss,
         "final_val_loss": final_val_loss,
-        "final_val_ppl": math.exp(min(final_val_loss, 50.0)) if final_val_loss is not None else None,
+        "final_val_ppl": math.exp(min(final_val_loss, 50.0)) if final_val_loss is not None
+        and not math.isnan(final_val_loss) else None,
         "wall_time_s": wall_time_s,
         "exit_code": exit_code,
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -53,12 +57,16 @@ def run_summary(cfg, *, info: dict, flops_eval: float, eval_loop_mix: list[float
 
 
 def write_summary(path: Path, summary: dict) -> None:
-    """Write `summary` as JSON; a failure (a full disk) is logged, not raised: the console still gets it."""
+    """Write `summary` as JSON (non-finite numbers as strings, as in metrics.jsonl), atomically: a failure (a full
+    disk) leaves the previous file as it was; it is logged, not raised: the console still gets the summary."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(path, "w") as f:
-            json.dump(summary, f, indent=2)
+        with open(tmp, "w") as f:
+            json.dump(json_safe(summary), f, indent=2)
+        os.replace(tmp, path)
     except OSError as e:
         log.error("could not write %s: %s", path, e)
+        tmp.unlink(missing_ok=True)
 
 
 def unigram_entropy(dataset, vocab_size: int, max_samples: int = 2000) -> float | None:

@@ -3,7 +3,8 @@
 `fit()` is a loop over components, each in its own file: the step itself (`step.train_step`), the
 divergence guard (`divergence`), speed and MFU (`speed`, `flops`), the checkpoint manager (`checkpointing`,
 which also says when to save), the evaluator (`evaluator`, which also says when to evaluate), the end-of-run
-summary (`summary`), stop signals (`signals`) and the run_dir lock (`run_lock`). Side concerns (console,
+summary (`summary`), stop signals at every phase (`signals`), the locks of the directories the run writes
+(`run_lock`) and what a resume may change (`resume_check`). Side concerns (console,
 metrics.jsonl, wandb, TensorBoard) are callbacks on rank 0; the math lives in the model; the parallel plumbing
 in megatron-core and `vffn_pretrain.parallel`.
 """
@@ -11,6 +12,7 @@ in megatron-core and `vffn_pretrain.parallel`.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from vffn_pretrain.training.checkpointing import (
     CheckpointManager,
     CheckpointSaveError,
     LoadedCheckpoint,
-    ModelChangedError,
+    saved_config,
 )
 from vffn_pretrain.training.divergence import DivergenceGuard
 from vffn_pretrain.training.errors import RunError
@@ -44,8 +46,10 @@ from vffn_pretrain.training.ffn_stats import window_ffn_stats
 from vffn_pretrain.training.flops import RunFlops
 from vffn_pretrain.training.lr import build_scheduler, schedule_change_message
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
-from vffn_pretrain.training.run_lock import RunDirLocked, RunLock
-from vffn_pretrain.training.signals import EXIT_REQUEUE, StopRequest
+from vffn_pretrain.training.rank0 import decided_by_rank0
+from vffn_pretrain.training.resume_check import data_changes, dense_source_mismatch, model_changes
+from vffn_pretrain.training.run_lock import CacheLock, RunDirectories, RunDirLocked, UnwritableDirectory
+from vffn_pretrain.training.signals import ENDED, EXIT_REQUEUE, STOP, TRAINING, StoppedBeforeTraining, say
 from vffn_pretrain.training.speed import Speedometer
 from vffn_pretrain.training.step import StepResult, train_step
 from vffn_pretrain.training.summary import run_summary, unigram_entropy, write_summary
@@ -55,7 +59,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps
+EXIT_DIVERGED = 2  # train.max_skipped_steps consecutive NaN/Inf steps; no step succeeded; a non-finite final loss
 
 
 def model_shapes(cfg: RunConfig) -> tuple[counting.ModelShape, counting.FFNShape | list[counting.FFNShape]]:
@@ -74,8 +78,9 @@ class Trainer:
         self.device: torch.device | None = None
         self.dp_rank, self.dp_size = 0, 1
         self.num_micro = 0  # micro-batches per global batch on this DP rank
-        self.lock: RunLock | None = None
-        self.created_run_dir = False
+        self.dirs = RunDirectories([("run_dir", cfg.run_dir), ("checkpoint.dir", cfg.checkpoint_dir)])
+        self.stop = STOP  # the process's stop signals; `setup` installs them unless vffn-pretrain's main did
+        self._owns_signals = False
         # Data, model, optimizer (setup)
         self.tokenizer = None
         self.train_ds = self.valid_ds = None
@@ -92,7 +97,7 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.train.max_skipped_steps, say=self._say)
         self.speed: Speedometer | None = None
         self.flops: RunFlops | None = None
-        self.callbacks: list[cb.Callback] = []
+        self.callbacks = cb.Callbacks([])
         self.wandb: cb.WandbLogger | None = None
         self.info: dict = {}  # what the callbacks get at the start (parameter and FLOP counts, layout)
         # The latest window's per-layer loop histograms {layer number: counts}, saved with each checkpoint for
@@ -101,8 +106,11 @@ class Trainer:
         # Progress
         self.step = self.start_step = 0
         self.consumed_samples = 0
+        self.consumed_tokens = 0  # counted per step: a resume may change train.seq_length
+        self.steps_succeeded = 0  # in this fit(): optimizer steps that were not skipped
         self.window_losses: list[float] = []  # finite losses since the last log record
         self.final_train_loss: float | None = None
+        self.already_done = False  # the checkpoint is at or past train.max_steps: nothing to train
         self.summary: dict | None = None  # after fit()
 
     @property
@@ -111,7 +119,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
+        """Collective. A stop signal during set-up stops it at the next phase boundary, every rank together
+        (StoppedBeforeTraining); before the process group exists, at once."""
+        self.stop.start_run()
+        self._owns_signals = self.stop.install()
+        try:
+            self._setup()
+        except BaseException:
+            self._drop_signals()
+            raise
+
+    def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        self.stop.phase = "start-up (joining the process group)"
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
         self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
         set_collective_timeout(cfg.parallel.collective_timeout_min)  # init_timeout_s bounded the start-up only
@@ -120,18 +140,27 @@ class Trainer:
         self.device = rank_device()
         self.dp_rank, self.dp_size = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
         self.num_micro = t.global_batch_size // (t.micro_batch_size * self.dp_size)
-        self._take_run_dir()
-        self._build_data()
-        self._build_model()
+        self.stop.immediate = False  # from now on the ranks can agree to stop
+        self._phase("set-up (taking the run directories)", self._take_directories)
+        self._phase("set-up (building the datasets)", self._build_data)
+        self._phase("set-up (building the model)", self._build_model)
         self.ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, interval=cfg.checkpoint.interval)
         self.layout = {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.effective_vpp,
                        "dp": self.dp_size, "world": self.world}
-        loaded = self._resume() if cfg.checkpoint.resume else None
+        loaded = self._phase("set-up (loading a checkpoint)", self._resume if cfg.checkpoint.resume
+                             else self._refuse_fresh_start_over_checkpoints)
         if loaded is None and t.init_from:
-            self._init_from_dense()
+            self._phase("set-up (loading train.init_from)", self._init_from_dense)
         self.start_step = self.step
+        if self.step >= t.max_steps:
+            self.already_done = True
+            if self.rank == 0:
+                print(f"vffn-pretrain: nothing to train: {self.last_checkpoint} is at step {self.step} and "
+                      f"train.max_steps={t.max_steps}; summary.json, metrics.jsonl and the checkpoints are left "
+                      "as they were (raise train.max_steps to train on)", flush=True)
+            return
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
-            OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
+            _write_atomically(cfg.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg.raw)))
         self.train_iter = self._loader(self.train_ds, self.consumed_samples, cycle=False)
         self.evaluator = Evaluator(t, has_valid_data=self.valid_ds is not None)
         shapes = model_shapes(cfg)  # the counting shapes of this run, from its config
@@ -140,8 +169,18 @@ class Trainer:
         self.info = self._run_info(counting.count_params(*shapes))
         if self.rank == 0:
             wandb_id = loaded.common.get("wandb_id") if loaded else None  # a resumed run continues its wandb run
-            self.callbacks, self.wandb = cb.build_callbacks(cfg, wandb_id)
+            callbacks, self.wandb = cb.build_callbacks(cfg, wandb_id)
+            self.callbacks = cb.Callbacks(callbacks)
             self._emit("on_train_start", self.info)
+
+    def _phase(self, name: str, work):
+        """Run one set-up step; then every rank stops together if a stop signal came (to any rank) meanwhile."""
+        self.stop.phase = name
+        result = work()
+        if self._agree(self.stop.requested):
+            raise StoppedBeforeTraining(self.stop.signal_name or "a stop signal (to another rank)",
+                                        self.stop.arrived_in or name)
+        return result
 
     def _build_model(self) -> None:
         cfg, t, system = self.cfg, self.cfg.train, self.cfg.system
@@ -161,64 +200,131 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ resume
     def _resume(self) -> LoadedCheckpoint | None:
         """Load the newest checkpoint that loads, if any: weights, optimizer, step, data position, LR schedule,
-        RNG (the wandb run id saved with it is in its `common`)."""
-        loaded = self._load_latest()
+        RNG (the wandb run id saved with it is in its `common`). One that holds another model is refused (see
+        `_check_resumable`)."""
+        if self.rank == 0:
+            for partial in self.ckpt.sweep_partial_saves():
+                log.warning("removed %s, a checkpoint save that was cut short", partial)
+        loaded = self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, check=self._check_resumable)
         if loaded is not None:
             common = loaded.common
             self.step, self.consumed_samples = int(common["step"]), int(common["consumed_samples"])
+            saved_train = (common.get("config") or {}).get("train") or {}
+            saved_seq = saved_train.get("seq_length", self.cfg.train.seq_length)
+            self.consumed_tokens = int(common.get("consumed_tokens", self.consumed_samples * saved_seq))
             self.scheduler.load_state_dict(common["scheduler"])
-            old_steps = ((common.get("config") or {}).get("train") or {}).get("max_steps")
-            if old_steps is not None and int(old_steps) != self.cfg.train.max_steps and self.rank == 0:
+            old_steps = saved_train.get("max_steps")
+            if (old_steps is not None and int(old_steps) != self.cfg.train.max_steps and self.rank == 0
+                    and self.step < self.cfg.train.max_steps):
                 log.warning(schedule_change_message(self.scheduler, self.optimizer, self.cfg.ffn, self.step,
                                                     int(old_steps), self.cfg.train.max_steps))
         return loaded
 
-    def _load_latest(self):
-        try:
-            return self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, config=self.cfg.raw)
-        except ModelChangedError as e:
-            raise ConfigError("model", str(e)) from None
+    def _check_resumable(self, common: dict) -> None:
+        """Rank 0, before a checkpoint's weights are read: refuse one saved with another model (a MODEL key
+        differs) unless checkpoint.allow_model_change; warn when the data changed (a DATA key)."""
+        saved = common.get("config")
+        if not isinstance(saved, dict):
+            return  # saved without its config: nothing to compare
+        cfg = self.cfg
+        changed = model_changes(saved, cfg.model, cfg.ffn)
+        if changed and not cfg.checkpoint.allow_model_change:
+            raise ConfigError("model", f"the checkpoint to resume was saved with another model: {'; '.join(changed)}"
+                                       ". Resume with the saved values, start anew in another run_dir (or "
+                                       "checkpoint.dir), or set checkpoint.allow_model_change=true to load it into "
+                                       "the changed model")
+        if changed:
+            log.warning("checkpoint.allow_model_change=true: resuming a checkpoint of another model (%s); the "
+                        "weights the two share are loaded", "; ".join(changed))
+        data = data_changes(saved, cfg.data, cfg.train)
+        if data:
+            log.warning("resuming with other data than the checkpoint's run (%s): the samples from here on are "
+                        "not the ones the original run would have seen, some may repeat or be skipped; token "
+                        "counts go on from the checkpoint's", "; ".join(data))
+
+    def _refuse_fresh_start_over_checkpoints(self) -> None:
+        """checkpoint.resume=false in a checkpoint.dir that holds checkpoints: a fresh start would save among
+        them, and pruning would keep the other run's newer steps and delete this run's."""
+        def check() -> None:
+            newest = self.ckpt.latest()
+            if newest is not None:
+                raise ConfigError("checkpoint.resume", f"false, but {self.ckpt.root} holds checkpoints of another "
+                                                       f"run (newest {newest.name}); start anew in another "
+                                                       "checkpoint.dir (or run_dir), or move them away")
+        decided_by_rank0(check)
 
     def _init_from_dense(self) -> None:
-        """Continued pretraining: train.init_from names a dense checkpoint to start from."""
-        from vffn_pretrain.training.convert import load_dense_into
+        """Continued pretraining: train.init_from names a dense checkpoint of this model's shape to start from."""
+        from vffn_pretrain.training.convert import load_dense_into, resolve_checkpoint
 
         path = self.cfg.train.init_from
+
+        def source() -> str:
+            try:
+                ckpt = resolve_checkpoint(path)
+            except FileNotFoundError as e:
+                raise ConfigError("train.init_from", f"{path}: {str(e).split(': ', 1)[-1]}") from None
+            saved = saved_config(ckpt)
+            mismatch = dense_source_mismatch(saved, self.cfg.model) if saved else []
+            if mismatch and not self.cfg.checkpoint.allow_model_change:
+                raise ConfigError("train.init_from", f"{ckpt} holds another model than this run's dense "
+                                                     f"counterpart: {'; '.join(mismatch)}")
+            return str(ckpt)
+
+        ckpt = decided_by_rank0(source)
         try:
-            load_dense_into(path, self.ddp, self.cfg)
-        except FileNotFoundError as e:
-            raise ConfigError("train.init_from", f"{path}: {str(e).split(': ', 1)[-1]}") from None
+            load_dense_into(ckpt, self.ddp, self.cfg)
+        except (Exception, BaseException) as e:  # noqa: BLE001 - megatron's CheckpointException is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit, StoppedBeforeTraining)):
+                raise
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError("train.init_from", f"{ckpt} cannot be loaded into this model: {first}") from None
 
     # ------------------------------------------------------------------------------------------------ guards
-    def _take_run_dir(self) -> None:
-        """Rank 0 creates run_dir and takes its lock; every rank raises RunError if that fails."""
-        self.lock = RunLock(self.cfg.run_dir)
-        error = None
-        if self.rank == 0:
+    def _take_directories(self) -> None:
+        """Rank 0 creates run_dir and checkpoint.dir and locks both; every rank raises the same error if that
+        fails (RunError: another trainer holds one; ConfigError: one cannot be written)."""
+        def take() -> None:
             try:
-                self.created_run_dir = not self.cfg.run_dir.exists()
-                self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
-                self.lock.acquire()
-            except (RunDirLocked, OSError) as e:
-                error = str(e)
-        if self._agree(error is not None):
-            raise RunError(error or "rank 0 could not take the run directory")
+                self.dirs.take()
+            except RunDirLocked as e:
+                raise RunError(str(e)) from None
+            except UnwritableDirectory as e:
+                raise ConfigError(e.key, e.strerror) from None
+        decided_by_rank0(take)
 
     def release(self, failed: bool) -> None:
-        """Drop the run_dir lock; after a failed start, remove the run_dir this run created if it is empty."""
-        if self.lock is None or not self.lock.held:
-            return
-        self.lock.release()
-        if failed and self.created_run_dir:
-            try:
-                self.cfg.run_dir.rmdir()
-            except OSError:
-                pass
+        """Drop the directory locks; after a failed start, remove the directories this run created while they
+        are empty. Stop handling the signals if `setup` installed that."""
+        self.dirs.release(failed)
+        self._drop_signals()
+
+    def _drop_signals(self) -> None:
+        if self._owns_signals:
+            self.stop.restore()
+            self._owns_signals = False
 
     # ------------------------------------------------------------------------------------------------ data
     def _build_data(self) -> None:
         """The datasets; a data problem (missing or damaged prefix, empty dataset, tokenizer mismatch) is a
-        ConfigError naming the data key, raised on every rank."""
+        ConfigError naming the data key, raised on every rank. Rank 0 holds the data cache's writer lock
+        meanwhile (it may tokenize the bundled corpus or build sample indices there)."""
+        from vffn_pretrain.data.builder import remove_torn_index_files
+
+        cfg = self.cfg
+        cache = CacheLock(Path(cfg.data.cache_dir).expanduser())
+        if self.rank == 0 and cache.acquire(should_stop=lambda: self.stop.requested, say=self._print):
+            for path in remove_torn_index_files(cfg.data):
+                log.warning("removed %s, a sample index cut off while being written; it is built again", path)
+        if self._agree(self.stop.requested):
+            cache.release()
+            return  # the phase boundary stops the run
+        try:
+            self._build_datasets()
+        finally:
+            cache.release()
+
+    def _build_datasets(self) -> None:
         from vffn_pretrain.data.builder import build_datasets
         from vffn_pretrain.data.tokenizer import build_tokenizer
 
@@ -234,7 +340,10 @@ class Trainer:
                 padded_vocab_size=cfg.model.padded_vocab_size(cfg.parallel.tp))
         except (ValueError, OSError) as e:
             key, sep, reason = str(e).partition(": ")
-            if not (sep and key.startswith("data.")):
+            cache = str(Path(cfg.data.cache_dir).expanduser().resolve())
+            if isinstance(e, OSError) and str(getattr(e, "filename", "") or "").startswith(cache):
+                key, reason = "data.cache_dir", str(e)
+            elif not (sep and key.startswith("data.")):
                 key, reason = "data.tokenizer" if "okenizer" in str(e) else "data.paths", str(e)
             raise ConfigError(key, reason) from None
         if t.eval_iters > 0 and self.valid_ds is None and self.rank == 0:
@@ -271,23 +380,32 @@ class Trainer:
         }
 
     def _emit(self, hook: str, payload) -> None:
-        for c in self.callbacks:
-            getattr(c, hook)(payload)
+        self.callbacks.emit(hook, payload)
+
+    def _print(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, flush=True)
 
     def _say(self, text: str) -> None:
         self._emit("on_message", text)
 
     def _agree(self, flag: bool) -> bool:
         """Collective: true on every rank when `flag` is true on any."""
-        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return self._agree_each(flag)[0]
+
+    def _agree_each(self, *flags: bool) -> tuple[bool, ...]:
+        """Collective, one all-reduce: each flag true on every rank when it is true on any."""
+        t = torch.tensor([1.0 if f else 0.0 for f in flags], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return tuple(bool(v) for v in t.tolist())
 
     # ------------------------------------------------------------------------------------------------ the loop
     def fit(self) -> int:
         """Train from `step` to train.max_steps (or a stop); returns the exit code. Writes the summary."""
         t = self.cfg.train
-        stop = StopRequest()
+        if self.already_done:
+            self._end()
+            return EXIT_OK
         self._start_fit()
         exit_code = EXIT_OK
         try:
@@ -295,6 +413,7 @@ class Trainer:
                 with self.speed.paused():
                     self.evaluate()
             while self.step < t.max_steps:
+                self.stop.phase = TRAINING
                 result = self.train_one_step()
                 if self.guard.should_stop(self.step, result, self.last_checkpoint):
                     exit_code = EXIT_DIVERGED
@@ -306,28 +425,51 @@ class Trainer:
                         self.save()                                     # must not cost the checkpoint
                     if self.evaluator.should_evaluate(self.step, t.max_steps):
                         self.evaluate()
-                stop_code = self._stop_code(stop)
+                stop_code = self._stop_code()
                 if stop_code is not None:
                     exit_code = stop_code
                     break
+            if exit_code == EXIT_OK:
+                exit_code = self._check_outcome()
+            self.stop.phase = "finishing (writing the summary)"
             self.finish(exit_code)
         except CheckpointSaveError as e:
             # A full disk, say: older checkpoints are intact. Say so in one line and still write the summary.
             self._say(f"error: {e}")
             self.finish(EXIT_ERROR)
-            return EXIT_ERROR
-        finally:
-            # After finish(): a second SIGTERM (torchrun sends one when another rank exits 3) must not cut the
-            # summary short.
-            stop.restore()
-        self.release(failed=False)  # the run is over: the next command on this run_dir may take it
+            exit_code = EXIT_ERROR
+        self._end()
         return exit_code
+
+    def _end(self) -> None:
+        """The run is over: a stop signal from now on changes nothing; the next command on these directories may
+        take them."""
+        self.stop.phase = ENDED
+        self.release(failed=False)
 
     def _start_fit(self) -> None:
         self.speed.start_run()
         self.guard.reset()
-        self.window_losses, self.final_train_loss = [], None
+        self.window_losses, self.final_train_loss, self.steps_succeeded = [], None, 0
         self.evaluator.last = None
+
+    def _check_outcome(self) -> int:
+        """EXIT_OK, or EXIT_DIVERGED (with one line) when this run trained steps of which none succeeded, or the
+        final validation loss is not finite: such a run did not succeed."""
+        last_eval = self.evaluator.last or {}
+        val_loss = last_eval.get("val_loss")
+        if self.step > self.start_step and self.steps_succeeded == 0:
+            problem = (f"no optimizer step succeeded in steps {self.start_step + 1}-{self.step} (every one had a "
+                       f"NaN/Inf loss or gradient and was skipped); the model is that of step {self.start_step}. "
+                       "Too high a train.lr or a vocab/tokenizer mismatch are the usual causes.")
+        elif val_loss is not None and not np.isfinite(val_loss):
+            problem = f"the final validation loss at step {last_eval.get('step')} is {val_loss}"
+        else:
+            return EXIT_OK
+        self._say(f"error: {problem}; exiting with {EXIT_DIVERGED}")
+        if self.rank == 0:
+            log.error(problem)
+        return EXIT_DIVERGED
 
     def train_one_step(self) -> StepResult:
         """One optimizer step on the next global batch; advances `step` and `consumed_samples`."""
@@ -339,27 +481,45 @@ class Trainer:
         self.scheduler.step(increment=1)
         self.step += 1
         self.consumed_samples += t.global_batch_size
+        self.consumed_tokens += t.global_batch_size * t.seq_length
         if not result.skipped:
+            self.steps_succeeded += 1
             self.window_losses.append(result.loss)
             self.final_train_loss = result.loss
         self.speed.step_done()
         return result
 
-    def _stop_code(self, stop: StopRequest) -> int | None:
-        """Stop early, after saving, when train.exit_interval steps are done (EXIT_OK) or a stop signal came
-        (EXIT_REQUEUE, agreed by every rank); None to go on."""
+    def _stop_code(self) -> int | None:
+        """Stop early, after saving, when train.exit_interval steps are done (EXIT_OK), a stop signal came
+        (EXIT_REQUEUE) or rank 0 could not write its logs (EXIT_ERROR), each agreed by every rank; None to go
+        on."""
         t = self.cfg.train
         if t.exit_interval and self.step - self.start_step >= t.exit_interval and self.step < t.max_steps:
             self._save_unless_saved()
             self._say(f"train.exit_interval={t.exit_interval} reached at step {self.step}; run the same command "
                       "again to continue")
             return EXIT_OK
-        if self._agree(stop.requested):
+        signal_came, write_failed = self._agree_each(self.stop.requested, self.callbacks.write_error is not None)
+        if write_failed:
+            return self._stop_for_write_error()
+        if signal_came:
             self._save_unless_saved()
-            self._say(f"{stop.signal_name or 'stop signal'} received: saved {self.last_checkpoint}; exiting with "
-                      f"{EXIT_REQUEUE} (requeue)")
+            self._say(f"{self.stop.signal_name or 'stop signal'} received: saved {self.last_checkpoint}; exiting "
+                      f"with {EXIT_REQUEUE} (requeue)")
             return EXIT_REQUEUE
         return None
+
+    def _stop_for_write_error(self) -> int:
+        """Rank 0 could not write its logs (a full disk): try to save, then stop with EXIT_ERROR."""
+        try:
+            self._save_unless_saved()
+        except CheckpointSaveError as e:
+            self._print(f"vffn-pretrain: {e}")
+        if self.rank == 0:
+            say(f"vffn-pretrain: error: stopped at step {self.step}: {self.callbacks.write_error}; last good "
+                f"checkpoint: {self.last_checkpoint or 'none saved yet'}; free space and run the same command "
+                "to resume")
+        return EXIT_ERROR
 
     def log_step(self, result: StepResult) -> None:
         """The training record of this logging window to the callbacks (metrics.jsonl, console, ...)."""
@@ -374,7 +534,7 @@ class Trainer:
             "step": self.step,
             "max_steps": t.max_steps,
             "consumed_samples": self.consumed_samples,
-            "consumed_tokens": self.consumed_samples * t.seq_length,
+            "consumed_tokens": self.consumed_tokens,
             "loss": result.loss,
             "loss_avg": float(np.mean(self.window_losses)) if self.window_losses else float("nan"),
             "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
@@ -397,19 +557,25 @@ class Trainer:
         self.speed.new_window()
 
     # ------------------------------------------------------------------------------------------------ eval
-    def evaluate(self) -> dict:
-        """Collective: evaluate now; the callbacks get the record."""
+    def evaluate(self) -> dict | None:
+        """Collective: evaluate now; the callbacks get the record. None when a stop signal cut it short (checked
+        between validation batches, every rank together)."""
+        self.stop.phase = f"evaluation at step {self.step}"
         valid = self._loader(self.valid_ds, 0, cycle=True)
         record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer,
-                                         lambda i: self._micro_batches(valid, -1 - i))
-        self._emit("on_eval", record)
+                                         lambda i: self._micro_batches(valid, -1 - i),
+                                         stop=lambda: self._agree(self.stop.requested))
+        if record is not None:
+            self._emit("on_eval", record)
         return record
 
     # ------------------------------------------------------------------------------------------------ saving
     def save(self) -> None:
+        self.stop.phase = f"saving checkpoint {self.step}"
         common = {
             "step": self.step,
             "consumed_samples": self.consumed_samples,
+            "consumed_tokens": self.consumed_tokens,
             "scheduler": self.scheduler.state_dict(),
             "wandb_id": self.wandb.run_id if self.wandb else None,
             "config": self.cfg.raw,
@@ -428,7 +594,7 @@ class Trainer:
         cfg, last_eval = self.cfg, self.evaluator.last
         summary = run_summary(
             cfg, info=self.info, flops_eval=self.flops.eval(self.evaluator.loop_mix()),
-            eval_loop_mix=self.evaluator.loop_mix(), steps=self.step, consumed_samples=self.consumed_samples,
+            eval_loop_mix=self.evaluator.loop_mix(), steps=self.step, tokens=self.consumed_tokens,
             final_train_loss=self.final_train_loss, final_val_loss=last_eval["val_loss"] if last_eval else None,
             wall_time_s=self.speed.run_seconds(), exit_code=exit_code, checkpoint=self.last_checkpoint,
             wandb_files=self.wandb.files if self.wandb else None)
@@ -450,3 +616,9 @@ def run(cfg: RunConfig) -> int:
         return trainer.fit()
     finally:
         trainer.release(failed)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from vffn_pretrain.training.callbacks.base import Callback
+from vffn_pretrain.training.callbacks.base import Callback, stream_target
 
 
 def _fmt_time(seconds: float | None) -> str:
@@ -42,6 +42,11 @@ def format_log_line(r: dict[str, Any]) -> str:
 
 
 class ConsoleLogger(Callback):
+    optional = True
+
+    def target(self) -> str:
+        return stream_target(self.stream)
+
     def __init__(self, progress_bar: str | bool = "auto", stream=None):
         self.stream = stream or sys.stdout
         use_bar = self.stream.isatty() if progress_bar == "auto" else bool(progress_bar)

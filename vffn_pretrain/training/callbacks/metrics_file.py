@@ -14,13 +14,13 @@ from pathlib import Path
 from vffn_pretrain.training.callbacks.base import Callback
 
 
-def _clean(value):
+def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Inf
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -29,9 +29,12 @@ class MetricsFile(Callback):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def target(self) -> str:
+        return str(self.path)
+
     def _append(self, record: dict) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+            f.write(json.dumps(json_safe(record)) + "\n")
 
     def on_train_start(self, info):
         self.drop_after(int(info.get("start_step", 0)))
@@ -41,7 +44,12 @@ class MetricsFile(Callback):
         if not self.path.exists():
             return 0
         kept, dropped = [], 0
-        for line in self.path.read_text().splitlines():
+        text = self.path.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):  # the last record was cut off (kill -9 mid-write): not a record
+            lines.pop()
+            dropped += 1
+        for line in lines:
             try:
                 later = json.loads(line).get("step", 0) > step
             except (ValueError, AttributeError, TypeError):

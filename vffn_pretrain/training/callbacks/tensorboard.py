@@ -9,7 +9,11 @@ class TensorBoardLogger(Callback):
     def __init__(self, log_dir):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir = str(log_dir)
+        self.writer = SummaryWriter(log_dir=self.log_dir)
+
+    def target(self) -> str:
+        return self.log_dir
 
     def _scalars(self, record, prefix):
         for key, value in record.items():

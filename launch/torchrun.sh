@@ -49,8 +49,9 @@
 # SIGUSR1 ignored, so a USR1 that hits the whole process group (SLURM signals job steps that way) does
 # not kill torchrun; the trainer may see a signal twice and must treat repeats as one. torchrun turns
 # any worker failure into exit code 1, so each worker's real exit code is recorded by
-# launch/record_exit.py and this script exits 3 when any worker on this node exited 3, else with
-# torchrun's own exit code.
+# launch/record_exit.py and this script exits 2 when any worker on this node exited 2 (bad config or
+# data: never requeue those), else 3 when any exited 3, else 130 when any exited 130, else with torchrun's
+# own exit code. The config itself is checked before torchrun starts (exit 2, one line, from node 0).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -99,6 +100,15 @@ else
         --rdzv-conf="timeout=$RDZV_TIMEOUT")
 fi
 
+# The config is checked once, here, before torchrun starts any worker: a bad one is one line (from node 0) and
+# exit 2, instead of an error per worker and torchrun's report of failed workers (exit 1).
+if [[ "$NNODES" =~ ^[0-9]+$ ]]; then
+  config_rc=0
+  VFFN_CONFIG_CHECK=1 WORLD_SIZE=$((NNODES * NPROC_PER_NODE)) RANK=$((NODE_RANK * NPROC_PER_NODE)) \
+    "$PYTHON" -m "$TRAIN_MODULE" "$@" || config_rc=$?
+  ((config_rc == 0)) || exit "$config_rc"
+fi
+
 # Worker start markers and exit codes land here (per global rank); see launch/record_exit.py.
 VFFN_EXIT_DIR="$(mktemp -d "${TMPDIR:-/tmp}/vffn-exit.XXXXXX")"
 export VFFN_EXIT_DIR
@@ -134,9 +144,16 @@ while kill -0 "$torchrun_pid" 2>/dev/null; do
   wait "$torchrun_pid" || rc=$?
 done
 
+if grep -qx 2 "$VFFN_EXIT_DIR"/rank-* 2>/dev/null; then
+  # Bad config or data (the trainer said which in one line): a requeue would fail the same way.
+  exit 2
+fi
 if grep -qx 3 "$VFFN_EXIT_DIR"/rank-* 2>/dev/null; then
   echo "[torchrun.sh] a worker exited 3: requeue requested" >&2
   exit 3
+fi
+if grep -qx 130 "$VFFN_EXIT_DIR"/rank-* 2>/dev/null; then
+  exit 130  # interrupted (Ctrl-C) before training began
 fi
 if ((rc != 0 && got_signal == 0)) && ! compgen -G "$VFFN_EXIT_DIR/started-*" >/dev/null; then
   # torchrun started no worker: the rendezvous failed (the nodes never found each other).

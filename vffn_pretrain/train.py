@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-
-import hydra
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING
 
 from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
 from vffn_pretrain.conf_path import CONF_DIR
 from vffn_pretrain.config_errors import ConfigError
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def _multirun_dir() -> str | None:
@@ -40,8 +41,8 @@ def _is_rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
-def _hydra_main(cfg: DictConfig) -> int:
+def _task(cfg: DictConfig) -> int:
+    """The Hydra task: validate the config, then train."""
     logging.basicConfig(level=logging.INFO if _is_rank0() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("megatron", "torch.distributed", "py.warnings"):
@@ -55,6 +56,8 @@ def _hydra_main(cfg: DictConfig) -> int:
     try:
         run_cfg = load_run_config(cfg, world_size=launcher_world_size(),
                                   multirun_dir=_multirun_dir())
+        if os.environ.get("VFFN_CONFIG_CHECK") == "1":
+            return 0  # launch/torchrun.sh checks the config once, before it starts the workers
         code = run(run_cfg)
     except ConfigError as e:
         _fail(f"bad config: {e}", EXIT_BAD_CONFIG)
@@ -82,8 +85,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is not a traceback
     try:
+        import hydra  # here, not at the top: the stop signals are handled while it (and torch) load
+
         precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())
-        _hydra_main()
+        hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)(_task)()
     except StoppedBeforeTraining as e:
         _fail(e.message(), e.exit_code)
 

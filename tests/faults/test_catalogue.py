@@ -78,6 +78,10 @@ PRETRAIN_CASES = [
     ("other-tokenizer", ["data.paths={other}", "data.tokenizer=null:512"], 2, "data.tokenizer"),
     ("missing-tokenizer-file", ["data.tokenizer={tmp}/tok.json"], 2, "tok.json"),
     ("missing-init-from", ["train.init_from={tmp}/dense", "checkpoint.resume=false"], 2, "train.init_from"),
+    # /sys refuses new directories to every user, root included (a read-only place that exists everywhere).
+    ("run-dir-cannot-be-written", ["run_dir=/sys/vffn-run"], 2, "`run_dir`: /sys/vffn-run cannot be written"),
+    ("checkpoint-dir-cannot-be-written", ["checkpoint.dir=/sys/vffn-checkpoints"], 2,
+     "`checkpoint.dir`: /sys/vffn-checkpoints cannot be written"),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -72,3 +74,123 @@ def train_with_full_disk(overrides: list[str], step: int) -> dict:
     finally:
         FAULTS.enospc_in_save = None
         _reset_parallel_state()
+
+
+# ------------------------------------------------------------------------------------------------ issue 23
+def _run_dir(overrides: list[str]) -> Path:
+    return Path(next(o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("run_dir=")))
+
+
+def run_as_the_cli_does(overrides: list[str], *, nan_steps=(), patch: dict | None = None) -> dict:
+    """`trainer.run` (set-up, fit, release) as vffn-pretrain runs it, on every rank of a pool. Returns the exit
+    code (or the error a start-up stop or a bad config ends with), the warnings logged, the lines the trainer
+    printed or said, the step reached and the summary. `patch` maps Trainer method names to (factory name,
+    *args): a function of this module that returns a wrapper `wrapper(original, trainer, *args)` (by name: the
+    pool pickles the arguments); `nan_steps` makes those steps' losses NaN (0: the evaluations)."""
+    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.training import trainer as trainer_module
+    from vffn_pretrain.training.errors import RunError
+    from vffn_pretrain.training.faults import FAULTS
+    from vffn_pretrain.training.signals import StoppedBeforeTraining
+
+    handler = _Collect()
+    logging.getLogger("vffn_pretrain").addHandler(handler)
+    said: list[str] = []
+    seen: dict = {}
+    originals = {}
+    wrappers = {"_print": lambda original, self, text: (said.append(text), original(self, text)),
+                "_say": lambda original, self, text: (said.append(text), original(self, text)),
+                "fit": lambda original, self: (seen.setdefault("trainer", self), original(self))[1],
+                **{name: globals()[factory](*args) for name, (factory, *args) in (patch or {}).items()}}
+    for name, wrapper in wrappers.items():
+        original = originals[name] = getattr(trainer_module.Trainer, name)
+        setattr(trainer_module.Trainer, name,
+                lambda self, *a, _o=original, _w=wrapper: _w(_o, self, *a))
+    FAULTS.nan_steps = frozenset(nan_steps)
+    out: dict = {}
+    stderr = io.StringIO()
+    try:
+        cfg = run_config(overrides)
+        with contextlib.redirect_stderr(stderr):
+            out["exit_code"] = trainer_module.run(cfg)
+    except StoppedBeforeTraining as e:
+        out.update(exit_code=e.exit_code, error=e.message())
+    except ConfigError as e:
+        out.update(exit_code=2, error=str(e), key=e.key)
+    except RunError as e:
+        out.update(exit_code=e.exit_code, error=str(e))
+    finally:
+        FAULTS.nan_steps = frozenset()
+        for name, original in originals.items():
+            setattr(trainer_module.Trainer, name, original)
+        logging.getLogger("vffn_pretrain").removeHandler(handler)
+        _reset_parallel_state()
+    trainer = seen.get("trainer")
+    out.update(warnings=handler.lines, said=said, stderr=stderr.getvalue(), step=trainer.step if trainer else None,
+               summary=trainer.summary if trainer else None)
+    return out
+
+
+def run_config(overrides: list[str]):
+    return cases.run_config(overrides)
+
+
+def send_signal_first(signame: str):
+    """A patch wrapper: the process gets `signame` as the method starts (a signal during that phase)."""
+    import os
+    import signal
+
+    def wrapper(original, self, *args):
+        os.kill(os.getpid(), getattr(signal, signame))
+        return original(self, *args)
+
+    return wrapper
+
+
+def listing_without_the_newest_on_rank(rank: int):
+    """A patch for CheckpointManager.complete_checkpoints: rank `rank` does not see the newest checkpoint (a stale
+    NFS listing)."""
+    def complete_checkpoints(self, _original=None):
+        import torch.distributed as dist
+
+        found = _original(self)
+        return found[1:] if dist.get_rank() == rank else found
+
+    return complete_checkpoints
+
+
+def resume_with_stale_listing(overrides: list[str], stale_rank: int) -> dict:
+    """Set up a resume where rank `stale_rank` lists checkpoint.dir without its newest checkpoint; the step each
+    rank resumed."""
+    from vffn_pretrain.training.checkpointing import CheckpointManager
+
+    original = CheckpointManager.complete_checkpoints
+    stale = listing_without_the_newest_on_rank(stale_rank)
+    CheckpointManager.complete_checkpoints = lambda self: stale(self, _original=original)
+    try:
+        return run_as_the_cli_does(overrides)
+    finally:
+        CheckpointManager.complete_checkpoints = original
+
+
+def metrics_to_a_full_disk_at(step: int):
+    """A patch wrapper for log_step: from `step` on, metrics.jsonl is written to /dev/full (ENOSPC)."""
+    def wrapper(original, self, result):
+        if self.step >= step:
+            for c in self.callbacks.callbacks:
+                if type(c).__name__ == "MetricsFile":
+                    c.path = Path("/dev/full")
+        return original(self, result)
+
+    return wrapper
+
+
+def console_to_a_full_disk():
+    """A patch wrapper for _start_fit: the console (stdout) goes to /dev/full (ENOSPC) from the first step."""
+    def wrapper(original, self):
+        for c in self.callbacks.callbacks:
+            if type(c).__name__ == "ConsoleLogger":
+                c.stream = open("/dev/full", "w")  # noqa: SIM115 - closed with the process
+        return original(self)
+
+    return wrapper

@@ -104,3 +104,14 @@ def test_launcher_passes_the_requeue_code_through(tiny, tmp_path):
     steps = helpers.summary(tmp_path / "run")["steps"]
     assert 2 <= steps < 400
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"
+
+
+def test_a_bad_config_is_one_line_and_exit_2_not_torchruns_report(tiny, tmp_path):
+    """The config is checked once before torchrun starts workers: one line (not one per worker, not torchrun's
+    ChildFailedError traceback), exit 2 (not torchrun's 1), nothing started, nothing written."""
+    done = helpers.torchrun([*tiny, "train.max_steps=2", f"run_dir={tmp_path / 'run'}", "train.beta2=1.5"],
+                            tmp_path / "run.log", env={"NPROC_PER_NODE": "2"}).wait(timeout=120)
+    assert done.returncode == 2, helpers.tail(done.output)
+    assert done.output.splitlines() == [
+        "vffn-pretrain: bad config: config key `train.beta2`: must be in [0, 1), got 1.5"], done.output
+    assert not (tmp_path / "run").exists()

@@ -10,7 +10,7 @@ Ctrl-C; SIGHUP is a closed terminal (left alone when the trainer was started und
 | set-up (run directory, data, model, checkpoint loading) | stop when the current set-up step ends, every rank together |
 | training, saving a checkpoint          | finish the step or the save, save, stop                             |
 | evaluation                             | abandon it at the next validation batch, save, stop                 |
-| after the run ended                    | a line; the run's own exit code stands                              |
+| finishing (the summary), after the end | a line; the run's own exit code stands                              |
 
 A stop before training (the first two rows) has nothing new to save: the last checkpoint, if any, is intact.
 Every stop exits with EXIT_REQUEUE (3: the same command resumes; the launchers requeue under SLURM), except a
@@ -34,6 +34,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT, s
 # Phases (StopSignals.phase): a stop is immediate in START_UP, deferred to a phase boundary in the others.
 START_UP = "start-up"
 TRAINING = "training"
+FINISHING = "finishing"  # the summary is being written: the outcome is decided
 ENDED = "after the run ended"
 
 
@@ -114,8 +115,9 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.phase == ENDED:
-            say(f"{name} received after the run ended; its exit code stands")
+        if self.phase in (FINISHING, ENDED):
+            say(f"{name} received {'while finishing' if self.phase == FINISHING else 'after the run ended'}; the "
+                "run's exit code stands")
             return
         if self.signal_name is None:
             self.signal_name, self.arrived_in = name, self.phase

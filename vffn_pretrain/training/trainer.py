@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from vffn_pretrain.config import RunConfig
 from vffn_pretrain.config_errors import ConfigError
@@ -49,7 +50,15 @@ from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 from vffn_pretrain.training.rank0 import decided_by_rank0
 from vffn_pretrain.training.resume_check import data_changes, dense_source_mismatch, model_changes
 from vffn_pretrain.training.run_lock import CacheLock, RunDirectories, RunDirLocked, UnwritableDirectory
-from vffn_pretrain.training.signals import ENDED, EXIT_REQUEUE, STOP, TRAINING, StoppedBeforeTraining, say
+from vffn_pretrain.training.signals import (
+    ENDED,
+    EXIT_REQUEUE,
+    FINISHING,
+    STOP,
+    TRAINING,
+    StoppedBeforeTraining,
+    say,
+)
 from vffn_pretrain.training.speed import Speedometer
 from vffn_pretrain.training.step import StepResult, train_step
 from vffn_pretrain.training.summary import run_summary, unigram_entropy, write_summary
@@ -274,9 +283,7 @@ class Trainer:
         ckpt = decided_by_rank0(source)
         try:
             load_dense_into(ckpt, self.ddp, self.cfg)
-        except (Exception, BaseException) as e:  # noqa: BLE001 - megatron's CheckpointException is a BaseException
-            if isinstance(e, (KeyboardInterrupt, SystemExit, StoppedBeforeTraining)):
-                raise
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - any reason it does not load: one line
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ConfigError("train.init_from", f"{ckpt} cannot be loaded into this model: {first}") from None
 
@@ -313,9 +320,17 @@ class Trainer:
 
         cfg = self.cfg
         cache = CacheLock(Path(cfg.data.cache_dir).expanduser())
-        if self.rank == 0 and cache.acquire(should_stop=lambda: self.stop.requested, say=self._print):
-            for path in remove_torn_index_files(cfg.data):
+
+        def take_cache() -> None:
+            try:
+                held = cache.acquire(should_stop=lambda: self.stop.requested, say=self._print)
+            except OSError as e:
+                raise ConfigError("data.cache_dir", f"{cache.path.parent} cannot be written ({e.strerror or e})") \
+                    from None
+            for path in remove_torn_index_files(cfg.data) if held else []:
                 log.warning("removed %s, a sample index cut off while being written; it is built again", path)
+
+        decided_by_rank0(take_cache)
         if self._agree(self.stop.requested):
             cache.release()
             return  # the phase boundary stops the run
@@ -431,7 +446,7 @@ class Trainer:
                     break
             if exit_code == EXIT_OK:
                 exit_code = self._check_outcome()
-            self.stop.phase = "finishing (writing the summary)"
+            self.stop.phase = FINISHING
             self.finish(exit_code)
         except CheckpointSaveError as e:
             # A full disk, say: older checkpoints are intact. Say so in one line and still write the summary.

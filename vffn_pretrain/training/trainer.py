@@ -163,10 +163,9 @@ class Trainer:
         self.start_step = self.step
         if self.step >= t.max_steps:
             self.already_done = True
-            if self.rank == 0:
-                print(f"vffn-pretrain: nothing to train: {self.last_checkpoint} is at step {self.step} and "
-                      f"train.max_steps={t.max_steps}; summary.json, metrics.jsonl and the checkpoints are left "
-                      "as they were (raise train.max_steps to train on)", flush=True)
+            self._print(f"vffn-pretrain: nothing to train: {self.last_checkpoint} is at step {self.step} and "
+                        f"train.max_steps={t.max_steps}; summary.json, metrics.jsonl and the checkpoints are left "
+                        "as they were (raise train.max_steps to train on)")
             return
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
             _write_atomically(cfg.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg.raw)))

@@ -102,10 +102,22 @@ fi
 
 # The config is checked once, here, before torchrun starts any worker: a bad one is one line (from node 0) and
 # exit 2, instead of an error per worker and torchrun's report of failed workers (exit 1).
+# A stop signal meanwhile is passed on to the check, which then exits 3 (SLURM's USR1: requeue) or 130.
 if [[ "$NNODES" =~ ^[0-9]+$ ]]; then
-  config_rc=0
   VFFN_CONFIG_CHECK=1 WORLD_SIZE=$((NNODES * NPROC_PER_NODE)) RANK=$((NODE_RANK * NPROC_PER_NODE)) \
-    "$PYTHON" -m "$TRAIN_MODULE" "$@" || config_rc=$?
+    "$PYTHON" -m "$TRAIN_MODULE" "$@" &
+  check_pid=$!
+  for sig in USR1 TERM INT; do
+    # shellcheck disable=SC2064  # the PID is meant to be expanded now
+    trap "kill -$sig $check_pid 2>/dev/null || true" "$sig"
+  done
+  config_rc=0
+  wait "$check_pid" || config_rc=$?
+  while kill -0 "$check_pid" 2>/dev/null; do
+    config_rc=0
+    wait "$check_pid" || config_rc=$?
+  done
+  trap - USR1 TERM INT
   ((config_rc == 0)) || exit "$config_rc"
 fi
 

@@ -94,7 +94,12 @@ def check_type(key: str, value: Any, hint) -> None:
 
 
 def describe_bounds(bounds: tuple) -> str:
+    """"in [0, 1)", ">= 0", "positive (> 0)", ..."""
     ge, gt, le, lt = bounds
+    if bounds == (None, 0, None, None):
+        return "positive (> 0)"
+    if bounds == (1, None, None, None):
+        return "a positive integer (>= 1)"
     low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else None
     high = f"{le}]" if le is not None else f"{lt})" if lt is not None else None
     if low and high:

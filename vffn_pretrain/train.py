@@ -47,6 +47,7 @@ def _task(cfg: DictConfig) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("megatron", "torch.distributed", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("torch").setLevel(logging.WARNING)  # e.g. its fake-tensor cache statistics at exit
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.parallel.init import launcher_world_size
     from vffn_pretrain.training.errors import RunError

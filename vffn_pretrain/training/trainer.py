@@ -11,6 +11,7 @@ in megatron-core and `vffn_pretrain.parallel`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -119,7 +120,7 @@ class Trainer:
         self.steps_succeeded = 0  # in this fit(): optimizer steps that were not skipped
         self.window_losses: list[float] = []  # finite losses since the last log record
         self.final_train_loss: float | None = None
-        self.already_done = False  # the checkpoint is at or past train.max_steps: nothing to train
+        self.already_done: int | None = None  # nothing to train (the checkpoint is at train.max_steps): the exit code
         self.summary: dict | None = None  # after fit()
 
     @property
@@ -162,10 +163,12 @@ class Trainer:
             self._phase("set-up (loading train.init_from)", self._init_from_dense)
         self.start_step = self.step
         if self.step >= t.max_steps:
-            self.already_done = True
+            self.already_done = decided_by_rank0(self._recorded_outcome)
+            failed = f" (it did not succeed: its summary.json says exit code {self.already_done})" \
+                if self.already_done else ""
             self._print(f"vffn-pretrain: nothing to train: {self.last_checkpoint} is at step {self.step} and "
                         f"train.max_steps={t.max_steps}; summary.json, metrics.jsonl and the checkpoints are left "
-                        "as they were (raise train.max_steps to train on)")
+                        f"as they were{failed} (raise train.max_steps to train on)")
             return
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
             _write_atomically(cfg.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cfg.raw)))
@@ -180,6 +183,15 @@ class Trainer:
             callbacks, self.wandb = cb.build_callbacks(cfg, wandb_id)
             self.callbacks = cb.Callbacks(callbacks)
             self._emit("on_train_start", self.info)
+
+    def _recorded_outcome(self) -> int:
+        """The exit code of a finished run as its summary.json records it, when that says it did not succeed
+        (EXIT_DIVERGED); else EXIT_OK: running it again must not turn a failed run into a success."""
+        try:
+            recorded = json.loads((self.cfg.run_dir / "summary.json").read_text()).get("exit_code")
+        except (OSError, ValueError, AttributeError):
+            return EXIT_OK
+        return EXIT_DIVERGED if recorded == EXIT_DIVERGED else EXIT_OK
 
     def _phase(self, name: str, work):
         """Run one set-up step; then every rank stops together if a stop signal came (to any rank) meanwhile."""
@@ -417,9 +429,9 @@ class Trainer:
     def fit(self) -> int:
         """Train from `step` to train.max_steps (or a stop); returns the exit code. Writes the summary."""
         t = self.cfg.train
-        if self.already_done:
+        if self.already_done is not None:
             self._end()
-            return EXIT_OK
+            return self.already_done
         self._start_fit()
         exit_code = EXIT_OK
         try:

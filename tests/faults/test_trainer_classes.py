@@ -304,7 +304,7 @@ def test_a_run_in_which_no_step_succeeded_fails(rank_pools, overrides, tmp_path)
     before = _snapshot(run)
     again = _run(rank_pools, overrides, run, "train.max_steps=3", "train.max_skipped_steps=5")
     assert again["exit_code"] == 2, again
-    assert any("(it did not succeed: its summary.json says exit code 2)" in line for line in again["said"])
+    assert any("(it did not succeed: its summary.json says exit code 2)" in line for line in again["said"]), again
     assert _snapshot(run) == before
 
 

@@ -26,8 +26,25 @@ def model_sharded_state_dict(ddp_chunks: list) -> dict:
     return {f"chunk{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(ddp_chunks)}
 
 
+def optimizer_has_state(optimizer) -> bool:
+    """Collective. Whether the optimizer holds state on any rank: Adam creates it at its first step, so one that
+    never stepped (every step so far skipped for a NaN) has none, and a checkpoint of it would lack the entries a
+    load expects."""
+    from vffn_pretrain.parallel.init import device
+
+    inner = [o.optimizer for o in getattr(optimizer, "chained_optimizers", [optimizer])]
+    has = torch.tensor([1.0 if any(len(o.state) > 0 for o in inner) else 0.0], device=device())
+    torch.distributed.all_reduce(has, op=torch.distributed.ReduceOp.MAX)
+    return bool(has.item())
+
+
 def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None) -> None:
-    """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0)."""
+    """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0). An
+    optimizer without state (it never stepped) is not saved, which `load` reads from `common["optimizer_saved"]`:
+    loading then leaves the optimizer fresh, as it was."""
+    if optimizer is not None and not optimizer_has_state(optimizer):
+        optimizer = None
+        common = {**(common or {}), "optimizer_saved": False}
     if optimizer is not None and ddp_chunks[0].ddp_config.overlap_param_gather:
         # Params are stale until the next forward with overlapped param gather (docs/cpu.md gotcha 8).
         for chunk in ddp_chunks:
@@ -67,7 +84,12 @@ def load_module_state(module: torch.nn.Module, state: dict, *, strict: bool = Tr
 
 
 def load(directory: str | Path, ddp_chunks: list, optimizer=None, *, strict: bool = True) -> dict[str, Any]:
-    """Collective. Loads weights (and optimizer state when `optimizer` is given); returns the `common` dict."""
+    """Collective. Loads weights (and optimizer state when `optimizer` is given and the checkpoint has it: see
+    `save`); returns the `common` dict."""
+    common = dist_checkpointing.load_common_state_dict(str(directory))
+    common = dict(common.get("common", {})) if isinstance(common, dict) else {}
+    if common.get("optimizer_saved") is False:
+        optimizer = None
     model_sd = model_sharded_state_dict(ddp_chunks)
     state = {"model": model_sd}
     if optimizer is not None:
@@ -77,5 +99,4 @@ def load(directory: str | Path, ddp_chunks: list, optimizer=None, *, strict: boo
         load_module_state(chunk.module, loaded["model"][f"chunk{i}"], strict=strict)
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
-    common = dist_checkpointing.load_common_state_dict(str(directory))
-    return dict(common.get("common", {})) if isinstance(common, dict) else {}
+    return common

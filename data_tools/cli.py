@@ -1,9 +1,10 @@
 """The ``vffn-data`` command: make and examine megatron-core indexed datasets.
 
 Subcommands: ``tokenize``, ``train-tokenizer``, ``merge``, ``inspect``, ``corpus build|list``. Run
-``vffn-data SUBCOMMAND --help``. Errors are printed as one line (``vffn-data: error: ...``) with exit status 1;
-bad usage exits with 2; ``corpus build`` exits with 3 when a package cannot be fetched (unknown to apt, no
-network, not in --deb-dir).
+``vffn-data SUBCOMMAND --help``. Errors are printed as one line (``vffn-data: error: ...``) with exit status 1
+(among them an output that would overwrite an input, and an output another command is writing); bad usage exits
+with 2; ``corpus build`` exits with 3 when a package cannot be fetched (unknown to apt, no network, not in
+--deb-dir); Ctrl-C, SIGTERM and SIGHUP stop the workers, remove partial output and exit 130.
 Heavy imports (megatron-core, torch) happen inside the subcommands, so ``--help`` is instant.
 """
 
@@ -250,12 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # megatron-core warns at import about optional GPU libraries that a CPU data tool never uses.
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    from vffn_pretrain.outputs.lock import OutputInUse
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
+
     try:
-        return _run(args, argv)
-    except KeyboardInterrupt:
-        print("vffn-data: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, readers.InputError) as err:
+        with interruptible():
+            return _run(args, argv)
+    except KeyboardInterrupt as stop:
+        print(f"vffn-data: {interrupted(stop)}; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, readers.InputError, OutputInUse) as err:
         # Expected failures (bad input, existing output, corrupt dataset, strict-mode record): one clear line.
         print(f"vffn-data: error: {err}", file=sys.stderr)
         return 1

@@ -9,6 +9,10 @@ child is re-parented, so `os.getppid()` changes). Spawned children of a vffn pro
 they prepare (they re-import the parent's main module), which is where the watch starts for them; forked
 children re-import nothing, so `watch_forked_children()` (called when the package is imported) starts the watch
 in every child `os.fork()` makes. The resource tracker exits by itself once no live process holds its pipe.
+A tool that starts vffn programs with subprocess (`vffn-study run` starts trainers) passes `child_env()`: the
+child finds its starter's PID in `VFFN_PARENT_PID` when it imports this package and watches it; a trainer so
+started gets SIGTERM when its starter dies (it saves a checkpoint and exits) and is killed, with its process
+group, if it is still there `PARENT_GONE_GRACE_S` later.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import threading
 import time
 
 POLL_S = 0.5
+PARENT_ENV = "VFFN_PARENT_PID"
+PARENT_GONE_GRACE_S = 60.0
 _started = False
 _fork_hook_registered = False
 _forking_pid: int | None = None
 
 
-def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False, parent: int | None = None) -> None:
+def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False, parent: int | None = None,
+                     first_signal: int | None = None, grace_s: float = PARENT_GONE_GRACE_S) -> None:
     """Start watching (once per process): when the parent process dies, exit at once (status 1).
 
     ``parent`` is the PID this process was started by; by default multiprocessing's record of it, else the
@@ -33,7 +40,11 @@ def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False, parent
     would otherwise take its new parent for the one to watch and never exit.
 
     With ``take_group``, a process that leads its own process group (started with ``start_new_session``)
-    kills the whole group instead, so that its own subprocesses, which do not watch it, go with it."""
+    kills the whole group instead, so that its own subprocesses, which do not watch it, go with it.
+
+    With ``first_signal`` (e.g. SIGTERM), the process first sends itself that signal, so that its own handler can
+    stop in order (a trainer saves a checkpoint), and is ended as above only if it is still there ``grace_s``
+    later."""
     global _started
     if _started:
         return
@@ -44,11 +55,33 @@ def exit_with_parent(poll_s: float = POLL_S, *, take_group: bool = False, parent
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
+        if first_signal is not None:
+            os.kill(os.getpid(), first_signal)
+            time.sleep(grace_s)  # the process normally exits meanwhile, and this thread with it
         if take_group and os.getpgid(0) == os.getpid():
             os.killpg(os.getpid(), signal.SIGKILL)  # this process included
         os._exit(1)
 
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def child_env(env: dict | None = None) -> dict:
+    """The environment (default: this process's) for a vffn program this process starts with subprocess, so
+    that the child watches this process (see the module docstring)."""
+    return {**(os.environ if env is None else env), PARENT_ENV: str(os.getpid())}
+
+
+def watch_parent_from_env() -> None:
+    """Called when the package is imported: a process whose environment names its starter (`child_env`) watches
+    it. The variable is removed, so that this process's own children do not take that PID for their parent."""
+    value = os.environ.pop(PARENT_ENV, "")
+    if not value.isdigit():
+        return
+    starter = int(value)
+    if os.getppid() != starter and pid_alive(starter):
+        return  # started through something in between (a shell, a wrapper): not ours to watch
+    # (a starter that is already gone: the watch ends this process at once)
+    exit_with_parent(parent=starter, take_group=True, first_signal=signal.SIGTERM)
 
 
 def _starter_pid() -> int:

@@ -18,9 +18,11 @@ duplicate documents are kept once, the first in that order).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,7 +32,10 @@ from data_tools.corpus import deb as debfile
 from data_tools.corpus.catalogue import get_corpus
 from data_tools.corpus.clean import CLEANERS, MIN_CHARS
 from data_tools.corpus.fetch import fetch_package
-from data_tools.report import now_iso, write_json_atomic
+from vffn_pretrain.data.report import now_iso
+from vffn_pretrain.outputs.apart import check_apart, check_replaceable
+from vffn_pretrain.outputs.atomic import PARTIAL, sweep_stale_partials, write_json_atomic
+from vffn_pretrain.outputs.lock import claim_output
 
 SPLITS = ("train", "valid", "test")
 
@@ -60,15 +65,51 @@ def split_of(doc_id: str, valid_per_mille: int, test_per_mille: int) -> str:
     return "train"
 
 
+# What a build writes into OUT: anything else there is not a build's, and is never replaced.
+BUILD_NAMES = {"text", "licences", "tokenizer.json", "tokenizer.report.json", "manifest.json",
+               *(f"{split}{ext}" for split in SPLITS for ext in (".bin", ".idx", ".report.json"))}
+
+
+def _is_build(out: Path) -> bool:
+    """Whether the directory `out` holds only what a build writes (a finished or an interrupted build)."""
+    return out.is_dir() and all(p.name in BUILD_NAMES or PARTIAL in p.name for p in out.iterdir())
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, holds anything but a build, or holds a build and overwrite is off."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            state = "a finished build" if (out / "manifest.json").exists() else "no manifest.json: an interrupted build?"
-            raise FileExistsError(f"--out {out} already exists and is not empty ({state}); "
-                                  "pass --overwrite to replace it")
-        shutil.rmtree(out)
+    check_replaceable(out, ours=_is_build, what="a corpus build", flag="--out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        state = "a finished build" if (out / "manifest.json").exists() else "no manifest.json: an interrupted build?"
+        raise FileExistsError(f"--out {out} already exists and is not empty ({state}); "
+                              "pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def _building_into(out: Path, overwrite: bool, log):
+    """Hold OUT's lock while the block builds into OUT. A previous build there (finished, or left half-written by
+    a killed run) is moved aside first and removed once the block succeeds; when the block fails (an error,
+    Ctrl-C) what it wrote is removed and the previous build comes back. A killed run's leftovers aside are
+    removed by the next build."""
+    with claim_output(out, "--out", "vffn-data") as lock:
+        existed, aside = out.is_dir(), None
+        sweep_stale_partials(out, warn=lambda message: log(f"corpus: {message}"))
+        if existed and any(out.iterdir()):
+            _check_out(out, overwrite)  # again, under the lock
+            aside = out.with_name(f"{out.name}{PARTIAL}old-{os.getpid()}")
+            os.replace(out, aside)
+        try:
+            yield lock
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            if aside is not None:
+                os.replace(aside, out)
+            elif existed:
+                out.mkdir()
+            raise
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
 
 def _wanted(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
@@ -85,10 +126,8 @@ def _sha256(path: Path) -> str:
 
 def run_build(opts: BuildOptions, log=print) -> dict:
     """Build the corpus; return the manifest. Raises ValueError / FileExistsError (bad input, output exists),
+    OutputOverlapsInput (--out over the package cache or --deb-dir), OutputInUse (another build writes --out),
     FetchError (a package could not be fetched) or DebError (a corrupt package) before writing anything."""
-    from data_tools.pipeline import TokenizeOptions, run_tokenize
-    from data_tools.train_tokenizer import TrainTokenizerOptions, run_train_tokenizer
-
     t0 = time.perf_counter()
     corpus = get_corpus(opts.name)
     out = Path(opts.out)
@@ -101,17 +140,26 @@ def run_build(opts: BuildOptions, log=print) -> dict:
     if not (1 <= valid_pm and 1 <= test_pm and valid_pm + test_pm < 1000):
         raise ValueError(f"--valid-per-mille {valid_pm} and --test-per-mille {test_pm}: each must be >= 1 "
                          "and together below 1000")
-    if not opts.overwrite:
-        _check_out(out, overwrite=False)
+    cache, deb_dir = Path(opts.cache), Path(opts.deb_dir) if opts.deb_dir else None
+    check_apart({"--out": out}, {"--cache": cache, "--deb-dir": deb_dir})
+    _check_out(out, opts.overwrite)
     # Every package is fetched and opened before anything is written.
     debs = {}
     for src in corpus.sources:
-        path = fetch_package(src.package, Path(opts.cache), Path(opts.deb_dir) if opts.deb_dir else None)
+        path = fetch_package(src.package, cache, deb_dir)
         control = debfile.read_control(path)
         debs[src.package] = (path, control)
         log(f"corpus: {src.package} {control.get('Version', '?')} ({path.name})")
-    if opts.overwrite:
-        _check_out(out, overwrite=True)
+    with _building_into(out, opts.overwrite, log) as lock:
+        return _build(opts, corpus, out, debs, valid_pm, test_pm, lock, t0, log)
+
+
+def _build(opts: BuildOptions, corpus, out: Path, debs: dict, valid_pm: int, test_pm: int, lock, t0: float,
+           log) -> dict:
+    """Write the corpus into `out` (see the module docstring); return the manifest."""
+    from data_tools.pipeline import TokenizeOptions, run_tokenize
+    from data_tools.train_tokenizer import TrainTokenizerOptions, run_train_tokenizer
+
     (out / "text").mkdir(parents=True, exist_ok=True)
     (out / "licences").mkdir(exist_ok=True)
 
@@ -200,5 +248,6 @@ def run_build(opts: BuildOptions, log=print) -> dict:
                               f"data.tokenizer={(out / 'tokenizer.json').resolve()}",
                               f"model.vocab_size={vocab}"],
     }
+    lock.verify()
     write_json_atomic(out / "manifest.json", manifest)
     return manifest

@@ -11,6 +11,7 @@ different tokenizer gets its own tokenization.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from vffn_pretrain.data.hashing import sha256_file
@@ -33,27 +34,32 @@ def bundled_cache_prefix(cache_dir: str | Path, tokenizer) -> Path:
 def ensure_bundled_prefix(cache_dir: str | Path, tokenizer, *, workers: int = 0, progress: bool = False) -> Path:
     """Return the prefix of the bundled corpus tokenized with ``tokenizer``, tokenizing it if not cached.
 
-    Safe against concurrent callers: the tokenizer writes under temporary names and renames at the end, so a
-    reader only ever sees a complete prefix. Not collective: in a distributed job call it on one rank, then
+    Safe against concurrent callers: one of them tokenizes (it holds the prefix's lock, ``outputs.lock``) and
+    the others wait for its complete prefix. Not collective: in a distributed job call it on one rank, then
     barrier (``vffn_pretrain.data.builder`` does).
     """
     # Imported here: the tokenize pipeline (workers, megatron's writer) is needed only when the cache is cold.
     from vffn_pretrain.data.indexed import verify_prefix
     from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
+    from vffn_pretrain.outputs.lock import OutputInUse
 
     prefix = bundled_cache_prefix(cache_dir, tokenizer)
-    if Path(idx_path(prefix)).exists() and Path(bin_path(prefix)).exists():
-        verify_prefix(prefix)  # a damaged cache is an error, not something to silently reuse
-        return prefix
-    run_tokenize(
-        TokenizeOptions(
-            inputs=[str(BUNDLED_CORPUS)],
-            output_prefix=str(prefix),
-            tokenizer=tokenizer.spec,
-            workers=workers,
-            split_on_blank_lines=BUNDLED_SPLIT_ON_BLANK_LINES,
-            overwrite=True,  # only reached when the prefix is absent or incomplete
-            progress=progress,
-        )
-    )
-    return prefix
+    while True:
+        if Path(idx_path(prefix)).exists() and Path(bin_path(prefix)).exists():
+            verify_prefix(prefix)  # a damaged cache is an error, not something to silently reuse
+            return prefix
+        try:
+            run_tokenize(
+                TokenizeOptions(
+                    inputs=[str(BUNDLED_CORPUS)],
+                    output_prefix=str(prefix),
+                    tokenizer=tokenizer.spec,
+                    workers=workers,
+                    split_on_blank_lines=BUNDLED_SPLIT_ON_BLANK_LINES,
+                    overwrite=True,  # only reached when the prefix is absent or incomplete
+                    progress=progress,
+                )
+            )
+            return prefix
+        except OutputInUse:
+            time.sleep(0.5)  # another process is tokenizing it: wait for its prefix

@@ -31,9 +31,14 @@ def strip_file_suffix(path: str) -> str:
     return path
 
 
+def prefix_files(prefix: str | os.PathLike) -> list[str]:
+    """The files of ``prefix``: .bin, .idx, report."""
+    return [bin_path(prefix), idx_path(prefix), report_path(prefix)]
+
+
 def existing_files(prefix: str | os.PathLike) -> list[str]:
     """The files of ``prefix`` that already exist (.bin, .idx, report)."""
-    return [p for p in (bin_path(prefix), idx_path(prefix), report_path(prefix)) if os.path.exists(p)]
+    return [p for p in prefix_files(prefix) if os.path.exists(p)]
 
 
 def smallest_dtype(vocab_size: int) -> type[np.number]:

@@ -14,6 +14,10 @@ heads, no biases, untied embeddings. The FFN is the trainer's eval path (the met
 * kloop: every token runs `loops` loops. width_only: Y = H + W_down((1 + m) * a1).
 * moe: the dense SwiGLU FFN as an always-on shared expert plus N experts of width d_ff / N, top-k routing with
   a softmax over the k selected logits; behind the usual pre-FFN norm and residual.
+* dense (a layer of a mixed model, `layer_kinds`): the plain SwiGLU FFN behind the pre-FFN norm and residual.
+
+A mixed model (the trainer's `ffn.layers`) lists each layer's kind in `layer_kinds`; every layer uses the shared
+settings (`num_experts`, `top_k`, `max_loops`; `loops` for kloop layers).
 
 Routers and loop heads compute in fp32 on the un-normalised residual stream H (moe: on the normalised input).
 `output_loops=True` returns each layer's per-token loop counts in `outputs.loops` ([layers, batch, seq]).
@@ -31,11 +35,13 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 FFN_KINDS = ("versatile", "depth_only", "width_only", "kloop", "moe")
+LAYER_KINDS = (*FFN_KINDS, "dense")  # what a layer of a mixed model may be
 
 
 class VffnConfig(PreTrainedConfig):
     """Shapes as in vffn-pretrain's `model.*`; `ffn_kind`, `num_experts`, `top_k`, `max_loops` as in `ffn.*`
-    (for kloop, `max_loops` is the fixed loop count). `vocab_size` is the padded embedding size."""
+    (for kloop, `max_loops` is the fixed loop count, unless `loops` gives it). `layer_kinds`: each layer's kind
+    (a mixed model), None = every layer is `ffn_kind`. `vocab_size` is the padded embedding size."""
 
     model_type = "vffn"
 
@@ -52,6 +58,8 @@ class VffnConfig(PreTrainedConfig):
     num_experts: int = 8
     top_k: int = 2
     max_loops: int = 4
+    loops: int | None = None
+    layer_kinds: list[str] | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -62,9 +70,16 @@ class VffnConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.ffn_kind not in FFN_KINDS:
-            raise ValueError(f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
+        if self.ffn_kind not in LAYER_KINDS:
+            raise ValueError(f"ffn_kind must be one of {LAYER_KINDS}, got {self.ffn_kind!r}")
+        if self.layer_kinds is not None and (len(self.layer_kinds) != self.num_hidden_layers
+                                             or any(k not in LAYER_KINDS for k in self.layer_kinds)):
+            raise ValueError(f"layer_kinds must name one of {LAYER_KINDS} for each of the {self.num_hidden_layers} "
+                             f"layers, got {self.layer_kinds!r}")
         super().__post_init__(**kwargs)
+
+    def kind_of_layer(self, index: int) -> str:
+        return self.ffn_kind if self.layer_kinds is None else self.layer_kinds[index]
 
 
 # transformers renamed `past_key_values` to `cache` during 5.x: accept and return whichever this version uses.
@@ -154,10 +169,11 @@ class SharedWeightFFN(nn.Module):
     """versatile | depth_only | width_only | kloop: one SwiGLU weight set and norm, reused by every loop and by
     the width path. Input H [b, s, h] (the residual stream after attention), output the block output Y."""
 
-    def __init__(self, config: VffnConfig):
+    def __init__(self, config: VffnConfig, kind: str):
         super().__init__()
-        self.kind = config.ffn_kind
-        self.max_loops = 1 if self.kind == "width_only" else config.max_loops
+        self.kind = kind
+        fixed = config.loops if kind == "kloop" and config.loops is not None else config.max_loops
+        self.max_loops = 1 if self.kind == "width_only" else fixed
         self.num_experts, self.top_k = config.num_experts, config.top_k
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config.hidden_size, config.intermediate_size)
@@ -232,15 +248,16 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
-        if config.ffn_kind == "moe":
+        kind = config.kind_of_layer(layer_idx)
+        if kind in ("moe", "dense"):
             self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-            self.mlp = MoE(config)
+            self.mlp = MoE(config) if kind == "moe" else SwiGLU(config.hidden_size, config.intermediate_size)
         else:  # the FFN owns its norm and returns the whole block output
-            self.mlp = SharedWeightFFN(config)
+            self.mlp = SharedWeightFFN(config, kind)
 
     def forward(self, x, cos, sin, mask, cache):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        if isinstance(self.mlp, MoE):
+        if not isinstance(self.mlp, SharedWeightFFN):  # moe, dense: behind the pre-FFN norm, no loops
             return h + self.mlp(self.post_attention_layernorm(h)), None
         return self.mlp(h)
 

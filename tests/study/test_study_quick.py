@@ -5,6 +5,7 @@ errors for bad study files and a directory holding another study."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
@@ -80,11 +81,13 @@ def test_directory_in_use_by_a_live_study_is_refused(tmp_path, capsys):
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (tmp_path / "out").mkdir()
-        (tmp_path / "out" / "vffn-study.lock").write_text(f"{sleeper.pid}\n")
+        (tmp_path / "out" / "vffn-study.lock").write_text(json.dumps(
+            {"host": socket.gethostname(), "pid": sleeper.pid, "since": "2024-01-01T00:00:00"}))
         assert main(["run", str(CONF), "--out", str(tmp_path / "out"), "--quick"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == [f"vffn-study: error: {tmp_path / 'out'}: another vffn-study run (pid {sleeper.pid}) is "
-                       "working on it; wait for it or stop it"]
+        assert err == [f"vffn-study: error: {tmp_path / 'out'} is in use by PID {sleeper.pid} on this host "
+                       f"({socket.gethostname()}, since 2024-01-01T00:00:00): another vffn-study run is working "
+                       "on it; wait for it or stop it"]
         assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["vffn-study.lock"]
     finally:
         sleeper.kill()

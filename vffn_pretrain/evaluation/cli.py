@@ -166,13 +166,20 @@ def check_task_names(names: list[str], task_manager, include_paths: list[str] = 
                         f"{', '.join(LOCAL_TASKS)}, paper{yours})")
 
 
+LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets builders that read local files
+
+
 def local_task_names(task_manager, include_paths: list[str]) -> set[str]:
-    """The tasks defined in the user's --include-path directories (no download for them)."""
+    """The tasks of the user's --include-path directories whose data is local (a custom_dataset function, a
+    local datasets builder or directory): they need no network."""
     roots = [Path(p).resolve() for p in include_paths]
     names = set()
-    for name, info in getattr(task_manager, "task_index", {}).items():
-        yaml_path = info.get("yaml_path") if isinstance(info, dict) else None
-        if isinstance(yaml_path, str | Path) and any(r in Path(yaml_path).resolve().parents for r in roots):
+    for name, entry in getattr(task_manager, "task_index", {}).items():
+        yaml_path, cfg = getattr(entry, "yaml_path", None), getattr(entry, "cfg", None) or {}
+        if yaml_path is None or not any(r in Path(yaml_path).resolve().parents for r in roots):
+            continue
+        source = cfg.get("dataset_path")
+        if "custom_dataset" in cfg or source in LOCAL_BUILDERS or (source and Path(str(source)).is_dir()):
             names.add(name)
     return names
 

@@ -81,10 +81,31 @@ def make_partial_dir(final: str | os.PathLike) -> Path:
     return tmp
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give every file and directory under `root` (itself included) the user's umask: libraries that write
+    through `mkstemp` (safetensors) leave 0600 files behind."""
+    mask = current_umask()
+    for directory, _dirs, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                executable = os.stat(path).st_mode & 0o100
+                os.chmod(path, (0o777 if executable else 0o666) & ~mask)
+
+
 def publish_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Move the finished directory `tmp` to `final`, replacing an existing `final` only once `tmp` is complete
-    (the old one is renamed aside first, so at every instant `final` is either the old or the new whole)."""
+    """Move the finished directory `tmp` to `final` (with the user's umask), replacing an existing `final` only
+    once `tmp` is complete (the old one is renamed aside first, so at every instant `final` is either the old or
+    the new whole)."""
     tmp, final = Path(tmp), Path(final)
+    apply_umask(tmp)
     old = None
     if os.path.lexists(final):
         old = final.with_name(f"{final.name}{PARTIAL}old-{os.getpid()}")

@@ -58,21 +58,101 @@ def loop_stats(variant: str, loop_mix: list[float] | None) -> tuple[float | None
     return mean, (1.0 - p[-1] if kind.width_path else None)
 
 
+def _number(path, key: str, value, *, positive: bool = False) -> float:
+    """A finite number (positive with `positive`), or StudyReadError naming the file and key."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        kind = "a positive finite number" if positive else "a finite number"
+        raise StudyReadError(f"{path}: key {key!r} must be {kind} (got {value!r})")
+    return float(value)
+
+
+def _optional_number(path, key: str, record: dict) -> float | None:
+    value = record.get(key)
+    return None if value is None else _number(path, key, value)
+
+
 def _curve(path: Path) -> list[tuple[int, float]]:
+    """(step, val_loss) of every evaluation in a metrics.jsonl. A line cut by a crash (not JSON) is skipped; a
+    record with a wrong value is a StudyReadError naming the file, line and key."""
     out = []
     try:
-        with open(path) as f:
-            for line in f:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
                 try:
                     rec = json.loads(line)
                 except ValueError:
                     continue  # a line cut by a crash
-                if rec.get("val_loss") is not None:
-                    out.append((int(rec["step"]), float(rec["val_loss"])))
+                if not isinstance(rec, dict) or rec.get("val_loss") is None:
+                    continue
+                step = rec.get("step")
+                if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                    raise StudyReadError(f"{path}:{lineno}: key 'step' must be a step number (got {step!r})")
+                out.append((step, _number(f"{path}:{lineno}", "val_loss", rec["val_loss"])))
     except OSError:
         return []
     # A resumed run may repeat evaluations after its last checkpoint: keep the last value of each step.
     return sorted(dict(out).items())
+
+
+# study.json: each planned run's keys and the types they must have.
+RUN_KEYS = {"name": str, "phase": str, "variant": str, "seed": int, "steps": int, "run_dir": str}
+
+
+def _planned_runs(path: Path, meta) -> list[dict]:
+    """The `runs` of a study record, each checked (StudyReadError naming the file and key)."""
+    runs = meta.get("runs") if isinstance(meta, dict) else None
+    if not isinstance(runs, list):
+        raise StudyReadError(f"{path}: not a study record (no 'runs' list)")
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict):
+            raise StudyReadError(f"{path}: key 'runs[{i}]' must be an object (got {run!r})")
+        for key, kind in RUN_KEYS.items():
+            value = run.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise StudyReadError(f"{path}: key 'runs[{i}].{key}' must be {'an integer' if kind is int else 'a string'} "
+                                     f"(got {value!r})")
+    return runs
+
+
+def _read_summary(path: Path, res: RunResult, steps: int, variant: str) -> None:
+    """Fill `res` from a run's summary.json when it says the run finished (StudyReadError naming the file and key
+    for a value of the wrong kind)."""
+    try:
+        s = json.loads(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StudyReadError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(s, dict):
+        raise StudyReadError(f"{path}: expected a JSON object, got {type(s).__name__}")
+    if not (s.get("exit_code") == 0 and s.get("steps") == steps and s.get("final_val_loss") is not None):
+        return
+    res.finished = True
+    res.final_val_loss = _number(path, "final_val_loss", s["final_val_loss"], positive=True)
+    ppl = _optional_number(path, "final_val_ppl", s)
+    res.final_val_ppl = ppl if ppl is not None else math.exp(min(res.final_val_loss, 50.0))
+    mix = s.get("eval_loop_mix")
+    if mix is not None and (not isinstance(mix, list) or not mix
+                            or any(_number(path, "eval_loop_mix", x) < 0 for x in mix) or sum(mix) <= 0):
+        raise StudyReadError(f"{path}: key 'eval_loop_mix' must be a list of fractions (got {mix!r})")
+    res.mean_loops, res.width_fraction = loop_stats(variant, mix)
+    res.flops_train = _optional_number(path, "flops_per_token_train", s)
+    res.flops_eval = _optional_number(path, "flops_per_token_eval", s)
+    res.wall_time_s = _optional_number(path, "wall_time_s", s)
+    tokens = _optional_number(path, "tokens", s)
+    res.tokens = None if tokens is None else int(tokens)
+
+
+def study_inputs(study_dir: str | Path) -> list[Path]:
+    """The files `read_study` reads (for checking that a report's output does not overlap them)."""
+    study_dir = Path(study_dir)
+    paths = [study_dir / "study.json"]
+    try:
+        runs = _planned_runs(paths[0], json.loads(paths[0].read_text()))
+    except (OSError, ValueError, StudyReadError):
+        return paths
+    return paths + [Path(r["run_dir"]) / name for r in runs for name in ("summary.json", "metrics.jsonl")]
 
 
 def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
@@ -81,33 +161,16 @@ def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
     path = study_dir / "study.json"
     try:
         meta = json.loads(path.read_text())
-        runs = meta["runs"]
     except FileNotFoundError:
         raise StudyReadError(f"{study_dir}: not a study directory (no study.json; made by `vffn-study run`)") \
             from None
-    except (ValueError, KeyError, TypeError):
-        raise StudyReadError(f"{path}: not a study record (unreadable, or no 'runs')") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise StudyReadError(f"{path}: not a study record (not readable as JSON: {e})") from None
     results = []
-    for r in runs:
+    for r in _planned_runs(path, meta):
         run_dir = Path(r["run_dir"])
-        res = RunResult(name=r["name"], phase=r["phase"], variant=r["variant"], seed=int(r["seed"]),
-                        finished=False)
-        try:
-            s = json.loads((run_dir / "summary.json").read_text())
-        except FileNotFoundError:
-            s = None
-        except ValueError:
-            raise StudyReadError(f"{run_dir / 'summary.json'}: not valid JSON") from None
-        if s is not None and s.get("exit_code") == 0 and s.get("steps") == r["steps"] \
-                and s.get("final_val_loss") is not None:
-            res.finished = True
-            res.final_val_loss = float(s["final_val_loss"])
-            res.final_val_ppl = float(s.get("final_val_ppl") or math.exp(min(res.final_val_loss, 50.0)))
-            res.mean_loops, res.width_fraction = loop_stats(r["variant"], s.get("eval_loop_mix"))
-            res.flops_train = s.get("flops_per_token_train")
-            res.flops_eval = s.get("flops_per_token_eval")
-            res.wall_time_s = s.get("wall_time_s")
-            res.tokens = s.get("tokens")
+        res = RunResult(name=r["name"], phase=r["phase"], variant=r["variant"], seed=r["seed"], finished=False)
+        _read_summary(run_dir / "summary.json", res, r["steps"], r["variant"])
         res.curve = _curve(run_dir / "metrics.jsonl")
         results.append(res)
     return meta, results

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 from pathlib import Path
 
 from vffn_pretrain.study.collect import RunResult, read_study
@@ -267,18 +269,40 @@ def plot(results: list[RunResult], data: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Write report.md, report.json and the plots into ``out_dir`` (default STUDY_DIR/report); return report.md."""
-    from vffn_pretrain.study.collect import StudyReadError
+REPORT_FILES = ("report.md", "report.json", "final_loss.png", "delta_vs_dense.png", "val_curves.png")
 
+
+def _is_report(path: Path) -> bool:
+    """A directory holding only what `write_report` writes."""
+    return path.is_dir() and all(p.name in REPORT_FILES for p in path.iterdir())
+
+
+def write_report(study_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write report.md, report.json and the plots into ``out_dir`` (default STUDY_DIR/report); return report.md.
+
+    ``out_dir`` must not be, contain or lie inside a file the report reads, and is replaced only when it holds a
+    report (or is empty); it is written as OUT.partial-PID and renamed when complete, under ``OUT.lock``."""
+    from vffn_pretrain.outputs.apart import check_apart, check_replaceable
+    from vffn_pretrain.outputs.atomic import make_partial_dir, publish_dir, sweep_stale_partials
+    from vffn_pretrain.outputs.lock import claim_output
+    from vffn_pretrain.study.collect import StudyReadError, study_inputs
+
+    out = Path(out_dir) if out_dir else Path(study_dir) / "report"
+    check_apart({"--out": out}, {"the study file": study_inputs(study_dir)})
+    check_replaceable(out, ours=_is_report, what="a study report", flag="--out")
     meta, results = read_study(study_dir)
     if not any(r.finished for r in results if r.phase == "continued"):
         raise StudyReadError(f"{study_dir}: no continued run has finished yet; nothing to report")
-    out = Path(out_dir) if out_dir else Path(study_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
     data = analyse(results)
-    (out / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    plot(results, data, out)
-    path = out / "report.md"
-    path.write_text(markdown(meta, data))
-    return path
+    with claim_output(out, "--out", "vffn-study") as lock:
+        sweep_stale_partials(out, warn=lambda message: print(f"vffn-study: {message}", file=sys.stderr))
+        tmp = make_partial_dir(out)
+        try:
+            (tmp / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+            plot(results, data, tmp)
+            (tmp / "report.md").write_text(markdown(meta, data))
+            lock.verify()
+            publish_dir(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out / "report.md"

@@ -42,9 +42,9 @@ def test_export_of_an_incomplete_checkpoint_leaves_nothing(rank_pools, tp2pp2_ch
 
 def test_export_refuses_an_existing_output_unless_overwrite(rank_pools, tp2pp2_checkpoints, tmp_path):
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
     args = ["--checkpoint", tp2pp2_checkpoints["kloop"], "--out", str(out)]
+    assert rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli", args)[0]["code"] == 0
+    (out / "keep.txt").write_text("mine")  # an earlier export, with a file of the user's added
     result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli", args)[0]
     assert result["code"] == 2 and "--overwrite" in _one_line(result)
     assert (out / "keep.txt").read_text() == "mine"

@@ -25,7 +25,11 @@ slow each other: N processes each train the three-layer model; in interleaved ro
 once for `--sharing-seconds` while the rest wait, and each one's steps per second is set against one rank alone
 (`measure_sharing`). Lossless processor sharing would give max(1, k / cores); the table says what this machine
 really loses, and `vffn-plan --shared-cores` simulates with it. Bad options: one line naming the option, exit 2.
-A measurement worker that dies (killed, out of memory): one line, exit 1. Ctrl-C: exit 130. Neither writes the file.
+A measurement worker that dies (killed, out of memory): one line, exit 1. Ctrl-C, SIGTERM or SIGHUP: the workers
+are stopped, exit 130. Neither writes the file. The workers watch this process: killed with kill -9, it leaves
+none behind. --out is written whole (FILE.partial-PID, then renamed; a killed run's partial is removed by the
+next), must not lie inside the config directory it reads, replaces an existing file only when that is a
+calibration, and a second calibrate writing the same --out is refused (OUT.lock, exit 1).
 """
 
 from __future__ import annotations
@@ -316,6 +320,30 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], 
     return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate, slowdown), report
 
 
+def check_out(out: Path) -> None:
+    """--out before anything is measured: a file name in an existing directory, outside the config directory,
+    and not an existing file other than a calibration (ConfigError naming --out)."""
+    from vffn_pretrain.conf_path import CONF_DIR
+    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.outputs.apart import NotOurOutput, OutputOverlapsInput, check_apart, check_replaceable
+
+    if out.is_dir() or not out.parent.is_dir():
+        raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
+    try:
+        check_apart({"--out": out}, {"the config directory": CONF_DIR})
+        check_replaceable(out, ours=_is_calibration, what="a calibration file", flag="--out")
+    except (OutputOverlapsInput, NotOurOutput) as e:
+        raise ConfigError("--out", str(e)) from None
+
+
+def _is_calibration(path: Path) -> bool:
+    try:
+        Timing.load(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def main(argv: list[str]) -> int:
     """Entry of `vffn-plan calibrate`; returns the exit code (2: bad config, one line)."""
     import json
@@ -325,8 +353,11 @@ def main(argv: list[str]) -> int:
 
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.outputs.atomic import partial_path, sweep_stale_partials
+    from vffn_pretrain.outputs.lock import OutputInUse, claim_output
     from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
     from vffn_pretrain.planning.cli import _compose
+    from vffn_pretrain.process.interrupts import interrupted, interruptible
 
     ap = argparse.ArgumentParser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*")
@@ -347,30 +378,42 @@ def main(argv: list[str]) -> int:
         if not 0 < args.sharing_seconds <= 600:
             raise ConfigError("--sharing-seconds", f"must be in (0, 600], got {args.sharing_seconds}")
         out = Path(args.out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
+        check_out(out)
         cfg = load_run_config(_compose(overrides), world_size=1)
     except ConfigError as e:
         print(f"vffn-plan calibrate: {e}", file=sys.stderr)
         return 2
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    init_distributed()
-    setup_model_parallel(ParallelConfig())
-    seed_all(cfg.train.seed)
     try:
-        sharing = (overrides, args.shared_ranks, args.sharing_seconds) if args.shared_ranks else None
-        timing, report = calibrate(cfg, args.rounds, p2p=not args.no_p2p, sharing=sharing)
-    except KeyboardInterrupt:
-        print(f"vffn-plan calibrate: interrupted; {out} was not written", file=sys.stderr)
+        with interruptible():
+            lock = claim_output(out, "--out", "vffn-plan calibrate")
+    except (OutputInUse, OSError) as e:
+        print(f"vffn-plan calibrate: {e}", file=sys.stderr)
+        return 1
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    try:
+        with interruptible():
+            init_distributed()
+            setup_model_parallel(ParallelConfig())
+            seed_all(cfg.train.seed)
+            sharing = (overrides, args.shared_ranks, args.sharing_seconds) if args.shared_ranks else None
+            timing, report = calibrate(cfg, args.rounds, p2p=not args.no_p2p, sharing=sharing)
+            device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
+            sweep_stale_partials(out)
+            partial = partial_path(out)  # a reader never sees half a file
+            try:
+                timing.save(partial, device)
+                lock.verify()
+                os.replace(partial, out)
+            finally:
+                partial.unlink(missing_ok=True)
+    except KeyboardInterrupt as stop:
+        print(f"vffn-plan calibrate: {interrupted(stop)}; {out} was not written", file=sys.stderr)
         return 130
-    except MeasurementError as e:
+    except (MeasurementError, OutputInUse, OSError) as e:
         print(f"vffn-plan calibrate: {e}; {out} was not written", file=sys.stderr)
         return 1
     finally:
         ps.destroy_model_parallel()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
-    partial = out.with_name(out.name + ".partial")  # a reader never sees half a file
-    timing.save(partial, device)
-    os.replace(partial, out)
+        lock.release()
     print(json.dumps({"out": args.out, "device": device, "measured": report}, indent=1))
     return 0

@@ -23,7 +23,9 @@ of GPU memory reports that and the next step still runs:
 
 It writes gpu_check.md (a table per step) and gpu_check.json to --out, each step's log beside them, and exits
 0 when every step passed, 1 otherwise. --quick runs the same steps at toy sizes (the CPU test suite runs it).
-The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one. Each step runs in a process group of
+The time limits add up to 8 minutes; --timeout STEP=SECONDS changes one (SECONDS a positive number). Bad flags
+(an unknown step, a limit that is not a positive number, --layers outside 1..1000, an --out that is a file or
+that another check is writing: OUT.lock) are one line and exit 2. Each step runs in a process group of
 its own; stopping the runner (Ctrl-C, SIGTERM: exit 130 / 143, no report) kills that group, and a step whose
 runner was killed outright (kill -9) kills its own group, so no step or trainer process outlives the check.
 """
@@ -371,19 +373,63 @@ def main(argv=None) -> int:
     parser.add_argument("--step", help=argparse.SUPPRESS)  # internal: run one step in this process
     args = parser.parse_args(argv)
     args.out = args.out.resolve()
-    args.out.mkdir(parents=True, exist_ok=True)
     if args.step:
         return run_child(args)
-    # SIGTERM (a job's time limit, a test's timeout) unwinds like Ctrl-C, through run_step's clean-up.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        limits = check_flags(args)
+        lock = claim_out(args.out)
+    except ValueError as e:
+        print(f"gpu_check: {e}", file=sys.stderr)
+        return 2
+    # SIGTERM (a job's time limit, a test's timeout) and SIGHUP unwind like Ctrl-C, through run_step's clean-up.
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        return run_steps(args, limits)
+    finally:
+        lock.release()
+
+
+def check_flags(args) -> dict[str, float]:
+    """The step time limits; ValueError (one line naming the flag) for a bad --timeout, --layers or --out."""
+    import math
+
     limits = {name: quick if args.quick else gpu for name, gpu, quick in STEPS}
     for item in args.timeout:
-        name, _, seconds = item.partition("=")
+        name, eq, seconds = item.partition("=")
         if name not in limits:
-            print(f"gpu_check: --timeout {item}: no step named {name!r} (steps: {', '.join(limits)})",
-                  file=sys.stderr)
-            return 2
-        limits[name] = float(seconds)
+            raise ValueError(f"--timeout {item}: no step named {name!r} (steps: {', '.join(limits)})")
+        try:
+            limit = float(seconds) if eq else math.nan
+        except ValueError:
+            limit = math.nan
+        if not (math.isfinite(limit) and limit > 0):
+            raise ValueError(f"--timeout {item}: expected STEP=SECONDS with SECONDS a positive number")
+        limits[name] = limit
+    if not 1 <= args.layers <= 1000:
+        raise ValueError(f"--layers must be between 1 and 1000, got {args.layers}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory")
+    return limits
+
+
+def claim_out(out: Path):
+    """Make --out and take its lock (a second check writing the same folder is refused); ValueError when it
+    cannot be made or is in use."""
+    sys.path.insert(1, str(ROOT))
+    from vffn_pretrain.outputs.lock import OutputInUse, claim_output
+
+    try:
+        lock = claim_output(out, "--out", "gpu_check")
+        out.mkdir(exist_ok=True)
+    except OutputInUse as e:
+        raise ValueError(str(e)) from None
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot be made ({e.strerror or e})") from None
+    return lock
+
+
+def run_steps(args, limits: dict[str, float]) -> int:
     steps = {}
     for name, _, _ in STEPS:
         if args.only and name not in args.only:

@@ -99,3 +99,21 @@ def test_a_stopped_runner_leaves_no_step_process(tmp_path, sig, hang):
     if sig == signal.SIGINT:
         assert runner.returncode == 130 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith("gpu_check: interrupted during step resume")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--timeout", "resume=abc"], "--timeout resume=abc"), (["--timeout", "resume=-5"], "--timeout resume=-5"),
+    (["--timeout", "resume=nan"], "--timeout resume=nan"), (["--timeout", "resume=inf"], "--timeout resume=inf"),
+    (["--timeout", "resume"], "--timeout resume:"), (["--layers", "0"], "--layers"), (["--layers", "-3"], "--layers"),
+    (["--out", "{file}"], "exists and is not a directory"), (["--out", "{file}/sub"], "cannot be made"),
+], ids=["not-a-number", "negative", "nan", "inf", "no-seconds", "zero-layers", "negative-layers", "out-is-a-file",
+        "out-under-a-file"])
+def test_bad_flags_are_one_line_and_exit_2_before_anything_runs(tmp_path, args, words):
+    """(Issue 23's catalogue: gpu_check validates its flags: exit 2, one line naming the flag, nothing made.)"""
+    (tmp_path / "afile").write_text("x")
+    argv = [a.format(file=tmp_path / "afile") for a in args]
+    argv = argv if "--out" in argv else ["--out", str(tmp_path / "report"), *argv]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and words in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

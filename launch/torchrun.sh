@@ -50,7 +50,9 @@
 # not kill torchrun; the trainer may see a signal twice and must treat repeats as one. torchrun turns
 # any worker failure into exit code 1, so each worker's real exit code is recorded by
 # launch/record_exit.py and this script exits 3 when any worker on this node exited 3, else with
-# torchrun's own exit code.
+# torchrun's own exit code. Killed outright (kill -9), this script leaves nothing running: torchrun is started
+# through launch/with_parent.py and gets SIGTERM when the script dies (it stops its workers, which save and
+# exit), and a worker whose torchrun is killed outright saves and exits too (launch/record_exit.py).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -107,9 +109,10 @@ trap 'rm -rf "$VFFN_EXIT_DIR"' EXIT
 echo "[torchrun.sh] $(hostname -s) node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE} proc/node, ${rdzv[*]}," \
   "OMP_NUM_THREADS=${OMP_NUM_THREADS}"
 
-# Started with USR1 ignored (the disposition is inherited across exec), see the header.
+# Started with USR1 ignored (the disposition is inherited across exec), see the header; with_parent.py makes
+# torchrun's own PID the one waited for below, with a SIGTERM coming when this script dies.
 trap '' USR1
-"$PYTHON" -m torch.distributed.run "${rdzv[@]}" \
+"$PYTHON" "$REPO_ROOT/launch/with_parent.py" "$$" "$PYTHON" -m torch.distributed.run "${rdzv[@]}" \
   --nproc-per-node="$NPROC_PER_NODE" --max-restarts=0 --shutdown-timeout="$SHUTDOWN_TIMEOUT" \
   "$REPO_ROOT/launch/record_exit.py" "$TRAIN_MODULE" "$@" &
 torchrun_pid=$!

@@ -104,3 +104,23 @@ def test_launcher_passes_the_requeue_code_through(tiny, tmp_path):
     steps = helpers.summary(tmp_path / "run")["steps"]
     assert 2 <= steps < 400
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"
+
+
+def test_a_killed_launcher_leaves_no_process_and_the_run_saved(tiny, tmp_path):
+    """kill -9 of launch/torchrun.sh (issue 23, class 5): torchrun gets SIGTERM from the kernel (with_parent.py),
+    stops its workers, which save and exit; nothing of the session is left running."""
+    from tests.faults.processes import wait_until_gone
+
+    run = helpers.torchrun([*tiny, "train.max_steps=400", f"run_dir={tmp_path / 'run'}"], tmp_path / "run.log",
+                           env={"NPROC_PER_NODE": "2", "SHUTDOWN_TIMEOUT": "60"})
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=120,
+                     what="two logged steps", proc=run)
+    run.proc.kill()  # the script alone
+    run.proc.wait()
+    survivors = wait_until_gone(run.proc.pid, 90)
+    run.kill()
+    assert not survivors, survivors
+    steps = helpers.summary(tmp_path / "run")["steps"]
+    assert 2 <= steps < 400  # saved on the way out
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"

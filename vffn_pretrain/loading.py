@@ -58,3 +58,22 @@ def load_checkpoint_for_inference(checkpoint: str | Path, seed: int = 0) -> Load
     ddp = wrap_ddp(chunks, cfg.parallel)
     dist_ckpt.load(ckpt, ddp)
     return LoadedModel(chunks[0].eval(), cfg, ckpt)
+
+
+def inference_tokenizer(cfg, padded_vocab_size: int, override: str | None = None):
+    """The tokenizer of a loaded checkpoint: `override` (a tool's --tokenizer, when the run's tokenizer file has
+    moved) or the run's `data.tokenizer`. ValueError, one line naming it (with the --tokenizer hint), when it
+    cannot be loaded or has more ids than the model."""
+    from vffn_pretrain.data.tokenizer import build_tokenizer
+
+    spec = override if override is not None else cfg.data.tokenizer
+    where = f"--tokenizer {spec}" if override is not None else f"the run's tokenizer (data.tokenizer={spec})"
+    try:
+        tokenizer = build_tokenizer(spec)
+    except (ValueError, OSError) as e:
+        hint = "" if override is not None else "; if the file has moved since training, pass --tokenizer PATH"
+        raise ValueError(f"{where} cannot be loaded ({e}){hint}") from None
+    if tokenizer.vocab_size > padded_vocab_size:
+        raise ValueError(f"{where} has {tokenizer.vocab_size} ids, more than the model's {padded_vocab_size} "
+                         f"(model.vocab_size={cfg.model.vocab_size}): not the tokenizer it was trained with")
+    return tokenizer

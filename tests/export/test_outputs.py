@@ -5,7 +5,7 @@ Catalogue rows (each a test below):
 | class | case | what the user sees |
 |---|---|---|
 | 9 | export of a mixed model (ffn.layers = dense, kloop, versatile, width_only, depth_only) | VffnForCausalLM with megatron's logits |
-| 9 | export after the training tokenizer moved | exit 2 naming it, with the --tokenizer hint; with --tokenizer: done |
+| 9 | export (and generate) after the training tokenizer moved | exit 2 naming it, with the --tokenizer hint; with --tokenizer: done |
 | 9 | export --tokenizer with more ids than the model | exit 2, "not the tokenizer it was trained with" |
 | 2 | export --out = the run directory / inside the checkpoint dir, --overwrite | exit 2, "contains" / "lies inside"; checkpoints intact |
 | 2 | export --overwrite onto a directory that is not a model | exit 2, "is not a model directory"; files intact |
@@ -91,6 +91,11 @@ def test_a_moved_tokenizer_is_named_and_taken_from_tokenizer_flag(rank_pools, mi
         assert result["code"] == 0, result["stderr"]
         shipped = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
         assert shipped["model"] == json.loads(moved.read_text())["model"]
+        generate = ["--checkpoint", str(ckpt), "--prompt", "The hacker", "--max-new-tokens", "3"]
+        result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.generate", generate)[0]
+        assert result["code"] == 2 and "pass --tokenizer PATH" in _one_line(result)
+        result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.generate", [*generate, "--tokenizer", str(moved)])[0]
+        assert result["code"] == 0, result["stderr"]
     finally:
         shutil.move(moved, tok)
 

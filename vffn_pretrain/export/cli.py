@@ -112,29 +112,12 @@ def build_hf_model(loaded, tokenizer):
     return model.eval()
 
 
-def load_tokenizer(spec: str, explicit: bool, loaded):
-    """The tokenizer to ship: --tokenizer (`explicit`) or the run's data.tokenizer; ExportError when it cannot
-    be loaded or does not fit the model."""
-    from vffn_pretrain.data.tokenizer import build_tokenizer
-
-    where = f"--tokenizer {spec}" if explicit else f"the run's tokenizer (data.tokenizer={spec})"
-    try:
-        tokenizer = build_tokenizer(spec)
-    except (ValueError, OSError) as e:
-        hint = "" if explicit else "; if the file has moved since training, pass --tokenizer PATH"
-        raise ExportError(f"{where} cannot be loaded ({e}){hint}") from None
-    if tokenizer.vocab_size > loaded.padded_vocab_size:
-        raise ExportError(f"{where} has {tokenizer.vocab_size} ids, more than the model's {loaded.padded_vocab_size} "
-                          f"(model.vocab_size={loaded.cfg.model.vocab_size}): not the tokenizer it was trained with")
-    return tokenizer
-
-
 def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite: bool = False,
                       tokenizer: str | None = None, prog: str = "vffn-export") -> Path:
     import torch
     from transformers import GenerationConfig
 
-    from vffn_pretrain.loading import load_checkpoint_for_inference
+    from vffn_pretrain.loading import inference_tokenizer, load_checkpoint_for_inference
     from vffn_pretrain.outputs.atomic import make_partial_dir, publish_dir, sweep_stale_partials
     from vffn_pretrain.outputs.lock import claim_output
 
@@ -157,7 +140,10 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"--checkpoint {checkpoint}: cannot be loaded (incomplete or damaged?): {first}") \
                 from None
-        tok = load_tokenizer(tokenizer or loaded.cfg.data.tokenizer, tokenizer is not None, loaded)
+        try:
+            tok = inference_tokenizer(loaded.cfg, loaded.padded_vocab_size, tokenizer)
+        except ValueError as e:
+            raise ExportError(str(e)) from None
         model = build_hf_model(loaded, tok)
         if dtype == "bf16":
             model = model.to(torch.bfloat16)

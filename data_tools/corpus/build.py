@@ -141,6 +141,8 @@ def run_build(opts: BuildOptions, log=print) -> dict:
         raise ValueError(f"--valid-per-mille {valid_pm} and --test-per-mille {test_pm}: each must be >= 1 "
                          "and together below 1000")
     cache, deb_dir = Path(opts.cache), Path(opts.deb_dir) if opts.deb_dir else None
+    if deb_dir is not None and not deb_dir.is_dir():
+        raise ValueError(f"--deb-dir {deb_dir}: not a directory")
     check_apart({"--out": out}, {"--cache": cache, "--deb-dir": deb_dir})
     _check_out(out, opts.overwrite)
     # Every package is fetched and opened before anything is written.

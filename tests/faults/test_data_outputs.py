@@ -15,6 +15,7 @@ Catalogue rows (each a test below):
 | 2 | corpus build --overwrite onto a directory holding other files | exit 1, "is not a corpus build"; files intact |
 | 2 | outputs get the user's umask | 0o664 files under umask 002 |
 | 2 | a stale train-tokenizer partial of a killed run | removed by the next run, with a line |
+| 2 | tokenize --output-prefix "" / "out/" / "." | exit 1, "must end in a file name"; no hidden .bin written |
 | 3 | tokenize while another live process holds the prefix's lock | exit 1, "is in use by PID"; nothing written |
 | 3 | a lock left by a dead process | taken over with a line; the run succeeds; no lock left |
 | 3 | a lock of another host | exit 1, names the host and the lock to remove |
@@ -157,6 +158,14 @@ def test_a_killed_runs_partial_tokenizer_is_removed_by_the_next_run(d, capsys, m
     assert out.code == 0, out.out
     assert f"removed {stale}" in out.out and not stale.exists()
     assert sorted(p.name for p in d.iterdir()) == ["ids.jsonl", "tok.json", "tok.report.json"]
+
+
+@pytest.mark.parametrize("prefix", ["", "out/", "."], ids=["empty", "a-directory", "dot"])
+def test_a_prefix_without_a_file_name_is_refused(d, prefix, capsys, monkeypatch):
+    monkeypatch.chdir(d)
+    out = _run([*TOK, "--input", d / "ids.jsonl", "--output-prefix", prefix], capsys, monkeypatch)
+    assert out.code == 1 and "must end in a file name" in out.one_line_error()
+    assert sorted(p.name for p in d.iterdir()) == ["ids.jsonl"]  # no hidden .bin/.idx
 
 
 # ---------------------------------------------------------------------------------------------- class 3

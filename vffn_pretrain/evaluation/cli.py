@@ -236,6 +236,9 @@ def check_args(args) -> None:
     check_numbers(args)
     if args.hf:
         check_model_dir(args.hf)
+    if args.checkpoint and not Path(args.checkpoint).is_dir():
+        raise EvalError(f"--checkpoint {args.checkpoint}: " + ("not a directory (give a checkpoint.dir or a step_* "
+                        "directory)" if Path(args.checkpoint).exists() else "no such directory"))
     check_include_paths(args.include_path)
     if args.out:
         check_out(Path(args.out), args)

@@ -236,9 +236,13 @@ def check_args(args) -> None:
     check_numbers(args)
     if args.hf:
         check_model_dir(args.hf)
-    if args.checkpoint and not Path(args.checkpoint).is_dir():
-        raise EvalError(f"--checkpoint {args.checkpoint}: " + ("not a directory (give a checkpoint.dir or a step_* "
-                        "directory)" if Path(args.checkpoint).exists() else "no such directory"))
+    if args.checkpoint:
+        from vffn_pretrain.export.cli import ExportError, check_checkpoint_path
+
+        try:
+            check_checkpoint_path(args.checkpoint)
+        except ExportError as e:
+            raise EvalError(str(e)) from None
     check_include_paths(args.include_path)
     if args.out:
         check_out(Path(args.out), args)

@@ -112,6 +112,14 @@ def build_hf_model(loaded, tokenizer):
     return model.eval()
 
 
+def check_checkpoint_path(checkpoint: str) -> None:
+    """--checkpoint must be a directory (a checkpoint.dir or a step_* directory); ExportError otherwise."""
+    if not Path(checkpoint).is_dir():
+        raise ExportError(f"--checkpoint {checkpoint}: " + ("not a directory (give a checkpoint.dir or a step_* "
+                                                            "directory)" if Path(checkpoint).exists() else
+                                                            "no such directory"))
+
+
 def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite: bool = False,
                       tokenizer: str | None = None, prog: str = "vffn-export") -> Path:
     import torch
@@ -121,10 +129,7 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
     from vffn_pretrain.outputs.atomic import make_partial_dir, publish_dir, sweep_stale_partials
     from vffn_pretrain.outputs.lock import claim_output
 
-    if not Path(checkpoint).is_dir():
-        raise ExportError(f"--checkpoint {checkpoint}: " + ("not a directory (give a checkpoint.dir or a step_* "
-                                                            "directory)" if Path(checkpoint).exists() else
-                                                            "no such directory"))
+    check_checkpoint_path(checkpoint)
     check_output(out, overwrite, checkpoint, tokenizer)
     lock = claim_output(out, "--out", prog)
     try:

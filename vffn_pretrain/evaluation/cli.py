@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from vffn_pretrain.outputs.apart import NotOurOutput, OutputOverlapsInput, check_apart, check_replaceable
-from vffn_pretrain.outputs.atomic import write_json_atomic, write_text_atomic
+from vffn_pretrain.outputs.atomic import sweep_stale_partials, write_json_atomic, write_text_atomic
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_TASKS = ("jargon_cloze",)
@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
                     raise EvalError(str(e), code=1) from None
                 except OSError as e:
                     raise EvalError(f"--out {args.out}: cannot be written ({e})") from None
+                sweep_stale_partials(args.out, warn=lambda message: print(f"vffn-eval: {message}", file=sys.stderr))
             finish(args, run(args), lock)
     except EvalError as e:
         print(f"vffn-eval: {e}", file=sys.stderr)

@@ -35,6 +35,12 @@ from vffn_pretrain.parallel.init import (
     setup_model_parallel,
 )
 from vffn_pretrain.parallel.preflight import preflight
+from vffn_pretrain.process.threads import (
+    OtherLoad,
+    ThreadPlan,
+    competition_note,
+    configure_cpu_threads,
+)
 from vffn_pretrain.training.callbacks.base import Callback
 from vffn_pretrain.training.callbacks.build import build_callbacks
 from vffn_pretrain.training.callbacks.wandb_logger import WandbLogger
@@ -119,6 +125,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        threads = configure_cpu_threads()
+        others = OtherLoad(threads.local_ranks)
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
         self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
         set_collective_timeout(cfg.parallel.collective_timeout_min)  # init_timeout_s bounded the start-up only
@@ -138,6 +146,8 @@ class Trainer:
         if loaded is None and t.init_from:
             self._init_from_dense()
         self.start_step = self.step
+        if self.rank == 0 and self.device.type == "cpu":
+            self._report_cpu_threads(threads, others.busy_cores())
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
             OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
         self.train_iter = self._loader(self.train_ds, self.consumed_samples, cycle=False)
@@ -165,6 +175,14 @@ class Trainer:
                                   beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
             cfg.parallel, bf16=use_bf16)
         self.scheduler = build_scheduler(self.optimizer, t)
+
+    @staticmethod
+    def _report_cpu_threads(plan: ThreadPlan, others_busy: float) -> None:
+        source = "OMP_NUM_THREADS" if plan.from_env else f"{plan.cores} usable cores / {plan.local_ranks} rank(s)"
+        log.info("cpu: %d intra-op thread(s) per rank (%s)", plan.threads, source)
+        note = competition_note(plan, others_busy)
+        if note:
+            log.warning("cpu: %s", note)
 
     def _resolve_pipeline_layout(self) -> None:
         """parallel.pipeline_layout=auto: rank 0 plans, every rank runs its layout (or raises its ConfigError)."""

@@ -11,12 +11,15 @@ Atomic directories, retention and the `latest` marker are the trainer's concern,
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.validation import StrictHandling
+
+log = logging.getLogger(__name__)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -47,13 +50,37 @@ def is_extra_state(key: str) -> bool:
 
 def load_sharded(state: dict, directory: str | Path) -> dict:
     """Collective. `dist_checkpointing.load` of `state` (a sharded state dict) from `directory`, where entries the
-    checkpoint lacks are an error, except `_extra_state` ones, which keep their current values."""
-    loaded, absent, _ = dist_checkpointing.load(state, str(directory), strict=StrictHandling.RETURN_UNEXPECTED)
+    checkpoint lacks are an error, except `_extra_state` ones, which keep their current values. Entries the
+    checkpoint has and `state` does not ask for are left out, with a warning when they belong to what was asked
+    (a model weight when model weights were asked for)."""
+    # megatron returns (state, missing keys: in the checkpoint, not asked for; unexpected keys: asked for, not in
+    # the checkpoint); with RETURN_ALL it leaves both to the caller.
+    loaded, unused, absent = dist_checkpointing.load(state, str(directory), strict=StrictHandling.RETURN_ALL)
     lacking = sorted(k for k in absent if not is_extra_state(k))
     if lacking:
-        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
-        raise KeyError(f"checkpoint {directory} has no {', '.join(lacking[:5])}{more}")
+        raise KeyError(f"checkpoint {directory} has no {_some(lacking)}")
+    asked = {key.split(".", 1)[0] for key in _sharded_keys(state)}
+    left = sorted(k for k in unused if not is_extra_state(k) and k.split(".", 1)[0] in asked)
+    if left and _is_first_rank():
+        log.warning("checkpoint %s has %s, which this model does not use: not loaded", directory, _some(left))
     return loaded
+
+
+def _some(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _sharded_keys(state: dict) -> list[str]:
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+
+    return [v.key for v in nested_values(state) if isinstance(v, ShardedBase)]
+
+
+def _is_first_rank() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def load_module_state(module: torch.nn.Module, state: dict, *, strict: bool = True):

@@ -31,6 +31,7 @@ from vffn_pretrain.parallel.init import device as rank_device
 from vffn_pretrain.planning.loops import write_loop_stats
 from vffn_pretrain.training import dist_ckpt
 from vffn_pretrain.training.faults import FAULTS
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +220,8 @@ class CheckpointManager:
         error = None
         try:
             common = dist_ckpt.load(path, ddp_chunks, optimizer)
+        except LayoutRefused as e:  # every rank reads the same layout: no fallback would load either
+            raise LayoutRefused(e.key, f"checkpoint {path}: {e}") from None
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             common = {}

@@ -5,7 +5,8 @@ layout loads at any other. The distributed optimizer is saved `fully_reshardable
 
 Checkpoints also cross backends: transformer-engine modules carry an `_extra_state` entry (their fp8 metadata) that
 the local modules do not have. Loading a local-backend checkpoint into a TE model leaves those entries at their
-fresh values; loading a TE checkpoint into a local model ignores them.
+fresh values; loading a TE checkpoint into a local model ignores them. The optimizer state crosses precisions (fp32,
+bf16) and Adam implementations (torch's, transformer-engine's fused one) too: optimizer_layouts.py.
 Atomic directories, retention and the `latest` marker are the trainer's concern, not this module's.
 """
 
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.validation import StrictHandling
+
+from vffn_pretrain.training.optimizer_layouts import LoadPlan
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +97,21 @@ def load_module_state(module: torch.nn.Module, state: dict, *, strict: bool = Tr
 
 
 def load(directory: str | Path, ddp_chunks: list, optimizer=None, *, strict: bool = True) -> dict[str, Any]:
-    """Collective. Loads weights (and optimizer state when `optimizer` is given); returns the `common` dict."""
+    """Collective. Loads weights (and optimizer state when `optimizer` is given); returns the `common` dict.
+
+    The optimizer state may come from a run of another precision or Adam implementation
+    (training/optimizer_layouts.py); a layout it cannot be mapped from raises LayoutRefused, naming the key."""
     model_sd = model_sharded_state_dict(ddp_chunks)
+    common = dist_checkpointing.load_common_state_dict(str(directory))
+    common = common if isinstance(common, dict) else {}
+    plan = None
     state = {"model": model_sd}
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
+        plan = LoadPlan(optimizer, model_sd, common.get("optimizer"), OPTIM_METADATA)
+        state = plan.request
     loaded = load_sharded(state, directory)
     for i, chunk in enumerate(ddp_chunks):
         load_module_state(chunk.module, loaded["model"][f"chunk{i}"], strict=strict)
-    if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
-    common = dist_checkpointing.load_common_state_dict(str(directory))
-    return dict(common.get("common", {})) if isinstance(common, dict) else {}
+    if plan is not None:
+        plan.restore(loaded)
+    return dict(common.get("common", {}))

@@ -44,6 +44,7 @@ from vffn_pretrain.training.ffn_stats import window_ffn_stats
 from vffn_pretrain.training.flops import RunFlops
 from vffn_pretrain.training.lr import build_scheduler, schedule_change_message
 from vffn_pretrain.training.numerics import params_dtype, use_deterministic_kernels
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 from vffn_pretrain.training.run_lock import RunDirLocked, RunLock
 from vffn_pretrain.training.signals import EXIT_REQUEUE, StopRequest
@@ -182,6 +183,8 @@ class Trainer:
             return self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, config=self.cfg.raw)
         except ModelChangedError as e:
             raise ConfigError("model", str(e)) from None
+        except LayoutRefused as e:
+            raise ConfigError(e.key, str(e)) from None
 
     def _init_from_dense(self) -> None:
         """Continued pretraining: train.init_from names a dense checkpoint to start from."""

@@ -267,25 +267,37 @@ def step_resume(args) -> dict:
     request_budget(args, "resume", budget)
     launches.append(_vffn_pretrain(args, resumed, "train.exit_interval=3"))
     launches.append(_vffn_pretrain(args, resumed))
-    a, b = _losses(straight), _losses(resumed)
-    steps = sorted(a)
-    timing = {"launch_seconds": launches, "budget_s": budget}
-    if sorted(b) != steps:
-        return {"ok": False, "summary": f"resumed run logged steps {sorted(b)}, straight run {steps}", **timing}
-    diff = max(abs(a[s] - b[s]) for s in steps)
-    result = {"losses_straight": [a[s] for s in steps], "losses_resumed": [b[s] for s in steps],
-              "max_abs_diff": diff, "bitwise": diff == 0.0, **timing}
+
+    def repeat() -> dict[int, float]:
+        again = args.out / "resume-straight-again"
+        launches.append(_vffn_pretrain(args, again))
+        return _losses(again)
+
+    return {**resume_verdict(_losses(straight), _losses(resumed), repeat),
+            "launch_seconds": launches, "budget_s": budget}
+
+
+def resume_verdict(straight: dict[int, float], resumed: dict[int, float], repeat) -> dict:
+    """The resume step's verdict from the losses {step: loss} of the uninterrupted and the resumed run: bitwise
+    equal passes; otherwise `repeat()` (the uninterrupted run's losses once more) decides: a run that repeats
+    itself bitwise was changed by the resume (failed); one that does not (kernels without a deterministic form)
+    passes within RESUME_TOLERANCE (relative)."""
+    steps = sorted(straight)
+    if sorted(resumed) != steps:
+        return {"ok": False, "summary": f"resumed run logged steps {sorted(resumed)}, straight run {steps}"}
+    diff = max(abs(straight[s] - resumed[s]) for s in steps)
+    result = {"losses_straight": [straight[s] for s in steps], "losses_resumed": [resumed[s] for s in steps],
+              "max_abs_diff": diff, "bitwise": diff == 0.0}
     if diff == 0.0:
         return {"ok": True, "summary": f"losses of steps {steps[0]}-{steps[-1]} bitwise equal after resume at 3",
                 **result}
-    again = args.out / "resume-straight-again"
-    launches.append(_vffn_pretrain(args, again))
-    noise = max(abs(a[s] - v) for s, v in _losses(again).items())
+    again = repeat()
+    noise = max(abs(straight[s] - again.get(s, float("nan"))) for s in steps)
     if noise == 0.0:  # the run repeats itself exactly, so the resume is what changed it
         return {"ok": False, "run_to_run_diff": 0.0, **result,
                 "summary": f"resume changed the run: max |loss diff| {diff:.3g}, while two uninterrupted runs are "
                            "bitwise equal"}
-    relative = max(abs(a[s] - b[s]) / max(abs(a[s]), 1e-12) for s in steps)
+    relative = max(abs(straight[s] - resumed[s]) / max(abs(straight[s]), 1e-12) for s in steps)
     ok = relative <= RESUME_TOLERANCE
     return {"ok": ok, "run_to_run_diff": noise, "max_relative_diff": relative, **result,
             "summary": f"not bitwise (kernels not deterministic here: two uninterrupted runs differ by {noise:.3g}); "
@@ -341,18 +353,10 @@ def run_step(name: str, limit: float, args, extendable: bool = True) -> dict:
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
-            while True:
-                if extendable:
-                    limit = max(limit, min(_requested_budget(budget_path), MAX_STEP_SECONDS))
-                left = limit - (time.perf_counter() - start)
-                if left <= 0:
-                    return {"ok": False, "status": "timeout", "seconds": time.perf_counter() - start,
-                            "summary": f"no result within its {limit:g} s limit (log: {log.name})"}
-                try:
-                    proc.wait(timeout=min(left, 1.0))
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            overran = wait_within(proc, limit, budget_path if extendable else None)
+            if overran is not None:
+                return {"ok": False, "status": "timeout", "seconds": time.perf_counter() - start,
+                        "summary": f"no result within its {overran:g} s limit (log: {log.name})"}
         finally:
             # Timed out, or this runner is stopping (Ctrl-C, SIGTERM: see main): the step and anything it
             # started go too. A group already gone is fine.
@@ -366,6 +370,23 @@ def run_step(name: str, limit: float, args, extendable: bool = True) -> dict:
     result = json.loads(result_path.read_text())
     result["status"] = "ok" if result["ok"] else "failed"
     return result
+
+
+def wait_within(proc: subprocess.Popen, limit: float, budget_path: Path | None) -> float | None:
+    """Wait for `proc` for `limit` seconds, extended to what the step asks for in `budget_path` (up to
+    MAX_STEP_SECONDS; None: no extension). Returns None once it exited, or the limit it overran."""
+    start = time.perf_counter()
+    while True:
+        if budget_path is not None:
+            limit = max(limit, min(_requested_budget(budget_path), MAX_STEP_SECONDS))
+        left = limit - (time.perf_counter() - start)
+        if left <= 0:
+            return limit
+        try:
+            proc.wait(timeout=min(left, 1.0))
+            return None
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _requested_budget(path: Path) -> float:

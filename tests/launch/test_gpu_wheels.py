@@ -88,7 +88,7 @@ def _wheel(folder: Path, name: str, version: str, requires: list[str] = (), extr
     dist = name.replace("-", "_")
     path = folder / f"{dist}-{version}-py3-none-any.whl"
     info = f"{dist}-{version}.dist-info"
-    meta = [f"Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
             *(f"Provides-Extra: {e}" for e in extras), *(f"Requires-Dist: {r}" for r in requires)]
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(f"{info}/METADATA", "\n".join(meta) + "\n")

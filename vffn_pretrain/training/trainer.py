@@ -44,8 +44,8 @@ from vffn_pretrain.training.ffn_stats import window_ffn_stats
 from vffn_pretrain.training.flops import RunFlops
 from vffn_pretrain.training.lr import build_scheduler, schedule_change_message
 from vffn_pretrain.training.numerics import params_dtype, use_deterministic_kernels
-from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 from vffn_pretrain.training.run_lock import RunDirLocked, RunLock
 from vffn_pretrain.training.signals import EXIT_REQUEUE, StopRequest
 from vffn_pretrain.training.speed import Speedometer

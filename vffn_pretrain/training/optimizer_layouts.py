@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, replace
 
 import torch
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
 from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
 from megatron.core.optimizer import Float16OptimizerWithFloat16Params, FP32Optimizer
@@ -40,6 +41,11 @@ class Layout:
     distributed: bool
     fp32_copy: bool
     step: str | None
+
+    def differs_from(self, other: Layout) -> bool:
+        """Whether loading a state saved in this layout into `other` needs mapping (an unknown step: no)."""
+        return (self.distributed, self.fp32_copy) != (other.distributed, other.fp32_copy) or (
+            self.step is not None and other.step is not None and self.step != other.step)
 
     def describe(self) -> str:
         if self.distributed:
@@ -64,7 +70,8 @@ def step_layout(inner: torch.optim.Optimizer) -> str:
 
 
 def live_layout(optimizer) -> Layout | None:
-    """This run's layout, or None for an optimizer this module does not map (megatron's chained optimizer)."""
+    """The layout of one of megatron's optimizers (not the chained one, whose inner optimizers have theirs), or
+    None for one this module does not map."""
     if isinstance(optimizer, DistributedOptimizer):
         return Layout(True, False, step_layout(optimizer.optimizer))
     if isinstance(optimizer, (FP32Optimizer, Float16OptimizerWithFloat16Params)):
@@ -128,7 +135,7 @@ class LoadPlan:
         mapped = [part.mapped(state, lambda p: _get_path(loaded, self.fp32_of[id(p)]))
                   for part, state in zip(self.parts, states)]
         self.optimizer.load_state_dict(mapped[0] if self.single else dict(enumerate(mapped)))
-        changed = [part for part in self.parts if part.saved is not None and part.saved != part.live]
+        changed = [part for part in self.parts if part.saved and part.live and part.saved.differs_from(part.live)]
         if changed and torch.distributed.get_rank() == 0:
             log.warning("optimizer state mapped from the checkpoint's layout (%s) onto this run's (%s)",
                         changed[0].saved.describe(), changed[0].live.describe())
@@ -196,21 +203,8 @@ def _chained_prefix(own: dict, index: int, single: bool) -> str:
     prefix = f"chained_{index}."
     if single:
         return ""
-    keys = [v.key for v in _sharded_values(own)]
+    keys = [v.key for v in nested_values(own) if isinstance(v, (ShardedTensor, ShardedTensorFactory))]
     return prefix if keys and all(k.startswith(prefix) for k in keys) else ""
-
-
-def _sharded_values(tree) -> list:
-    out = []
-    if isinstance(tree, dict):
-        for value in tree.values():
-            out += _sharded_values(value)
-    elif isinstance(tree, list):
-        for value in tree:
-            out += _sharded_values(value)
-    elif isinstance(tree, (ShardedTensor, ShardedTensorFactory)):
-        out.append(tree)
-    return out
 
 
 def _move_step(inner: dict, live: str) -> None:

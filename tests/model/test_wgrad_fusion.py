@@ -15,7 +15,7 @@ from tests.model.ffn.tiny_layers import make_ffn
 from vffn_pretrain.model import gpt
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
-from vffn_pretrain.parallel import ParallelConfig
+from vffn_pretrain.parallel.config import ParallelConfig
 
 
 class _Built(Exception):

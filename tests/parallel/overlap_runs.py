@@ -14,7 +14,8 @@ from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.versatile import VersatileFFN
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 from vffn_pretrain.training import optim
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 

@@ -156,14 +156,15 @@ def calibrate_under_device_audit(overrides: list[str]) -> dict:
     models it built."""
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.overrides import compose_config
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.model import gpt
-    from vffn_pretrain.parallel import ParallelConfig, device, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import device, seed_all, setup_model_parallel
     from vffn_pretrain.planning.calibrate import calibrate
-    from vffn_pretrain.planning.cli import _compose
     from vffn_pretrain.testing.device_audit import device_audit
 
-    cfg = load_run_config(_compose([*overrides, "parallel.tp=1", "parallel.pp=1"]), world_size=1)
+    cfg = load_run_config(compose_config([*overrides, "parallel.tp=1", "parallel.pp=1"]), world_size=1)
     setup_model_parallel(ParallelConfig())
     seed_all(0)
     built, original = [], gpt.build_model

@@ -15,7 +15,8 @@ from tests.training import fused_adam_standin
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 from vffn_pretrain.training import dist_ckpt
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 

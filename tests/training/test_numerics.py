@@ -35,8 +35,8 @@ def test_deterministic_kernels(monkeypatch):
 
 
 def test_deterministic_must_be_a_boolean():
-    from vffn_pretrain.config_errors import ConfigError
-    from vffn_pretrain.system_config import SystemConfig
+    from vffn_pretrain.config.errors import ConfigError
+    from vffn_pretrain.config.system import SystemConfig
 
     with pytest.raises(ConfigError, match="system.deterministic"):
         SystemConfig(deterministic="yes").validate()

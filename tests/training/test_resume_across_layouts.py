@@ -60,7 +60,7 @@ def config_error_of(overrides: list[str]) -> tuple[str, str] | None:
     """(key, message) of the ConfigError the trainer's set-up raises (the CLI prints it as one line, exit 2)."""
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.config.errors import ConfigError
     from vffn_pretrain.training.trainer import Trainer
 
     trainer = Trainer(cases.run_config(overrides))

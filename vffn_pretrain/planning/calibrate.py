@@ -44,17 +44,16 @@ import time
 from pathlib import Path
 from queue import Empty
 
-import torch
-
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import DEVICE_PROFILES, Timing
-from vffn_pretrain.training.numerics import params_dtype
 
 
 def now() -> float:
     """A timestamp after everything queued on this process's device has run (a synchronize on a GPU: kernels are
     launched asynchronously, so the host clock alone would time their launch)."""
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
@@ -63,9 +62,12 @@ def now() -> float:
 def _layer_seconds(model_cfg, ffn_cfg, micro: int, seq: int, rounds: int, dtype: torch.dtype
                    ) -> tuple[float, float]:
     """Fastest forward and backward seconds of one layer of ffn_cfg.kind timed alone (for the forward share)."""
+    import torch
+
     from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import ParallelConfig, device
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import device
 
     one = dataclasses.replace(model_cfg, num_layers=1)
     (gpt,) = build_model(one, ffn_cfg, ParallelConfig(), params_dtype=dtype)
@@ -94,9 +96,12 @@ class _StepTimer:
     """A model of `layers` layers of one FFN kind with megatron-core DDP and optimizer, and its step timer."""
 
     def __init__(self, model_cfg, ffn_cfg, train_cfg, layers: int, dtype: torch.dtype):
+        import torch
+
         from vffn_pretrain.model.ffn import state as ffn_state
         from vffn_pretrain.model.gpt import build_model
-        from vffn_pretrain.parallel import ParallelConfig, device
+        from vffn_pretrain.parallel.config import ParallelConfig
+        from vffn_pretrain.parallel.init import device
         from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 
         shape = dataclasses.replace(model_cfg, num_layers=layers)
@@ -111,6 +116,8 @@ class _StepTimer:
         self.gen = torch.Generator().manual_seed(0)
 
     def step_seconds(self, micro_batches: int) -> float:
+        import torch
+
         from vffn_pretrain.training.step import train_step
 
         b, s = self.b, self.s
@@ -188,6 +195,7 @@ def _run_workers(procs: list, queue, count: int, what: str) -> list:
 
 def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> None:
     """One end of the P2P measurement: gloo between CPU processes, NCCL between GPU `rank` and the other."""
+    import torch
     import torch.distributed as dist
 
     cuda = torch.cuda.is_available()
@@ -242,21 +250,25 @@ def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds
     """One rank of the sharing measurement: a world of its own, the 3-layer model of the config's first FFN kind;
     at each phase k it trains for `seconds` if index < k (else waits at the barrier, using no CPU) and reports
     (phase number, steps per second)."""
+    import torch
     import torch.distributed as dist
 
-    from vffn_pretrain.config import load_run_config
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.planning.cli import _compose
+    from vffn_pretrain.config.overrides import compose_config
+    from vffn_pretrain.config.run import load_run_config
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.training.numerics import params_dtype
 
     torch.set_num_threads(1)
-    cfg = load_run_config(_compose(overrides), world_size=1)
+    cfg = load_run_config(compose_config(overrides), world_size=1)
     # A world of one in memory: N workers each picking a free TCP port for their own store can collide.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     init_distributed()  # joins the world above; installs the CPU shims
     setup_model_parallel(ParallelConfig())
     seed_all(cfg.train.seed + index)
     kind = cfg.ffn.layer_kinds(cfg.model.num_layers)[0]
-    timer = _StepTimer(cfg.model, cfg.ffn.for_kind(kind), cfg.train, LAYERS[-1], params_dtype(cfg.system.precision))
+    dtype = params_dtype(cfg.system.precision)
+    timer = _StepTimer(cfg.model, cfg.ffn.for_kind(kind), cfg.train, LAYERS[-1], dtype)
     timer.step_seconds(SHARING_MICRO_BATCHES)  # warm-up
     for n, k in enumerate(phases):
         barrier.wait()
@@ -294,6 +306,8 @@ def measure_sharing(overrides: list[str], ranks: int, rounds: int, seconds: floa
 
 def analytic_profile() -> str:
     """The DEVICE_PROFILES entry for this machine: its GPU's part when listed (else H100's), or cpu."""
+    import torch
+
     if not torch.cuda.is_available():
         return "cpu"
     name = torch.cuda.get_device_name()
@@ -305,6 +319,10 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], 
     """Timing from measurements for a validated RunConfig; also a report {kind: {forward_s, backward_s, ...},
     "step": {...}, "p2p": ..., "shared_slowdown": ...}. Needs megatron's model-parallel state set up at TP = PP = 1
     (a world of one). sharing: (the config's overrides, ranks, seconds per phase) to measure `measure_sharing`."""
+    import torch
+
+    from vffn_pretrain.training.numerics import params_dtype
+
     m, f, t = cfg.model, cfg.ffn, cfg.train
     dtype = params_dtype(cfg.system.precision)
     shape = model_shape(m, seq_length=t.seq_length)
@@ -358,12 +376,9 @@ def main(argv: list[str]) -> int:
     import json
     import sys
 
-    from megatron.core import parallel_state as ps
-
-    from vffn_pretrain.config import load_run_config
-    from vffn_pretrain.config_errors import ConfigError
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.planning.cli import _compose
+    from vffn_pretrain.config.errors import ConfigError
+    from vffn_pretrain.config.overrides import compose_config
+    from vffn_pretrain.config.run import load_run_config
 
     ap = argparse.ArgumentParser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*")
@@ -386,10 +401,16 @@ def main(argv: list[str]) -> int:
         out = Path(args.out)
         if out.is_dir() or not out.parent.is_dir():
             raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
-        cfg = load_run_config(_compose(overrides), world_size=1)
+        cfg = load_run_config(compose_config(overrides), world_size=1)
     except ConfigError as e:
         print(f"vffn-plan calibrate: {e}", file=sys.stderr)
         return 2
+    import torch  # torch and megatron only once the command line is known good (--help is instant)
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
+
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     init_distributed()
     setup_model_parallel(ParallelConfig())

@@ -25,8 +25,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+from vffn_pretrain.config.paths import CONF_DIR
+
+FFN_CONF_DIR = CONF_DIR / "ffn"
 KEYS = {"name", "corpus", "seeds", "base_variant", "variants", "base_steps", "continued_steps", "overrides",
         "variant_overrides", "jobs", "threads_per_job", "quick"}
 

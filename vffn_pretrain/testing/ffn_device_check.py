@@ -113,7 +113,7 @@ def compare(build_block, kind: str, ffn_kw: dict, *, dtype: torch.dtype, trainin
     and return {"errors": {tensor: relative error}, "limits": {tensor: tolerance}, "max_error", "failed":
     [tensors over their limit], "ok", "precision"}. `precision` (fp32 | tf32 | bf16): the format the products
     run in, by default `gemm_precision`'s. Needs model parallelism set up (TP=1)."""
-    from vffn_pretrain.parallel import seed_all
+    from vffn_pretrain.parallel.init import seed_all
 
     cfg = FFNConfig(kind=kind, **ffn_kw)
     seed_all(seed)

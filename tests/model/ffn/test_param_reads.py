@@ -16,7 +16,7 @@ from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig
+from vffn_pretrain.parallel.config import ParallelConfig
 
 
 class ParamReads(TorchFunctionMode):

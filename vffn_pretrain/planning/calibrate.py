@@ -43,10 +43,14 @@ import statistics
 import time
 from pathlib import Path
 from queue import Empty
+from typing import TYPE_CHECKING
 
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import DEVICE_PROFILES, Timing
+
+if TYPE_CHECKING:
+    import torch
 
 
 def now() -> float:

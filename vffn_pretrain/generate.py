@@ -63,13 +63,11 @@ class LoopRecorder:
             mod.register_forward_hook(self._hook)
 
     def _hook(self, mod, inputs, output):
-        from vffn_pretrain.model.ffn.functional import router_logits
-
         hidden = inputs[0]  # [s, b, h]: the FFN input H
         if mod.force_loops is not None:
             loops = mod.force_loops
         else:
-            logits = router_logits(hidden[-1, 0:1], mod.loop_head.weight)
+            logits = mod.loop_head(hidden[-1, 0:1])
             loops = int(logits.argmax(-1).item()) + 1
         self.last[int(mod.layer_number)] = loops
 

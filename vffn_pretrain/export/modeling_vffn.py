@@ -15,7 +15,8 @@ heads, no biases, untied embeddings. The FFN is the trainer's eval path (the met
 * moe: the dense SwiGLU FFN as an always-on shared expert plus N experts of width d_ff / N, top-k routing with
   a softmax over the k selected logits; behind the usual pre-FFN norm and residual.
 
-Routers and loop heads compute in fp32 on the un-normalised residual stream H (moe: on the normalised input).
+Routers and loop heads sum their products in float64 and round to fp32 once, as the trainer does (the decisions
+then do not depend on TF32 or the device), on the un-normalised residual stream H (moe: on the normalised input).
 `output_loops=True` returns each layer's per-token loop counts in `outputs.loops` ([layers, batch, seq]).
 """
 
@@ -150,6 +151,11 @@ class SwiGLU(nn.Module):
         return self.down_proj(self.activations(x))
 
 
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of a router or loop head, summed in float64 (the trainer's `router_logits`)."""
+    return F.linear(hidden.double(), weight.double()).float()
+
+
 def top_k_gates(logits: torch.Tensor, k: int) -> torch.Tensor:
     """fp32 logits [T, N] -> gates [T, N]: softmax over the k largest logits, zero elsewhere."""
     values, index = logits.topk(k, dim=-1)
@@ -174,7 +180,7 @@ class SharedWeightFFN(nn.Module):
 
     def _unit_gates(self, h: torch.Tensor) -> torch.Tensor:
         """[T, d_ff] gate of each hidden unit's virtual expert (expert e owns units [e*d_ff/N, (e+1)*d_ff/N))."""
-        gates = top_k_gates(F.linear(h.float(), self.router.weight.float()), self.top_k)
+        gates = top_k_gates(head_logits(h, self.router.weight), self.top_k)
         width = self.ffn.down_proj.in_features // self.num_experts
         return gates.repeat_interleave(width, dim=-1)
 
@@ -184,7 +190,7 @@ class SharedWeightFFN(nn.Module):
         h = hidden.reshape(-1, shape[-1])
         L = self.max_loops
         if self.adaptive_depth:
-            loops = F.linear(h.float(), self.loop_head.weight.float()).argmax(-1) + 1
+            loops = head_logits(h, self.loop_head.weight).argmax(-1) + 1
         else:
             loops = torch.full(h.shape[:1], L, dtype=torch.int64, device=h.device)
         z, a1 = h.clone(), None
@@ -223,7 +229,7 @@ class MoE(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         flat = u.reshape(-1, u.shape[-1])
-        gates = top_k_gates(F.linear(flat.float(), self.router.weight.float()), self.top_k)
+        gates = top_k_gates(head_logits(flat, self.router.weight), self.top_k)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows = gates[:, e].nonzero().squeeze(1)

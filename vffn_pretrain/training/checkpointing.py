@@ -31,6 +31,7 @@ from vffn_pretrain.parallel.init import device as rank_device
 from vffn_pretrain.planning.loops import write_loop_stats
 from vffn_pretrain.training import dist_ckpt
 from vffn_pretrain.training.faults import FAULTS
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class LoadedCheckpoint:
 
 
 def rng_state() -> dict:
+    """This rank's generators: python, numpy and torch's CPU one (the same on any device), and the device's:
+    megatron's model-parallel tracker and, on a GPU, CUDA's default generator. `device` is the device type."""
     from megatron.core import tensor_parallel
 
     state = {
@@ -55,21 +58,32 @@ def rng_state() -> dict:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "device": rank_device().type,
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> str | None:
+    """Restore `rng_state()`'s generators. The device's (tracker, CUDA) only when the checkpoint was written on
+    the same device type: on CPU the tracker holds CPU generator states, on a GPU CUDA ones, and one cannot be
+    set from the other. Returns a line saying what was skipped, or None."""
     from megatron.core import tensor_parallel
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    saved_on = state.get("device", "cuda" if "cuda" in state else "cpu")  # older checkpoints: inferred
+    here = rank_device().type
+    if saved_on != here:
+        return (f"RNG: the checkpoint's model-parallel and device generator states are {saved_on} ones, this run "
+                f"is on {here}: those generators keep this run's seeding (python, numpy and torch's CPU "
+                "generator were restored)")
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    return None
 
 
 class CheckpointManager:
@@ -206,6 +220,8 @@ class CheckpointManager:
         error = None
         try:
             common = dist_ckpt.load(path, ddp_chunks, optimizer)
+        except LayoutRefused as e:  # every rank reads the same layout: no fallback would load either
+            raise LayoutRefused(e.key, f"checkpoint {path}: {e}") from None
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             common = {}
@@ -219,7 +235,9 @@ class CheckpointManager:
         rng_file = path / "rng" / f"rank_{dist.get_rank():05d}.pt"
         same_layout = common.get("layout") == layout
         if same_layout and rng_file.is_file():
-            set_rng_state(torch.load(rng_file, weights_only=False)["state"])
+            skipped = set_rng_state(torch.load(rng_file, weights_only=False)["state"])
+            if skipped and dist.get_rank() == 0:
+                log.warning(skipped)
         elif dist.get_rank() == 0:
             log.info("checkpoint layout %s differs from this run's %s: RNG states not restored",
                      common.get("layout"), layout)

@@ -56,7 +56,9 @@ from vffn_pretrain.training.evaluator import Evaluator
 from vffn_pretrain.training.ffn_stats import window_ffn_stats
 from vffn_pretrain.training.flops import RunFlops
 from vffn_pretrain.training.lr import build_scheduler, schedule_change_message
+from vffn_pretrain.training.numerics import params_dtype, use_deterministic_kernels
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 from vffn_pretrain.training.run_lock import RunDirLocked, RunLock
 from vffn_pretrain.training.signals import EXIT_REQUEUE, StopRequest
 from vffn_pretrain.training.speed import Speedometer
@@ -125,6 +127,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        if cfg.system.deterministic:
+            use_deterministic_kernels()
         threads = configure_cpu_threads()
         others = OtherLoad(threads.local_ranks)
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
@@ -163,12 +167,13 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, t, system = self.cfg, self.cfg.train, self.cfg.system
-        use_bf16 = system.precision == "bf16" or (system.precision == "auto" and torch.cuda.is_available())
-        self.params_dtype = torch.bfloat16 if use_bf16 else torch.float32
+        self.params_dtype = params_dtype(system.precision)
+        use_bf16 = self.params_dtype == torch.bfloat16
         recompute = RecomputeConfig(system.recompute_granularity, system.recompute_method,
                                     system.recompute_num_layers)
         self.chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, params_dtype=self.params_dtype,
-                                  recompute=recompute, backend=system.backend, init_seed=t.seed)
+                                  recompute=recompute, backend=system.backend, init_seed=t.seed,
+                                  fused_wgrad=True)
         self.ddp = wrap_ddp(self.chunks, cfg.parallel)
         self.optimizer = build_optimizer(
             self.ddp, OptimConfig(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay,
@@ -225,6 +230,8 @@ class Trainer:
             return self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, config=self.cfg.raw)
         except ModelChangedError as e:
             raise ConfigError("model", str(e)) from None
+        except LayoutRefused as e:
+            raise ConfigError(e.key, str(e)) from None
 
     def _init_from_dense(self) -> None:
         """Continued pretraining: train.init_from names a dense checkpoint to start from."""

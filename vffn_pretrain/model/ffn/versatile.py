@@ -71,9 +71,13 @@ log = logging.getLogger(__name__)
 class ReplicatedHead(torch.nn.Module):
     """A bias-free d -> n linear map whose weight [n, d] is replicated on every TP rank (router, loop head).
 
+    Called as a module, `head(hidden [..., d]) -> logits [..., n] fp32` (functional.router_logits), so that hooks
+    on it run before its weight is read: megatron's DDP with parallel.overlap_param_gather waits for the weight's
+    all-gather in a forward pre-hook.
+
     Initialised with config.init_method from the default generator, which is seeded identically across TP, so
-    every TP rank (and a TP=1 run) starts from the same values. Only `weight` is used; the caller does the
-    matmul in fp32."""
+    every TP rank (and a TP=1 run) starts from the same values. Its gradient is kept identical on every TP rank
+    (`tp_replicated`, training.optim.finalize_grads): the token-sparse loop plan must be the same on each."""
 
     def __init__(self, config, in_features: int, out_features: int):
         super().__init__()
@@ -84,6 +88,41 @@ class ReplicatedHead(torch.nn.Module):
         # Under SP each TP rank computes this head on its own tokens: megatron's finalize_model_grads
         # all-reduces the gradients of parameters marked like this over the TP group.
         self.weight.sequence_parallel = config.sequence_parallel
+        self.weight.tp_replicated = True
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return router_logits(hidden, self.weight)
+
+
+class _ZeroGradsFor(torch.autograd.Function):
+    """Identity on `output`; in the backward pass each parameter in `params` receives a zero gradient (their
+    values are not read). Added to whatever gradient the data gave them, it changes nothing, but it makes every
+    such parameter get a gradient on every micro-batch: megatron's DDP with parallel.overlap_grad_reduce launches
+    a bucket's reduction once its parameters' gradient counts equal those of the first step, and a parameter
+    left out on some micro-batches (the router when every token sampled L_max and the balance loss is off, a
+    forced loop count) would leave its bucket unreduced: an assertion on one rank, a hang on the others."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.like = [(p.shape, p.dtype, p.device) for p in params]
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, *[torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.like]
+
+
+def weight_of(module: torch.nn.Module) -> torch.Tensor:
+    """`module.weight` for a matmul outside a call of `module` (the eval path's replicated rows, the sparse width
+    path): the module's forward pre-hooks run first, as a call would run them. megatron's DDP with
+    parallel.overlap_param_gather waits there for the weight's all-gather; without it the weight may be stale."""
+    with_kwargs = getattr(module, "_forward_pre_hooks_with_kwargs", {})
+    for hook_id, hook in tuple(module._forward_pre_hooks.items()):
+        if hook_id in with_kwargs:
+            hook(module, (), {})
+        else:
+            hook(module, ())
+    return module.weight
 
 
 def in_backward_pass() -> bool:
@@ -168,6 +207,9 @@ class VersatileFFN(MLP):
             out = self._forward_adaptive_train(hidden_states, token_weight)
         else:
             out = self._forward_adaptive_eval(hidden_states, token_weight)
+        heads = [m.weight for m in (getattr(self, "router", None), getattr(self, "loop_head", None)) if m is not None]
+        if heads and self.training and torch.is_grad_enabled():
+            out = _ZeroGradsFor.apply(out, *heads)
         return out, None
 
     def _forward_adaptive_train(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
@@ -195,7 +237,7 @@ class VersatileFFN(MLP):
         this rank's shard cut out of the result. H [s, b, h] -> Y [s, b, h]."""
         x_all = self._gather_sequence(h)
         forced = self._forced_loops()
-        counts = (rows(router_logits(x_all, self.loop_head.weight)).argmax(-1).squeeze(-1) + 1 if forced is None
+        counts = (rows(self.loop_head(x_all)).argmax(-1).squeeze(-1) + 1 if forced is None
                   else torch.full((x_all.shape[0] * x_all.shape[1],), forced, dtype=torch.int64, device=h.device))
         plan = LoopPlan.by_loop_count(counts, self.max_loops, width=self._uses_width())
         x = plan.to_plan_order(rows(x_all))
@@ -260,7 +302,7 @@ class VersatileFFN(MLP):
             counts = torch.full((h.shape[0] * h.shape[1],), forced, dtype=torch.int64, device=h.device)
             p = torch.zeros(counts.numel(), self.max_loops, device=h.device).scatter_(1, counts[:, None] - 1, 1.0)
             return p, counts
-        p, index = gumbel_straight_through(router_logits(h, self.loop_head.weight), self._noise(h), self.tau)
+        p, index = gumbel_straight_through(self.loop_head(h), self._noise(h), self.tau)
         return p.reshape(-1, self.max_loops), index.reshape(-1) + 1
 
     def _training_plan(self, counts: torch.Tensor) -> LoopPlan:
@@ -280,11 +322,11 @@ class VersatileFFN(MLP):
     def _loop_replicated(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_loop` for rows every TP rank holds whole (eval): plain matmuls on this rank's units, fc2's partial
         sums all-reduced over TP. No autograd through the TP collectives."""
-        a = swiglu(F.linear(self.norm(z), self.linear_fc1.weight))
+        a = swiglu(F.linear(self.norm(z), weight_of(self.linear_fc1)))
         return a, z + self._fc2_replicated(a)
 
     def _fc2_replicated(self, a: torch.Tensor) -> torch.Tensor:
-        out = F.linear(a, self.linear_fc2.weight)
+        out = F.linear(a, weight_of(self.linear_fc2))
         return reduce_from_tensor_model_parallel_region(out, group=self.tp_group) if self.tp_group.size() > 1 \
             else out
 
@@ -292,7 +334,7 @@ class VersatileFFN(MLP):
 
     def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gates [..., N] fp32, top-k indices [..., k], router logits [..., N] fp32) of the tokens x."""
-        logits = router_logits(x, self.router.weight)
+        logits = self.router(x)
         gates, top_idx = topk_gates(logits, self.ffn_cfg.top_k)
         return gates, top_idx, logits
 
@@ -325,10 +367,14 @@ class VersatileFFN(MLP):
         return self._fc2_replicated(mask_units(a1, gates, self.seg_expert, self.seg_width))
 
     def _sparse_expert_delta(self, a1, gates, top_idx) -> torch.Tensor:
+        if self.config.gradient_accumulation_fusion and torch.is_grad_enabled():
+            # Its fc2 product bypasses the linear, so its weight gradient would bypass the fused accumulation
+            # into main_grad and be dropped. The sparse form runs on CPU only, fusion on transformer-engine only.
+            raise RuntimeError("the sparse width path cannot train with gradient_accumulation_fusion")
         k = top_idx.shape[-1]
         flat_idx = top_idx.reshape(-1, k)
         delta = routed_expert_delta(a1.reshape(-1, a1.shape[-1]), gates.reshape(-1, gates.shape[-1]).gather(
-            -1, flat_idx), flat_idx, self.linear_fc2.weight, self.num_experts)
+            -1, flat_idx), flat_idx, weight_of(self.linear_fc2), self.num_experts)
         return delta.view(*a1.shape[:-1], -1)
 
     def _replicate_gates(self, gates: torch.Tensor) -> torch.Tensor:

@@ -380,6 +380,9 @@ class Trainer:
             "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
             "grad_norm": result.grad_norm,
             "tau": ffn_state.current_tau(self.cfg.ffn, self.step, t.max_steps) if stats else None,
+            # The blend-in weight the step just taken used (docs/method.md §15); only while a ramp is configured.
+            "blend": (ffn_state.blend_weight(self.cfg.ffn, self.step - 1) if self.cfg.ffn.blend_in_steps
+                      else None),
             "mean_loops": stats.get("mean_loops") if stats else None,
             "graph_work_fraction": ffn_state.graph_work_fraction(stats) if stats else None,
             "tokens_per_sec": speed.tokens_per_sec,
@@ -399,6 +402,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ eval
     def evaluate(self) -> dict:
         """Collective: evaluate now; the callbacks get the record."""
+        # The model as the next step would train it: tau and the blend-in weight are functions of the step (at
+        # step 0, before any train step has set them).
+        ffn_state.set_training_step(self.ddp, self.step, self.cfg.train.max_steps)
         valid = self._loader(self.valid_ds, 0, cycle=True)
         record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer,
                                          lambda i: self._micro_batches(valid, -1 - i))

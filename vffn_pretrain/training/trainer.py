@@ -223,9 +223,11 @@ class Trainer:
         from vffn_pretrain.data.tokenizer import build_tokenizer
 
         cfg, t = self.cfg, self.cfg.train
-        evals = t.max_steps // t.eval_interval + 1
-        # The test split is not used in training: ask for no test samples.
-        num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size), 0)
+        # Every evaluation reads the same first train.eval_iters global batches of the valid split, so that many
+        # samples are asked for: megatron shuffles a split by the epochs a request spans, and a request that grew
+        # with max_steps would give runs of different lengths different validation samples. The test split is
+        # not used in training: no test samples.
+        num_samples = (t.max_steps * t.global_batch_size, max(1, t.eval_iters * t.global_batch_size), 0)
         try:
             self.tokenizer = build_tokenizer(cfg.data.tokenizer)
             self.train_ds, self.valid_ds, _ = build_datasets(
@@ -407,7 +409,7 @@ class Trainer:
         ffn_state.set_training_step(self.ddp, self.step, self.cfg.train.max_steps)
         valid = self._loader(self.valid_ds, 0, cycle=True)
         record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer,
-                                         lambda i: self._micro_batches(valid, -1 - i))
+                                         lambda i: self._micro_batches(valid, -1 - i), noise_seed=self.cfg.train.seed)
         self._emit("on_eval", record)
         return record
 
@@ -436,6 +438,7 @@ class Trainer:
             cfg, info=self.info, flops_eval=self.flops.eval(self.evaluator.loop_mix()),
             eval_loop_mix=self.evaluator.loop_mix(), steps=self.step, consumed_samples=self.consumed_samples,
             final_train_loss=self.final_train_loss, final_val_loss=last_eval["val_loss"] if last_eval else None,
+            final_val_loss_train_mode=last_eval.get("val_loss_train_mode") if last_eval else None,
             wall_time_s=self.speed.run_seconds(), exit_code=exit_code, checkpoint=self.last_checkpoint,
             wandb_files=self.wandb.files if self.wandb else None)
         if self.rank == 0:

@@ -35,10 +35,7 @@ VOCAB = 8192
 
 
 def _variant_overrides(study, variant: str) -> list[str]:
-    from vffn_pretrain.study.plan import variant_ffn_overrides
-
-    return [*study.overrides, f"model.vocab_size={VOCAB}", "data.tokenizer=null:8192",
-            *variant_ffn_overrides(study, variant)]
+    return [*study.overrides, *study.overrides_of(variant), f"model.vocab_size={VOCAB}", f"data.tokenizer=null:{VOCAB}"]
 
 
 class Variant:
@@ -127,11 +124,13 @@ def profile(variants: list[Variant], steps: int, top: int = 14) -> dict[str, lis
 
 def estimate(study, per_step: dict[str, float], per_eval: dict[str, float]) -> dict:
     """Hours for the study's plan at `study.jobs` runs at a time, from CPU seconds per step / eval batch."""
+    import dataclasses
+
     from vffn_pretrain.study.plan import make_plan
 
     t_eval = {}
     runs = []
-    for run in make_plan(study, "/tmp/vffn-bench-plan", check_corpus=False):
+    for run in make_plan(dataclasses.replace(study, corpus_dir=None), "/tmp/vffn-bench-plan"):
         v = run.variant
         if v not in per_step:
             return {"missing": v}
@@ -154,9 +153,8 @@ def estimate(study, per_step: dict[str, float], per_eval: dict[str, float]) -> d
 
 def _adaptive(variant: str, study) -> bool:
     from vffn_pretrain.model.kinds import traits
-    from vffn_pretrain.study.plan import variant_kind
 
-    return traits(variant_kind(study, variant)).adaptive_depth
+    return traits(study.kind_of(variant)).adaptive_depth
 
 
 def main() -> None:

@@ -61,7 +61,7 @@ def build_block(kind_cfg, d: int, d_ff: int, params_dtype=torch.float32):
     from vffn_pretrain.model.config import ModelConfig
     from vffn_pretrain.model.ffn import build_ffn_slot
     from vffn_pretrain.model.gpt import build_transformer_config
-    from vffn_pretrain.parallel import ParallelConfig
+    from vffn_pretrain.parallel.config import ParallelConfig
 
     model = ModelConfig(num_layers=1, hidden_size=d, ffn_hidden_size=d_ff, num_attention_heads=8, vocab_size=128)
     config = build_transformer_config(model, ParallelConfig(), ffn=kind_cfg, params_dtype=params_dtype)
@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     from vffn_pretrain.model.counting import FFNShape, ffn_flops_multiplier, ffn_train_step_multiplier
     from vffn_pretrain.model.ffn import state
     from vffn_pretrain.model.ffn.config import FFNConfig
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
 
     init_distributed()
     setup_model_parallel(ParallelConfig())

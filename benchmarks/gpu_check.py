@@ -88,7 +88,8 @@ def step_correctness(args) -> dict:
     from ffn_layer import build_block
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, setup_model_parallel
     from vffn_pretrain.testing.ffn_device_check import compare, variants
 
     init_distributed()
@@ -147,8 +148,8 @@ def _throughput_run(kind: str, seq: int, micro: int, args, run_dir: Path) -> dic
     from hydra import compose, initialize_config_dir
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.conf_path import CONF_DIR
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.paths import CONF_DIR
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.training.trainer import Trainer
 
     warmup, measured = (1, 2) if args.quick else (5, 15)
@@ -268,7 +269,7 @@ def run_child(args) -> int:
     warnings.filterwarnings("ignore")
     sys.path.insert(0, str(HERE))
     sys.path.insert(1, str(ROOT))
-    from vffn_pretrain.lifetime import exit_with_parent
+    from vffn_pretrain.process.lifetime import exit_with_parent
 
     # A runner killed with kill -9 cannot stop this step (it leads its own process group): the step takes its
     # group, the trainer processes it started included, down with it.

@@ -44,11 +44,11 @@ class Variant:
     def __init__(self, name: str, overrides: list[str]):
         from hydra import compose, initialize_config_dir
 
-        from vffn_pretrain.conf_path import CONF_DIR
-        from vffn_pretrain.config import load_run_config
+        from vffn_pretrain.config.paths import CONF_DIR
+        from vffn_pretrain.config.run import load_run_config
         from vffn_pretrain.model.gpt import build_model
         from vffn_pretrain.model.shapes import counting_shapes
-        from vffn_pretrain.parallel import seed_all
+        from vffn_pretrain.parallel.init import seed_all
         from vffn_pretrain.testing.batches import split_global_batch, synthetic_global_batch
         from vffn_pretrain.training.flops import RunFlops
         from vffn_pretrain.training.lr import build_scheduler
@@ -171,7 +171,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, setup_model_parallel
     from vffn_pretrain.study.config import load_study
 
     study = load_study(args.study)

@@ -104,7 +104,7 @@ def _load_newest(path: str, seed: int):
     the previous one is tried, as the trainer does on resume."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from vffn_pretrain.loading import load_checkpoint_for_inference
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     candidates = _candidates(path)
     for ckpt in candidates:
@@ -120,11 +120,12 @@ def _load_newest(path: str, seed: int):
 
 
 def generate(argv: list[str] | None = None) -> str:
+    args = _parse(argv)  # before the heavy imports: --help and usage errors are instant
+
     import torch
 
     from vffn_pretrain.data.tokenizer import build_tokenizer
 
-    args = _parse(argv)
     cfg, model = _load_newest(args.checkpoint, args.seed)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     recorder = LoopRecorder(model)

@@ -34,7 +34,7 @@ from data_tools.corpus import deb as debfile
 from data_tools.corpus.catalogue import get_corpus
 from data_tools.corpus.clean import CLEANERS, MIN_CHARS
 from data_tools.corpus.fetch import Pin, fetch_package
-from data_tools.report import now_iso, write_json_atomic
+from vffn_pretrain.data.report import now_iso, write_json_atomic
 
 SPLITS = ("train", "valid", "test")
 
@@ -122,8 +122,8 @@ def _sha256(path: Path) -> str:
 def run_build(opts: BuildOptions, log=print) -> dict:
     """Build the corpus; return the manifest. Raises ValueError / FileExistsError (bad input, output exists),
     FetchError (a package could not be fetched) or DebError (a corrupt package) before writing anything."""
-    from data_tools.pipeline import TokenizeOptions, run_tokenize
     from data_tools.train_tokenizer import TrainTokenizerOptions, run_train_tokenizer
+    from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
 
     t0 = time.perf_counter()
     corpus = get_corpus(opts.name)

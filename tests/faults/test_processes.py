@@ -160,7 +160,7 @@ def test_a_forked_helper_exits_when_its_parent_is_killed(tmp_path):
 def test_a_child_whose_parent_died_before_the_watch_started_still_exits(tmp_path):
     """The watch compares with the PID that started the child, not with getppid() at the time it starts: a
     child whose parent died while it was starting up is already re-parented (to PID 1 or a subreaper)."""
-    code = ("import time\nfrom vffn_pretrain.lifetime import exit_with_parent\n"
+    code = ("import time\nfrom vffn_pretrain.process.lifetime import exit_with_parent\n"
             "exit_with_parent(parent=2**22 + 12345)  # a parent that is not (or no longer) ours\ntime.sleep(60)\n")
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], timeout=60)

@@ -19,7 +19,7 @@ class _Collect(logging.Handler):
 
 def train_collecting_warnings(overrides: list[str]) -> dict:
     """cases.train, plus the warnings logged by vffn_pretrain and the ConfigError raised, if any."""
-    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.config.errors import ConfigError
 
     handler = _Collect()
     logging.getLogger("vffn_pretrain").addHandler(handler)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.launch import launcher_runs as helpers
-from vffn_pretrain.parallel import free_port
+from vffn_pretrain.parallel.init import free_port
 
 STEPS = 3
 

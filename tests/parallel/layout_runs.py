@@ -19,7 +19,8 @@ from tests import tiny_model
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 from vffn_pretrain.testing.batches import split_global_batch, synthetic_global_batch
 from vffn_pretrain.testing.params import swap_params_with
 from vffn_pretrain.training import dist_ckpt

@@ -47,7 +47,8 @@ def test_setting_up_model_parallelism_again_does_not_pile_up_process_groups(sing
     release_process_groups a test session (or a tool loading several checkpoints) grew to thousands of threads."""
     from torch.distributed import distributed_c10d as c10d
 
-    from vffn_pretrain.parallel import ParallelConfig, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import setup_model_parallel
 
     setup_model_parallel(ParallelConfig())
     once = len(c10d._world.pg_map)
@@ -62,7 +63,7 @@ def test_models_built_again_and_again_leave_no_gloo_threads_behind():
     memoised RotaryEmbedding.forward (the last 32 rotary modules, each with its context-parallel group). A test
     session's idle pool ranks had piled up hundreds of such threads and took most of a 2-core machine. Rebuilding
     frees the previous build's groups, and a pool rank between jobs keeps none of a torn-down job's groups."""
-    from vffn_pretrain.testing import RankPool
+    from vffn_pretrain.testing.rank_pool import RankPool
 
     pool = RankPool(2)  # its own: a shared pool may be replaced between jobs (MAX_RANK_THREADS)
     try:

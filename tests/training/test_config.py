@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from tests.training import trainer_runs as cases
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -77,7 +77,7 @@ MOVED = [("backend", "local"), ("precision", "bf16"), ("recompute_granularity", 
 def test_system_keys_under_their_new_and_old_names(key, value, caplog, monkeypatch):
     # An in-process Hydra run earlier in the session (logging.config with disable_existing_loggers) disables
     # loggers that already exist; the CLI configures logging before it loads the config, so it never is.
-    moves = logging.getLogger("vffn_pretrain.config_moves")
+    moves = logging.getLogger("vffn_pretrain.config.moves")
     monkeypatch.setattr(moves, "disabled", False)
     monkeypatch.setattr(moves, "level", logging.NOTSET)
     new = cases.run_config([f"system.{key}={value}"])

@@ -41,7 +41,7 @@ def test_converted_run_trains_from_the_dense_weights(rank_pools, dense_checkpoin
 
 def test_init_from_missing_directory_is_a_clear_error(rank_pools, dense_checkpoint, tmp_path):
     overrides, _ = dense_checkpoint
-    from vffn_pretrain.testing import RankPoolError
+    from vffn_pretrain.testing.rank_pool import RankPoolError
 
     with pytest.raises(RankPoolError, match="train.init_from`: .*nowhere: neither a checkpoint"):
         rank_pools(1).run(cases.train, [*overrides[:-3], f"run_dir={tmp_path / 'x'}",

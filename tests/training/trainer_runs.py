@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tests import tiny_model
-from vffn_pretrain.conf_path import CONF_DIR
+from vffn_pretrain.config.paths import CONF_DIR
 
 VOCAB = tiny_model.TRAINER_VOCAB
 # The tiny model and batch (tests/tiny_model.py); the data is a synthetic indexed dataset (see make_dataset).
@@ -51,7 +51,7 @@ def compose(overrides: list[str]):
 
 
 def run_config(overrides: list[str], world_size: int = 1):
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
 
     return load_run_config(compose(overrides), world_size=world_size)
 

@@ -112,8 +112,8 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
     from transformers import GenerationConfig
 
     from vffn_pretrain.data.tokenizer import build_tokenizer
-    from vffn_pretrain.loading import load_checkpoint_for_inference
     from vffn_pretrain.model.ffn import state as ffn_state
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     check_output(out, overwrite)
     try:

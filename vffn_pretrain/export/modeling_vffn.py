@@ -35,7 +35,10 @@ FFN_KINDS = ("versatile", "depth_only", "width_only", "kloop", "moe")
 
 class VffnConfig(PreTrainedConfig):
     """Shapes as in vffn-pretrain's `model.*`; `ffn_kind`, `num_experts`, `top_k`, `max_loops` as in `ffn.*`
-    (for kloop, `max_loops` is the fixed loop count). `vocab_size` is the padded embedding size."""
+    (for kloop, `max_loops` is the fixed loop count; 1 for width_only). `vocab_size` is the padded embedding size.
+    What the kind is made of comes as flags (vffn-pretrain's kind traits, written by vffn-export):
+    `ffn_width_path` (a router over virtual experts), `ffn_adaptive_depth` (a loop head), `ffn_moe` (real
+    experts beside the shared one)."""
 
     model_type = "vffn"
 
@@ -52,6 +55,9 @@ class VffnConfig(PreTrainedConfig):
     num_experts: int = 8
     top_k: int = 2
     max_loops: int = 4
+    ffn_width_path: bool = True
+    ffn_adaptive_depth: bool = True
+    ffn_moe: bool = False
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -156,14 +162,14 @@ class SharedWeightFFN(nn.Module):
 
     def __init__(self, config: VffnConfig):
         super().__init__()
-        self.kind = config.ffn_kind
-        self.max_loops = 1 if self.kind == "width_only" else config.max_loops
+        self.width_path, self.adaptive_depth = config.ffn_width_path, config.ffn_adaptive_depth
+        self.max_loops = config.max_loops
         self.num_experts, self.top_k = config.num_experts, config.top_k
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config.hidden_size, config.intermediate_size)
-        if self.kind in ("versatile", "width_only"):
+        if self.width_path:
             self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        if self.kind in ("versatile", "depth_only"):
+        if self.adaptive_depth:
             self.loop_head = nn.Linear(config.hidden_size, config.max_loops, bias=False)
 
     def _unit_gates(self, h: torch.Tensor) -> torch.Tensor:
@@ -177,7 +183,7 @@ class SharedWeightFFN(nn.Module):
         shape = hidden.shape
         h = hidden.reshape(-1, shape[-1])
         L = self.max_loops
-        if self.kind in ("versatile", "depth_only"):
+        if self.adaptive_depth:
             loops = F.linear(h.float(), self.loop_head.weight.float()).argmax(-1) + 1
         else:
             loops = torch.full(h.shape[:1], L, dtype=torch.int64, device=h.device)
@@ -191,9 +197,9 @@ class SharedWeightFFN(nn.Module):
             if step == 1:
                 a1 = a  # every token runs loop 1
             z.index_copy_(0, active, zi + self.ffn.down_proj(a))
-        if self.kind == "width_only":
+        if self.width_path and not self.adaptive_depth:  # width_only: the width path rides in the one pass
             z = h + self.ffn.down_proj(a1 * (1 + self._unit_gates(h)).to(a1.dtype))
-        elif self.kind == "versatile":
+        elif self.width_path:
             width = (loops < L).nonzero().squeeze(1)  # tokens at L_max skip the width path
             if width.numel():
                 hw = h.index_select(0, width)
@@ -232,7 +238,7 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
-        if config.ffn_kind == "moe":
+        if config.ffn_moe:
             self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
             self.mlp = MoE(config)
         else:  # the FFN owns its norm and returns the whole block output

@@ -117,4 +117,7 @@ def vffn_config_kwargs(model_cfg, ffn_cfg, vocab_size: int, tokenizer_ids: dict)
         num_experts=ffn_cfg.num_experts,
         top_k=ffn_cfg.top_k,
         max_loops=loops,
+        ffn_width_path=kind.width_path,
+        ffn_adaptive_depth=kind.adaptive_depth,
+        ffn_moe=kind.moe,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+
+AUTO_LAYOUT = "auto"  # parallel.pipeline_layout=auto: planned at start-up (vffn_pretrain.planning.auto)
 
 
 @dataclass
@@ -47,6 +49,9 @@ class ParallelConfig:
         value = self.replan_threshold
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise ConfigError("parallel.replan_threshold", f"must be a finite number >= 0, got {value!r}")
+        budget = self.plan_memory_gib
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0):
+            raise ConfigError("parallel.plan_memory_gib", f"must be null or positive, got {budget!r}")
         if self.overlap_param_gather and not self.distributed_optimizer:
             raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
 

@@ -11,7 +11,11 @@ for the checkpoint's loop mixes is predicted faster than it by more than `parall
 plan (distributed checkpoints load into any layout) and says so in one line. Switching has a cost (the RNG
 states are not restored across layouts), hence the threshold. The trainer's own recompute setting applies to every
 stage (the planner's per-stage recompute is not used). The result is an ordinary layout string, validated and
-turned into parallel.vpp like one written by hand. Every rank plans from the same inputs, so all agree.
+turned into parallel.vpp like one written by hand.
+
+Config loading never plans: the trainer calls `resolve_auto_layout` on rank 0 once the process group exists and
+broadcasts the layout (or the error), so every rank runs the same layout even when their views of
+`checkpoint.dir` differ (a shared file system's cached listing, say).
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.parallel.config import AUTO_LAYOUT
 from vffn_pretrain.planning import loops, planner
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
+AUTO = AUTO_LAYOUT
 
 
 def plan_request(model, ffn, parallel, train, system, world_size: int, metrics: Path | None,
@@ -35,13 +40,7 @@ def plan_request(model, ffn, parallel, train, system, world_size: int, metrics: 
     else uniform."""
     from vffn_pretrain.planning.cli import build_request
 
-    chunks = parallel.pp * (parallel.effective_vpp or 1)
-    if chunks > model.num_layers:
-        raise ConfigError("parallel.pp", f"parallel.pp x parallel.vpp = {chunks} pipeline chunks for "
-                                         f"{model.num_layers} layers (model.num_layers); each chunk needs a layer")
     budget = parallel.plan_memory_gib
-    if budget is not None and not budget > 0:
-        raise ConfigError("parallel.plan_memory_gib", f"must be null or positive, got {budget!r}")
     args = SimpleNamespace(metrics=str(metrics) if metrics and metrics.exists() else None, micro_batches=None,
                            checkpoint=str(checkpoint) if checkpoint else None,
                            dp=parallel.data_parallel_size(world_size), calibration=parallel.plan_costs,
@@ -65,6 +64,17 @@ def _this_device() -> str:
     import torch
 
     return "H100" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_auto_layout(cfg) -> str | None:
+    """The layout a run with `parallel.pipeline_layout=auto` runs (None at parallel.pp=1), planned for the
+    checkpoint this run resumes from (`cfg` is a validated RunConfig). Not collective: the trainer calls it on
+    rank 0 only. Raises ConfigError naming the key when no layout can be planned."""
+    from vffn_pretrain.training.checkpointing import CheckpointManager
+
+    resume_from = CheckpointManager(cfg.checkpoint_dir).latest() if cfg.checkpoint.resume else None
+    return auto_layout(cfg.model, cfg.ffn, cfg.parallel, cfg.train, cfg.system, cfg.world_size, cfg.run_dir,
+                       resume_from)
 
 
 def auto_layout(model, ffn, parallel, train, system, world_size: int, run_dir: Path,

@@ -39,8 +39,6 @@ import time
 from pathlib import Path
 from queue import Empty
 
-import torch
-
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import Timing
@@ -48,9 +46,11 @@ from vffn_pretrain.planning.timing import Timing
 
 def _layer_seconds(model_cfg, ffn_cfg, micro: int, seq: int, rounds: int) -> tuple[float, float]:
     """Fastest forward and backward seconds of one layer of ffn_cfg.kind timed alone (for the forward share)."""
+    import torch
+
     from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import ParallelConfig
+    from vffn_pretrain.parallel.config import ParallelConfig
 
     one = dataclasses.replace(model_cfg, num_layers=1)
     (gpt,) = build_model(one, ffn_cfg, ParallelConfig())
@@ -79,9 +79,11 @@ class _StepTimer:
     """A model of `layers` layers of one FFN kind with megatron-core DDP and optimizer, and its step timer."""
 
     def __init__(self, model_cfg, ffn_cfg, train_cfg, layers: int):
+        import torch
+
         from vffn_pretrain.model.ffn import state as ffn_state
         from vffn_pretrain.model.gpt import build_model
-        from vffn_pretrain.parallel import ParallelConfig
+        from vffn_pretrain.parallel.config import ParallelConfig
         from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 
         shape = dataclasses.replace(model_cfg, num_layers=layers)
@@ -94,6 +96,8 @@ class _StepTimer:
         self.gen = torch.Generator().manual_seed(0)
 
     def step_seconds(self, micro_batches: int) -> float:
+        import torch
+
         from vffn_pretrain.training.step import train_step
 
         b, s = self.b, self.s
@@ -168,6 +172,7 @@ def _run_workers(procs: list, queue, count: int, what: str) -> list:
 
 
 def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> None:
+    import torch
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -216,14 +221,16 @@ def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds
     """One rank of the sharing measurement: a world of its own, the 3-layer model of the config's first FFN kind;
     at each phase k it trains for `seconds` if index < k (else waits at the barrier, using no CPU) and reports
     (phase number, steps per second)."""
+    import torch
     import torch.distributed as dist
 
-    from vffn_pretrain.config import load_run_config
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.planning.cli import _compose
+    from vffn_pretrain.config.overrides import compose_config
+    from vffn_pretrain.config.run import load_run_config
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
 
     torch.set_num_threads(1)
-    cfg = load_run_config(_compose(overrides), world_size=1)
+    cfg = load_run_config(compose_config(overrides), world_size=1)
     # A world of one in memory: N workers each picking a free TCP port for their own store can collide.
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     init_distributed()  # joins the world above; installs the CPU shims
@@ -321,12 +328,9 @@ def main(argv: list[str]) -> int:
     import json
     import sys
 
-    from megatron.core import parallel_state as ps
-
-    from vffn_pretrain.config import load_run_config
-    from vffn_pretrain.config_errors import ConfigError
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.planning.cli import _compose
+    from vffn_pretrain.config.errors import ConfigError
+    from vffn_pretrain.config.overrides import compose_config
+    from vffn_pretrain.config.run import load_run_config
 
     ap = argparse.ArgumentParser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*")
@@ -349,10 +353,16 @@ def main(argv: list[str]) -> int:
         out = Path(args.out)
         if out.is_dir() or not out.parent.is_dir():
             raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
-        cfg = load_run_config(_compose(overrides), world_size=1)
+        cfg = load_run_config(compose_config(overrides), world_size=1)
     except ConfigError as e:
         print(f"vffn-plan calibrate: {e}", file=sys.stderr)
         return 2
+    import torch  # torch and megatron only once the command line is known good (--help is instant)
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
+
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     init_distributed()
     setup_model_parallel(ParallelConfig())

@@ -20,7 +20,8 @@ import json
 import sys
 import warnings
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.overrides import compose_config
 from vffn_pretrain.model.shapes import counting_shapes
 from vffn_pretrain.planning import costs, planner
 from vffn_pretrain.planning.loops import LOOP_STATS_FILE, checkpoint_loop_stats, latest_loop_mixes
@@ -43,21 +44,6 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--bytes-per-param", type=float, default=planner.BYTES_PER_PARAM)
     ap.add_argument("--shared-cores", type=int)
     return ap
-
-
-def _compose(overrides: list[str]):
-    """The composed Hydra config; a bad override (Hydra's or OmegaConf's error) becomes a one-line ConfigError."""
-    from hydra import compose, initialize_config_dir
-
-    from vffn_pretrain.conf_path import CONF_DIR
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            return compose("config", overrides=overrides)
-    except Exception as e:
-        if type(e).__module__.startswith(("hydra", "omegaconf")):
-            raise ConfigError("overrides", str(e).splitlines()[0]) from None
-        raise
 
 
 def build_request(cfg, args) -> tuple[planner.PlanRequest, str | None]:
@@ -165,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return calibrate_main(argv[1:])
     args = _parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
 
     try:
-        raw = _compose(args.overrides)
+        raw = compose_config(args.overrides)
         explicit = _stand_in_layout(raw)
         par = raw.parallel
         cfg = load_run_config(raw, world_size=par.tp * par.pp * par.cp * args.dp)

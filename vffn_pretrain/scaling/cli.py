@@ -15,8 +15,6 @@ import json
 import sys
 from pathlib import Path
 
-from vffn_pretrain.scaling.compare import analyse
-from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
 from vffn_pretrain.scaling.summaries import METRICS, SummaryError, load_runs
 
 
@@ -73,6 +71,9 @@ def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "fin
         raise SummaryError(f"every run below {sweep_dir} stopped early (non-zero exit_code); nothing to fit")
     out_dir = Path(out) if out is not None else Path(sweep_dir) / "scaling"
     out_dir.mkdir(parents=True, exist_ok=True)
+    from vffn_pretrain.scaling.compare import analyse  # numpy, scipy and matplotlib: only for the work
+    from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
+
     result = analyse(runs, metric)
     compute_fits, param_fits = result.pop("_compute_fits"), result.pop("_param_fits")
     result["sweep_dir"] = str(sweep_dir)

@@ -30,14 +30,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.counting import FFNShape, ModelShape, count_params, flops_per_token
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "sweep" / "ladder.yaml"
-FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+DEFAULT_CONFIG = CONF_DIR / "sweep" / "ladder.yaml"
+FFN_CONF_DIR = CONF_DIR / "ffn"
 
 
 @dataclass(frozen=True)

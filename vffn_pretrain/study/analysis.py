@@ -18,7 +18,8 @@ from __future__ import annotations
 from vffn_pretrain.study.collect import RunResult
 from vffn_pretrain.study.stats import PairedTest, paired_t, summarize
 
-REFERENCE = "dense"
+# The paper's row names (variants, not FFN kinds): the reference every arm is compared with, and the MoE row.
+REFERENCE, MOE = "dense", "moe"
 ARMS = ("base", "continued", "scratch", "scratch_long")
 METRICS = {
     "val": "held-out loss, eval mode (argmax loops)",
@@ -53,9 +54,9 @@ def arms(results: list[RunResult], base_variant: str = REFERENCE) -> dict[str, d
     out: dict[str, dict[str, list[RunResult]]] = {arm: {} for arm in ARMS}
     for r in results:
         if r.finished:
-            out[r.phase].setdefault("dense" if r.phase == "base" else r.variant, []).append(r)
-    if out["scratch"] and "dense" in out["base"]:
-        out["scratch"] = {base_variant: out["base"]["dense"], **out["scratch"]}
+            out[r.phase].setdefault(REFERENCE if r.phase == "base" else r.variant, []).append(r)
+    if out["scratch"] and REFERENCE in out["base"]:
+        out["scratch"] = {base_variant: out["base"][REFERENCE], **out["scratch"]}
     return {arm: groups for arm, groups in out.items() if groups}
 
 
@@ -166,7 +167,7 @@ def analyse(results: list[RunResult], meta: dict | None = None) -> dict:
     """The rows of every arm, the claims, the gap curves, and what is missing."""
     meta = meta or {}
     groups = arms(results, meta.get("base_variant", REFERENCE))
-    dense_runs = groups.get("continued", {}).get(REFERENCE) or groups.get("base", {}).get("dense") or []
+    dense_runs = groups.get("continued", {}).get(REFERENCE) or groups.get("base", {}).get(REFERENCE) or []
     dense_flops = ((_mean([r.flops_train for r in dense_runs]), _mean([r.flops_eval for r in dense_runs]))
                    if dense_runs and dense_runs[0].flops_train else None)
     rows = []
@@ -204,12 +205,12 @@ def claims(groups: dict) -> list[dict]:
     for a, b in zip(present, present[1:]):
         claim(("continued", a), ("continued", b), "Table 1 chain")
     for v in cont:
-        if v != "moe":
-            claim(("continued", "moe"), ("continued", v), "Table 1: MoE lowest")
+        if v != MOE:
+            claim(("continued", MOE), ("continued", v), "Table 1: MoE lowest")
     for a, b in TABLE3:
         claim(("continued", a), ("continued", b), "Table 3")
     for v in cont:
-        claim(("continued", v), ("base", "dense"), "every continued run beats the base")
+        claim(("continued", v), ("base", REFERENCE), "every continued run beats the base")
     for v in cont:
         if v.endswith(BLEND_SUFFIX):
             claim(("continued", v), ("continued", v.removesuffix(BLEND_SUFFIX)), "blend-in helps (departure)")

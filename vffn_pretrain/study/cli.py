@@ -78,7 +78,7 @@ def _run(args) -> int:
 def _repo_relative(path: str) -> str:
     """The study file as the report names it: relative to the repository when inside it, else its file name
     (never a path of the machine that ran the study)."""
-    from vffn_pretrain.study.config import REPO_ROOT
+    from vffn_pretrain.config.paths import REPO_ROOT
 
     p = Path(path).resolve()
     return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name

@@ -98,6 +98,15 @@ def train_loss_end(records: list[dict], steps: int) -> float | None:
     return sum(tail) / len(tail)
 
 
+def _group_kind(group: str) -> str | None:
+    from vffn_pretrain.study.config import group_kind
+
+    try:
+        return group_kind(group)
+    except OSError:
+        return None
+
+
 def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
     """The plan record and one :class:`RunResult` per planned run (``finished=False`` when not done)."""
     study_dir = Path(study_dir)
@@ -114,7 +123,7 @@ def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
     for r in runs:
         run_dir = Path(r["run_dir"])
         # Studies recorded before variants could be derived have no "kind": the variant is an ffn group there.
-        kind = r.get("kind") or ("kloop" if r["variant"].startswith("kloop") else r["variant"])
+        kind = r.get("kind") or _group_kind(r["variant"])
         res = RunResult(name=r["name"], phase=r["phase"], variant=r["variant"], seed=int(r["seed"]),
                         finished=False, kind=kind, steps=int(r["steps"]))
         try:

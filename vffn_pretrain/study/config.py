@@ -32,8 +32,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+from vffn_pretrain.config.paths import CONF_DIR
+
+FFN_CONF_DIR = CONF_DIR / "ffn"
 KEYS = {"name", "corpus", "seeds", "base_variant", "variants", "variant_ffn", "from_scratch", "base_steps",
         "continued_steps", "overrides", "variant_overrides", "jobs", "threads_per_job", "quick"}
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
@@ -74,11 +75,16 @@ class StudyConfig:
 
     def kind_of(self, variant: str) -> str:
         """The FFN kind of a variant (the `kind:` of its conf/ffn group)."""
-        return str(OmegaConf.load(FFN_CONF_DIR / f"{self.ffn_group(variant)}.yaml").kind)
+        return group_kind(self.ffn_group(variant))
 
     def variant_names(self) -> tuple[str, ...]:
         """Every variant a run of this study trains: the base's, the continued ones, the from-scratch ones."""
         return tuple(dict.fromkeys([self.base_variant, *self.variants, *self.from_scratch]))
+
+
+def group_kind(group: str) -> str:
+    """The `kind:` of the conf/ffn group `group` (kloop4 -> kloop)."""
+    return str(OmegaConf.load(FFN_CONF_DIR / f"{group}.yaml").kind)
 
 
 def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None = None) -> StudyConfig:

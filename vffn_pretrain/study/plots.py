@@ -48,12 +48,12 @@ def plot(results: list[RunResult], data: dict, out_dir: Path, tokens_per_step: i
     fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 0.8 * sum(widths) + 2.5 * len(panels)), 4),
                              squeeze=False, gridspec_kw={"width_ratios": widths})
     for ax, arm in zip(axes[0], panels):
-        items = ([("base", groups["base"]["dense"])] if arm == "continued" and "base" in groups else []) \
+        items = ([("base", groups["base"][REFERENCE])] if arm == "continued" and "base" in groups else []) \
             + list(groups[arm].items())
         for i, (name, runs) in enumerate(items):
             losses = [r.final_val_loss for r in runs]
             row = next(r for r in data["rows"] if r["arm"] == ("base" if name == "base" else arm)
-                       and r["variant"] == ("dense" if name == "base" else name))
+                       and r["variant"] == (REFERENCE if name == "base" else name))
             ci = row["loss"]["ci95"]
             ax.scatter([i] * len(losses), losses, s=12, color="grey", zorder=2)
             ax.errorbar([i], [row["loss"]["mean"]], yerr=None if ci is None else [[ci], [ci]], fmt="o", capsize=5,

@@ -34,7 +34,7 @@ class StudyDirError(ValueError):
 
 def take_lock(out: Path) -> Path:
     """Claim OUT for this process; StudyDirError if another live process has it. Returns the lock path."""
-    from vffn_pretrain.lifetime import pid_alive
+    from vffn_pretrain.process.lifetime import pid_alive
 
     out.mkdir(parents=True, exist_ok=True)
     lock = out / "vffn-study.lock"

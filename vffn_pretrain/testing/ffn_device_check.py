@@ -81,7 +81,7 @@ def compare(build_block, kind: str, ffn_kw: dict, *, dtype: torch.dtype, trainin
     """Build one layer with `build_block(FFNConfig, d, d_ff, dtype)` (benchmarks/ffn_layer.py's, on the GPU when
     there is one), run it and the reference, and return {"errors": {tensor: relative error}, "limits": {tensor:
     tolerance}, "max_error", "failed": [tensors over their limit], "ok"}. Needs model parallelism set up (TP=1)."""
-    from vffn_pretrain.parallel import seed_all
+    from vffn_pretrain.parallel.init import seed_all
 
     cfg = FFNConfig(kind=kind, **ffn_kw)
     seed_all(seed)

@@ -280,7 +280,7 @@ def _root_cause(e: BaseException) -> str:
 
 
 def _any_rank(flag: bool) -> bool:
-    from vffn_pretrain.parallel import device
+    from vffn_pretrain.parallel.init import device
 
     t = torch.tensor([1.0 if flag else 0.0], device=device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

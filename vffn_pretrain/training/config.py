@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 
 def _positive_int(group: str, obj, *names: str) -> None:

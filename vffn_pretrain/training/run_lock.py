@@ -15,7 +15,7 @@ import socket
 import time
 from pathlib import Path
 
-from vffn_pretrain.lifetime import pid_alive
+from vffn_pretrain.process.lifetime import pid_alive
 
 log = logging.getLogger(__name__)
 

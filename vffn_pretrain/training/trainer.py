@@ -20,17 +20,30 @@ import torch.distributed as dist
 from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
 
-from vffn_pretrain.config import RunConfig
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.run import RunConfig, validate_layout
 from vffn_pretrain.model import counting
 from vffn_pretrain.model.ffn import state as ffn_state
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
 from vffn_pretrain.model.shapes import counting_shapes
-from vffn_pretrain.parallel import device as rank_device
-from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
-from vffn_pretrain.parallel.init import set_collective_timeout
+from vffn_pretrain.parallel.config import AUTO_LAYOUT
+from vffn_pretrain.parallel.init import device as rank_device
+from vffn_pretrain.parallel.init import (
+    init_distributed,
+    seed_all,
+    set_collective_timeout,
+    setup_model_parallel,
+)
 from vffn_pretrain.parallel.preflight import preflight
-from vffn_pretrain.training import callbacks as cb
+from vffn_pretrain.process.threads import (
+    OtherLoad,
+    ThreadPlan,
+    competition_note,
+    configure_cpu_threads,
+)
+from vffn_pretrain.training.callbacks.base import Callback
+from vffn_pretrain.training.callbacks.build import build_callbacks
+from vffn_pretrain.training.callbacks.wandb_logger import WandbLogger
 from vffn_pretrain.training.checkpointing import (
     CheckpointManager,
     CheckpointSaveError,
@@ -92,8 +105,8 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.train.max_skipped_steps, say=self._say)
         self.speed: Speedometer | None = None
         self.flops: RunFlops | None = None
-        self.callbacks: list[cb.Callback] = []
-        self.wandb: cb.WandbLogger | None = None
+        self.callbacks: list[Callback] = []
+        self.wandb: WandbLogger | None = None
         self.info: dict = {}  # what the callbacks get at the start (parameter and FLOP counts, layout)
         # The latest window's per-layer loop histograms {layer number: counts}, saved with each checkpoint for
         # the pipeline planner (parallel.pipeline_layout=auto replans from them on resume).
@@ -112,9 +125,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        threads = configure_cpu_threads()
+        others = OtherLoad(threads.local_ranks)
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
         self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
         set_collective_timeout(cfg.parallel.collective_timeout_min)  # init_timeout_s bounded the start-up only
+        self._resolve_pipeline_layout()
         setup_model_parallel(cfg.parallel)
         seed_all(t.seed)
         self.device = rank_device()
@@ -130,6 +146,8 @@ class Trainer:
         if loaded is None and t.init_from:
             self._init_from_dense()
         self.start_step = self.step
+        if self.rank == 0 and self.device.type == "cpu":
+            self._report_cpu_threads(threads, others.busy_cores())
         if self.rank == 0:  # only now: a run that fails to start leaves no config behind
             OmegaConf.save(OmegaConf.create(cfg.raw), cfg.run_dir / "config.yaml")
         self.train_iter = self._loader(self.train_ds, self.consumed_samples, cycle=False)
@@ -140,7 +158,7 @@ class Trainer:
         self.info = self._run_info(counting.count_params(*shapes))
         if self.rank == 0:
             wandb_id = loaded.common.get("wandb_id") if loaded else None  # a resumed run continues its wandb run
-            self.callbacks, self.wandb = cb.build_callbacks(cfg, wandb_id)
+            self.callbacks, self.wandb = build_callbacks(cfg, wandb_id)
             self._emit("on_train_start", self.info)
 
     def _build_model(self) -> None:
@@ -157,6 +175,35 @@ class Trainer:
                                   beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
             cfg.parallel, bf16=use_bf16)
         self.scheduler = build_scheduler(self.optimizer, t)
+
+    @staticmethod
+    def _report_cpu_threads(plan: ThreadPlan, others_busy: float) -> None:
+        source = "OMP_NUM_THREADS" if plan.from_env else f"{plan.cores} usable cores / {plan.local_ranks} rank(s)"
+        log.info("cpu: %d intra-op thread(s) per rank (%s)", plan.threads, source)
+        note = competition_note(plan, others_busy)
+        if note:
+            log.warning("cpu: %s", note)
+
+    def _resolve_pipeline_layout(self) -> None:
+        """parallel.pipeline_layout=auto: rank 0 plans, every rank runs its layout (or raises its ConfigError)."""
+        parallel = self.cfg.parallel
+        if parallel.pipeline_layout != AUTO_LAYOUT:
+            return
+        outcome: list = [None, None]  # [layout, (key, reason) of a ConfigError]
+        if self.rank == 0:
+            from vffn_pretrain.planning.auto import resolve_auto_layout
+
+            try:
+                outcome[0] = resolve_auto_layout(self.cfg)
+            except ConfigError as e:
+                outcome[1] = (e.key, e.reason)
+        dist.broadcast_object_list(outcome, src=0)
+        layout, error = outcome
+        if error is not None:
+            raise ConfigError(*error)
+        parallel.pipeline_layout = layout
+        if layout is not None:
+            validate_layout(parallel, self.cfg.model)
 
     # ------------------------------------------------------------------------------------------------ resume
     def _resume(self) -> LoadedCheckpoint | None:

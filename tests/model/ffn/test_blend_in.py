@@ -8,13 +8,15 @@ import pytest
 import torch
 
 from tests.model.ffn.tiny_layers import make_ffn
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all
+from vffn_pretrain.model.kinds import traits
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all
 from vffn_pretrain.testing.dense_conversion import convert_dense_state_dict
 
 TINY = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=128)
@@ -66,11 +68,10 @@ def test_mid_ramp_output_is_the_blend_and_after_the_ramp_the_kind_itself(single_
     x = torch.randn(6, 2, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     plain = make_ffn(kind, dtype=torch.float64)
     blended = make_ffn(kind, dtype=torch.float64, blend_in_steps=4)
-    one_loop = make_ffn(kind if kind != "kloop" else "kloop", dtype=torch.float64,
-                        **({"loops": 1} if kind == "kloop" else {}))
-    if kind != "kloop":
-        one_loop.force_loops = 1 if kind in ("versatile", "depth_only") else None
-        one_loop.disable_width = True
+    # H^(1), the dense layer: one loop and no width path (k-loop: ffn.loops=1).
+    one_loop = make_ffn(kind, dtype=torch.float64, **({"loops": 1} if traits(kind).fixed_loops else {}))
+    one_loop.force_loops = 1 if traits(kind).adaptive_depth else None
+    one_loop.disable_width = True
     for training in (False, True):
         for mod in (plain, blended, one_loop):
             mod.train(training)

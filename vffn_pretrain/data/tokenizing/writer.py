@@ -128,7 +128,7 @@ def _fsync(path: str) -> None:
 def sweep_stale_partials(prefix: str) -> list[str]:
     """Remove ``PREFIX.bin.partial-PID`` / ``.idx.partial-PID`` files whose process is gone (a killed run);
     returns the removed paths. Files of a live process (another run writing the prefix) are left alone."""
-    from vffn_pretrain.lifetime import pid_alive
+    from vffn_pretrain.process.lifetime import pid_alive
 
     removed = []
     for final in (bin_path(prefix), idx_path(prefix)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model.kinds import FFN_KINDS, traits
 from vffn_pretrain.model.layer_pattern import parse_layer_pattern
 

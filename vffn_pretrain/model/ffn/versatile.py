@@ -45,7 +45,7 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules, apply_swiglu_shard
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.utils import sharded_state_dict_default
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.counting import width_path_form
 from vffn_pretrain.model.ffn.balance import attach_aux_loss, switch_balance

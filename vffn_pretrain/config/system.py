@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 
 @dataclass

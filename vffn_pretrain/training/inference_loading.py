@@ -35,10 +35,10 @@ def load_checkpoint_for_inference(checkpoint: str | Path, seed: int = 0) -> Load
     from megatron.core import dist_checkpointing
     from omegaconf import OmegaConf
 
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
     from vffn_pretrain.training import dist_ckpt
     from vffn_pretrain.training.convert import resolve_checkpoint
     from vffn_pretrain.training.optim import wrap_ddp

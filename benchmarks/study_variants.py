@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 import warnings
-from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +110,8 @@ class Variant:
 
 def profile(variants: list[Variant], steps: int, top: int = 14) -> dict[str, list[tuple[str, float]]]:
     """{variant: [(operator, self CPU ms per step), ...]} of the `top` operators, from torch's profiler."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     out = {}
     for v in variants:

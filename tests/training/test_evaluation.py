@@ -34,8 +34,8 @@ def test_train_mode_evaluation_samples_loops_and_leaves_training_alone(rank_pool
     assert [e["val_loss"] for e in evals.values()] == [e["val_loss"] for e in plain_evals.values()]
     # Sampled loop counts (Gumbel noise) instead of the argmax: another number, and a reproducible one.
     assert all(e["val_loss_train_mode"] != e["val_loss"] for e in evals.values())
-    again = rank_pools(1).run(cases.train, [*common, f"run_dir={tmp_path / 'again'}", "ffn=versatile",
-                                            "train.eval_train_mode=true"])[0]
+    rank_pools(1).run(cases.train, [*common, f"run_dir={tmp_path / 'again'}", "ffn=versatile",
+                                    "train.eval_train_mode=true"])
     assert [e["val_loss_train_mode"] for e in _evals(tmp_path / "again").values()] == \
         [e["val_loss_train_mode"] for e in evals.values()]
     assert both["summary"]["final_val_loss_train_mode"] == evals[2]["val_loss_train_mode"]

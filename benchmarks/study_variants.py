@@ -61,10 +61,7 @@ class Variant:
         seed_all(t.seed)
         self.chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, init_seed=t.seed)
         self.ddp = wrap_ddp(self.chunks, cfg.parallel)
-        self.optimizer = build_optimizer(
-            self.ddp, OptimConfig(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay,
-                                  beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
-            cfg.parallel, bf16=False)
+        self.optimizer = build_optimizer(self.ddp, OptimConfig.from_train(t), cfg.parallel, bf16=False)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.flops = RunFlops.for_run(cfg, counting_shapes(cfg.model, cfg.ffn, tp=1, seq_length=t.seq_length),
                                       "cpu").train

@@ -170,10 +170,7 @@ class Trainer:
         self.chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, params_dtype=self.params_dtype,
                                   recompute=recompute, backend=system.backend, init_seed=t.seed)
         self.ddp = wrap_ddp(self.chunks, cfg.parallel)
-        self.optimizer = build_optimizer(
-            self.ddp, OptimConfig(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay,
-                                  beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
-            cfg.parallel, bf16=use_bf16)
+        self.optimizer = build_optimizer(self.ddp, OptimConfig.from_train(t), cfg.parallel, bf16=use_bf16)
         self.scheduler = build_scheduler(self.optimizer, t)
 
     @staticmethod

@@ -43,3 +43,14 @@ def test_train_mode_evaluation_samples_loops_and_leaves_training_alone(rank_pool
                                             "train.eval_train_mode=true"])[0]
     assert all(e["val_loss_train_mode"] == e["val_loss"] for e in _evals(tmp_path / "dense").values())
     assert dense["summary"]["final_val_loss_train_mode"] == dense["summary"]["final_val_loss"]
+
+
+def test_both_modes_score_the_same_batches(rank_pools, base_overrides, tmp_path):
+    """With one loop at most there is nothing to sample: train mode computes what eval mode does, so the two
+    losses agree only when both passes read the same validation batches."""
+    rank_pools(1).run(cases.train, [*base_overrides, "train.max_steps=2", "train.eval_interval=1",
+                                    "train.eval_iters=2", "train.eval_train_mode=true", f"run_dir={tmp_path / 'r'}",
+                                    "ffn=versatile", "ffn.max_loops=1"])
+    for e in _evals(tmp_path / "r").values():
+        assert abs(e["val_loss_train_mode"] - e["val_loss"]) < 1e-5, e
+

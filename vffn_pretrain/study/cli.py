@@ -1,15 +1,16 @@
-"""``vffn-study``: run the paper's continued-pretraining comparison as a seeded study, and report on it.
+"""``vffn-study``: run the paper's comparisons as a seeded study, and report on it.
 
-    vffn-study run conf/study/table1_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
+    vffn-study run conf/study/round2_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
     vffn-study report DIR [--out REPORT_DIR]
 
 ``run`` trains what is not finished (rerun the same command to resume), then writes the report into
-DIR/report when every run has finished. ``report`` writes report.md, report.json, final_loss.png,
-delta_vs_dense.png and val_curves.png from whatever runs have finished (the others are listed as missing).
+DIR/report when every run has finished. ``report`` writes report.md, report.json, corpus-manifest.json,
+final_loss.png, delta_vs_dense.png, gap_over_tokens.png and val_curves.png from whatever runs have finished
+(the others are listed as missing).
 
 Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written;
 2 bad usage, a bad study file (the message names the file and key), an output directory holding another
-study, or (report) a directory with no finished continued run; 130 interrupted.
+study, or (report) a directory where no run past the base has finished; 130 interrupted.
 """
 
 from __future__ import annotations

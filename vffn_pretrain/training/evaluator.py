@@ -38,7 +38,8 @@ class Evaluator:
 
     def evaluate(self, step: int, ddp_chunks: list, optimizer, micro_batches: Callable[[int], list[dict]],
                  noise_seed: int = 0) -> dict:
-        """Collective. `micro_batches(i)` is this rank's share of the i-th validation global batch. Returns the
+        """Collective. `micro_batches(i)` is this rank's share of the i-th validation global batch; each pass
+        calls it for i = 0, 1, ... in order, and it must give the same batches on every pass. Returns the
         record (step, val_loss, val_ppl, val_mean_loops and, for adaptive FFNs, val_loop_hist summed over
         layers; with train.eval_train_mode, val_loss_train_mode); the training statistics gathered since the
         last log line are dropped."""

@@ -451,9 +451,15 @@ class Trainer:
         # The model as the next step would train it: tau and the blend-in weight are functions of the step (at
         # step 0, before any train step has set them).
         ffn_state.set_training_step(self.ddp, self.step, self.cfg.train.max_steps)
-        valid = self._loader(self.valid_ds, 0, cycle=True)
-        record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer,
-                                         lambda i: self._micro_batches(valid, -1 - i), noise_seed=self.cfg.train.seed)
+        loader = []
+
+        def micro_batches(i: int) -> list[dict]:
+            if i == 0:  # every pass starts from the first validation batch: every pass scores the same batches
+                loader[:] = [self._loader(self.valid_ds, 0, cycle=True)]
+            return self._micro_batches(loader[0], -1 - i)
+
+        record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer, micro_batches,
+                                         noise_seed=self.cfg.train.seed)
         self._emit("on_eval", record)
         return record
 

@@ -22,6 +22,7 @@ under ``pinned_by`` (a difference is reported, not fatal: it means a tool versio
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -130,11 +131,12 @@ def run_build(opts: BuildOptions, log=print) -> dict:
     out = Path(opts.out)
     pinned, pins = read_pins(opts.manifest, corpus) if opts.manifest else ({}, {})
     if pinned:  # the earlier build's settings, unless given again
-        opts.vocab_size = opts.vocab_size or pinned["tokenizer"]["vocab_size"]
         per_mille = pinned.get("split_per_mille") or {}
-        opts.valid_per_mille = opts.valid_per_mille or per_mille.get("valid")
-        opts.test_per_mille = opts.test_per_mille or per_mille.get("test")
-        opts.limit_files = opts.limit_files or pinned.get("limit_files")
+        opts = dataclasses.replace(
+            opts, vocab_size=opts.vocab_size or pinned["tokenizer"]["vocab_size"],
+            valid_per_mille=opts.valid_per_mille or per_mille.get("valid"),
+            test_per_mille=opts.test_per_mille or per_mille.get("test"),
+            limit_files=opts.limit_files or pinned.get("limit_files"))
     if opts.vocab_size is not None and opts.vocab_size < 258:
         raise ValueError(f"--vocab-size must be at least 258, got {opts.vocab_size}")
     if opts.limit_files is not None and opts.limit_files < 1:

@@ -128,6 +128,7 @@ def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None 
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds) or len(set(seeds)) != len(seeds):
         raise bad("seeds", f"must be a non-empty list of distinct integers, got {seeds!r}")
+
     def is_group(name) -> bool:
         return isinstance(name, str) and (FFN_CONF_DIR / f"{name}.yaml").is_file()
 
@@ -147,8 +148,10 @@ def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None 
         if not names and key != "from_scratch":
             raise bad(key, "must name at least one variant")
         for v in names:
-            if not (is_group(v) or (v in derived and key != "base_variant")):
-                raise bad(key, f"names {v!r}, which is not a conf/ffn group{'' if key == 'base_variant' else ' or a variant_ffn name'}")
+            if key == "base_variant" and not is_group(v):
+                raise bad(key, f"names {v!r}, which is not a conf/ffn group")
+            if not (is_group(v) or v in derived):
+                raise bad(key, f"names {v!r}, which is not a conf/ffn group or a variant_ffn name")
         if len(set(names)) != len(names):
             raise bad(key, "lists a variant twice")
     vo = raw.get("variant_overrides") or {}

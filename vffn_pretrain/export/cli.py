@@ -112,6 +112,7 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
     from transformers import GenerationConfig
 
     from vffn_pretrain.data.tokenizer import build_tokenizer
+    from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     check_output(out, overwrite)
@@ -125,6 +126,11 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ExportError(f"--checkpoint {checkpoint}: cannot be loaded (incomplete or damaged?): {first}") from None
+    blend = ffn_state.blend_weight(loaded.cfg.ffn, loaded.step)
+    if blend < 1.0:
+        raise ExportError(f"--checkpoint {checkpoint}: saved at step {loaded.step}, inside its ffn.blend_in_steps="
+                          f"{loaded.cfg.ffn.blend_in_steps} ramp (s={blend:.3f}; docs/method.md §15), a blend the "
+                          "exported model does not compute; export a checkpoint from that step on")
     tokenizer = build_tokenizer(loaded.cfg.data.tokenizer)
     model = build_hf_model(loaded, tokenizer)
     if dtype == "bf16":

@@ -67,9 +67,9 @@ def command(run: PlannedRun) -> list[str]:
 def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
     """Write OUT/study.json, or check that the one there describes the same runs."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "seed": r.seed,
-                                "steps": r.steps, "run_dir": str(r.run_dir), "after": r.after,
-                                "overrides": list(r.overrides)} for r in plan]}
+    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "ffn": r.ffn,
+                                "kind": r.kind, "seed": r.seed, "steps": r.steps, "run_dir": str(r.run_dir),
+                                "after": r.after, "overrides": list(r.overrides)} for r in plan]}
     path = out / "study.json"
     if path.exists():
         try:

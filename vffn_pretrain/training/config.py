@@ -34,6 +34,9 @@ class TrainConfig:
     eval_interval: int = 100
     eval_iters: int = 4
     eval_at_start: bool = False  # evaluate once before a fresh run's first step (step 0)
+    # Also evaluate in train mode: loop counts sampled as in training (the paper's loss is a training loss). Only
+    # kinds with an adaptive loop head sample anything; for the others the record repeats val_loss.
+    eval_train_mode: bool = False
     max_skipped_steps: int = 5
     init_from: str | None = None
     exit_interval: int | None = None  # stop (after saving) once this process has run this many steps

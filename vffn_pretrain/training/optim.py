@@ -30,6 +30,12 @@ class OptimConfig:
     eps: float = 1e-8
     clip_grad: float = 1.0
 
+    @classmethod
+    def from_train(cls, t) -> OptimConfig:
+        """The optimizer settings of a `train.*` config (TrainConfig)."""
+        return cls(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay, beta1=t.beta1,
+                   beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad)
+
 
 def wrap_ddp(chunks: list, parallel: ParallelConfig, *, bucket_size: int | None = None
              ) -> list[DistributedDataParallel]:

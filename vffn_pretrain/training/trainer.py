@@ -175,10 +175,7 @@ class Trainer:
                                   recompute=recompute, backend=system.backend, init_seed=t.seed,
                                   fused_wgrad=True)
         self.ddp = wrap_ddp(self.chunks, cfg.parallel)
-        self.optimizer = build_optimizer(
-            self.ddp, OptimConfig(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay,
-                                  beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
-            cfg.parallel, bf16=use_bf16)
+        self.optimizer = build_optimizer(self.ddp, OptimConfig.from_train(t), cfg.parallel, bf16=use_bf16)
         self.scheduler = build_scheduler(self.optimizer, t)
 
     @staticmethod
@@ -277,9 +274,11 @@ class Trainer:
         from vffn_pretrain.data.tokenizer import build_tokenizer
 
         cfg, t = self.cfg, self.cfg.train
-        evals = t.max_steps // t.eval_interval + 1
-        # The test split is not used in training: ask for no test samples.
-        num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size), 0)
+        # Every evaluation reads the same first train.eval_iters global batches of the valid split, so that many
+        # samples are asked for: megatron shuffles a split by the epochs a request spans, and a request that grew
+        # with max_steps would give runs of different lengths different validation samples. The test split is
+        # not used in training: no test samples.
+        num_samples = (t.max_steps * t.global_batch_size, max(1, t.eval_iters * t.global_batch_size), 0)
         try:
             self.tokenizer = build_tokenizer(cfg.data.tokenizer)
             self.train_ds, self.valid_ds, _ = build_datasets(
@@ -434,6 +433,9 @@ class Trainer:
             "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
             "grad_norm": result.grad_norm,
             "tau": ffn_state.current_tau(self.cfg.ffn, self.step, t.max_steps) if stats else None,
+            # The blend-in weight the step just taken used (docs/method.md §15); only while a ramp is configured.
+            "blend": (ffn_state.blend_weight(self.cfg.ffn, self.step - 1) if self.cfg.ffn.blend_in_steps
+                      else None),
             "mean_loops": stats.get("mean_loops") if stats else None,
             "graph_work_fraction": ffn_state.graph_work_fraction(stats) if stats else None,
             "tokens_per_sec": speed.tokens_per_sec,
@@ -453,9 +455,18 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ eval
     def evaluate(self) -> dict:
         """Collective: evaluate now; the callbacks get the record."""
-        valid = self._loader(self.valid_ds, 0, cycle=True)
-        record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer,
-                                         lambda i: self._micro_batches(valid, -1 - i))
+        # The model as the next step would train it: tau and the blend-in weight are functions of the step (at
+        # step 0, before any train step has set them).
+        ffn_state.set_training_step(self.ddp, self.step, self.cfg.train.max_steps)
+        loader = []
+
+        def micro_batches(i: int) -> list[dict]:
+            if i == 0:  # every pass starts from the first validation batch: every pass scores the same batches
+                loader[:] = [self._loader(self.valid_ds, 0, cycle=True)]
+            return self._micro_batches(loader[0], -1 - i)
+
+        record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer, micro_batches,
+                                         noise_seed=self.cfg.train.seed)
         self._emit("on_eval", record)
         return record
 
@@ -484,6 +495,7 @@ class Trainer:
             cfg, info=self.info, flops_eval=self.flops.eval(self.evaluator.loop_mix()),
             eval_loop_mix=self.evaluator.loop_mix(), steps=self.step, consumed_samples=self.consumed_samples,
             final_train_loss=self.final_train_loss, final_val_loss=last_eval["val_loss"] if last_eval else None,
+            final_val_loss_train_mode=last_eval.get("val_loss_train_mode") if last_eval else None,
             wall_time_s=self.speed.run_seconds(), exit_code=exit_code, checkpoint=self.last_checkpoint,
             wandb_files=self.wandb.files if self.wandb else None)
         if self.rank == 0:

@@ -146,6 +146,13 @@ def fuse(lam: torch.Tensor, y_width: torch.Tensor, y_depth: torch.Tensor) -> tor
     return _Fuse.apply(lam, y_width, y_depth)
 
 
+def blend_in(h1: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
+    """H^(1) + s * (Y - H^(1)) (docs/method.md §15): the dense layer's output at s = 0 (exactly: the difference is
+    multiplied by zero), the kind's own output Y at s = 1, where the caller skips this. h1, y [T, ..., h], same
+    dtype. Y stays in the graph at s = 0, so a balance loss attached to it still reaches the router."""
+    return h1 + s * (y - h1)
+
+
 def expert_segments(d_ff: int, num_experts: int, tp_rank: int, tp_size: int) -> tuple[torch.Tensor, int]:
     """How this TP rank's local hidden units split into virtual-expert slices.
 

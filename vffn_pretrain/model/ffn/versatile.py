@@ -15,7 +15,9 @@ Training forward of `versatile` for this rank's tokens H (rows of [s, b, h]; s i
   route          top-k gates of the router on H;
   width delta    fc2(m ⊙ a1): loop 1's activations masked by the gates (method §7), so no second fc1;
   fuse           lambda = (L_max - sum_j j p_j) / L_max, Y = lambda (H + width delta) + (1 - lambda) Y_depth;
-  record         balance loss attached to the backward pass, statistics for the log.
+  record         balance loss attached to the backward pass, statistics for the log;
+  blend in       with ffn.blend_in_steps, Y <- H^(1) + s (Y - H^(1)) while s = step / blend_in_steps < 1
+                 (docs/method.md §15; every shared-weight kind, nothing computed once s = 1).
 The router and loop head see the un-normalised H, are replicated on every TP rank and run on the rank's own
 tokens. Under TP their outputs are used on every rank's slice of hidden units, so the gate tensor passes through
 copy_to_tensor_model_parallel_region (all-reduce of its gradient) or, under SP, an all-gather along the sequence
@@ -48,6 +50,7 @@ from vffn_pretrain.model import noise
 from vffn_pretrain.model.counting import width_path_form
 from vffn_pretrain.model.ffn.balance import attach_aux_loss, switch_balance
 from vffn_pretrain.model.ffn.functional import (
+    blend_in,
     expected_loops,
     expert_segments,
     fuse,
@@ -151,8 +154,8 @@ class VersatileFFN(MLP):
     linear_fc1 [2*d_ff/TP, h] (this rank's [gate_r ; up_r]), linear_fc2 [h, d_ff/TP], norm [h] and, by kind,
     router [N, h] and loop_head [L_max, h] (replicated).
 
-    Runtime attributes (not checkpointed): `tau` (Gumbel temperature, set from the optimizer step by
-    state.set_training_step), `force_loops` (int | None: every token runs exactly this many loops, in training
+    Runtime attributes (not checkpointed): `tau` (Gumbel temperature) and `blend` (the blend-in weight s, 1.0
+    unless ffn.blend_in_steps is set), both set from the optimizer step by state.set_training_step, `force_loops` (int | None: every token runs exactly this many loops, in training
     and eval, and the loop head is bypassed), `disable_width` (bool: the width path is skipped, lambda = 0).
     """
 
@@ -185,6 +188,7 @@ class VersatileFFN(MLP):
         self.token_sparse = bool(getattr(ffn_cfg, "token_sparse_recursion", False)) and not (
             config.sequence_parallel and tp_size > 1)
         self.tau = float(ffn_cfg.tau0)
+        self.blend = 1.0
         self.force_loops: int | None = None
         self.disable_width = False
         self.layer_number = 1
@@ -228,7 +232,7 @@ class VersatileFFN(MLP):
             y_width = x + self._width_delta(a1, route, plan.width_start)
             y, balance = self._attach_balance_loss(fuse(lam, y_width, y), route, token_weight)
         self._record(counts, lam, route, balance, token_weight, plan)
-        return plan.to_natural_order(y).view_as(h)
+        return plan.to_natural_order(self._blend_in(states[0].graph, y)).view_as(h)
 
     @torch.no_grad()
     def _forward_adaptive_eval(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
@@ -250,6 +254,7 @@ class VersatileFFN(MLP):
             lam = fusion_weight(plan.to_plan_order(counts)[start:], self.max_loops)
             y_width = x[start:] + self._width_delta_replicated(a1[start:], route)
             y[start:] = fuse(lam, y_width, y[start:])
+        y = self._blend_in(states[0].graph, y)
         self.last_loop_work = [n for n in plan.graph_rows if n]
         self.last_width_tokens = plan.num_rows - start
         self._record_eval(counts, plan, route, token_weight)
@@ -257,16 +262,17 @@ class VersatileFFN(MLP):
 
     def _forward_kloop(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
         """The k-loop baseline: every token runs ffn.loops loops, no loop head, no width path."""
-        z = h
-        for _ in range(self.max_loops):
+        z = h1 = self._loop(h)[1]
+        for _ in range(self.max_loops - 1):
             z = self._loop(z)[1]
         if not in_backward_pass():
             self._record_all_tokens(h, token_weight)
-        return z
+        return self._blend_in(h1, z)
 
     def _forward_width_only(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
         """The width-only ablation: the dense FFN always on plus the routed virtual experts,
-        Y = H + fc2(a1) + sum_e g_e fc2_e(a1_e) = H + fc2((1 + m) ⊙ a1), one fc2 product (method §12 #19)."""
+        Y = H + fc2(a1) + sum_e g_e fc2_e(a1_e) = H + fc2((1 + m) ⊙ a1), one fc2 product (method §12 #19).
+        The blend-in H^(1) + s (Y - H^(1)) is H + fc2((1 + s m) ⊙ a1) by linearity: the gates scaled by s."""
         a1 = swiglu(self.linear_fc1(self.norm(h))[0])
         if not self._uses_width():
             y = h + self.linear_fc2(a1)[0]
@@ -274,13 +280,18 @@ class VersatileFFN(MLP):
                 self._record_all_tokens(h, token_weight)
             return y
         route = self._route(h)
-        masked = mask_units(a1, self._replicate_gates(route[0]), self.seg_expert, self.seg_width, offset=1.0)
+        gates = route[0] if self.blend >= 1.0 else route[0] * self.blend
+        masked = mask_units(a1, self._replicate_gates(gates), self.seg_expert, self.seg_width, offset=1.0)
         y, balance = self._attach_balance_loss(h + self.linear_fc2(masked)[0], route, token_weight)
         self._record(torch.ones(h.shape[:-1], dtype=torch.int64, device=h.device), None, route, balance,
                      token_weight)
         return y
 
     # ---- loops ---------------------------------------------------------------------------------------------
+
+    def _blend_in(self, h1: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """H^(1) + s (Y - H^(1)) during the blend-in ramp (s = self.blend < 1); Y itself, at no cost, after it."""
+        return y if self.blend >= 1.0 else blend_in(h1, y, self.blend)
 
     def _uses_width(self) -> bool:
         return self.has_width and not self.disable_width

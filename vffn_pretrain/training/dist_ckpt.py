@@ -26,8 +26,14 @@ def model_sharded_state_dict(ddp_chunks: list) -> dict:
     return {f"chunk{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(ddp_chunks)}
 
 
-def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None) -> None:
-    """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0)."""
+def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None, *,
+         background: bool = False):
+    """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0).
+
+    With `background`, only the plan and the common state are written here; the tensors are left to the returned
+    megatron-core `AsyncRequest`, which the caller schedules (`training/async_save.py`). Its finalize functions
+    (collective) write the checkpoint's metadata once every rank has written its files, and raise on every rank
+    if any rank failed. Without it, returns None once the checkpoint is complete."""
     if optimizer is not None and ddp_chunks[0].ddp_config.overlap_param_gather:
         # Params are stale until the next forward with overlapped param gather (docs/cpu.md gotcha 8).
         for chunk in ddp_chunks:
@@ -37,7 +43,8 @@ def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[s
     state = {"model": model_sd, "common": dict(common or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA)
-    dist_checkpointing.save(state, str(directory), validate_access_integrity=False)
+    return dist_checkpointing.save(state, str(directory), validate_access_integrity=False,
+                                   async_sharded_save=background)
 
 
 def is_extra_state(key: str) -> bool:

@@ -24,6 +24,7 @@ training changes during the write.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,9 +38,12 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from vffn_pretrain.training.faults import FAULTS
 
+# A writer's failure reaches the trainer, which reports it in one line; megatron-core's writer would log it too.
+logging.getLogger("megatron.core.dist_checkpointing.strategies.filesystem_async").setLevel(logging.CRITICAL)
+
 # How often `wait()` asks every rank whether its write has ended (one small all-reduce each time).
 WAIT_POLL_S = 0.05
-# How long a rank stopping on an error waits for the others to stop on one too (`finish_after_error`).
+# How long a rank stopping on an error waits for the others to stop on one too (`every_rank_stops`).
 ERROR_AGREEMENT_S = 60.0
 
 

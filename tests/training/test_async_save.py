@@ -9,12 +9,19 @@ and end with the same weights. The checkpoint's tensors are read back by torch's
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import time
 
 import numpy as np
+import torch.distributed as dist
 
 from tests.faults import trainer_cases
+from tests.faults.processes import children
 from tests.training import trainer_runs as cases
+from vffn_pretrain.training import async_save
 
 
 def _args(base_overrides, run_dir, *extra):
@@ -52,7 +59,9 @@ def _async_then_resume(pool, base_overrides, tmp_path, layout: list[str],
     # The background-written checkpoint holds its own step's state, not the state training reached meanwhile.
     cases.assert_same_tensors(cases.checkpoint_tensors(tmp_path / "async" / "checkpoints" / "step_0000001"),
                               cases.checkpoint_tensors(tmp_path / "sync" / "checkpoints" / "step_0000001"))
-    second = pool.run(cases.train, _args(base_overrides, tmp_path / "async", *background))[0]
+    # The last step's write is held back too: the final evaluation must wait for it.
+    second = pool.run(trainer_cases.train_with_faults, _args(base_overrides, tmp_path / "async", *background),
+                      {"slow_write": {3: 0.5}})[0]
     return sync, first, second
 
 
@@ -63,6 +72,9 @@ def _check_bitwise(tmp_path, sync, second) -> None:
     assert [resumed[s] for s in (1, 2, 3)] == [sync["losses"][s] for s in (1, 2, 3)]  # bitwise
     cases.assert_same_tensors(cases.checkpoint_tensors(async_dir / "checkpoints" / "step_0000003"),
                               cases.checkpoint_tensors(sync_dir / "checkpoints" / "step_0000003"))
+    # The run's last checkpoint was complete before its last evaluation.
+    last = [r for r in _records(async_dir) if r["step"] == 3]
+    assert ["checkpoint" in r for r in last] == [False, True, False] and "val_loss" in last[2], last
 
 
 def test_async_save_at_one_rank_resumes_bitwise_like_a_synchronous_save(rank_pools, base_overrides, tmp_path):
@@ -104,3 +116,47 @@ def test_a_failing_evaluation_does_not_cost_the_checkpoint_being_written(rank_po
                             {"slow_write": {2: 1.0}})[0]
     assert out["raised"] == "evaluation exploded"
     assert out["checkpoints"] == ["step_0000002"]
+
+
+def _fork_and_hang() -> None:
+    """A stand-in for megatron-core's writer: forks a file writer, then waits for its result for ever."""
+    if os.fork() == 0:
+        time.sleep(600)
+        os._exit(0)
+    time.sleep(600)
+
+
+def test_a_writer_whose_file_writer_died_is_stopped_not_waited_for(tmp_path):
+    writer = multiprocessing.get_context("fork").Process(target=_fork_and_hang)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not children(writer.pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (file_writer,) = children(writer.pid)
+        assert async_save._stop_if_stuck(writer) is None  # busy, not stuck
+        os.kill(file_writer, signal.SIGKILL)
+        while async_save._zombie_exit_status(file_writer) == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert async_save._stop_if_stuck(writer) == (f"a file writer (PID {file_writer}) of the background writer "
+                                                     f"(PID {writer.pid}) was killed by signal 9")
+        assert not writer.is_alive()
+    finally:
+        writer.kill()
+        writer.join()
+
+
+def every_rank_stops(asking: list[int], timeout_s: float) -> bool | None:
+    """On every rank of a pool: the ranks in `asking` stop on an error; the others go on (None)."""
+    writer = async_save.BackgroundWriter()
+    return writer.every_rank_stops(timeout_s) if dist.get_rank() in asking else None
+
+
+def test_a_checkpoint_is_finished_after_an_error_only_when_every_rank_stops(rank_pools):
+    assert rank_pools(2).run(every_rank_stops, [0, 1], 30.0) == [True, True]
+    start = time.monotonic()
+    assert rank_pools(2).run(every_rank_stops, [1], 2.0) == [None, False]  # rank 0 is still training
+    assert rank_pools(2).run(every_rank_stops, [0], 2.0) == [False, None]
+    assert time.monotonic() - start < 60

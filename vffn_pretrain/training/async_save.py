@@ -72,6 +72,7 @@ class _InFlight:
     staged_at: float
     process: object | None  # this rank's writer (a multiprocessing.Process), None when it has nothing to write
     written_at: float | None = None
+    fate: str | None = None  # why this rank's writer was stopped, if it was
 
 
 class BackgroundWriter:
@@ -139,7 +140,7 @@ class BackgroundWriter:
         start = time.perf_counter()
         try:
             while True:
-                _stop_if_stuck(in_flight.process)
+                in_flight.fate = _stop_if_stuck(in_flight.process) or in_flight.fate
                 # Non-blocking, so that a writer stuck for good is still noticed (above); each call is one
                 # all-reduce on every rank, so all ranks leave this loop together.
                 if self._calls.maybe_finalize_async_calls(blocking=False):
@@ -150,7 +151,7 @@ class BackgroundWriter:
                 time.sleep(WAIT_POLL_S)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - megatron raises it on every rank
             self._in_flight = None
-            raise BackgroundWriteError(in_flight.step, e, _writer_fate(in_flight.process)) from e
+            raise BackgroundWriteError(in_flight.step, e, in_flight.fate or _writer_fate(in_flight.process)) from e
         self._in_flight = None
         done = time.perf_counter()
         written_at = in_flight.written_at or done
@@ -166,16 +167,18 @@ def _writer_fate(process) -> str | None:
     return f"the background writer (PID {process.pid}) {how}"
 
 
-def _stop_if_stuck(process) -> None:
-    """Kill this rank's writer when one of the processes it forked (one per file) died abnormally: megatron-core's
-    writer would wait for that process's result for ever."""
+def _stop_if_stuck(process) -> str | None:
+    """Kill this rank's writer when one of the processes it forked (one per file) died abnormally, and say so:
+    megatron-core's writer would wait for that process's result for ever."""
     if process is None or not process.is_alive():
-        return
+        return None
     for child in _children(process.pid):
         status = _zombie_exit_status(child)
         if status:  # a killed or failed file writer that its parent has not reaped
             _kill(process)
-            return
+            how = f"was killed by signal {status & 0x7F}" if status & 0x7F else f"exited with code {status >> 8}"
+            return f"a file writer (PID {child}) of the background writer (PID {process.pid}) {how}"
+    return None
 
 
 def _children(pid: int) -> list[int]:

@@ -11,6 +11,7 @@ Atomic directories, retention and the `latest` marker are the trainer's concern,
 
 from __future__ import annotations
 
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +40,29 @@ def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[s
         for chunk in ddp_chunks:
             chunk.start_param_sync(force_sync=True)
     Path(directory).mkdir(parents=True, exist_ok=True)
+    _start_results_manager()
     model_sd = model_sharded_state_dict(ddp_chunks)
     state = {"model": model_sd, "common": dict(common or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA)
     return dist_checkpointing.save(state, str(directory), validate_access_integrity=False,
                                    async_sharded_save=background)
+
+
+def _start_results_manager() -> None:
+    """megatron-core's file writers report through a queue held by a multiprocessing manager (a spawned server
+    process) that megatron starts at the first save. Start it here instead, with the stop signals ignored
+    (`signals.ignore_stop_signals`: a manager killed by the SIGTERM that SLURM sends to a whole job step would
+    fail the save the trainer makes on that signal). Local; once per process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from torch import multiprocessing as mp
+
+    from vffn_pretrain.training.signals import ignore_stop_signals
+
+    if filesystem_async._results_queue is None:
+        manager = SyncManager(ctx=mp.get_context("spawn"))
+        manager.start(initializer=ignore_stop_signals)
+        filesystem_async._results_queue = manager.Queue()  # the queue's proxy keeps the manager alive
 
 
 def is_extra_state(key: str) -> bool:

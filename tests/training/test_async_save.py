@@ -160,3 +160,19 @@ def test_a_checkpoint_is_finished_after_an_error_only_when_every_rank_stops(rank
     assert rank_pools(2).run(every_rank_stops, [1], 2.0) == [None, False]  # rank 0 is still training
     assert rank_pools(2).run(every_rank_stops, [0], 2.0) == [False, None]
     assert time.monotonic() - start < 60
+
+
+def test_the_checkpoint_writers_manager_survives_the_stop_signals():
+    """SLURM signals every process of a job step; the trainer saves on that signal, through this manager."""
+    from vffn_pretrain.training import dist_ckpt
+
+    manager = dist_ckpt.results_manager()
+    try:
+        queue = manager.Queue()
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+            os.kill(manager._process.pid, sig)
+        time.sleep(0.5)
+        queue.put("written")
+        assert queue.get(timeout=10) == "written"
+    finally:
+        manager.shutdown()

@@ -55,14 +55,20 @@ def _start_results_manager() -> None:
     (`signals.ignore_stop_signals`: a manager killed by the SIGTERM that SLURM sends to a whole job step would
     fail the save the trainer makes on that signal). Local; once per process."""
     from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = results_manager().Queue()  # the queue's proxy keeps the manager alive
+
+
+def results_manager() -> SyncManager:
+    """A started multiprocessing manager (spawned, as megatron-core's) whose server ignores the stop signals."""
     from torch import multiprocessing as mp
 
     from vffn_pretrain.training.signals import ignore_stop_signals
 
-    if filesystem_async._results_queue is None:
-        manager = SyncManager(ctx=mp.get_context("spawn"))
-        manager.start(initializer=ignore_stop_signals)
-        filesystem_async._results_queue = manager.Queue()  # the queue's proxy keeps the manager alive
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=ignore_stop_signals)
+    return manager
 
 
 def is_extra_state(key: str) -> bool:

@@ -4,6 +4,7 @@ case must leave `latest` on a complete checkpoint and no process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,17 @@ GONE_WITHIN_S = 30  # as tests/faults/test_processes.py: a helper notices its pa
 
 def _args(base_overrides, run_dir, *extra):
     return [*base_overrides, f"run_dir={run_dir}", "checkpoint.async_save=true", *extra]
+
+
+@contextlib.contextmanager
+def _trainer(args: list[str], env: dict):
+    """A trainer subprocess; its whole session is killed on the way out, whatever the test found."""
+    proc = cases.train_subprocess(args, env=env, wait=False)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.proc.pid, signal.SIGKILL)
 
 
 def _wait_for(proc, text: str, timeout: float = 240) -> None:
@@ -57,16 +69,16 @@ def test_full_disk_during_a_background_write_stops_the_run_with_the_previous_che
 
 def test_kill_9_of_the_writer_is_reported_in_one_line_and_keeps_the_previous_checkpoint(base_overrides, tmp_path):
     run = tmp_path / "run"
-    proc = cases.train_subprocess(_args(base_overrides, run, "train.max_steps=40", "checkpoint.interval=2",
-                                        "checkpoint.keep=1"), env={"VFFN_FAULT_SLOW_WRITE": "4:600"}, wait=False)
-    _wait_for(proc, "step_0000004 in the background")
-    writer = _writer(proc)
-    ckpts = run / "checkpoints"
-    assert _names(ckpts) == [".tmp-step_0000004", "latest", "step_0000002"]  # keep=1, yet nothing pruned yet
-    os.kill(writer, signal.SIGKILL)
-    proc.proc.wait(timeout=120)
-    survivors = wait_until_gone(proc.proc.pid, GONE_WITHIN_S)
-    done = proc.wait()
+    args = _args(base_overrides, run, "train.max_steps=40", "checkpoint.interval=2", "checkpoint.keep=1")
+    with _trainer(args, {"VFFN_FAULT_SLOW_WRITE": "4:600"}) as proc:
+        _wait_for(proc, "step_0000004 in the background")
+        writer = _writer(proc)
+        ckpts = run / "checkpoints"
+        assert _names(ckpts) == [".tmp-step_0000004", "latest", "step_0000002"]  # keep=1, yet nothing pruned yet
+        os.kill(writer, signal.SIGKILL)
+        proc.proc.wait(timeout=120)
+        survivors = wait_until_gone(proc.proc.pid, GONE_WITHIN_S)
+        done = proc.wait()
     assert done.returncode == 1, done.stdout[-3000:]
     assert "Traceback" not in done.stdout
     errors = [line for line in done.stdout.splitlines() if "error" in line.lower()]
@@ -78,23 +90,22 @@ def test_kill_9_of_the_writer_is_reported_in_one_line_and_keeps_the_previous_che
     assert not survivors, survivors
 
 
-def test_kill_9_of_the_trainer_during_a_background_write_leaves_latest_and_no_process(base_overrides, tmp_path):
+def test_kill_9_of_the_trainer_during_a_background_write_leaves_latest_and_no_process(
+        rank_pools, base_overrides, tmp_path):
     run = tmp_path / "run"
     args = _args(base_overrides, run, "train.max_steps=5", "checkpoint.interval=2")
-    proc = cases.train_subprocess(args, env={"VFFN_FAULT_SLOW_WRITE": "4:600"}, wait=False)
-    _wait_for(proc, "step_0000004 in the background")
-    _writer(proc)  # in flight
-    proc.send_signal(signal.SIGKILL)
-    proc.proc.wait()
-    survivors = wait_until_gone(proc.proc.pid, GONE_WITHIN_S)
-    proc.wait()  # (kills the session's leftovers, if the assertion below fails)
+    with _trainer(args, {"VFFN_FAULT_SLOW_WRITE": "4:600"}) as proc:
+        _wait_for(proc, "step_0000004 in the background")
+        _writer(proc)  # in flight
+        proc.send_signal(signal.SIGKILL)
+        proc.proc.wait()
+        survivors = wait_until_gone(proc.proc.pid, GONE_WITHIN_S)
     assert not survivors, survivors
     ckpts = run / "checkpoints"
     assert _names(ckpts) == [".tmp-step_0000004", "latest", "step_0000002"]
     assert (ckpts / "latest").read_text().strip() == "step_0000002"
-    resumed = cases.train_subprocess(args)
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
-    assert "resumed from step 2" in resumed.stdout
+    resumed = rank_pools(1).run(cases.train, args)[0]  # the same command
+    assert resumed["exit_code"] == 0 and resumed["summary"]["steps"] == 5
     assert _names(ckpts) == ["latest", "step_0000002", "step_0000004", "step_0000005"]
 
 
@@ -102,13 +113,13 @@ def test_sigterm_to_the_job_during_a_background_write_completes_it_then_saves_an
     """The signal goes to every process of the session, as SLURM signals a job step: megatron-core's helper
     processes must survive it for the saves to complete."""
     run = tmp_path / "run"
-    proc = cases.train_subprocess(_args(base_overrides, run, "train.max_steps=400", "checkpoint.interval=2"),
-                                  env={"VFFN_FAULT_SLOW_WRITE": "2:4"}, wait=False)
-    # The signal comes while the write of step 2 is held back and training has gone on.
-    _wait_for(proc, "step_0000002 in the background")
-    _wait_for(proc, "step      3/")
-    os.killpg(proc.proc.pid, signal.SIGTERM)
-    done = proc.wait(timeout=240)
+    args = _args(base_overrides, run, "train.max_steps=400", "checkpoint.interval=2")
+    with _trainer(args, {"VFFN_FAULT_SLOW_WRITE": "2:4"}) as proc:
+        # The signal comes while the write of step 2 is held back and training has gone on.
+        _wait_for(proc, "step_0000002 in the background")
+        _wait_for(proc, "step      3/")
+        os.killpg(proc.proc.pid, signal.SIGTERM)
+        done = proc.wait(timeout=240)
     out = done.stdout
     assert done.returncode == 3, out[-3000:]
     ckpts = run / "checkpoints"

@@ -33,6 +33,7 @@ from vffn_pretrain.config.errors import ConfigError
         (["ffn.tau_min=6.0"], 1, "ffn.tau_min"),
         (["ffn.num_experts=7"], 1, "ffn.num_experts"),
         (["checkpoint.keep=0"], 1, "checkpoint.keep"),
+        (["checkpoint.async_save=sometimes"], 1, "checkpoint.async_save"),
         (["logging.wandb.mode=cloud"], 1, "logging.wandb.mode"),
         (["data.split=abc"], 1, "data.split"),
         (["train.seq_length=8192"], 1, "train.seq_length"),

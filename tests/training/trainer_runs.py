@@ -83,6 +83,29 @@ def read_losses(run_dir) -> dict[int, float]:
     return out
 
 
+def checkpoint_tensors(path) -> dict:
+    """Every tensor of a distributed checkpoint (weights and optimizer state) by global key, read without a
+    process group by torch's own reader: an independent view of what was written."""
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(path), f"{tmp}/all.pt")
+        state = torch.load(f"{tmp}/all.pt", weights_only=False)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """`a` and `b` hold the same keys and bitwise equal tensors."""
+    import torch
+
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ: {different[:5]}"
+
+
 class Finished:
     def __init__(self, returncode: int, stdout: str):
         self.returncode, self.stdout, self.stderr = returncode, stdout, ""

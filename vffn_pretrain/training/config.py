@@ -74,6 +74,9 @@ class CheckpointConfig:
     interval: int = 100
     keep: int = 3
     resume: bool = True
+    # Write checkpoints in the background (training/async_save.py): a save blocks training only while the state
+    # is staged; megatron-core's writer process writes it while training goes on.
+    async_save: bool = False
 
     def validate(self) -> None:
         _positive_int("checkpoint", self, "interval", "keep")

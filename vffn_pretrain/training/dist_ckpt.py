@@ -13,6 +13,7 @@ Atomic directories, retention and the `latest` marker are the trainer's concern,
 from __future__ import annotations
 
 import logging
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +33,48 @@ def model_sharded_state_dict(ddp_chunks: list) -> dict:
     return {f"chunk{i}": chunk.module.sharded_state_dict() for i, chunk in enumerate(ddp_chunks)}
 
 
-def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None) -> None:
-    """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0)."""
+def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None, *,
+         background: bool = False):
+    """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0).
+
+    With `background`, only the plan and the common state are written here; the tensors are left to the returned
+    megatron-core `AsyncRequest`, which the caller schedules (`training/async_save.py`). Its finalize functions
+    (collective) write the checkpoint's metadata once every rank has written its files, and raise on every rank
+    if any rank failed. Without it, returns None once the checkpoint is complete."""
     if optimizer is not None and ddp_chunks[0].ddp_config.overlap_param_gather:
         # Params are stale until the next forward with overlapped param gather (docs/cpu.md gotcha 8).
         for chunk in ddp_chunks:
             chunk.start_param_sync(force_sync=True)
     Path(directory).mkdir(parents=True, exist_ok=True)
+    _start_results_manager()
     model_sd = model_sharded_state_dict(ddp_chunks)
     state = {"model": model_sd, "common": dict(common or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA)
-    dist_checkpointing.save(state, str(directory), validate_access_integrity=False)
+    return dist_checkpointing.save(state, str(directory), validate_access_integrity=False,
+                                   async_sharded_save=background)
+
+
+def _start_results_manager() -> None:
+    """megatron-core's file writers report through a queue held by a multiprocessing manager (a spawned server
+    process) that megatron starts at the first save. Start it here instead, with the stop signals ignored
+    (`signals.ignore_stop_signals`: a manager killed by the SIGTERM that SLURM sends to a whole job step would
+    fail the save the trainer makes on that signal). Local; once per process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = results_manager().Queue()  # the queue's proxy keeps the manager alive
+
+
+def results_manager() -> SyncManager:
+    """A started multiprocessing manager (spawned, as megatron-core's) whose server ignores the stop signals."""
+    from torch import multiprocessing as mp
+
+    from vffn_pretrain.training.signals import ignore_stop_signals
+
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=ignore_stop_signals)
+    return manager
 
 
 def is_extra_state(key: str) -> bool:

@@ -49,6 +49,7 @@ from vffn_pretrain.training.checkpointing import (
     CheckpointSaveError,
     LoadedCheckpoint,
     ModelChangedError,
+    SavedCheckpoint,
 )
 from vffn_pretrain.training.divergence import DivergenceGuard
 from vffn_pretrain.training.errors import RunError
@@ -143,7 +144,8 @@ class Trainer:
         self._take_run_dir()
         self._build_data()
         self._build_model()
-        self.ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, interval=cfg.checkpoint.interval)
+        self.ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, interval=cfg.checkpoint.interval,
+                                      async_save=cfg.checkpoint.async_save, on_saved=self._checkpoint_saved)
         self.layout = {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.effective_vpp,
                        "dp": self.dp_size, "world": self.world}
         loaded = self._resume() if cfg.checkpoint.resume else None
@@ -355,20 +357,27 @@ class Trainer:
                 if self.step % self.cfg.logging.interval == 0 or self.step == t.max_steps:
                     self.log_step(result)
                 with self.speed.paused():  # throughput counts training time only
+                    self.ckpt.poll()  # a background write that every rank finished becomes a checkpoint
                     if self.ckpt.should_save(self.step, t.max_steps):  # before evaluating: a failing evaluation
                         self.save()                                     # must not cost the checkpoint
                     if self.evaluator.should_evaluate(self.step, t.max_steps):
+                        if self.step == t.max_steps:
+                            self.ckpt.wait()  # the run's last checkpoint is complete before its last evaluation
                         self.evaluate()
                 stop_code = self._stop_code(stop)
                 if stop_code is not None:
                     exit_code = stop_code
                     break
+            self.ckpt.wait()
             self.finish(exit_code)
         except CheckpointSaveError as e:
             # A full disk, say: older checkpoints are intact. Say so in one line and still write the summary.
             self._say(f"error: {e}")
             self.finish(EXIT_ERROR)
             return EXIT_ERROR
+        except BaseException:
+            self.ckpt.finish_after_error()  # a failing evaluation must not cost the checkpoint in flight either
+            raise
         finally:
             # After finish(): a second SIGTERM (torchrun sends one when another rank exits 3) must not cut the
             # summary short.
@@ -472,6 +481,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ saving
     def save(self) -> None:
+        """Collective: save a checkpoint of this step (with checkpoint.async_save, start writing it)."""
         common = {
             "step": self.step,
             "consumed_samples": self.consumed_samples,
@@ -481,11 +491,19 @@ class Trainer:
         }
         loop_stats = {"pipeline_layout": self.cfg.parallel.pipeline_layout, "loop_hist": self.loop_hists}
         path = self.ckpt.save(self.step, self.ddp, self.optimizer, common, self.layout, loop_stats)
-        self._say(f"saved checkpoint {path}")
+        if self.ckpt.writing() == self.step:
+            self._say(f"writing checkpoint {path} in the background")
+
+    def _checkpoint_saved(self, saved: SavedCheckpoint) -> None:
+        """A checkpoint became complete: one record per save to the callbacks (console, metrics.jsonl)."""
+        self._emit("on_checkpoint", {"step": saved.step, "checkpoint": str(saved.path),
+                                     "checkpoint_blocking_s": saved.blocking_s, "checkpoint_write_s": saved.write_s})
 
     def _save_unless_saved(self) -> None:
+        """Before stopping: a checkpoint of this step, complete (a background write of it is waited for)."""
         if not self.ckpt.has_saved(self.step):
             self.save()
+        self.ckpt.wait()
 
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self, exit_code: int) -> None:

@@ -30,7 +30,6 @@ A measurement worker that dies (killed, out of memory): one line, exit 1. Ctrl-C
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -39,8 +38,6 @@ import time
 from pathlib import Path
 from queue import Empty
 
-import torch
-
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 from vffn_pretrain.planning import costs
 from vffn_pretrain.planning.timing import Timing
@@ -48,6 +45,8 @@ from vffn_pretrain.planning.timing import Timing
 
 def _layer_seconds(model_cfg, ffn_cfg, micro: int, seq: int, rounds: int) -> tuple[float, float]:
     """Fastest forward and backward seconds of one layer of ffn_cfg.kind timed alone (for the forward share)."""
+    import torch
+
     from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.model.gpt import build_model
     from vffn_pretrain.parallel import ParallelConfig
@@ -79,6 +78,8 @@ class _StepTimer:
     """A model of `layers` layers of one FFN kind with megatron-core DDP and optimizer, and its step timer."""
 
     def __init__(self, model_cfg, ffn_cfg, train_cfg, layers: int):
+        import torch
+
         from vffn_pretrain.model.ffn import state as ffn_state
         from vffn_pretrain.model.gpt import build_model
         from vffn_pretrain.parallel import ParallelConfig
@@ -94,6 +95,8 @@ class _StepTimer:
         self.gen = torch.Generator().manual_seed(0)
 
     def step_seconds(self, micro_batches: int) -> float:
+        import torch
+
         from vffn_pretrain.training.step import train_step
 
         b, s = self.b, self.s
@@ -168,6 +171,7 @@ def _run_workers(procs: list, queue, count: int, what: str) -> list:
 
 
 def _p2p_worker(rank: int, port: int, nbytes: list[int], rounds: int, out) -> None:
+    import torch
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
@@ -216,6 +220,7 @@ def _sharing_worker(index: int, overrides: list[str], phases: list[int], seconds
     """One rank of the sharing measurement: a world of its own, the 3-layer model of the config's first FFN kind;
     at each phase k it trains for `seconds` if index < k (else waits at the barrier, using no CPU) and reports
     (phase number, steps per second)."""
+    import torch
     import torch.distributed as dist
 
     from vffn_pretrain.config import load_run_config
@@ -316,19 +321,32 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], 
     return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate, slowdown), report
 
 
+MAX_ROUNDS = 1000
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the calibration could not be written to `out` (checked before minutes of measuring), or None."""
+    if out.is_dir():
+        return f"{out} is a directory"
+    if out.exists() and not out.is_file():
+        return f"{out} is not a regular file"
+    if not out.parent.is_dir():
+        return f"no directory {out.parent}"
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"{out} is not writable"
+    return None
+
+
 def main(argv: list[str]) -> int:
     """Entry of `vffn-plan calibrate`; returns the exit code (2: bad config, one line)."""
     import json
     import sys
 
-    from megatron.core import parallel_state as ps
-
     from vffn_pretrain.config import load_run_config
     from vffn_pretrain.config_errors import ConfigError
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
-    from vffn_pretrain.planning.cli import _compose
+    from vffn_pretrain.planning.cli import _compose, _Parser
 
-    ap = argparse.ArgumentParser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--out", default="calibration.json")
     ap.add_argument("--rounds", type=int, default=5)
@@ -336,23 +354,28 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--shared-ranks", type=int, default=0,
                     help="also measure how ranks sharing this host's cores slow each other, for 1..N ranks")
     ap.add_argument("--sharing-seconds", type=float, default=2.0, help="seconds of training per measured phase")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     overrides = [*args.overrides, "parallel.tp=1", "parallel.pp=1", "parallel.vpp=null",
                  "parallel.pipeline_layout=null", "parallel.sp=false"]
     try:
-        if args.rounds < 1:
-            raise ConfigError("--rounds", f"must be at least 1, got {args.rounds}")
+        if not 1 <= args.rounds <= MAX_ROUNDS:
+            raise ConfigError("--rounds", f"must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
         if not 0 <= args.shared_ranks <= MAX_SHARED_RANKS:
             raise ConfigError("--shared-ranks", f"must be between 0 and {MAX_SHARED_RANKS}, got {args.shared_ranks}")
-        if not 0 < args.sharing_seconds <= 600:
+        if not 0 < args.sharing_seconds <= 600:  # (also false for nan)
             raise ConfigError("--sharing-seconds", f"must be in (0, 600], got {args.sharing_seconds}")
         out = Path(args.out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
+        problem = _unwritable(out)
+        if problem:
+            raise ConfigError("--out", problem)
         cfg = load_run_config(_compose(overrides), world_size=1)
     except ConfigError as e:
         print(f"vffn-plan calibrate: {e}", file=sys.stderr)
         return 2
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
+
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     init_distributed()
     setup_model_parallel(ParallelConfig())
@@ -368,6 +391,8 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         ps.destroy_model_parallel()
+    import torch
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     partial = out.with_name(out.name + ".partial")  # a reader never sees half a file
     timing.save(partial, device)

@@ -29,7 +29,12 @@ from pathlib import Path
 
 from vffn_pretrain.config_errors import ConfigError
 from vffn_pretrain.planning import costs, planner
-from vffn_pretrain.planning.loops import LOOP_STATS_FILE, LoopStatsError, checkpoint_loop_stats, latest_loop_mixes
+from vffn_pretrain.planning.loops import (
+    LOOP_STATS_FILE,
+    LoopStatsError,
+    checkpoint_loop_stats,
+    latest_loop_mixes,
+)
 from vffn_pretrain.planning.timing import DEVICE_PROFILES, Timing
 
 EXIT_BAD_CONFIG = 2
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         from vffn_pretrain.planning.calibrate import main as calibrate_main
 
         return calibrate_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)  # overrides may come after options
     from vffn_pretrain.config import load_run_config
 
     try:
@@ -271,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         _batch_for(raw, args)
         sizes = [raw.parallel.tp, raw.parallel.pp, raw.parallel.cp]
         world = math.prod(sizes) * args.dp if all(type(x) is int for x in sizes) else 1  # else: validation says why
-        cfg = load_run_config(raw, world_size=world)
+        try:
+            cfg = load_run_config(raw, world_size=world)
+        except ConfigError as e:  # the global batch was set from --micro-batches: the flag is at fault
+            if args.micro_batches and e.key == "train.global_batch_size":
+                raise ConfigError("--micro-batches", str(e).split("): ", 1)[-1]) from None
+            raise
         req, _ = build_request(cfg, args)
         rep = report(req, explicit)
     except (ConfigError, planner.PlanError) as e:

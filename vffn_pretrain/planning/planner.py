@@ -43,10 +43,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vffn_pretrain.parallel.pipeline_rules import interleaving_problem, overlap_problem
 from vffn_pretrain.planning import layout as layouts
 from vffn_pretrain.planning.bounds import window_bound, window_bound_split
 from vffn_pretrain.planning.costs import ItemCost
-from vffn_pretrain.parallel.pipeline_rules import interleaving_problem, overlap_problem
 from vffn_pretrain.planning.schedule import StepSimulation, rank_order, schedule, simulate
 from vffn_pretrain.planning.timing import Timing
 

@@ -26,7 +26,6 @@ def run_schedule(forward_s: list[float], backward_s: list[float], v: int, m: int
                  steps: int = 2) -> dict:
     """One rank's part: `steps` training steps of megatron's schedule over sleeping chunks. Returns
     {"steps": [(start, end)], "calls": [...] (of the last step)}."""
-    import torch
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func

@@ -53,24 +53,45 @@ def test_auto_at_pp2_matches_single_rank(rank_pools, synthetic_data, tmp_path):
     (["parallel.pp=8"], "parallel.pp", "8 pipeline chunks for 4 layers"),
     (["parallel.pp=2", "parallel.plan_memory_gib=0.0001"], "parallel.plan_memory_gib", "short by"),
     (["parallel.pp=2", "parallel.plan_memory_gib=-1"], "parallel.plan_memory_gib", "positive"),
+    (["parallel.pp=2", "parallel.plan_memory_gib=inf"], "parallel.plan_memory_gib", "finite"),
+    (["parallel.pp=2", "parallel.plan_costs=5"], "parallel.plan_costs", "path"),
+    (["parallel.pp=2", "parallel.plan_costs={list}"], "parallel.plan_costs", "JSON object"),
+    (["parallel.pp=2", "parallel.plan_costs={negative}"], "parallel.plan_costs", ">= 0"),
+    (["parallel.pp=2", "parallel.plan_costs={tmp}"], "parallel.plan_costs", "directory"),
+    (["parallel.pp=2", "parallel.plan_costs={tmp}/absent.json"], "parallel.plan_costs", "does not exist"),
+    (["parallel.pp=2", "parallel.vpp=2", "train.global_batch_size=2"], "train.global_batch_size", "at least PP"),
 ])
 def test_impossible_requests_name_the_key(tmp_path, extra, key, words):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "negative.json").write_text(json.dumps(
+        {"seconds_per_flop": {"forward": {"default": -1.0}, "backward": {"default": 1e-9}}}))
+    files = {"list": tmp_path / "list.json", "negative": tmp_path / "negative.json", "tmp": tmp_path}
+    world = 2 if "parallel.vpp=2" in extra else 8
     with pytest.raises(ConfigError) as err:
-        cases.run_config([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pipeline_layout=auto", *extra],
-                         world_size=8)
+        cases.run_config([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pipeline_layout=auto",
+                          *(x.format(**files) for x in extra)], world_size=world)
     assert err.value.key == key and words in str(err.value)
 
 
-def test_bad_auto_request_exits_2_with_one_line(synthetic_data, tmp_path):
-    # The error comes from the config, before any process group: rank 0 of a claimed world of 2 reports it.
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "PYTHONWARNINGS": "ignore"}
+@pytest.mark.parametrize("extra, key", [
+    (["parallel.plan_memory_gib=0.0001"], "short by"),
+    (["parallel.plan_costs={list}"], "parallel.plan_costs"),  # once a traceback on every rank
+    (["parallel.vpp=2", "train.global_batch_size=2"], "train.global_batch_size"),  # megatron's schedule refuses
+])
+def test_bad_auto_request_exits_2_with_one_line_from_rank_0(synthetic_data, tmp_path, extra, key):
+    # The error comes from the config, before any process group: rank 0 of a claimed world of 2 reports it in one
+    # line, rank 1 exits alike without a word (checked once).
+    (tmp_path / "list.json").write_text("[1]")
     args = [*_overrides(synthetic_data, tmp_path, "bad"), "parallel.pp=2", "parallel.pipeline_layout=auto",
-            "parallel.plan_memory_gib=0.0001"]
-    out = subprocess.run([sys.executable, "-m", "vffn_pretrain.train", *args], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if "parallel.plan_memory_gib" in line]
-    assert len(lines) == 1 and "short by" in lines[0] and "Traceback" not in out.stderr
+            *(x.format(list=tmp_path / "list.json") for x in extra)]
+    for rank in ("0", "1") if key == "parallel.plan_costs" else ("0",):  # (each run imports torch: seconds)
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": rank, "PYTHONWARNINGS": "ignore"}
+        out = subprocess.run([sys.executable, "-m", "vffn_pretrain.train", *args], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 2, out.stderr
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        assert "Traceback" not in out.stderr
+        assert (len(lines) == 1 and key in lines[0]) if rank == "0" else not lines, out.stderr
     assert not (tmp_path / "bad").exists()  # nothing written
 
 

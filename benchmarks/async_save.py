@@ -54,8 +54,8 @@ def _load() -> str:
 def _trainer(model: str, run_dir: Path, steps: int, extra: list[str]):
     from hydra import compose, initialize_config_dir
 
-    from vffn_pretrain.conf_path import CONF_DIR
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.paths import CONF_DIR
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.training.trainer import Trainer
 
     overrides = [*MODELS[model], *extra, f"run_dir={run_dir}", f"train.max_steps={steps}", "train.eval_iters=0",

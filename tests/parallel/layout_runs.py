@@ -108,8 +108,9 @@ def layout_run(workdir: str, layout: dict, steps: int = 3, distributed_optimizer
 
     # With the distributed optimizer each DP rank's grad buffer is only reduced on the shard it owns.
     losses = run_steps(ddp, optimizer, range(steps), on_first_grads=None if distributed_optimizer else check_grads)
+    overlap = ddp[0].module.config.overlap_p2p_comm  # the schedule's code path this run took
     ps.destroy_model_parallel()
-    return {"losses": losses, **grad_err}
+    return {"losses": losses, "overlap_p2p_comm": overlap, **grad_err}
 
 
 def resume_run(workdir: str, layout: dict, distributed_optimizer: bool, load_layout: dict | None = None) -> dict:

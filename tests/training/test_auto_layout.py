@@ -61,29 +61,48 @@ def test_auto_at_pp2_matches_single_rank(rank_pools, synthetic_data, tmp_path):
     (["parallel.pp=8"], "parallel.pp", "8 pipeline chunks for 4 layers"),
     (["parallel.pp=2", "parallel.plan_memory_gib=0.0001"], "parallel.plan_memory_gib", "short by"),
     (["parallel.pp=2", "parallel.plan_memory_gib=-1"], "parallel.plan_memory_gib", "positive"),
+    (["parallel.pp=2", "parallel.plan_memory_gib=inf"], "parallel.plan_memory_gib", "finite"),
+    (["parallel.pp=2", "parallel.plan_costs=5"], "parallel.plan_costs", "path"),
+    (["parallel.pp=2", "parallel.plan_costs={list}"], "parallel.plan_costs", "JSON object"),
+    (["parallel.pp=2", "parallel.plan_costs={negative}"], "parallel.plan_costs", ">= 0"),
+    (["parallel.pp=2", "parallel.plan_costs={tmp}"], "parallel.plan_costs", "directory"),
+    (["parallel.pp=2", "parallel.plan_costs={tmp}/absent.json"], "parallel.plan_costs", "does not exist"),
+    (["parallel.pp=2", "parallel.vpp=2", "train.global_batch_size=2"], "train.global_batch_size", "at least PP"),
 ])
 def test_impossible_requests_name_the_key(tmp_path, extra, key, words):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "negative.json").write_text(json.dumps(
+        {"seconds_per_flop": {"forward": {"default": -1.0}, "backward": {"default": 1e-9}}}))
+    files = {"list": tmp_path / "list.json", "negative": tmp_path / "negative.json", "tmp": tmp_path}
+    world = 2 if "parallel.vpp=2" in extra else 8
     with pytest.raises(ConfigError) as err:
-        planned([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pipeline_layout=auto", *extra], world_size=8)
+        planned([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pipeline_layout=auto",
+                 *(x.format(**files) for x in extra)], world_size=world)
     assert err.value.key == key and words in str(err.value)
 
 
-def test_bad_auto_request_exits_2_with_one_line_from_rank_0(synthetic_data, tmp_path):
+@pytest.mark.parametrize("extra, key, words", [
+    (["parallel.plan_memory_gib=0.0001"], "parallel.plan_memory_gib", "short by"),  # found by the plan on rank 0
+    (["parallel.plan_costs={list}"], "parallel.plan_costs", "JSON object"),  # once a traceback on every rank
+    (["parallel.vpp=2", "train.global_batch_size=2"], "train.global_batch_size", "at least PP"),  # megatron refuses
+])
+def test_bad_auto_request_exits_2_with_one_line_from_rank_0(synthetic_data, tmp_path, extra, key, words):
     """The plan runs on rank 0 once the world exists; its error reaches every rank: one line, exit 2."""
     from vffn_pretrain.parallel.init import free_port
 
+    (tmp_path / "list.json").write_text("[1]")
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
            "PYTHONWARNINGS": "ignore"}
     args = [*_overrides(synthetic_data, tmp_path, "bad"), "parallel.pp=2", "parallel.pipeline_layout=auto",
-            "parallel.plan_memory_gib=0.0001"]
+            *(x.format(list=tmp_path / "list.json") for x in extra)]
     ranks = [subprocess.Popen([sys.executable, "-m", "vffn_pretrain.train", *args], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
              for r in (0, 1)]
-    outs = [p.communicate(timeout=180) for p in ranks]
+    outs = [p.communicate(timeout=300) for p in ranks]
     assert [p.returncode for p in ranks] == [2, 2], outs
-    lines = [line for line in outs[0][1].splitlines() if "parallel.plan_memory_gib" in line]
-    assert len(lines) == 1 and "short by" in lines[0] and "Traceback" not in outs[0][1]
-    assert "plan_memory_gib" not in outs[1][1] and "Traceback" not in outs[1][1]  # rank 1 stays quiet
+    lines = [line for line in outs[0][1].splitlines() if key in line]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in outs[0][1], outs[0][1]
+    assert key not in outs[1][1] and "Traceback" not in outs[1][1]  # rank 1 stays quiet
     assert not (tmp_path / "bad").exists()  # nothing written
 
 

@@ -142,6 +142,8 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
     if parallel.pipeline_layout not in (None, AUTO_LAYOUT):
         validate_layout(parallel, model)
+    # what megatron's schedules would refuse at the first step (for auto: the planned layout keeps parallel.vpp)
+    parallel.validate_schedule(train.global_batch_size // (train.micro_batch_size * dp))
     if train.seq_length > model.max_position_embeddings:
         raise ConfigError("train.seq_length",
                           f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
@@ -167,14 +169,14 @@ def _check_directory_path(key: str, path: Path) -> None:
 
 def validate_layout(parallel: ParallelConfig, model: ModelConfig) -> None:
     """Check `parallel.pipeline_layout` (a layout string) against the model and set `parallel.vpp` from it."""
-    from megatron.core.transformer.pipeline_parallel_layer_layout import PipelineParallelLayerLayout
+    # megatron's rules, read without importing megatron (tests/planning/test_layout.py holds it to megatron's own)
+    from vffn_pretrain.planning import layout
 
     try:
-        layout = PipelineParallelLayerLayout(parallel.pipeline_layout, parallel.pp)
-        layout.validate_layer_layout(num_layers=model.num_layers, mtp_num_layers=None)
-    except Exception as e:  # megatron raises assertion/value errors with its own wording
+        layout.read(parallel.pipeline_layout, parallel.pp, model.num_layers)
+    except layout.LayoutError as e:
         raise ConfigError("parallel.pipeline_layout", f"{parallel.pipeline_layout!r}: {e}") from None
-    implied = layout.virtual_pipeline_model_parallel_size
+    implied = layout.virtual_stages(parallel.pipeline_layout, parallel.pp)
     if parallel.vpp is None:
         parallel.vpp = implied  # the layout string is the single source of the stage assignment
     elif parallel.vpp != implied:

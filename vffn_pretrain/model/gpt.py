@@ -100,6 +100,8 @@ def build_transformer_config(
         # With VPP and PP=2, prev and next rank are the same peer and batched p2p mis-orders the sends
         # (docs/cpu.md gotcha 9): silently wrong gradients. Unbatched p2p is correct everywhere.
         batch_p2p_comm=parallel.effective_vpp is None,
+        # Which code path of the interleaved schedule runs (the pipeline planner models the one chosen here).
+        overlap_p2p_comm=parallel.p2p_overlap,
         recompute_granularity=recompute.granularity,
         recompute_method=recompute.method if full else None,
         recompute_num_layers=recompute.num_layers if full else None,

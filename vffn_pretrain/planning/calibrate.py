@@ -35,7 +35,6 @@ A measurement worker that dies (killed, out of memory): one line, exit 1. Ctrl-C
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -375,6 +374,22 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], 
     return Timing(forward, backward, {}, per_byte, latency, "calibrated", optimizer_rate, slowdown), report
 
 
+MAX_ROUNDS = 1000
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the calibration could not be written to `out` (checked before minutes of measuring), or None."""
+    if out.is_dir():
+        return f"{out} is a directory"
+    if out.exists() and not out.is_file():
+        return f"{out} is not a regular file"
+    if not out.parent.is_dir():
+        return f"no directory {out.parent}"
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"{out} is not writable"
+    return None
+
+
 def main(argv: list[str]) -> int:
     """Entry of `vffn-plan calibrate`; returns the exit code (2: bad config, one line)."""
     import json
@@ -383,8 +398,9 @@ def main(argv: list[str]) -> int:
     from vffn_pretrain.config.errors import ConfigError
     from vffn_pretrain.config.overrides import compose_config
     from vffn_pretrain.config.run import load_run_config
+    from vffn_pretrain.process.exits import OneLineArgumentParser
 
-    ap = argparse.ArgumentParser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
+    ap = OneLineArgumentParser(prog="vffn-plan calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--out", default="calibration.json")
     ap.add_argument("--rounds", type=int, default=5)
@@ -392,24 +408,25 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--shared-ranks", type=int, default=0,
                     help="also measure how ranks sharing this host's cores slow each other, for 1..N ranks")
     ap.add_argument("--sharing-seconds", type=float, default=2.0, help="seconds of training per measured phase")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
     overrides = [*args.overrides, "parallel.tp=1", "parallel.pp=1", "parallel.vpp=null",
                  "parallel.pipeline_layout=null", "parallel.sp=false"]
     try:
-        if args.rounds < 1:
-            raise ConfigError("--rounds", f"must be at least 1, got {args.rounds}")
+        if not 1 <= args.rounds <= MAX_ROUNDS:
+            raise ConfigError("--rounds", f"must be between 1 and {MAX_ROUNDS}, got {args.rounds}")
         if not 0 <= args.shared_ranks <= MAX_SHARED_RANKS:
             raise ConfigError("--shared-ranks", f"must be between 0 and {MAX_SHARED_RANKS}, got {args.shared_ranks}")
-        if not 0 < args.sharing_seconds <= 600:
+        if not 0 < args.sharing_seconds <= 600:  # (also false for nan)
             raise ConfigError("--sharing-seconds", f"must be in (0, 600], got {args.sharing_seconds}")
         out = Path(args.out)
-        if out.is_dir() or not out.parent.is_dir():
-            raise ConfigError("--out", f"{out} is a directory" if out.is_dir() else f"no directory {out.parent}")
+        problem = _unwritable(out)
+        if problem:
+            raise ConfigError("--out", problem)
         cfg = load_run_config(compose_config(overrides), world_size=1)
     except ConfigError as e:
         print(f"vffn-plan calibrate: {e}", file=sys.stderr)
         return 2
-    import torch  # torch and megatron only once the command line is known good (--help is instant)
+    # torch and megatron only once the command line is known good (--help is instant)
     from megatron.core import parallel_state as ps
 
     from vffn_pretrain.parallel.config import ParallelConfig
@@ -430,6 +447,8 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         ps.destroy_model_parallel()
+    import torch
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({os.cpu_count()} cores)"
     partial = out.with_name(out.name + ".partial")  # a reader never sees half a file
     timing.save(partial, device)

@@ -6,6 +6,7 @@ requeued, 130 interrupted.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 EXIT_BAD_CONFIG = 2
@@ -16,3 +17,11 @@ def fail(prog: str, message: str, code: int, *, show: bool = True):
     if show:
         print(f"{prog}: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse prints its usage before an error and exits 2; the project's promise is one line (naming the
+    problem and pointing at --help) and exit 2."""
+
+    def error(self, message: str):
+        fail(self.prog, f"{message} (see {self.prog} --help)", EXIT_BAD_CONFIG)

@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-per-mille", type=int, default=None, metavar="N",
                    help="documents per thousand in the test split [5]")
     q.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer worker processes [0]")
+    q.add_argument("--manifest", default=None, metavar="FILE",
+                   help="rebuild what an earlier build's manifest.json recorded: exactly its package versions "
+                        "(checked by SHA-256), split thresholds and vocabulary; e.g. "
+                        "docs/reproduction/corpus-manifest.json")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
 
@@ -234,7 +238,7 @@ def _run_corpus(args: argparse.Namespace, argv: list[str]) -> int:
         manifest = run_build(BuildOptions(
             name=args.name, out=args.out, cache=args.cache, deb_dir=args.deb_dir, overwrite=args.overwrite,
             vocab_size=args.vocab_size, limit_files=args.limit_files, workers=args.workers, argv=argv,
-            valid_per_mille=args.valid_per_mille, test_per_mille=args.test_per_mille),
+            valid_per_mille=args.valid_per_mille, test_per_mille=args.test_per_mille, manifest=args.manifest),
             log=lambda msg: print(msg, file=sys.stderr))
     except FetchError as err:
         print(f"vffn-data: error: {err}", file=sys.stderr)

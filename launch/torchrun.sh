@@ -32,6 +32,9 @@
 #                   instead of hanging forever (torch's own default in recent versions; set here so
 #                   older torch behaves the same).
 #   NCCL_DEBUG=WARN   NCCL prints errors and warnings only (INFO to debug topology/transport issues).
+#   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   token-sparse recursion gives every layer and
+#                   micro-batch different row counts; growable segments keep the caching allocator from
+#                   fragmenting over a long run.
 #   PYTHONUNBUFFERED=1   log lines reach the job log immediately, not when a buffer fills.
 #   PYTHONPATH gets this checkout prepended, so the trainer runs without `pip install`.
 # Site-specific, never set here (set them in your environment when your fabric needs them):
@@ -86,6 +89,7 @@ threads=$((cpus / NPROC_PER_NODE))
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}"
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"

@@ -1,6 +1,6 @@
 """vffn-pretrain: megatron-core pretraining with VersatileFFN layers."""
 
-from vffn_pretrain import lifetime as _lifetime
+from vffn_pretrain.process import lifetime as _lifetime
 
 if _lifetime.is_multiprocessing_child():  # e.g. megatron-core's checkpoint writer's manager process
     _lifetime.exit_with_parent()

@@ -69,13 +69,11 @@ class LoopRecorder:
             mod.register_forward_hook(self._hook)
 
     def _hook(self, mod, inputs, output):
-        from vffn_pretrain.model.ffn.functional import router_logits
-
         hidden = inputs[0]  # [s, b, h]: the FFN input H
         if mod.force_loops is not None:
             loops = mod.force_loops
         else:
-            logits = router_logits(hidden[-1, 0:1], mod.loop_head.weight)
+            logits = mod.loop_head(hidden[-1, 0:1])
             loops = int(logits.argmax(-1).item()) + 1
         self.last[int(mod.layer_number)] = loops
 
@@ -110,7 +108,7 @@ def _load_newest(path: str, seed: int):
     fails is reported and the previous one is tried, as the trainer does on resume."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from vffn_pretrain.loading import load_checkpoint_for_inference
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     candidates = _candidates(path)
     for ckpt in candidates:
@@ -126,9 +124,11 @@ def _load_newest(path: str, seed: int):
 
 
 def generate(argv: list[str] | None = None) -> str:
+    args = _parse(argv)  # before the heavy imports: --help and usage errors are instant
+
     import torch
 
-    from vffn_pretrain.loading import inference_tokenizer
+    from vffn_pretrain.training.inference_loading import inference_tokenizer
 
     args = _parse(argv)
     cfg, model, padded_vocab = _load_newest(args.checkpoint, args.seed)

@@ -18,18 +18,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.counting import count_params, flops_per_token, uniform_loop_mix
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.kinds import FFN_KINDS, traits
 from vffn_pretrain.model.shapes import counting_shapes
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def _select(cfg: DictConfig, key: str, default: Any = ...) -> Any:
@@ -143,11 +141,18 @@ def _add_quiet_defaults(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    from vffn_pretrain.config.usage import print_usage, wants_help
+
+    if wants_help(sys.argv[1:]):
+        print_usage("vffn-info", "Parameter and FLOP counts of the model the config describes, as JSON (nothing "
+                                 "is allocated).")
+        return
     import hydra  # imported here so info_from_config stays usable without Hydra's side effects
 
-    from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
+    from vffn_pretrain.config.overrides import precheck_overrides
+    from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
 
-    @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def _run(cfg: DictConfig) -> None:
         try:
             report = info_from_config(cfg)
@@ -155,7 +160,7 @@ def main() -> None:
             fail("vffn-info", f"bad config: {e}", EXIT_BAD_CONFIG)
         print(json.dumps(report, indent=2))
 
-    precheck_overrides("vffn-info", CONF_DIR, sys.argv[1:])
+    precheck_overrides("vffn-info", str(CONF_DIR), sys.argv[1:])
     sys.argv = [sys.argv[0], *_add_quiet_defaults(sys.argv[1:])]
     _run()
 

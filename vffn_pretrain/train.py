@@ -17,9 +17,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
-from vffn_pretrain.conf_path import CONF_DIR
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.overrides import precheck_overrides
+from vffn_pretrain.config.paths import CONF_DIR
+from vffn_pretrain.config.usage import print_usage, wants_help
+from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
 
 
 def _multirun_dir() -> str | None:
@@ -43,7 +45,7 @@ def _hydra_main(cfg: DictConfig) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("megatron", "torch.distributed", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.parallel.init import launcher_world_size
     from vffn_pretrain.training.errors import RunError
     from vffn_pretrain.training.signals import EXIT_INTERRUPTED
@@ -72,6 +74,10 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
+    if wants_help(sys.argv[1:]):
+        print_usage("vffn-pretrain", "Pretrain a megatron-core GPT with VersatileFFN layers (or a baseline FFN); "
+                                     "resumes from run_dir's latest checkpoint.")
+        return
     precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())
     _hydra_main()
 

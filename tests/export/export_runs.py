@@ -36,7 +36,7 @@ def export_and_compare(checkpoint: str, out: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from vffn_pretrain.export.cli import export_checkpoint
-    from vffn_pretrain.loading import load_checkpoint_for_inference
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     export_checkpoint(checkpoint, Path(out))
     loaded = load_checkpoint_for_inference(checkpoint)

@@ -20,7 +20,6 @@ Catalogue rows (each a test below):
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

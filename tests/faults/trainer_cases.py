@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.training import trainer_runs as cases
@@ -19,7 +20,7 @@ class _Collect(logging.Handler):
 
 def train_collecting_warnings(overrides: list[str]) -> dict:
     """cases.train, plus the warnings logged by vffn_pretrain and the ConfigError raised, if any."""
-    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.config.errors import ConfigError
 
     handler = _Collect()
     logging.getLogger("vffn_pretrain").addHandler(handler)
@@ -41,8 +42,9 @@ def _reset_parallel_state() -> None:
         ps.destroy_model_parallel()
 
 
-def train_with_failing_eval(overrides: list[str]) -> dict:
-    """The first evaluation raises: the checkpoint of that step must exist all the same."""
+def train_with_failing_eval(overrides: list[str], faults: dict | None = None) -> dict:
+    """The first evaluation raises: the checkpoint of that step must exist all the same. `faults`: see
+    `injected`."""
     from vffn_pretrain.training.trainer import Trainer
 
     def broken(self):
@@ -51,7 +53,8 @@ def train_with_failing_eval(overrides: list[str]) -> dict:
     original = Trainer.evaluate
     Trainer.evaluate = broken
     try:
-        cases.train(overrides)
+        with injected(faults):
+            cases.train(overrides)
         raised = None
     except RuntimeError as e:
         raised = str(e)
@@ -72,3 +75,29 @@ def train_with_full_disk(overrides: list[str], step: int) -> dict:
     finally:
         FAULTS.enospc_in_save = None
         _reset_parallel_state()
+
+
+
+@contextmanager
+def injected(faults: dict | None):
+    """The `faults.FAULTS` attributes in `faults` set meanwhile (e.g. {"slow_write": {2: 1.0}})."""
+    from vffn_pretrain.training.faults import FAULTS
+
+    faults = faults or {}
+    saved = {name: getattr(FAULTS, name) for name in faults}
+    for name, value in faults.items():
+        setattr(FAULTS, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(FAULTS, name, value)
+
+
+def train_with_faults(overrides: list[str], faults: dict) -> dict:
+    """cases.train with `faults` injected (see `injected`)."""
+    with injected(faults):
+        try:
+            return cases.train(overrides)
+        finally:
+            _reset_parallel_state()

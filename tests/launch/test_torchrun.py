@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.launch import launcher_runs as helpers
-from vffn_pretrain.parallel import free_port
+from vffn_pretrain.parallel.init import free_port
 
 STEPS = 3
 
@@ -114,7 +114,7 @@ def test_a_killed_launcher_leaves_no_process_and_the_run_saved(tiny, tmp_path):
     import time
 
     from tests.faults.processes import children, describe
-    from vffn_pretrain.lifetime import pid_alive
+    from vffn_pretrain.process.lifetime import pid_alive
 
     run = helpers.torchrun([*tiny, "train.max_steps=400", f"run_dir={tmp_path / 'run'}"], tmp_path / "run.log",
                            env={"NPROC_PER_NODE": "2", "SHUTDOWN_TIMEOUT": "60"})

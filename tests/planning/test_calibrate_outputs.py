@@ -24,7 +24,7 @@ import pytest
 
 from tests.faults.processes import children, wait_until_gone
 from tests.planning.test_calibrate import TINY, _calibrate
-from vffn_pretrain.conf_path import CONF_DIR
+from vffn_pretrain.config.paths import CONF_DIR
 
 
 def test_out_is_checked_before_anything_is_measured(tmp_path):

@@ -31,7 +31,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 from vffn_pretrain.data.hashing import sha256_file
 
 # Names tried, in order, for the end-of-document token of a HuggingFace tokenizer.

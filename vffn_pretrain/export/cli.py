@@ -125,9 +125,10 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
     import torch
     from transformers import GenerationConfig
 
-    from vffn_pretrain.loading import inference_tokenizer, load_checkpoint_for_inference
+    from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.outputs.atomic import make_partial_dir, publish_dir, sweep_stale_partials
     from vffn_pretrain.outputs.lock import claim_output
+    from vffn_pretrain.training.inference_loading import inference_tokenizer, load_checkpoint_for_inference
 
     check_checkpoint_path(checkpoint)
     check_output(out, overwrite, checkpoint, tokenizer)
@@ -145,6 +146,12 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ExportError(f"--checkpoint {checkpoint}: cannot be loaded (incomplete or damaged?): {first}") \
                 from None
+        blend = ffn_state.blend_weight(loaded.cfg.ffn, loaded.step)
+        if blend < 1.0:
+            raise ExportError(f"--checkpoint {checkpoint}: saved at step {loaded.step}, inside its "
+                              f"ffn.blend_in_steps={loaded.cfg.ffn.blend_in_steps} ramp (s={blend:.3f}; "
+                              "docs/method.md §15), a blend the exported model does not compute; export a "
+                              "checkpoint from that step on")
         try:
             tok = inference_tokenizer(loaded.cfg, loaded.padded_vocab_size, tokenizer)
         except ValueError as e:

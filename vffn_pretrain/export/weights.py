@@ -111,12 +111,19 @@ def is_plain(model_cfg, ffn_cfg) -> bool:
     return all(traits(k).plain for k in ffn_cfg.layer_kinds(model_cfg.num_layers))
 
 
+def _layer_ffn(kind, ffn_cfg) -> dict:
+    """One layer's FFN flags as modeling_vffn reads them (VffnConfig.layer_ffns)."""
+    return {"width_path": kind.width_path, "adaptive_depth": kind.adaptive_depth, "moe": kind.moe,
+            "plain": kind.plain, "loops": kind.loop_count(ffn_cfg)}
+
+
 def vffn_config_kwargs(model_cfg, ffn_cfg, vocab_size: int, tokenizer_ids: dict) -> dict:
     """VffnConfig keyword arguments for a megatron model with any non-dense layer (`ffn.layers`: each layer's
     kind in `layer_kinds`)."""
     kind = traits(ffn_cfg.kind)
     loops = ffn_cfg.max_loops if kind.moe else kind.loop_count(ffn_cfg)  # moe has no loops: ffn.max_loops as given
     mixed = ffn_cfg.layers is not None
+    layer_kinds = ffn_cfg.layer_kinds(model_cfg.num_layers)
     return dict(
         _shape_kwargs(model_cfg, vocab_size, tokenizer_ids),
         rotary_base=float(model_cfg.rotary_base),
@@ -125,5 +132,9 @@ def vffn_config_kwargs(model_cfg, ffn_cfg, vocab_size: int, tokenizer_ids: dict)
         top_k=ffn_cfg.top_k,
         max_loops=ffn_cfg.max_loops if mixed else loops,
         loops=ffn_cfg.loops if mixed else None,
-        layer_kinds=ffn_cfg.layer_kinds(model_cfg.num_layers) if mixed else None,
+        ffn_width_path=kind.width_path,
+        ffn_adaptive_depth=kind.adaptive_depth,
+        ffn_moe=kind.moe,
+        layer_kinds=layer_kinds if mixed else None,
+        layer_ffns=[_layer_ffn(traits(k), ffn_cfg) for k in layer_kinds] if mixed else None,
     )

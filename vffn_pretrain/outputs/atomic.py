@@ -17,7 +17,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from vffn_pretrain.lifetime import pid_alive
+from vffn_pretrain.process.lifetime import pid_alive
 
 PARTIAL = ".partial-"
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vffn_pretrain.lifetime import pid_alive
+from vffn_pretrain.process.lifetime import pid_alive
 
 log = logging.getLogger(__name__)
 

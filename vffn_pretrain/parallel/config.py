@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+
+AUTO_LAYOUT = "auto"  # parallel.pipeline_layout=auto: planned at start-up (vffn_pretrain.planning.auto)
 
 
 @dataclass
@@ -26,6 +28,9 @@ class ParallelConfig:
     overlap_param_gather: bool = False
     init_timeout_s: float = 300.0  # joining the world and the pre-flight check
     collective_timeout_min: float = 30.0  # any collective of the run after start-up (megatron's default)
+    # megatron's overlap_p2p_comm: "auto" (on with VPP, as Megatron-LM's training defaults), true or false; it
+    # picks which code path of the interleaved schedule runs (docs/parallel.md section 8)
+    overlap_p2p_comm: bool | str = "auto"
 
     def validate_static(self) -> None:
         for key in ("tp", "pp", "cp", "ep"):
@@ -47,6 +52,12 @@ class ParallelConfig:
         value = self.replan_threshold
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise ConfigError("parallel.replan_threshold", f"must be a finite number >= 0, got {value!r}")
+        budget = self.plan_memory_gib
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not 0 < budget < float("inf")):
+            raise ConfigError("parallel.plan_memory_gib", f"must be null or a positive finite number, got {budget!r}")
+        if not (self.overlap_p2p_comm == "auto" or isinstance(self.overlap_p2p_comm, bool)):
+            raise ConfigError("parallel.overlap_p2p_comm", f"must be auto, true or false, got {self.overlap_p2p_comm!r}")
         if self.overlap_param_gather and not self.distributed_optimizer:
             raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
 
@@ -66,3 +77,25 @@ class ParallelConfig:
     @property
     def effective_vpp(self) -> int | None:
         return self.vpp if self.vpp and self.vpp > 1 else None
+
+    @property
+    def p2p_overlap(self) -> bool:
+        """The overlap_p2p_comm megatron runs with: `auto` is on exactly when VPP is."""
+        if self.overlap_p2p_comm == "auto":
+            return self.pp > 1 and self.effective_vpp is not None
+        return bool(self.overlap_p2p_comm)
+
+    def validate_schedule(self, micro_batches: int) -> None:
+        """Refuse what megatron's pipeline schedules would refuse at the first step (`pipeline_rules`), given the
+        micro-batches per step (train.global_batch_size / (train.micro_batch_size x DP)); needs parallel.vpp
+        final (after the layout is read)."""
+        from vffn_pretrain.parallel.pipeline_rules import interleaving_problem, overlap_problem
+
+        vpp = self.effective_vpp or 1
+        if self.overlap_p2p_comm is True and overlap_problem(self.pp, vpp, True):
+            raise ConfigError("parallel.overlap_p2p_comm", overlap_problem(self.pp, vpp, True))
+        problem = interleaving_problem(self.pp, vpp, micro_batches)
+        if problem:
+            raise ConfigError("train.global_batch_size", f"{micro_batches} micro-batches per step "
+                                                         f"(train.global_batch_size / (train.micro_batch_size x DP)): "
+                                                         f"{problem}")

@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-from vffn_pretrain.scaling.compare import analyse
-from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
 from vffn_pretrain.scaling.summaries import METRICS, SummaryError, load_runs
 
 
@@ -81,6 +79,9 @@ def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "fin
     check_apart({"--out": out_dir}, {"the summary": [r.path for r in runs]})
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(20, "exists and is not a directory", str(out_dir))
+    from vffn_pretrain.scaling.compare import analyse  # numpy, scipy and matplotlib: only for the work
+    from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
+
     result = analyse(runs, metric)
     compute_fits, param_fits = result.pop("_compute_fits"), result.pop("_param_fits")
     result["sweep_dir"] = str(sweep_dir)

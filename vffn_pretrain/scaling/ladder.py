@@ -30,14 +30,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.counting import FFNShape, ModelShape, count_params, flops_per_token
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "sweep" / "ladder.yaml"
-FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+DEFAULT_CONFIG = CONF_DIR / "sweep" / "ladder.yaml"
+FFN_CONF_DIR = CONF_DIR / "ffn"
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ def load_ladder_config(path: str | Path, ladder_name: str) -> tuple[DictConfig, 
     if not isinstance(ladder, dict):
         raise LadderError(f"{path}: key {where[:-1]!r} must be a mapping")
     base = _get(path, ladder, "base_model", where)
-    if not isinstance(base, str) or not (REPO_ROOT / "conf" / "model" / f"{base}.yaml").is_file():
+    if not isinstance(base, str) or not (CONF_DIR / "model" / f"{base}.yaml").is_file():
         raise LadderError(f"{path}: key {where + 'base_model'!r} must name a conf/model group (got {base!r})")
     for key in ("seq_length", "vocab_size"):
         _check_number(path, where + key, _get(path, ladder, key, where), integer=True, positive=True)

@@ -1,11 +1,12 @@
-"""``vffn-study``: run the paper's continued-pretraining comparison as a seeded study, and report on it.
+"""``vffn-study``: run the paper's comparisons as a seeded study, and report on it.
 
-    vffn-study run conf/study/table1_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
+    vffn-study run conf/study/round2_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
     vffn-study report DIR [--out REPORT_DIR]
 
 ``run`` trains what is not finished (rerun the same command to resume), then writes the report into
-DIR/report when every run has finished. ``report`` writes report.md, report.json, final_loss.png,
-delta_vs_dense.png and val_curves.png from whatever runs have finished (the others are listed as missing).
+DIR/report when every run has finished. ``report`` writes report.md, report.json, corpus-manifest.json,
+final_loss.png, delta_vs_dense.png, gap_over_tokens.png and val_curves.png from whatever runs have finished
+(the others are listed as missing).
 
 ``run`` stops as a whole on Ctrl-C, SIGTERM or SIGHUP: the running trainers save and stop, no further run
 starts, exit 130 (rerun the same command to resume); killed with kill -9 it leaves no trainer behind. --out
@@ -14,8 +15,8 @@ the files it reads and replaces only a report directory.
 
 Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written;
 2 bad usage, a bad study file or record (the message names the file and key), an output directory holding
-another study, in use by another vffn-study or over its inputs, or (report) a directory with no finished
-continued run; 130 interrupted.
+another study, in use by another vffn-study or over its inputs, or (report) a directory where no run past the
+base has finished; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def _run(args) -> int:
         return 0
     lock = take_lock(out)
     try:
-        record_plan(out, plan, {"name": cfg.name, "config": cfg.path, "quick": cfg.quick,
-                                "corpus": cfg.corpus_dir, "seeds": list(cfg.seeds), "base_steps": cfg.base_steps,
+        record_plan(out, plan, {"name": cfg.name, "config": _repo_relative(cfg.path), "quick": cfg.quick,
+                                "corpus": cfg.corpus_dir, "corpus_name": cfg.corpus_name,
+                                "corpus_manifest": _corpus_manifest(cfg.corpus_dir), "seeds": list(cfg.seeds),
+                                "base_variant": cfg.base_variant, "base_steps": cfg.base_steps,
                                 "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)})
         status = run_plan(plan, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
                           log=lambda m: print(m, flush=True))
@@ -81,6 +84,24 @@ def _run(args) -> int:
     path = write_report(out)
     print(f"study finished: report {path}")
     return 0
+
+
+def _repo_relative(path: str) -> str:
+    """The study file as the report names it: relative to the repository when inside it, else its file name
+    (never a path of the machine that ran the study)."""
+    from vffn_pretrain.config.paths import REPO_ROOT
+
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name
+
+
+def _corpus_manifest(corpus_dir: str | None) -> dict | None:
+    """The corpus's manifest as the report publishes it (None for the bundled corpus)."""
+    from vffn_pretrain.study.report import published_manifest
+
+    if corpus_dir is None:
+        return None
+    return published_manifest(json.loads((Path(corpus_dir).expanduser() / "manifest.json").read_text()))
 
 
 def _tokens_per_step(cfg) -> int | None:

@@ -1,5 +1,12 @@
 """Reading a study directory: ``study.json`` (the plan) and each run's ``summary.json`` / ``metrics.jsonl``.
 
+Three losses per finished run:
+
+* ``final_val_loss``: held-out loss in eval mode (argmax loop counts), the study's primary metric;
+* ``final_val_loss_train_mode``: the same batches in train mode (loop counts sampled; ``train.eval_train_mode``);
+* ``train_loss_end``: the training loss (train mode, on the training batches) averaged over the logged windows of
+  the last 5% of the steps: what the paper reports ("final training loss").
+
 Adaptive kinds log, at every evaluation, the histogram of predicted loop counts over the validation tokens;
 the trainer's summary keeps the last one as ``eval_loop_mix`` (fractions for 1..L_max loops). From it:
 
@@ -29,8 +36,12 @@ class RunResult:
     variant: str
     seed: int
     finished: bool
+    kind: str | None = None
+    steps: int = 0
     final_val_loss: float = math.nan
     final_val_ppl: float = math.nan
+    final_val_loss_train_mode: float | None = None
+    train_loss_end: float | None = None
     mean_loops: float | None = None
     width_fraction: float | None = None
     flops_train: float | None = None
@@ -46,10 +57,9 @@ class RunResult:
         return self.curve[0][1] if self.curve and self.curve[0][0] == 0 else None
 
 
-def loop_stats(variant: str, loop_mix: list[float] | None) -> tuple[float | None, float | None]:
-    """(mean loops, width fraction) at evaluation for the adaptive kinds; (None, None) for the others. A variant
-    is an `ffn=` config name: an FFN kind, or a kind with settings such as kloop4."""
-    kind = KINDS.get(variant)
+def loop_stats(kind_name: str | None, loop_mix: list[float] | None) -> tuple[float | None, float | None]:
+    """(mean loops, width fraction) at evaluation for the adaptive kinds; (None, None) for the others."""
+    kind = KINDS.get(kind_name)
     if kind is None or not kind.adaptive_depth or not loop_mix:
         return None, None
     total = sum(loop_mix)
@@ -72,9 +82,9 @@ def _optional_number(path, key: str, record: dict) -> float | None:
     return None if value is None else _number(path, key, value)
 
 
-def _curve(path: Path) -> list[tuple[int, float]]:
-    """(step, val_loss) of every evaluation in a metrics.jsonl. A line cut by a crash (not JSON) is skipped; a
-    record with a wrong value is a StudyReadError naming the file, line and key."""
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(where, record) of every record of a metrics.jsonl, `where` its file and line. A line cut by a crash (not
+    JSON) is skipped; no file: no records."""
     out = []
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -83,16 +93,45 @@ def _curve(path: Path) -> list[tuple[int, float]]:
                     rec = json.loads(line)
                 except ValueError:
                     continue  # a line cut by a crash
-                if not isinstance(rec, dict) or rec.get("val_loss") is None:
-                    continue
-                step = rec.get("step")
-                if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-                    raise StudyReadError(f"{path}:{lineno}: key 'step' must be a step number (got {step!r})")
-                out.append((step, _number(f"{path}:{lineno}", "val_loss", rec["val_loss"])))
+                if isinstance(rec, dict):
+                    out.append((f"{path}:{lineno}", rec))
     except OSError:
         return []
-    # A resumed run may repeat evaluations after its last checkpoint: keep the last value of each step.
+    return out
+
+
+def _curve(records: list[tuple[str, dict]], key: str = "val_loss") -> list[tuple[int, float]]:
+    """(step, value) of every record with `key`; a resumed run may repeat records after its last checkpoint:
+    the last value of each step is kept. A record with a wrong step or value is a StudyReadError naming the
+    file, line and key."""
+    out = []
+    for where, rec in records:
+        if rec.get(key) is None:
+            continue
+        step = rec.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise StudyReadError(f"{where}: key 'step' must be a step number (got {step!r})")
+        out.append((step, _number(where, key, rec[key])))
     return sorted(dict(out).items())
+
+
+def train_loss_end(records: list[tuple[str, dict]], steps: int) -> float | None:
+    """Mean of the logged training-loss windows (`loss_avg`) that end in the last 5% of `steps` (at least the
+    last window)."""
+    windows = _curve(records, "loss_avg")
+    if not windows:
+        return None
+    tail = [v for s, v in windows if s > 0.95 * steps] or [windows[-1][1]]
+    return sum(tail) / len(tail)
+
+
+def _group_kind(group: str) -> str | None:
+    from vffn_pretrain.study.config import group_kind
+
+    try:
+        return group_kind(group)
+    except OSError:
+        return None
 
 
 # study.json: each planned run's keys and the types they must have.
@@ -115,9 +154,9 @@ def _planned_runs(path: Path, meta) -> list[dict]:
     return runs
 
 
-def _read_summary(path: Path, res: RunResult, steps: int, variant: str) -> None:
-    """Fill `res` from a run's summary.json when it says the run finished (StudyReadError naming the file and key
-    for a value of the wrong kind)."""
+def _read_summary(path: Path, res: RunResult) -> None:
+    """Fill `res` (its name, kind and steps set) from a run's summary.json when it says the run finished
+    (StudyReadError naming the file and key for a value of the wrong kind)."""
     try:
         s = json.loads(path.read_text())
     except FileNotFoundError:
@@ -126,7 +165,7 @@ def _read_summary(path: Path, res: RunResult, steps: int, variant: str) -> None:
         raise StudyReadError(f"{path}: not readable as JSON ({e})") from None
     if not isinstance(s, dict):
         raise StudyReadError(f"{path}: expected a JSON object, got {type(s).__name__}")
-    if not (s.get("exit_code") == 0 and s.get("steps") == steps and s.get("final_val_loss") is not None):
+    if not (s.get("exit_code") == 0 and s.get("steps") == res.steps and s.get("final_val_loss") is not None):
         return
     res.finished = True
     res.final_val_loss = _number(path, "final_val_loss", s["final_val_loss"], positive=True)
@@ -136,7 +175,8 @@ def _read_summary(path: Path, res: RunResult, steps: int, variant: str) -> None:
     if mix is not None and (not isinstance(mix, list) or not mix
                             or any(_number(path, "eval_loop_mix", x) < 0 for x in mix) or sum(mix) <= 0):
         raise StudyReadError(f"{path}: key 'eval_loop_mix' must be a list of fractions (got {mix!r})")
-    res.mean_loops, res.width_fraction = loop_stats(variant, mix)
+    res.mean_loops, res.width_fraction = loop_stats(res.kind, mix)
+    res.final_val_loss_train_mode = _optional_number(path, "final_val_loss_train_mode", s)
     res.flops_train = _optional_number(path, "flops_per_token_train", s)
     res.flops_eval = _optional_number(path, "flops_per_token_eval", s)
     res.wall_time_s = _optional_number(path, "wall_time_s", s)
@@ -169,8 +209,14 @@ def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
     results = []
     for r in _planned_runs(path, meta):
         run_dir = Path(r["run_dir"])
-        res = RunResult(name=r["name"], phase=r["phase"], variant=r["variant"], seed=r["seed"], finished=False)
-        _read_summary(run_dir / "summary.json", res, r["steps"], r["variant"])
-        res.curve = _curve(run_dir / "metrics.jsonl")
+        # Studies recorded before variants could be derived have no "kind": the variant is an ffn group there.
+        kind = r.get("kind") or _group_kind(r["variant"])
+        res = RunResult(name=r["name"], phase=r["phase"], variant=r["variant"], seed=r["seed"], finished=False,
+                        kind=kind, steps=r["steps"])
+        _read_summary(run_dir / "summary.json", res)
+        records = _records(run_dir / "metrics.jsonl")
+        res.curve = _curve(records)
+        if res.finished:
+            res.train_loss_end = train_loss_end(records, res.steps)
         results.append(res)
     return meta, results

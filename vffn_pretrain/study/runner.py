@@ -68,9 +68,9 @@ def command(run: PlannedRun) -> list[str]:
 def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
     """Write OUT/study.json, or check that the one there describes the same runs."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "seed": r.seed,
-                                "steps": r.steps, "run_dir": str(r.run_dir), "after": r.after,
-                                "overrides": list(r.overrides)} for r in plan]}
+    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "ffn": r.ffn,
+                                "kind": r.kind, "seed": r.seed, "steps": r.steps, "run_dir": str(r.run_dir),
+                                "after": r.after, "overrides": list(r.overrides)} for r in plan]}
     path = out / "study.json"
     if path.exists():
         try:
@@ -90,8 +90,8 @@ def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
 def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int = 1, log=print) -> dict[str, str]:
     """Run what is not finished; return {run name: "finished" | "failed (exit N)" | "blocked by NAME"}. Raises
     Interrupted (a KeyboardInterrupt) after a stop signal, once the running trainers have exited."""
-    from vffn_pretrain.lifetime import child_env
     from vffn_pretrain.process.interrupts import Interrupted
+    from vffn_pretrain.process.lifetime import child_env
 
     status: dict[str, str] = {r.name: "finished" for r in plan if is_finished(r)}
     pending = [r for r in plan if r.name not in status]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 
 def _positive_int(group: str, obj, *names: str) -> None:
@@ -34,6 +34,9 @@ class TrainConfig:
     eval_interval: int = 100
     eval_iters: int = 4
     eval_at_start: bool = False  # evaluate once before a fresh run's first step (step 0)
+    # Also evaluate in train mode: loop counts sampled as in training (the paper's loss is a training loss). Only
+    # kinds with an adaptive loop head sample anything; for the others the record repeats val_loss.
+    eval_train_mode: bool = False
     max_skipped_steps: int = 5
     init_from: str | None = None
     exit_interval: int | None = None  # stop (after saving) once this process has run this many steps
@@ -71,6 +74,9 @@ class CheckpointConfig:
     interval: int = 100
     keep: int = 3
     resume: bool = True
+    # Write checkpoints in the background (training/async_save.py): a save blocks training only while the state
+    # is staged; megatron-core's writer process writes it while training goes on.
+    async_save: bool = False
 
     def validate(self) -> None:
         _positive_int("checkpoint", self, "interval", "keep")

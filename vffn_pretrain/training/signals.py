@@ -45,3 +45,12 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def ignore_stop_signals() -> None:
+    """For helper processes of the trainer (megatron-core's checkpoint-writer manager): SLURM sends SIGTERM or
+    SIGUSR1 to every process of a job step, and a terminal sends Ctrl-C to its whole foreground group. The trainer
+    saves on them; a helper that died of them would fail that very save. Helpers exit with the trainer anyway
+    (`vffn_pretrain.process.lifetime`)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)

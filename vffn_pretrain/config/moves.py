@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

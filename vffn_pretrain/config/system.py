@@ -1,13 +1,14 @@
 """`system.*` config group: how the model runs on this hardware (kernels, number format, activation recompute).
 
-None of it changes the parameters' names or shapes: a checkpoint loads under any of these settings.
+None of it changes the parameters' names or shapes: a checkpoint's weights load under any of these settings, and a
+run resumes under another backend or precision (README, "Checkpoints, resume, signals", says what carries over).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 
 @dataclass
@@ -15,14 +16,18 @@ class SystemConfig:
     """backend: auto | local (megatron's local modules) | te (transformer-engine); auto picks te where
     megatron-core reports a working transformer-engine (model/backend.py).
     precision: auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16; bf16 keeps fp32 main weights in the optimizer.
+    On a GPU, fp32 matrix products may run in TF32 (transformer-engine always does so).
     recompute_granularity: null | full | selective (megatron-core activation recompute); full uses
-    recompute_method (uniform | block) and recompute_num_layers."""
+    recompute_method (uniform | block) and recompute_num_layers.
+    deterministic: deterministic kernels where they exist (training.numerics.use_deterministic_kernels), so two
+    runs of one config give the same losses bitwise; slower on a GPU."""
 
     backend: str = "auto"
     precision: str = "auto"
     recompute_granularity: str | None = None
     recompute_method: str = "uniform"
     recompute_num_layers: int = 1
+    deterministic: bool = False
 
     def validate(self) -> None:
         if self.backend not in ("auto", "local", "te"):
@@ -37,3 +42,5 @@ class SystemConfig:
         n = self.recompute_num_layers
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError("system.recompute_num_layers", f"must be a positive integer, got {n!r}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError("system.deterministic", f"must be true or false, got {self.deterministic!r}")

@@ -1,4 +1,7 @@
-"""One-line errors for the Hydra-based commands (`vffn-pretrain`, `vffn-info`).
+"""Composing `conf/` with a command line's Hydra overrides, outside `@hydra.main`.
+
+`compose_config` is how the tools that take overrides next to their own flags (`vffn-plan`, calibrate) compose;
+`precheck_overrides` is for the Hydra-based commands (`vffn-pretrain`, `vffn-info`).
 
 Hydra reports a bad override (an unknown key without `+`, a config group option that does not exist, a
 malformed value) with exit status 1; the project's promise is 2 for a bad config. `precheck_overrides`
@@ -7,15 +10,23 @@ composes the config once before Hydra runs, so that such a command line fails wi
 
 from __future__ import annotations
 
-import sys
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.paths import CONF_DIR
+from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
 
-EXIT_BAD_CONFIG = 2
 
+def compose_config(overrides: list[str]):
+    """The composed Hydra config; a bad override (Hydra's or OmegaConf's error) becomes a one-line ConfigError
+    naming `overrides`."""
+    from hydra import compose, initialize_config_dir
 
-def fail(prog: str, message: str, code: int, *, show: bool = True):
-    if show:
-        print(f"{prog}: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            return compose("config", overrides=overrides)
+    except Exception as e:
+        if type(e).__module__.startswith(("hydra", "omegaconf")):
+            raise ConfigError("overrides", str(e).splitlines()[0]) from None
+        raise
 
 
 def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool = True) -> None:

@@ -1,7 +1,9 @@
 """The whole run's configuration: Hydra's composed config validated into typed dataclasses.
 
-`load_run_config(cfg, world_size)` runs before any heavy work (no process group, no model); every error is a
-`ConfigError` naming the dotted key.
+`load_run_config(cfg, world_size)` runs before any heavy work (no process group, no model, no pipeline plan);
+every error is a `ConfigError` naming the dotted key. `parallel.pipeline_layout=auto` stays "auto" here: the
+trainer resolves it after the process group exists (`vffn_pretrain.planning.auto.resolve_auto_layout` on rank 0,
+the result broadcast), then calls `validate_layout`.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_moves import apply_moved_keys
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.moves import apply_moved_keys
+from vffn_pretrain.config.system import SystemConfig
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
-from vffn_pretrain.parallel.config import ParallelConfig
-from vffn_pretrain.system_config import SystemConfig
+from vffn_pretrain.parallel.config import AUTO_LAYOUT, ParallelConfig
 from vffn_pretrain.training.config import CheckpointConfig, LoggingConfig, TrainConfig, WandbConfig
 
 
@@ -125,8 +127,11 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
     train.validate(dp)
     checkpoint.validate()
     logging_cfg.validate()
+    stages = parallel.pp * (parallel.effective_vpp or 1)
+    if parallel.pipeline_layout == AUTO_LAYOUT and stages > model.num_layers:
+        raise ConfigError("parallel.pp", f"parallel.pp x parallel.vpp = {stages} pipeline chunks for "
+                                         f"{model.num_layers} layers (model.num_layers); each chunk needs a layer")
     if parallel.pipeline_layout is None and parallel.pp > 1:
-        stages = parallel.pp * (parallel.effective_vpp or 1)
         if model.num_layers % stages:
             raise ConfigError(
                 "model.num_layers",
@@ -135,16 +140,10 @@ def load_run_config(cfg: DictConfig, world_size: int, multirun_dir: str | None =
             )
     run_name = str(raw.get("run_name") or f"{model.name}-{ffn.kind}")
     run_dir = resolve_run_dir(raw.get("run_dir"), run_name, multirun_dir)
-    if parallel.pipeline_layout == "auto":
-        from vffn_pretrain.planning.auto import auto_layout
-        from vffn_pretrain.training.checkpointing import CheckpointManager
-
-        checkpoint_dir = checkpoint_dir_of(checkpoint, run_dir)
-        resume_from = CheckpointManager(checkpoint_dir).latest() if checkpoint.resume else None
-        parallel.pipeline_layout = auto_layout(model, ffn, parallel, train, system, world_size, run_dir,
-                                               resume_from)
-    if parallel.pipeline_layout is not None:
-        _validate_layout(parallel, model)
+    if parallel.pipeline_layout not in (None, AUTO_LAYOUT):
+        validate_layout(parallel, model)
+    # what megatron's schedules would refuse at the first step (for auto: the planned layout keeps parallel.vpp)
+    parallel.validate_schedule(train.global_batch_size // (train.micro_batch_size * dp))
     if train.seq_length > model.max_position_embeddings:
         raise ConfigError("train.seq_length",
                           f"{train.seq_length} exceeds model.max_position_embeddings={model.max_position_embeddings}")
@@ -168,15 +167,16 @@ def _check_directory_path(key: str, path: Path) -> None:
             return
 
 
-def _validate_layout(parallel: ParallelConfig, model: ModelConfig) -> None:
-    from megatron.core.transformer.pipeline_parallel_layer_layout import PipelineParallelLayerLayout
+def validate_layout(parallel: ParallelConfig, model: ModelConfig) -> None:
+    """Check `parallel.pipeline_layout` (a layout string) against the model and set `parallel.vpp` from it."""
+    # megatron's rules, read without importing megatron (tests/planning/test_layout.py holds it to megatron's own)
+    from vffn_pretrain.planning import layout
 
     try:
-        layout = PipelineParallelLayerLayout(parallel.pipeline_layout, parallel.pp)
-        layout.validate_layer_layout(num_layers=model.num_layers, mtp_num_layers=None)
-    except Exception as e:  # megatron raises assertion/value errors with its own wording
+        layout.read(parallel.pipeline_layout, parallel.pp, model.num_layers)
+    except layout.LayoutError as e:
         raise ConfigError("parallel.pipeline_layout", f"{parallel.pipeline_layout!r}: {e}") from None
-    implied = layout.virtual_pipeline_model_parallel_size
+    implied = layout.virtual_stages(parallel.pipeline_layout, parallel.pp)
     if parallel.vpp is None:
         parallel.vpp = implied  # the layout string is the single source of the stage assignment
     elif parallel.vpp != implied:

@@ -15,11 +15,13 @@ from typing import Any
 @dataclass
 class LoadedModel:
     """`model`: the GPTModel (eval mode, fp32 on CPU unless the run config says otherwise) holding every layer;
-    `cfg`: the run's validated config with parallel dimensions set to 1; `path`: the step directory loaded."""
+    `cfg`: the run's validated config with parallel dimensions set to 1; `path`: the step directory loaded;
+    `step`: the optimizer step it was saved at (the FFN layers' step-dependent settings are set for it)."""
 
     model: Any
     cfg: Any
     path: Path
+    step: int = 0
 
     @property
     def padded_vocab_size(self) -> int:
@@ -33,9 +35,10 @@ def load_checkpoint_for_inference(checkpoint: str | Path, seed: int = 0) -> Load
     from megatron.core import dist_checkpointing
     from omegaconf import OmegaConf
 
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
+    from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
     from vffn_pretrain.training import dist_ckpt
     from vffn_pretrain.training.convert import resolve_checkpoint
     from vffn_pretrain.training.optim import wrap_ddp
@@ -57,7 +60,10 @@ def load_checkpoint_for_inference(checkpoint: str | Path, seed: int = 0) -> Load
     chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, backend="local")
     ddp = wrap_ddp(chunks, cfg.parallel)
     dist_ckpt.load(ckpt, ddp)
-    return LoadedModel(chunks[0].eval(), cfg, ckpt)
+    step = int(common.get("step", 0))
+    # tau and the blend-in weight (docs/method.md §15) of the step the checkpoint was saved at.
+    ffn_state.set_training_step(chunks, step, cfg.train.max_steps)
+    return LoadedModel(chunks[0].eval(), cfg, ckpt, step)
 
 
 def inference_tokenizer(cfg, padded_vocab_size: int, override: str | None = None):

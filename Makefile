@@ -9,7 +9,9 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # make gpu-wheels: the wheels a GPU node without network needs besides its own CUDA torch (launch/gpu_wheels.py).
 GPU_PYTHON ?= 3.12
-GPU_PLATFORM ?= manylinux_2_28_x86_64
+# GPU_ARCH=aarch64 for GH200 nodes.
+GPU_ARCH ?= x86_64
+GPU_PLATFORM ?= manylinux_2_28_$(GPU_ARCH)
 GPU_WHEELS ?= .gpu-wheels
 
 .PHONY: setup train test lint clean gpu-wheels

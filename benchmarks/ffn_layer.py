@@ -52,20 +52,22 @@ if __name__ == "__main__":
 import torch  # noqa: E402
 
 
-def build_block(kind_cfg, d: int, d_ff: int, params_dtype=torch.float32):
+def build_block(kind_cfg, d: int, d_ff: int, params_dtype=torch.float32, *, backend: str = "auto"):
     """The MLP slot of one transformer layer as a module: pre-norm, FFN, bias-dropout-add (residual), with
-    the backend the trainer would pick, on the GPU when there is one."""
+    `backend` (auto: the one the trainer would pick; its name is the block's `backend_name`), on the GPU when
+    there is one."""
     from megatron.core.transformer.spec_utils import build_module
 
     from vffn_pretrain.model.backend import select_backend
     from vffn_pretrain.model.config import ModelConfig
     from vffn_pretrain.model.ffn import build_ffn_slot
     from vffn_pretrain.model.gpt import build_transformer_config
-    from vffn_pretrain.parallel import ParallelConfig
+    from vffn_pretrain.parallel.config import ParallelConfig
 
     model = ModelConfig(num_layers=1, hidden_size=d, ffn_hidden_size=d_ff, num_attention_heads=8, vocab_size=128)
     config = build_transformer_config(model, ParallelConfig(), ffn=kind_cfg, params_dtype=params_dtype)
-    slot = build_ffn_slot(kind_cfg.kind, kind_cfg, select_backend("auto"))
+    chosen = select_backend(backend)
+    slot = build_ffn_slot(kind_cfg.kind, kind_cfg, chosen)
 
     class Block(torch.nn.Module):
         def __init__(self):
@@ -80,6 +82,7 @@ def build_block(kind_cfg, d: int, d_ff: int, params_dtype=torch.float32):
             return slot.mlp_bda(self.training, False)(self.mlp(self.norm(h)), h, 0.0)
 
     block = Block()
+    block.backend_name = chosen.name
     if torch.cuda.is_available():
         block.cuda()
     return block
@@ -176,7 +179,8 @@ def main(argv=None) -> int:
     from vffn_pretrain.model.counting import FFNShape, ffn_flops_multiplier, ffn_train_step_multiplier
     from vffn_pretrain.model.ffn import state
     from vffn_pretrain.model.ffn.config import FFNConfig
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
 
     init_distributed()
     setup_model_parallel(ParallelConfig())

@@ -30,7 +30,7 @@ from preprocess import _measure  # noqa: E402  (the same peak-memory sampling as
 
 def make_long_document(path: Path, size_mb: float) -> int:
     """Write one jsonl record of about ``size_mb`` MB of text; return the text's UTF-8 size."""
-    from vffn_pretrain.data.bundled import BUNDLED_CORPUS
+    from vffn_pretrain.data.assets import BUNDLED_CORPUS
 
     base = gzip.decompress(BUNDLED_CORPUS.read_bytes()).decode("utf-8")
     text = base * max(1, round(size_mb * 1e6 / len(base.encode("utf-8"))))

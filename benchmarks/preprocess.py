@@ -42,7 +42,7 @@ MEMORY_GROWTH_LIMIT = 1.10  # "independent of the input size": under 10 % more a
 def make_corpus(path: Path, size_mb: float) -> dict:
     """Write jargon blocks as jsonl, repeated until ``size_mb`` MB; return counts."""
     sys.path.insert(0, str(ROOT))
-    from vffn_pretrain.data.bundled import BUNDLED_CORPUS
+    from vffn_pretrain.data.assets import BUNDLED_CORPUS
 
     text = gzip.decompress(BUNDLED_CORPUS.read_bytes()).decode("utf-8")
     lines = [json.dumps({"text": b}) + "\n" for b in re.split(r"\n(?:[ \t]*\n)+", text) if b.strip()]
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(ROOT))
-    from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+    from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 
     tokenizer = str(BUNDLED_TOKENIZER)
     sizes = [float(s) for s in args.sizes_mb.split(",")]

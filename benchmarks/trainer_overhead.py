@@ -39,10 +39,10 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from vffn_pretrain.conf_path import CONF_DIR
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.paths import CONF_DIR
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.model.ffn import state as ffn_state
-    from vffn_pretrain.training.callbacks import Callback
+    from vffn_pretrain.training.callbacks.base import Callback
     from vffn_pretrain.training.step import forward_step
     from vffn_pretrain.training.trainer import Trainer
 

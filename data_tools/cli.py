@@ -1,9 +1,10 @@
 """The ``vffn-data`` command: make and examine megatron-core indexed datasets.
 
 Subcommands: ``tokenize``, ``train-tokenizer``, ``merge``, ``inspect``, ``corpus build|list``. Run
-``vffn-data SUBCOMMAND --help``. Errors are printed as one line (``vffn-data: error: ...``) with exit status 1;
-bad usage exits with 2; ``corpus build`` exits with 3 when a package cannot be fetched (unknown to apt, no
-network, not in --deb-dir).
+``vffn-data SUBCOMMAND --help``. Errors are printed as one line (``vffn-data: error: ...``) with exit status 1
+(among them an output that would overwrite an input, and an output another command is writing); bad usage exits
+with 2; ``corpus build`` exits with 3 when a package cannot be fetched (unknown to apt, no network, not in
+--deb-dir); Ctrl-C, SIGTERM and SIGHUP stop the workers, remove partial output and exit 130.
 Heavy imports (megatron-core, torch) happen inside the subcommands, so ``--help`` is instant.
 """
 
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--test-per-mille", type=int, default=None, metavar="N",
                    help="documents per thousand in the test split [5]")
     q.add_argument("--workers", type=int, default=0, metavar="N", help="tokenizer worker processes [0]")
+    q.add_argument("--manifest", default=None, metavar="FILE",
+                   help="rebuild what an earlier build's manifest.json recorded: exactly its package versions "
+                        "(checked by SHA-256), split thresholds and vocabulary; e.g. "
+                        "docs/reproduction/corpus-manifest.json")
     q.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     return parser
 
@@ -233,7 +238,7 @@ def _run_corpus(args: argparse.Namespace, argv: list[str]) -> int:
         manifest = run_build(BuildOptions(
             name=args.name, out=args.out, cache=args.cache, deb_dir=args.deb_dir, overwrite=args.overwrite,
             vocab_size=args.vocab_size, limit_files=args.limit_files, workers=args.workers, argv=argv,
-            valid_per_mille=args.valid_per_mille, test_per_mille=args.test_per_mille),
+            valid_per_mille=args.valid_per_mille, test_per_mille=args.test_per_mille, manifest=args.manifest),
             log=lambda msg: print(msg, file=sys.stderr))
     except FetchError as err:
         print(f"vffn-data: error: {err}", file=sys.stderr)
@@ -250,12 +255,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # megatron-core warns at import about optional GPU libraries that a CPU data tool never uses.
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    from vffn_pretrain.outputs.lock import OutputInUse
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
+
     try:
-        return _run(args, argv)
-    except KeyboardInterrupt:
-        print("vffn-data: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except (ValueError, OSError, readers.InputError) as err:
+        with interruptible():
+            return _run(args, argv)
+    except KeyboardInterrupt as stop:
+        print(f"vffn-data: {interrupted(stop)}; no output was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, readers.InputError, OutputInUse) as err:
         # Expected failures (bad input, existing output, corrupt dataset, strict-mode record): one clear line.
         print(f"vffn-data: error: {err}", file=sys.stderr)
         return 1

@@ -31,12 +31,19 @@ def length_histogram(lengths: np.ndarray) -> list[dict]:
     return out
 
 
+def _field(report: dict | None, key: str) -> dict | None:
+    """`report[key]` when it is a JSON object (a hand-edited or damaged report may hold anything)."""
+    value = (report or {}).get(key)
+    return value if isinstance(value, dict) else None
+
+
 def inspect_prefix(prefix: str, *, tokenizer: str | None = None, sample_index: int = 0,
                    sample_chars: int = 600, verify: bool = False) -> dict:
     """Describe ``prefix``; raises ``CorruptDatasetError`` if its files are damaged."""
     from vffn_pretrain.data.indexed import CorruptDatasetError, open_indexed_dataset
     from vffn_pretrain.data.tokenizer import build_tokenizer
 
+    explicit = build_tokenizer(tokenizer) if tokenizer else None  # a bad --tokenizer is an error, not a note
     ds = open_indexed_dataset(prefix)
     lengths = np.asarray(ds.sequence_lengths, dtype=np.int64)
     doc_index = np.asarray(ds.document_indices)
@@ -55,10 +62,10 @@ def inspect_prefix(prefix: str, *, tokenizer: str | None = None, sample_index: i
         },
         "length_histogram": length_histogram(doc_lengths),
         "report": report_path(prefix) if report else None,
-        "tokenizer": (report or {}).get("tokenizer"),
+        "tokenizer": _field(report, "tokenizer"),
     }
     if verify:
-        if not report or "output" not in report:
+        if not _field(report, "output"):
             raise CorruptDatasetError(f"{report_path(prefix)}: no report with checksums to verify against")
         for kind, path in (("bin", bin_path(prefix)), ("idx", idx_path(prefix))):
             expected = report["output"].get(f"{kind}_sha256")
@@ -67,14 +74,14 @@ def inspect_prefix(prefix: str, *, tokenizer: str | None = None, sample_index: i
                                           f"(the file was modified or damaged)")
         info["verified"] = True
 
-    spec = tokenizer or ((report or {}).get("tokenizer") or {}).get("spec")
+    spec = None if explicit else (_field(report, "tokenizer") or {}).get("spec")
     if info["documents"] and 0 <= sample_index < info["documents"]:
         first, last = int(doc_index[sample_index]), int(doc_index[sample_index + 1])
         ids = np.concatenate([ds[i] for i in range(first, last)]) if last > first else np.zeros(0, np.int64)
         sample = {"document": sample_index, "tokens": int(ids.size), "ids_head": ids[:32].tolist()}
-        if spec:
+        if explicit or spec:
             try:
-                text = build_tokenizer(spec).detokenize(ids.tolist())
+                text = (explicit or build_tokenizer(spec)).detokenize(ids.tolist())
                 sample["text"] = text[:sample_chars] + ("…" if len(text) > sample_chars else "")
             except (ValueError, OSError) as err:
                 sample["text_error"] = f"cannot load tokenizer {spec!r}: {err}"

@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import dataclass
 
-from vffn_pretrain.data.prefix import report_path
-from vffn_pretrain.data.report import base_report, now_iso, read_report, write_json_atomic
+from vffn_pretrain.data.prefix import check_output, prefix_files, report_path
+from vffn_pretrain.data.report import base_report, now_iso, read_report
 from vffn_pretrain.data.tokenizing.writer import AtomicIndexedWriter
+from vffn_pretrain.outputs.atomic import write_json_atomic
 
 
 class MergeError(ValueError):
@@ -31,9 +32,14 @@ class MergeOptions:
 
 def run_merge(opts: MergeOptions) -> dict:
     from vffn_pretrain.data.indexed import verify_prefix
+    from vffn_pretrain.outputs.apart import check_apart
+    from vffn_pretrain.outputs.lock import claim_output
 
     if len(opts.inputs) < 1:
         raise MergeError("merge needs at least one input prefix")
+    check_output(opts.output_prefix, opts.overwrite)
+    check_apart({"--output-prefix": prefix_files(opts.output_prefix)},
+                {"--input": [f for p in opts.inputs for f in prefix_files(p)]})
     t0 = time.perf_counter()
     report = base_report("merge", opts.argv)
     infos = [verify_prefix(p) for p in opts.inputs]
@@ -54,24 +60,24 @@ def run_merge(opts: MergeOptions) -> dict:
 
     if sum(i.num_documents for i in infos) == 0:
         raise MergeError(f"the inputs hold no documents ({', '.join(opts.inputs)}); nothing was written")
-    with AtomicIndexedWriter(opts.output_prefix, infos[0].dtype.type, overwrite=opts.overwrite) as out:
+    with claim_output(opts.output_prefix, "--output-prefix", "vffn-data") as lock, \
+            AtomicIndexedWriter(opts.output_prefix, infos[0].dtype.type, overwrite=opts.overwrite, lock=lock) as out:
         for prefix in opts.inputs:
             out.add_index(prefix)
         files_info = out.commit()
-
-    report.update({
-        "finished_at": now_iso(),
-        "elapsed_s": round(time.perf_counter() - t0, 3),
-        "inputs": [{"prefix": os.path.abspath(i.prefix), "documents": i.num_documents, "sequences": i.num_sequences,
-                    "tokens": i.num_tokens} for i in infos],
-        "output_prefix": os.path.abspath(opts.output_prefix),
-        "output": files_info,
-        "dtype": infos[0].dtype.name,
-        "documents": {"read": sum(i.num_documents for i in infos), "written": sum(i.num_documents for i in infos),
-                      "skipped": 0},
-        "tokens": sum(i.num_tokens for i in infos),
-        "tokenizer": next(iter(tokenizers.values())) if len(hashes) == 1 else None,
-        "input_tokenizers": tokenizers,
-    })
-    write_json_atomic(report_path(opts.output_prefix), report)
+        report.update({
+            "finished_at": now_iso(),
+            "elapsed_s": round(time.perf_counter() - t0, 3),
+            "inputs": [{"prefix": os.path.abspath(i.prefix), "documents": i.num_documents, "sequences": i.num_sequences,
+                        "tokens": i.num_tokens} for i in infos],
+            "output_prefix": os.path.abspath(opts.output_prefix),
+            "output": files_info,
+            "dtype": infos[0].dtype.name,
+            "documents": {"read": sum(i.num_documents for i in infos), "written": sum(i.num_documents for i in infos),
+                          "skipped": 0},
+            "tokens": sum(i.num_tokens for i in infos),
+            "tokenizer": next(iter(tokenizers.values())) if len(hashes) == 1 else None,
+            "input_tokenizers": tokenizers,
+        })
+        write_json_atomic(report_path(opts.output_prefix), report)
     return report

@@ -9,15 +9,20 @@ that are not valid UTF-8 or lack the text field are skipped, as in ``tokenize``.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vffn_pretrain.data.report import SkipLog, base_report, now_iso, write_json_atomic
+from vffn_pretrain.data.report import SkipLog, base_report, now_iso
 from vffn_pretrain.data.tokenizing import readers
 from vffn_pretrain.data.tokenizing.worker import WorkerConfig, _records
+from vffn_pretrain.outputs.apart import check_apart, check_replaceable
+from vffn_pretrain.outputs.atomic import partial_path, sweep_stale_partials, write_json_atomic
+from vffn_pretrain.outputs.lock import claim_output
 
 EOD_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
@@ -62,9 +67,11 @@ def run_train_tokenizer(opts: TrainTokenizerOptions) -> dict:
     if opts.vocab_size < 256 + 2:
         raise ValueError(f"--vocab-size must be at least 258 (256 bytes + 2 special tokens), got {opts.vocab_size}")
     output = Path(opts.output)
+    files = readers.resolve_inputs(opts.inputs, opts.format)
+    check_apart({"--output": [output, tokenizer_report_path(output)]}, {"--input": [f.path for f in files]})
+    check_replaceable(output, ours=_is_tokenizer_json, what="a tokenizer.json", flag="--output")
     if output.exists() and not opts.overwrite:
         raise FileExistsError(f"output {output} already exists; pass --overwrite to replace it")
-    files = readers.resolve_inputs(opts.inputs, opts.format)
     t0 = time.perf_counter()
     report = base_report("train-tokenizer", opts.argv)
 
@@ -80,17 +87,38 @@ def run_train_tokenizer(opts: TrainTokenizerOptions) -> dict:
     )
     skips = SkipLog()
     counts = {"documents": 0, "bytes": 0}
-    tok.train_from_iterator(_texts(files, opts, skips, counts), trainer=trainer)
+    with claim_output(output, "--output", "vffn-data") as lock:
+        sweep_stale_partials(output, warn=lambda message: print(f"vffn-data: {message}", file=sys.stderr))
+        tok.train_from_iterator(_texts(files, opts, skips, counts), trainer=trainer)
+        tmp = partial_path(output)
+        try:
+            try:
+                tok.save(str(tmp))
+            except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception (disk full, no permission)
+                raise OSError(f"cannot write {output}: {e}") from None
+            lock.verify()
+            if output.exists() and not opts.overwrite:  # written meanwhile by a writer that took no lock
+                raise FileExistsError(f"output {output} appeared while training; pass --overwrite to replace it")
+            os.replace(tmp, output)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        _finish(report, opts, output, files, skips, counts, t0)
+    return report
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + f".partial-{os.getpid()}")
+
+def _is_tokenizer_json(path: Path) -> bool:
+    """Whether `path` is a HuggingFace tokenizer.json (what this command writes)."""
     try:
-        tok.save(str(tmp))
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "model" in data
 
+
+def _finish(report: dict, opts: TrainTokenizerOptions, output: Path, files, skips: SkipLog, counts: dict,
+            t0: float) -> None:
+    """Fill in and write the report of the tokenizer just written."""
     from vffn_pretrain.data.tokenizer import build_tokenizer
 
     built = build_tokenizer(str(output))
@@ -109,4 +137,3 @@ def run_train_tokenizer(opts: TrainTokenizerOptions) -> dict:
         "tokenizer": built.identity(),
     })
     write_json_atomic(tokenizer_report_path(output), report)
-    return report

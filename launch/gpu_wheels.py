@@ -16,6 +16,13 @@ one that matches its driver. To resolve the rest without it, pip is handed a sta
 dependencies (at the version installed here, so every `torch>=` pin is met); the stand-in is never downloaded
 or installed. A dependency published only as a source archive (hydra-core's antlr4 runtime) is built into a
 wheel here; that is only right for pure-Python packages, so any other is reported.
+
+transformer-engine (the `gpu` extra, in the range megatron-core accepts) is added when wheels of all of it exist
+for the node's Python and platform; then `pip install ... -e ".[gpu]"` on the node installs it. Its PyTorch
+extension is usually published as source only (it is compiled against the node's own torch and CUDA), and then
+the script says so in its last line: such a node trains on the local backend (megatron's local linears, SDPA,
+torch AdamW) unless transformer-engine is built there or the Docker image is used. GH200 nodes are aarch64:
+`--platform manylinux_2_28_aarch64` (`make gpu-wheels GPU_ARCH=aarch64`).
 """
 
 from __future__ import annotations
@@ -70,13 +77,42 @@ def platform_tags(tag: str) -> list[str]:
     return tags
 
 
-def resolve(requirements: list[str], report: Path, target_flags: list[str], find_links: list[Path]) -> list[dict]:
-    """pip's resolution of `requirements` (dry run, nothing installed): the report's install items."""
+def resolve(requirements: list[str], report: Path, target_flags: list[str], find_links: list[Path],
+            **run) -> list[dict]:
+    """pip's resolution of `requirements` (dry run, nothing installed): the report's install items. `run`: more
+    subprocess.run keywords (capture_output=True keeps a failed resolution quiet)."""
     links = [arg for d in find_links for arg in ("--find-links", str(d))]
     with tempfile.TemporaryDirectory() as target:
         pip("install", "--dry-run", "--quiet", "--ignore-installed", "--target", target, "--report", str(report),
-            *target_flags, *links, *requirements)
+            *target_flags, *links, *requirements, **run)
     return json.loads(report.read_text())["install"]
+
+
+def gpu_extra(project: Path) -> list[str]:
+    """The project's `gpu` extra (transformer-engine, pinned to the range megatron-core accepts)."""
+    return tomllib.loads((project / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+
+
+def add_transformer_engine(requirements: list[str], dest: Path, target_flags: list[str], torch_file: Path,
+                           tmp: Path, target: str) -> str:
+    """Download transformer-engine's wheels for the node into `dest` if wheels of all of it exist there; returns
+    the line that says what the node will train with."""
+    spec = " ".join(requirements)
+    try:
+        items = resolve([*requirements, f"torch @ {torch_file.as_uri()}"], tmp / "te.json", target_flags, [dest],
+                        capture_output=True)
+    except subprocess.CalledProcessError:
+        return (f"transformer-engine: no wheels of {spec} for {target} (its PyTorch extension is published as "
+                "source, to be compiled against the node's own torch and CUDA). A node set up from this folder "
+                "trains on the local backend (megatron's local linears, SDPA, torch AdamW); for "
+                f"transformer-engine, build it there (pip install --no-build-isolation '{spec}', with the CUDA "
+                "toolkit) or use the Docker image")
+    have = {p.name for p in dest.glob("*.whl")}
+    needed = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items
+              if i["metadata"]["name"] != LEFT_OUT and i["download_info"]["url"].rsplit("/", 1)[-1] not in have]
+    if needed:
+        pip("download", "--quiet", "--no-deps", "--dest", str(dest), *target_flags, *needed)
+    return f"transformer-engine: wheels of {spec} added; on the node install with -e \".[gpu]\""
 
 
 def main(argv=None) -> int:
@@ -114,16 +150,19 @@ def main(argv=None) -> int:
                         "--abi", abi, "--abi", "abi3", "--abi", "none",
                         *[arg for p in platforms for t in platform_tags(p) for arg in ("--platform", t)], "--platform", "any"]
         items = resolve(wanted, tmp / "node.json", target_flags, [dest])
-    have = {p.name for p in dest.glob("*.whl")}
-    needed = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items
-              if i["metadata"]["name"] not in (LEFT_OUT, "vffn-pretrain")
-              and i["download_info"]["url"].rsplit("/", 1)[-1] not in have]
-    if needed:
-        pip("download", "--quiet", "--no-deps", "--dest", str(dest), *target_flags, *needed)
+        have = {p.name for p in dest.glob("*.whl")}
+        needed = [f"{i['metadata']['name']}=={i['metadata']['version']}" for i in items
+                  if i["metadata"]["name"] not in (LEFT_OUT, "vffn-pretrain")
+                  and i["download_info"]["url"].rsplit("/", 1)[-1] not in have]
+        if needed:
+            pip("download", "--quiet", "--no-deps", "--dest", str(dest), *target_flags, *needed)
+        target = f"CPython {args.python_version} on {', '.join(platforms)}"
+        te_line = add_transformer_engine(gpu_extra(args.project), dest, target_flags, torch_file, tmp, target)
     names = sorted(i["metadata"]["name"] for i in items if i["metadata"]["name"] not in (LEFT_OUT, "vffn-pretrain"))
     print(f"{dest}: wheels for {len(names)} packages (Python {args.python_version}, {', '.join(platforms)}; "
           f"torch left out): {', '.join(names)}")
     print(f"on the node, from the checkout: pip install --no-index --find-links {args.dest} -e .")
+    print(te_line)
     return 0
 
 

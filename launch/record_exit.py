@@ -8,6 +8,8 @@ this same process (so signals reach the trainer directly, and torchrun can still
 exit code is written to ``$VFFN_EXIT_DIR/rank-$RANK`` before the process exits with that code.
 ``$VFFN_EXIT_DIR/started-$RANK`` is written first, so the launcher can tell "torchrun never started a
 worker" (a rendezvous failure) from a worker that died. Without VFFN_EXIT_DIR it only runs the module.
+The worker watches torchrun: if torchrun is killed outright (kill -9), the worker gets SIGTERM (it saves and
+exits 3), so no worker is left behind (vffn_pretrain.process.lifetime).
 """
 
 import os
@@ -41,6 +43,9 @@ def main() -> None:
     # torchrun.sh starts torchrun with SIGUSR1 ignored and children inherit that; give the trainer
     # the default disposition back so this launcher trick is invisible to it.
     signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    from vffn_pretrain.process.lifetime import exit_with_parent
+
+    exit_with_parent(parent=os.getppid(), first_signal=signal.SIGTERM)
     sys.argv = [module, *sys.argv[2:]]  # run_module sets argv[0] to the module's file
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -32,6 +32,9 @@
 #                   instead of hanging forever (torch's own default in recent versions; set here so
 #                   older torch behaves the same).
 #   NCCL_DEBUG=WARN   NCCL prints errors and warnings only (INFO to debug topology/transport issues).
+#   PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True   token-sparse recursion gives every layer and
+#                   micro-batch different row counts; growable segments keep the caching allocator from
+#                   fragmenting over a long run.
 #   PYTHONUNBUFFERED=1   log lines reach the job log immediately, not when a buffer fills.
 #   PYTHONPATH gets this checkout prepended, so the trainer runs without `pip install`.
 # Site-specific, never set here (set them in your environment when your fabric needs them):
@@ -51,7 +54,10 @@
 # any worker failure into exit code 1, so each worker's real exit code is recorded by
 # launch/record_exit.py and this script exits 2 when any worker on this node exited 2 (bad config or
 # data: never requeue those), else 3 when any exited 3, else 130 when any exited 130, else with torchrun's
-# own exit code. The config itself is checked before torchrun starts (exit 2, one line, from node 0).
+# own exit code. The config itself is checked before torchrun starts (exit 2, one line, from node 0). Killed
+# outright (kill -9), this script leaves nothing running: torchrun is started through launch/with_parent.py and
+# gets SIGTERM when the script dies (it stops its workers, which save and exit), and a worker whose torchrun is
+# killed outright saves and exits too (launch/record_exit.py).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,6 +91,7 @@ threads=$((cpus / NPROC_PER_NODE))
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}"
 export CUDA_DEVICE_MAX_CONNECTIONS="${CUDA_DEVICE_MAX_CONNECTIONS:-1}"
 export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="${REPO_ROOT}${PYTHONPATH:+:${PYTHONPATH}}"
@@ -129,9 +136,10 @@ trap 'rm -rf "$VFFN_EXIT_DIR"' EXIT
 echo "[torchrun.sh] $(hostname -s) node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE} proc/node, ${rdzv[*]}," \
   "OMP_NUM_THREADS=${OMP_NUM_THREADS}"
 
-# Started with USR1 ignored (the disposition is inherited across exec), see the header.
+# Started with USR1 ignored (the disposition is inherited across exec), see the header; with_parent.py makes
+# torchrun's own PID the one waited for below, with a SIGTERM coming when this script dies.
 trap '' USR1
-"$PYTHON" -m torch.distributed.run "${rdzv[@]}" \
+"$PYTHON" "$REPO_ROOT/launch/with_parent.py" "$$" "$PYTHON" -m torch.distributed.run "${rdzv[@]}" \
   --nproc-per-node="$NPROC_PER_NODE" --max-restarts=0 --shutdown-timeout="$SHUTDOWN_TIMEOUT" \
   "$REPO_ROOT/launch/record_exit.py" "$TRAIN_MODULE" "$@" &
 torchrun_pid=$!

@@ -22,7 +22,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 @pytest.fixture(scope="session")
 def rank_pools():
     """`rank_pools(n)` returns a pool of n gloo ranks, started on first use and shared by the whole session."""
-    from vffn_pretrain.testing import RankPool
+    from vffn_pretrain.testing.rank_pool import RankPool
 
     pools: dict[int, RankPool] = {}
 
@@ -42,7 +42,8 @@ def single_rank():
     """A world of one (gloo on a free loopback port) with megatron-core's parallel state set up at TP=PP=1."""
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.parallel import ParallelConfig, init_distributed, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import init_distributed, seed_all, setup_model_parallel
 
     init_distributed()
     setup_model_parallel(ParallelConfig())

@@ -6,6 +6,10 @@
 The checkpoint (a `checkpoint.dir` with its `latest` marker, or one `step_*` directory) carries the run's
 config; the model is rebuilt at TP = PP = 1 in this process (the distributed checkpoint reshards). With
 `--show-loops`, every generated token is followed by the loop count each VersatileFFN layer chose for it.
+--tokenizer replaces the run's `data.tokenizer` when that file has moved since training.
+
+Exit codes: 0 done, 2 bad input (no loadable checkpoint, a tokenizer that cannot be loaded or does not fit the
+model, a bad option), 130 interrupted (Ctrl-C, SIGTERM, SIGHUP).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-k", type=_int_at_least(1), default=50)
     p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--show-loops", action="store_true", help="print the loop count per token and layer")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="the tokenizer, when the run's data.tokenizer has moved [the run's]")
     return p.parse_args(argv)
 
 
@@ -63,13 +69,11 @@ class LoopRecorder:
             mod.register_forward_hook(self._hook)
 
     def _hook(self, mod, inputs, output):
-        from vffn_pretrain.model.ffn.functional import router_logits
-
         hidden = inputs[0]  # [s, b, h]: the FFN input H
         if mod.force_loops is not None:
             loops = mod.force_loops
         else:
-            logits = router_logits(hidden[-1, 0:1], mod.loop_head.weight)
+            logits = mod.loop_head(hidden[-1, 0:1])
             loops = int(logits.argmax(-1).item()) + 1
         self.last[int(mod.layer_number)] = loops
 
@@ -100,17 +104,17 @@ def _candidates(path: str) -> list:
 
 
 def _load_newest(path: str, seed: int):
-    """(RunConfig, model in eval mode) of the newest checkpoint that loads; each one that fails is reported and
-    the previous one is tried, as the trainer does on resume."""
+    """(RunConfig, model in eval mode, padded vocabulary) of the newest checkpoint that loads; each one that
+    fails is reported and the previous one is tried, as the trainer does on resume."""
     from torch.distributed.checkpoint.api import CheckpointException
 
-    from vffn_pretrain.loading import load_checkpoint_for_inference
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     candidates = _candidates(path)
     for ckpt in candidates:
         try:
             loaded = load_checkpoint_for_inference(ckpt, seed=seed)
-            return loaded.cfg, loaded.model
+            return loaded.cfg, loaded.model, loaded.padded_vocab_size
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             more = "; trying the previous one" if ckpt != candidates[-1] else ""
@@ -120,13 +124,18 @@ def _load_newest(path: str, seed: int):
 
 
 def generate(argv: list[str] | None = None) -> str:
+    args = _parse(argv)  # before the heavy imports: --help and usage errors are instant
+
     import torch
 
-    from vffn_pretrain.data.tokenizer import build_tokenizer
+    from vffn_pretrain.training.inference_loading import inference_tokenizer
 
     args = _parse(argv)
-    cfg, model = _load_newest(args.checkpoint, args.seed)
-    tokenizer = build_tokenizer(cfg.data.tokenizer)
+    cfg, model, padded_vocab = _load_newest(args.checkpoint, args.seed)
+    try:
+        tokenizer = inference_tokenizer(cfg, padded_vocab, args.tokenizer)
+    except ValueError as e:
+        raise GenerateError(str(e)) from None
     recorder = LoopRecorder(model)
 
     ids = tokenizer.tokenize(args.prompt) if args.prompt else [tokenizer.eod]
@@ -162,12 +171,18 @@ def generate(argv: list[str] | None = None) -> str:
 def main(argv: list[str] | None = None) -> None:
     import warnings
 
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
+
     warnings.filterwarnings("ignore")
     try:
-        text = generate(argv)
+        with interruptible():
+            text = generate(argv)
     except (GenerateError, FileNotFoundError) as e:
         print(f"vffn-generate: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as stop:
+        print(f"vffn-generate: {interrupted(stop)}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     print(text)
     if "--show-loops" in (argv if argv is not None else sys.argv):
         print("\n(each token is followed by the loop count of every VersatileFFN layer, first layer first)")

@@ -17,17 +17,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.model.counting import count_params, flops_per_token, uniform_loop_mix
 from vffn_pretrain.model.kinds import traits
 from vffn_pretrain.model.shapes import counting_shapes
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
 
 # The model's shape: vffn-info counts only a model whose config names these (a default would count a model
 # nobody asked for).
@@ -56,7 +53,7 @@ def info_from_config(cfg: DictConfig | dict) -> dict:
     """Compute the `vffn-info` report from a composed config (DictConfig or plain nested dict). The config is
     checked as the trainer checks it (`validate_groups`); `model.seq_length` and `info.eval_loop_mix` are keys of
     vffn-info alone."""
-    from vffn_pretrain.config import resolved_config, validate_groups
+    from vffn_pretrain.config.run import resolved_config, validate_groups
 
     raw = resolved_config(cfg)
     extras = raw.pop("info", None) or {}
@@ -113,11 +110,18 @@ def _add_quiet_defaults(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    from vffn_pretrain.config.usage import print_usage, wants_help
+
+    if wants_help(sys.argv[1:]):
+        print_usage("vffn-info", "Parameter and FLOP counts of the model the config describes, as JSON (nothing "
+                                 "is allocated).")
+        return
     import hydra  # imported here so info_from_config stays usable without Hydra's side effects
 
-    from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
+    from vffn_pretrain.config.overrides import precheck_overrides
+    from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
 
-    @hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def _run(cfg: DictConfig) -> None:
         try:
             report = info_from_config(cfg)
@@ -125,7 +129,7 @@ def main() -> None:
             fail("vffn-info", f"bad config: {e}", EXIT_BAD_CONFIG)
         print(json.dumps(report, indent=2))
 
-    precheck_overrides("vffn-info", CONF_DIR, sys.argv[1:])
+    precheck_overrides("vffn-info", str(CONF_DIR), sys.argv[1:])
     sys.argv = [sys.argv[0], *_add_quiet_defaults(sys.argv[1:])]
     _run()
 

@@ -18,9 +18,11 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from vffn_pretrain.cli_errors import EXIT_BAD_CONFIG, fail, precheck_overrides
-from vffn_pretrain.conf_path import CONF_DIR
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.overrides import precheck_overrides
+from vffn_pretrain.config.paths import CONF_DIR
+from vffn_pretrain.config.usage import print_usage, wants_help
+from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -48,7 +50,7 @@ def _task(cfg: DictConfig) -> int:
     for noisy in ("megatron", "torch.distributed", "py.warnings"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("torch").setLevel(logging.WARNING)  # e.g. its fake-tensor cache statistics at exit
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
     from vffn_pretrain.parallel.init import launcher_world_size
     from vffn_pretrain.training.errors import RunError
     from vffn_pretrain.training.signals import EXIT_INTERRUPTED, StoppedBeforeTraining
@@ -85,6 +87,10 @@ def main() -> None:
     STOP.install()  # first: a signal during the imports below is handled too (signals.py says how)
     warnings.filterwarnings("ignore")
     logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is not a traceback
+    if wants_help(sys.argv[1:]):
+        print_usage("vffn-pretrain", "Pretrain a megatron-core GPT with VersatileFFN layers (or a baseline FFN); "
+                                     "resumes from run_dir's latest checkpoint.")
+        return
     try:
         import hydra  # here, not at the top: the stop signals are handled while it (and torch) load
 

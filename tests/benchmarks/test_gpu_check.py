@@ -66,11 +66,12 @@ def test_a_failing_and_a_timed_out_step_do_not_stop_the_next(tmp_path):
     assert "| environment | failed |" in table and "| correctness | timeout |" in table
 
 
-def test_unknown_step_in_timeout_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--timeout", "nosuch=3"],
+@pytest.mark.parametrize("item", ["nosuch=3", "resume=abc", "resume=-5", "resume=inf"])
+def test_a_bad_timeout_is_one_line_and_exit_2(tmp_path, item):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--timeout", item],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "nosuch" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and item in proc.stderr
 
 
 @pytest.mark.parametrize("sig, hang", [(signal.SIGKILL, False), (signal.SIGKILL, True), (signal.SIGTERM, False),
@@ -99,3 +100,67 @@ def test_a_stopped_runner_leaves_no_step_process(tmp_path, sig, hang):
     if sig == signal.SIGINT:
         assert runner.returncode == 130 and "Traceback" not in err
         assert err.strip().splitlines()[-1].startswith("gpu_check: interrupted during step resume")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--timeout", "resume=abc"], "--timeout resume=abc"), (["--timeout", "resume=-5"], "--timeout resume=-5"),
+    (["--timeout", "resume=nan"], "--timeout resume=nan"), (["--timeout", "resume=inf"], "--timeout resume=inf"),
+    (["--timeout", "resume"], "--timeout resume:"), (["--layers", "0"], "--layers"), (["--layers", "-3"], "--layers"),
+    (["--out", "{file}"], "exists and is not a directory"), (["--out", "{file}/sub"], "cannot be made"),
+], ids=["not-a-number", "negative", "nan", "inf", "no-seconds", "zero-layers", "negative-layers", "out-is-a-file",
+        "out-under-a-file"])
+def test_bad_flags_are_one_line_and_exit_2_before_anything_runs(tmp_path, args, words):
+    """(Issue 23's catalogue: gpu_check validates its flags: exit 2, one line naming the flag, nothing made.)"""
+    (tmp_path / "afile").write_text("x")
+    argv = [a.format(file=tmp_path / "afile") for a in args]
+    argv = argv if "--out" in argv else ["--out", str(tmp_path / "report"), *argv]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and words in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_step_that_asks_for_more_time_gets_it_and_one_that_does_not_times_out(tmp_path):
+    gpu_check = _gpu_check()
+    budget = tmp_path / "step-x.budget"
+    asks = (f"from pathlib import Path; import time; Path({str(budget)!r}).write_text('5'); time.sleep(2.5)")
+    proc = subprocess.Popen([sys.executable, "-c", asks])
+    assert gpu_check.wait_within(proc, 1.0, budget) is None  # finished after 2.5 s, within the 5 s it asked for
+    budget.unlink()
+    proc = subprocess.Popen([sys.executable, "-c", asks])
+    try:
+        assert gpu_check.wait_within(proc, 1.0, None) == 1.0  # not extendable (an explicit --timeout)
+    finally:
+        proc.kill()
+        proc.wait()
+    budget.write_text("10000")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        gpu_check.MAX_STEP_SECONDS = 2.0  # a request is capped
+        assert gpu_check.wait_within(proc, 1.0, budget) == 2.0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_resume_verdict_is_bitwise_where_the_run_repeats_itself_and_a_stated_tolerance_otherwise():
+    verdict = _gpu_check().resume_verdict
+    straight = {4: 5.0, 5: 4.5, 6: 4.0}
+    never = lambda: pytest.fail("repeated although bitwise")  # noqa: E731
+    assert verdict(straight, dict(straight), never)["ok"]
+    off = {4: 5.0, 5: 4.5, 6: 4.0 * (1 + 1e-4)}
+    changed = verdict(straight, off, lambda: dict(straight))  # deterministic, yet the resume differs
+    assert not changed["ok"] and "resume changed the run" in changed["summary"]
+    noisy = {4: 5.0, 5: 4.5 * (1 + 1e-6), 6: 4.0}
+    within = verdict(straight, off, lambda: noisy)  # kernels not deterministic: judged against the tolerance
+    assert within["ok"] and "within the tolerance" in within["summary"]
+    far = {4: 5.0, 5: 4.5, 6: 4.0 * 1.01}
+    assert not verdict(straight, far, lambda: noisy)["ok"]
+    assert not verdict(straight, {4: 5.0, 5: 4.5}, never)["ok"]  # a step missing

@@ -36,7 +36,7 @@ def gloo_group():
 @pytest.fixture(scope="session")
 def jargon_text() -> str:
     """The bundled corpus, decoded independently of the data tools."""
-    from vffn_pretrain.data.bundled import BUNDLED_CORPUS
+    from vffn_pretrain.data.assets import BUNDLED_CORPUS
 
     return gzip.decompress(BUNDLED_CORPUS.read_bytes()).decode("utf-8")
 
@@ -50,7 +50,7 @@ def jargon_blocks(jargon_text) -> list[str]:
 @pytest.fixture(scope="session")
 def jargon_prefix(tmp_path_factory) -> str:
     """The bundled corpus tokenized with the bundled tokenizer, in-process."""
-    from vffn_pretrain.data.bundled import BUNDLED_CORPUS
+    from vffn_pretrain.data.assets import BUNDLED_CORPUS
     from vffn_pretrain.data.tokenizing.pipeline import TokenizeOptions, run_tokenize
 
     prefix = str(tmp_path_factory.mktemp("jargon") / "jargon")

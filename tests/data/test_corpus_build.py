@@ -168,3 +168,72 @@ def test_unknown_corpus_is_one_line(tmp_path, capsys):
     assert main(["corpus", "build", "nope", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["vffn-data: error: unknown corpus 'nope'; known: debian-docs-en"]
+
+
+@pytest.fixture(scope="module")
+def pinned_build(deb_dir, tmp_path_factory):
+    """A first build (its manifest pins the package files), and a directory holding those files and a newer
+    version of one package, as the archive would after a point release."""
+    root = tmp_path_factory.mktemp("pinned")
+    assert _build(deb_dir, root / "first") == 0
+    debs = root / "debs"
+    shutil.copytree(deb_dir, debs)
+    make_deb(debs / "perl-doc_2.0-1_all.deb", "perl-doc", "2.0-1",
+             {"usr/share/perl/5/pod/new.pod": _doc("pod", "newer")})
+    return root / "first" / "manifest.json", debs
+
+
+def test_manifest_rebuilds_exactly_the_recorded_versions(pinned_build, tmp_path, capsys):
+    manifest, debs = pinned_build
+    # Unpinned, the newest perl-doc is taken; pinned, the recorded 1.0-1, and with the earlier build's split
+    # thresholds and vocabulary (not passed again): every checksum equal.
+    assert main(["corpus", "build", "debian-docs-en", "--out", str(tmp_path / "new"), "--deb-dir", str(debs),
+                 "--vocab-size", "300", "--valid-per-mille", "150", "--test-per-mille", "100"]) == 0
+    assert next(s for s in json.loads((tmp_path / "new" / "manifest.json").read_text())["sources"]
+                if s["package"] == "perl-doc")["version"] == "2.0-1"
+    assert main(["corpus", "build", "debian-docs-en", "--out", str(tmp_path / "re"), "--deb-dir", str(debs),
+                 "--manifest", str(manifest)]) == 0
+    first, again = json.loads(manifest.read_text()), json.loads((tmp_path / "re" / "manifest.json").read_text())
+    assert [(s["package"], s["version"], s["deb_sha256"]) for s in again["sources"]] == \
+        [(s["package"], s["version"], s["deb_sha256"]) for s in first["sources"]]
+    assert again["splits"] == first["splits"] and again["tokenizer"] == first["tokenizer"]
+    assert all(len(s["text_sha256"]) == 64 for s in again["splits"].values())
+    assert again["pinned_by"] == {"manifest": str(manifest), "identical": True, "differs": []}
+    assert "identical to" in capsys.readouterr().err
+
+
+def test_pinned_file_with_another_checksum_is_refused(pinned_build, tmp_path, capsys):
+    manifest, debs = pinned_build
+    tampered = tmp_path / "debs"
+    shutil.copytree(debs, tampered)
+    target = next(tampered.glob("sqlite3-doc_1.0-1_all.deb"))
+    target.write_bytes(target.read_bytes() + b"\n")
+    assert main(["corpus", "build", "debian-docs-en", "--out", str(tmp_path / "o"), "--deb-dir", str(tampered),
+                 "--manifest", str(manifest)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("vffn-data: error: package sqlite3-doc: ") and "pins" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_pinned_version_missing_exits_3_naming_it(pinned_build, tmp_path, capsys):
+    manifest, debs = pinned_build
+    partial = tmp_path / "debs"
+    shutil.copytree(debs, partial)
+    (partial / "perl-doc_1.0-1_all.deb").unlink()  # only the newer perl-doc is left
+    assert main(["corpus", "build", "debian-docs-en", "--out", str(tmp_path / "o"), "--deb-dir", str(partial),
+                 "--manifest", str(manifest)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "perl-doc_1.0-1_all.deb (version 1.0-1, pinned by" in err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("not json", "not a corpus manifest"),
+    ('{"corpus": "other", "sources": []}', "is a manifest of corpus 'other'"),
+    ('{"corpus": "debian-docs-en", "sources": []}', "pins no version of python3.11-doc"),
+])
+def test_bad_manifest_is_one_line(tmp_path, capsys, content, message):
+    (tmp_path / "m.json").write_text(content)
+    assert main(["corpus", "build", "debian-docs-en", "--out", str(tmp_path / "o"), "--deb-dir", str(tmp_path),
+                 "--manifest", str(tmp_path / "m.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.data.test_tokenizer import _write_tiktoken
-from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 from vffn_pretrain.data.pieces import SAFE_CUT, safe_cuts
 from vffn_pretrain.data.tokenizer import build_tokenizer
 from vffn_pretrain.data.tokenizing.readers import Chunk

@@ -3,12 +3,10 @@ megatron's preprocessing names them (`corpus.v2_text_document`): the suffixes ar
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
-from vffn_pretrain.data import bundled
+from vffn_pretrain.data import assets, bundled
 from vffn_pretrain.data.checks import check_report_tokenizer
 from vffn_pretrain.data.config import parse_blend
 from vffn_pretrain.data.indexed import open_indexed_dataset, verify_prefix
@@ -49,20 +47,10 @@ def test_a_dotted_prefix_is_written_opened_and_its_report_found(tmp_path):
 def test_the_bundled_cache_under_a_dotted_name_is_reused(tmp_path, monkeypatch):
     corpus = tmp_path / "small.txt"
     corpus.write_text("7 8 9\n\n10 11\n")
-    monkeypatch.setattr(bundled, "BUNDLED_CORPUS", corpus)
-    monkeypatch.setattr(bundled, "BUNDLED_NAME", "corpus.v2")
+    monkeypatch.setattr(assets, "BUNDLED_CORPUS", corpus)
+    monkeypatch.setattr(assets, "BUNDLED_NAME", "corpus.v2")
     tokenizer = build_tokenizer("null:1000")
     first = bundled.ensure_bundled_prefix(tmp_path / "cache", tokenizer)
     assert first.name == "corpus.v2" and verify_prefix(first).num_documents == 2
     monkeypatch.setattr(pipeline, "run_tokenize", lambda *a, **k: pytest.fail("re-tokenized a cached prefix"))
     assert bundled.ensure_bundled_prefix(tmp_path / "cache", tokenizer) == first
-
-
-@pytest.mark.parametrize("name, owner", [
-    ("prefix", "vffn_pretrain.data.prefix"), ("report", "vffn_pretrain.data.report"),
-    ("bundled", "vffn_pretrain.data.bundled"), ("readers", "vffn_pretrain.data.tokenizing.readers"),
-    ("worker", "vffn_pretrain.data.tokenizing.worker"), ("writer", "vffn_pretrain.data.tokenizing.writer"),
-    ("pipeline", "vffn_pretrain.data.tokenizing.pipeline"),
-])
-def test_data_tools_keeps_the_names_of_the_modules_the_library_took_over(name, owner):
-    assert importlib.import_module(f"data_tools.{name}") is importlib.import_module(owner)

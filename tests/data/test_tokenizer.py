@@ -34,7 +34,7 @@ def test_special_token_text_inside_a_document_is_plain_text():
 
 
 def test_hash_depends_on_content_not_path(tmp_path):
-    from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+    from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 
     copy = tmp_path / "copy.json"
     shutil.copy(BUNDLED_TOKENIZER, copy)

@@ -7,7 +7,7 @@ import json
 
 from data_tools.cli import main
 from tests.data.documents import write_jsonl
-from vffn_pretrain.data.bundled import BUNDLED_CORPUS, BUNDLED_TOKENIZER
+from vffn_pretrain.data.assets import BUNDLED_CORPUS, BUNDLED_TOKENIZER
 from vffn_pretrain.data.tokenizer import build_tokenizer
 
 

@@ -36,7 +36,7 @@ def export_and_compare(checkpoint: str, out: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     from vffn_pretrain.export.cli import export_checkpoint
-    from vffn_pretrain.loading import load_checkpoint_for_inference
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
 
     export_checkpoint(checkpoint, Path(out))
     loaded = load_checkpoint_for_inference(checkpoint)
@@ -45,7 +45,9 @@ def export_and_compare(checkpoint: str, out: str) -> dict:
     with torch.no_grad():
         ref = loaded.model(input_ids=batch, position_ids=positions, attention_mask=None).float()
     ps.destroy_model_parallel()
-    dense = loaded.cfg.ffn.kind == "dense"  # a plain Llama: must load without remote code
+    from vffn_pretrain.export.weights import is_plain
+
+    dense = is_plain(loaded.cfg.model, loaded.cfg.ffn)  # a plain Llama: must load without remote code
     hf = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=not dense, dtype=torch.float32).eval()
     with torch.no_grad():
         got = hf(batch, use_cache=False).logits.float()
@@ -72,21 +74,27 @@ def hf_greedy_text(hf_dir: str, prompt: str, new_tokens: int) -> str:
     return prompt + "".join(pieces)
 
 
-def run_cli(module: str, argv: list[str]) -> dict:
-    """Call `module.main(argv)`; returns {"code": exit code, "stderr": what it printed to stderr}."""
+def run_cli(module: str, argv: list[str], umask: int | None = None) -> dict:
+    """Call `module.main(argv)` (under `umask`, if given); returns {"code": exit code, "stderr": what it printed
+    to stderr}."""
     import contextlib
     import importlib
     import io
+    import os
 
     from megatron.core import parallel_state as ps
 
     err = io.StringIO()
     code = 0
+    old = os.umask(umask) if umask is not None else None
     with contextlib.redirect_stderr(err):
         try:
             importlib.import_module(module).main(argv)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
+        finally:
+            if old is not None:
+                os.umask(old)
     ps.destroy_model_parallel()
     return {"code": code, "stderr": err.getvalue()}
 
@@ -110,3 +118,15 @@ with torch.no_grad():
 np.save(out_file, logits.numpy())
 print(type(model).__module__)
 """
+
+
+def eval_with_a_full_disk(argv: list[str]) -> dict:
+    """`vffn-eval argv` whose writes of --out fail as on a full disk (run_cli's result)."""
+    import errno
+    from unittest import mock
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with mock.patch("vffn_pretrain.evaluation.cli.write_text_atomic", full):
+        return run_cli("vffn_pretrain.evaluation.cli", argv)

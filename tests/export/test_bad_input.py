@@ -42,9 +42,9 @@ def test_export_of_an_incomplete_checkpoint_leaves_nothing(rank_pools, tp2pp2_ch
 
 def test_export_refuses_an_existing_output_unless_overwrite(rank_pools, tp2pp2_checkpoints, tmp_path):
     out = tmp_path / "hf"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
     args = ["--checkpoint", tp2pp2_checkpoints["kloop"], "--out", str(out)]
+    assert rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli", args)[0]["code"] == 0
+    (out / "keep.txt").write_text("mine")  # an earlier export, with a file of the user's added
     result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli", args)[0]
     assert result["code"] == 2 and "--overwrite" in _one_line(result)
     assert (out / "keep.txt").read_text() == "mine"
@@ -78,3 +78,35 @@ def test_eval_of_a_download_task_without_network_fails_fast(monkeypatch, capsys,
     assert exit_info.value.code == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "piqa" in lines[0] and "cannot be reached" in lines[0]
+
+
+def _blend_of_loaded(checkpoint: str) -> list[float]:
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.model.ffn import state as ffn_state
+    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
+
+    loaded = load_checkpoint_for_inference(checkpoint)
+    blends = [m.blend for m in ffn_state.ffn_modules(loaded.model)]
+    ps.destroy_model_parallel()
+    return blends
+
+
+def test_a_checkpoint_inside_the_blend_in_ramp_loads_at_its_step_and_is_not_exported(rank_pools, tmp_path):
+    """ffn.blend_in_steps (docs/method.md §15): inference tools compute the blend of the checkpoint's step; the
+    exported model has no blend, so a checkpoint saved inside the ramp is refused in one line."""
+    from tests.training import trainer_runs as training_cases
+
+    prefix = training_cases.make_dataset(tmp_path, num_docs=100)
+    overrides = cases.tiny_overrides(prefix, tmp_path, "kloop", "train.max_steps=2", "train.eval_iters=0",
+                                     "ffn.blend_in_steps=5")
+    assert rank_pools(1).run(training_cases.train, overrides)[0]["exit_code"] == 0
+    checkpoint = str(tmp_path / "kloop" / "checkpoints")
+    blends = rank_pools(1).run(_blend_of_loaded, checkpoint)[0]
+    assert blends and set(blends) == {0.4}  # step 2 of 5, every layer
+    out = tmp_path / "hf"
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli",
+                               ["--checkpoint", checkpoint, "--out", str(out)])[0]
+    assert result["code"] == 2
+    assert "inside its ffn.blend_in_steps=5 ramp" in _one_line(result)
+    assert not out.exists()

@@ -17,15 +17,15 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.training import trainer_runs as cases
-from vffn_pretrain.config import load_run_config
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_fields import bounds_of
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.fields import bounds_of
+from vffn_pretrain.config.run import load_run_config
+from vffn_pretrain.config.system import SystemConfig
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.info import info_from_config
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.parallel.config import ParallelConfig
-from vffn_pretrain.system_config import SystemConfig
 from vffn_pretrain.training.config import CheckpointConfig, LoggingConfig, TrainConfig
 
 GROUPS = {"model": ModelConfig, "ffn": FFNConfig, "parallel": ParallelConfig, "system": SystemConfig,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.training import trainer_runs as cases
@@ -21,7 +22,7 @@ class _Collect(logging.Handler):
 
 def train_collecting_warnings(overrides: list[str]) -> dict:
     """cases.train, plus the warnings logged by vffn_pretrain and the ConfigError raised, if any."""
-    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.config.errors import ConfigError
 
     handler = _Collect()
     logging.getLogger("vffn_pretrain").addHandler(handler)
@@ -43,8 +44,9 @@ def _reset_parallel_state() -> None:
         ps.destroy_model_parallel()
 
 
-def train_with_failing_eval(overrides: list[str]) -> dict:
-    """The first evaluation raises: the checkpoint of that step must exist all the same."""
+def train_with_failing_eval(overrides: list[str], faults: dict | None = None) -> dict:
+    """The first evaluation raises: the checkpoint of that step must exist all the same. `faults`: see
+    `injected`."""
     from vffn_pretrain.training.trainer import Trainer
 
     def broken(self):
@@ -53,7 +55,8 @@ def train_with_failing_eval(overrides: list[str]) -> dict:
     original = Trainer.evaluate
     Trainer.evaluate = broken
     try:
-        cases.train(overrides)
+        with injected(faults):
+            cases.train(overrides)
         raised = None
     except RuntimeError as e:
         raised = str(e)
@@ -87,7 +90,7 @@ def run_as_the_cli_does(overrides: list[str], *, nan_steps=(), patch: dict | Non
     printed or said, the step reached and the summary. `patch` maps Trainer method names to (factory name,
     *args): a function of this module that returns a wrapper `wrapper(original, trainer, *args)` (by name: the
     pool pickles the arguments); `nan_steps` makes those steps' losses NaN (0: the evaluations)."""
-    from vffn_pretrain.config_errors import ConfigError
+    from vffn_pretrain.config.errors import ConfigError
     from vffn_pretrain.training import trainer as trainer_module
     from vffn_pretrain.training.errors import RunError
     from vffn_pretrain.training.faults import FAULTS
@@ -194,3 +197,27 @@ def console_to_a_full_disk():
         return original(self)
 
     return wrapper
+
+@contextmanager
+def injected(faults: dict | None):
+    """The `faults.FAULTS` attributes in `faults` set meanwhile (e.g. {"slow_write": {2: 1.0}})."""
+    from vffn_pretrain.training.faults import FAULTS
+
+    faults = faults or {}
+    saved = {name: getattr(FAULTS, name) for name in faults}
+    for name, value in faults.items():
+        setattr(FAULTS, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(FAULTS, name, value)
+
+
+def train_with_faults(overrides: list[str], faults: dict) -> dict:
+    """cases.train with `faults` injected (see `injected`)."""
+    with injected(faults):
+        try:
+            return cases.train(overrides)
+        finally:
+            _reset_parallel_state()

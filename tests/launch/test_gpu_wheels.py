@@ -79,3 +79,57 @@ def test_clean_venv_with_only_torch_installs_offline_and_trains(tmp_path):
         capture_output=True, text=True, cwd=tmp_path, env=dict(env, OMP_NUM_THREADS="1"), timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def _wheel(folder: Path, name: str, version: str, requires: list[str] = (), extras: list[str] = ()) -> Path:
+    """A minimal pure-Python wheel (metadata only)."""
+    import zipfile
+
+    dist = name.replace("-", "_")
+    path = folder / f"{dist}-{version}-py3-none-any.whl"
+    info = f"{dist}-{version}.dist-info"
+    meta = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
+            *(f"Provides-Extra: {e}" for e in extras), *(f"Requires-Dist: {r}" for r in requires)]
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(f"{info}/METADATA", "\n".join(meta) + "\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return path
+
+
+@pytest.mark.parametrize("extension_has_wheel", [True, False], ids=["wheel", "source-only"])
+def test_transformer_engine_is_added_or_the_local_backend_is_said_plainly(tmp_path, monkeypatch,
+                                                                          extension_has_wheel):
+    """Offline, against a folder standing in for the index: transformer-engine's meta package (a wheel) needs its
+    PyTorch extension, published either as a wheel or, as on PyPI, as source only."""
+    import importlib.util
+    import tarfile
+
+    spec = importlib.util.spec_from_file_location("gpu_wheels", ROOT / "launch" / "gpu_wheels.py")
+    gpu_wheels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_wheels)
+    index, dest, tmp = tmp_path / "index", tmp_path / "dest", tmp_path / "tmp"
+    for folder in (index, dest, tmp):
+        folder.mkdir()
+    _wheel(index, "transformer-engine", "2.10.0", ['transformer-engine-torch==2.10.0; extra == "pytorch"'],
+           extras=["pytorch"])
+    if extension_has_wheel:
+        _wheel(index, "transformer-engine-torch", "2.10.0")
+    else:
+        with tarfile.open(index / "transformer_engine_torch-2.10.0.tar.gz", "w:gz"):
+            pass
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    torch_file = gpu_wheels.stand_in_torch(tmp)
+    flags = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--abi", "cp312",
+             "--abi", "none", "--platform", "manylinux_2_28_aarch64", "--platform", "any"]
+    line = gpu_wheels.add_transformer_engine(gpu_wheels.gpu_extra(ROOT), dest, flags, torch_file, tmp,
+                                             "CPython 3.12 on manylinux_2_28_aarch64")
+    got = sorted(p.name for p in dest.glob("*.whl"))
+    if extension_has_wheel:
+        assert got == ["transformer_engine-2.10.0-py3-none-any.whl", "transformer_engine_torch-2.10.0-py3-none-any.whl"]
+        assert "added" in line
+    else:
+        assert got == []
+        assert "no wheels" in line and "local backend" in line and "aarch64" in line

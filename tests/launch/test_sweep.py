@@ -91,3 +91,26 @@ def test_cpu_quick_ladder_plans_its_own_variants_as_valid_runs(capsys):
     assert main(["--ladder", "cpu_quick", "--variants", "moe", "--format", "overrides"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 5 and all("ffn=moe" in shlex.split(line) for line in lines)
+
+
+def test_ctrl_c_stops_a_local_sweep_as_a_whole(tiny, tmp_path):
+    """Ctrl-C on a Hydra multirun (the basic launcher, as the ladder plans it; issue 23, class 5): the running
+    job saves and exits 3, and the sweep stops there: no next job starts, no process is left."""
+    import os
+    import signal
+
+    from tests.faults.processes import wait_until_gone
+
+    sweep_dir = tmp_path / "multirun"
+    cmd = [sys.executable, "-m", "vffn_pretrain.train", "-m", "ffn=dense,versatile", *tiny, "train.max_steps=400",
+           "hydra/launcher=basic", f"hydra.sweep.dir={sweep_dir}", "run_dir=${hydra:sweep.dir}/${hydra:job.num}"]
+    sweep = helpers.Proc(cmd, helpers.run_env(), tmp_path / "sweep.log", cwd=tmp_path)
+    metrics = sweep_dir / "0" / "metrics.jsonl"
+    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=180,
+                     what="two logged steps of the first job", proc=sweep)
+    os.killpg(sweep.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    done = sweep.wait(timeout=120)
+    assert done.returncode == 3, helpers.tail(done.output)
+    assert not wait_until_gone(sweep.proc.pid, 30)
+    assert helpers.summary(sweep_dir / "0")["exit_code"] == 3  # saved: the same command resumes it
+    assert not (sweep_dir / "1").exists()  # the second job never started

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.launch import launcher_runs as helpers
-from vffn_pretrain.parallel import free_port
+from vffn_pretrain.parallel.init import free_port
 
 STEPS = 3
 
@@ -115,3 +115,42 @@ def test_a_bad_config_is_one_line_and_exit_2_not_torchruns_report(tiny, tmp_path
     assert done.output.splitlines() == [
         "vffn-pretrain: bad config: config key `train.beta2`: must be in [0, 1), got 1.5"], done.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_launcher_leaves_no_process_and_the_run_saved(tiny, tmp_path):
+    """kill -9 of launch/torchrun.sh (issue 23, class 5): torchrun gets SIGTERM from the kernel (with_parent.py),
+    stops its workers, which save and exit; none of the launcher's descendants is left running."""
+    import os
+    import signal
+    import time
+
+    from tests.faults.processes import children, describe
+    from vffn_pretrain.process.lifetime import pid_alive
+
+    run = helpers.torchrun([*tiny, "train.max_steps=400", f"run_dir={tmp_path / 'run'}"], tmp_path / "run.log",
+                           env={"NPROC_PER_NODE": "2", "SHUTDOWN_TIMEOUT": "60"})
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=120,
+                     what="two logged steps", proc=run)
+    family, todo = [], [run.proc.pid]
+    while todo:  # torchrun and its workers (which lead sessions of their own), and theirs
+        pid = todo.pop()
+        family += children(pid)
+        todo += children(pid)
+    assert len(family) >= 3, family  # torchrun and two workers
+    run.proc.kill()  # the script alone
+    run.proc.wait()
+    deadline = time.monotonic() + 90
+    while any(pid_alive(pid) for pid in family) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    survivors = [(pid, describe(pid)) for pid in family if pid_alive(pid)]
+    for pid in family:  # (a failed assertion must not leave them running)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run.kill()
+    assert not survivors, survivors
+    steps = helpers.summary(tmp_path / "run")["steps"]
+    assert 2 <= steps < 400  # saved on the way out
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"

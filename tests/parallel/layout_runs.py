@@ -19,7 +19,8 @@ from tests import tiny_model
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 from vffn_pretrain.testing.batches import split_global_batch, synthetic_global_batch
 from vffn_pretrain.testing.params import swap_params_with
 from vffn_pretrain.training import dist_ckpt
@@ -107,8 +108,9 @@ def layout_run(workdir: str, layout: dict, steps: int = 3, distributed_optimizer
 
     # With the distributed optimizer each DP rank's grad buffer is only reduced on the shard it owns.
     losses = run_steps(ddp, optimizer, range(steps), on_first_grads=None if distributed_optimizer else check_grads)
+    overlap = ddp[0].module.config.overlap_p2p_comm  # the schedule's code path this run took
     ps.destroy_model_parallel()
-    return {"losses": losses, **grad_err}
+    return {"losses": losses, "overlap_p2p_comm": overlap, **grad_err}
 
 
 def resume_run(workdir: str, layout: dict, distributed_optimizer: bool, load_layout: dict | None = None) -> dict:

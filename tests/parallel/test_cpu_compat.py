@@ -73,7 +73,7 @@ def test_removing_a_shim_breaks_a_tiny_training_step(shim):
     script = """
         if __name__ == "__main__":
             from tests.parallel import layout_runs as cases
-            from vffn_pretrain.parallel import init_distributed
+            from vffn_pretrain.parallel.init import init_distributed
             init_distributed()
             ddp, opt = cases.build({})
             print(cases.run_steps(ddp, opt, range(1)))

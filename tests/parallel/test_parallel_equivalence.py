@@ -16,6 +16,9 @@ LAYOUTS_4 = {
     "pp4": {"pp": 4},
     "pp2_uneven_layout": {"pp": 2, "pipeline_layout": "Et|tttL"},
     "pp2_layout_vpp2": {"pp": 2, "vpp": 2, "pipeline_layout": "Et|t|t|tL"},
+    # megatron's other interleaved code path: outputs sent after each iteration's backward (parallel.md section 8)
+    "pp2_vpp2_no_overlap": {"pp": 2, "vpp": 2, "overlap_p2p_comm": False},
+    "pp2_layout_vpp2_no_overlap": {"pp": 2, "vpp": 2, "pipeline_layout": "Et|t|t|tL", "overlap_p2p_comm": False},
 }
 
 
@@ -40,6 +43,9 @@ def test_layout_matches_single_rank(rank_pools, reference, name):
     results = rank_pools(4).run(cases.layout_run, workdir, LAYOUTS_4[name])
     for r in results:  # every rank reports the same global loss
         assert r["losses"] == results[0]["losses"]
+    # overlap_p2p_comm=auto is on with VPP (Megatron-LM's default); both settings must give the same losses
+    layout = LAYOUTS_4[name]
+    assert results[0]["overlap_p2p_comm"] == layout.get("overlap_p2p_comm", layout.get("vpp", 1) > 1)
     assert_matches_reference(results[0], ref_losses)
     assert ref_losses[2] < ref_losses[0]  # the reference itself trains
 

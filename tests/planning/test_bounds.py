@@ -71,7 +71,7 @@ def _split_value(req, split) -> float:
 @pytest.mark.parametrize("p,v,n,budget", [(2, 1, 6, None), (3, 1, 7, 120.0), (2, 2, 7, None), (2, 2, 7, 170.0),
                                           (3, 2, 8, 125.0), (2, 2, 7, 60.0)])
 def test_window_bound_is_the_exact_minimum_over_splits(seed, p, v, n, budget):
-    req = planner.PlanRequest(_items(random.Random(seed * 13 + p + v), n), p, v, 5, TIMING, budget)
+    req = planner.PlanRequest(_items(random.Random(seed * 13 + p + v), n), p, v, 6, TIMING, budget)
     value, split = window_bound_split(req)
     if budget == 60.0:  # below what any split needs, even with full recompute everywhere
         assert value == math.inf and split is None and _reference(req) == math.inf
@@ -94,7 +94,7 @@ def test_lower_bound_is_below_every_plan_and_close_to_the_best(seed, p, v, squee
     best = planner.brute_force(req)
     assert best.feasible
     assert not squeeze or best.step_time > free.step_time
-    bound = planner.lower_bound(req, enumerate_limit=0)  # the analytic bounds alone
+    bound = planner.lower_bound(req, enumerate_work=0)  # the analytic bounds alone
     assert bound <= best.step_time * (1 + 1e-9)
     assert bound >= 0.75 * best.step_time  # a bound that ignored the schedule would fall far lower
     # Few enough splits to simulate them all: the bound is the best plan itself unless memory binds.

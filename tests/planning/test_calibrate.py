@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.faults.processes import run_in_session
 from vffn_pretrain.planning import costs
@@ -58,11 +59,14 @@ def test_calibration_file_reproduces_the_measured_layer_times(tmp_path):
 @pytest.mark.parametrize("args,key", [(["--shared-ranks", "-1"], "--shared-ranks"),
                                       (["--shared-ranks", "2", "--sharing-seconds", "inf"], "--sharing-seconds"),
                                       (["--rounds", "0"], "--rounds"), (["--out", "."], "--out"),
-                                      (["--out", "no/such/dir/cal.json"], "--out")])
+                                      (["--out", "no/such/dir/cal.json"], "--out"), (["--out", "/dev/null"], "--out"),
+                                      (["--rounds", "x"], "--rounds"), (["--rounds", "100000"], "--rounds"),
+                                      (["--sharing-seconds", "nan"], "--sharing-seconds"), (["--bogus"], "--bogus")])
 def test_bad_option_is_one_line_exit_2(tmp_path, args, key):
+    """Before anything is measured (or megatron imported): one line on stderr naming the option, exit 2."""
     out = _calibrate(tmp_path, *args, *TINY)
     assert out.returncode == 2 and key in out.stderr and "Traceback" not in out.stderr
-    assert len([line for line in out.stderr.splitlines() if "vffn-plan" in line]) == 1
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "calibration.json").exists()
 
 
@@ -147,3 +151,54 @@ def test_a_dead_measurement_worker_fails_the_measurement_and_none_survive(target
     with pytest.raises(MeasurementError, match=re.escape(words)):
         _run_workers(procs, ctx.Queue(), 1, "test")
     assert not any(p.is_alive() for p in procs)
+
+
+def calibrate_under_device_audit(overrides: list[str]) -> dict:
+    """`calibrate` (one round, no P2P) on this rank under the device audit (testing/device_audit.py: on a GPU a
+    host tensor reaching a module is a crash); the violations, the precision it measured in and the dtype of the
+    models it built."""
+    from megatron.core import parallel_state as ps
+
+    from vffn_pretrain.config.overrides import compose_config
+    from vffn_pretrain.config.run import load_run_config
+    from vffn_pretrain.model import gpt
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import device, seed_all, setup_model_parallel
+    from vffn_pretrain.planning.calibrate import calibrate
+    from vffn_pretrain.testing.device_audit import device_audit
+
+    cfg = load_run_config(compose_config([*overrides, "parallel.tp=1", "parallel.pp=1"]), world_size=1)
+    setup_model_parallel(ParallelConfig())
+    seed_all(0)
+    built, original = [], gpt.build_model
+
+    def recording_build(*args, **kwargs):
+        chunks = original(*args, **kwargs)
+        built.append({p.dtype for c in chunks for p in c.parameters()})
+        return chunks
+
+    gpt.build_model = recording_build
+    try:
+        with device_audit(device(), check_modules=True) as audit:
+            _, report = calibrate(cfg, rounds=1, p2p=False)
+    finally:
+        gpt.build_model = original
+        ps.destroy_model_parallel()
+    return {"violations": audit.violations, "precision": report.get("precision"), "built": built}
+
+
+def test_calibration_runs_on_the_model_device_in_the_run_precision(rank_pools):
+    out = rank_pools(1).run(calibrate_under_device_audit, [*TINY[:-1], "system.precision=bf16"])[0]
+    assert out["violations"] == [], out["violations"][:5]
+    assert out["precision"] == "bfloat16"
+    assert out["built"] and all(dtypes == {torch.bfloat16} for dtypes in out["built"])
+
+
+def test_timestamps_wait_for_the_gpu(monkeypatch):
+    from vffn_pretrain.planning import calibrate
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append("synchronize"))
+    calibrate.now()
+    assert calls == ["synchronize"]

@@ -8,6 +8,7 @@ import pytest
 
 from vffn_pretrain.model import counting
 from vffn_pretrain.planning import costs, planner
+from vffn_pretrain.planning import layout as layouts
 from vffn_pretrain.planning.costs import ItemCost
 from vffn_pretrain.planning.timing import Timing
 
@@ -46,7 +47,7 @@ def test_minimax_dp_is_exact_and_plan_matches_brute_force(seed, p, v):
         start += n
     assert worst == pytest.approx(_minimax_brute(req))
     exact = planner.brute_force(req)
-    searched = planner.plan(req, exhaustive_limit=0)  # force the DP + refinement path
+    searched = planner.plan(req, exhaustive_work=0)  # force the DP + refinement path
     # Exact when exhaustive; the DP + refinement path is a heuristic for the simulated time (interleaved plans
     # balance ranks whose chunks are not adjacent, which a contiguous DP cannot see directly).
     assert searched.step_time <= exact.step_time * (1.02 if v == 1 else 1.05)
@@ -57,16 +58,17 @@ def test_dp_path_finds_the_brute_force_optimum_without_interleaving():
     hits = 0
     for seed in range(20):
         req = planner.PlanRequest(_items(random.Random(seed), 10), 3, 1, 8, UNIT)
-        hits += planner.plan(req, exhaustive_limit=0).step_time == pytest.approx(planner.brute_force(req).step_time)
+        hits += planner.plan(req, exhaustive_work=0).step_time == pytest.approx(planner.brute_force(req).step_time)
     assert hits >= 18
 
 
-@pytest.mark.parametrize("p,n,seed", [(2, 10, 14), (2, 10, 21), (3, 12, 20), (3, 12, 23)])
-def test_interleaved_search_reaches_the_optimum_where_only_a_pair_of_boundary_shifts_leads_there(p, n, seed):
-    # Seeds where moving single layers stalls above the optimum (the search without the paired shifts misses it;
-    # with them all 30 seeds of each shape reach it).
-    req = planner.PlanRequest(_items(random.Random(seed), n), p, 2, 8, UNIT)
-    assert planner.plan(req, exhaustive_limit=0).step_time == pytest.approx(planner.brute_force(req).step_time)
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("p,n,m,seed", [(2, 10, 8, 14), (2, 10, 8, 21), (3, 12, 6, 20), (3, 12, 6, 23)])
+def test_interleaved_search_reaches_the_optimum(p, n, m, seed, overlap):
+    # Seeds where moving single layers stalls above the optimum under the overlapped schedule (the search without
+    # the paired shifts missed it), and megatron's schedule without the overlap, whose landscape is rougher.
+    req = planner.PlanRequest(_items(random.Random(seed), n), p, 2, m, UNIT, overlap_p2p_comm=overlap)
+    assert planner.plan(req, exhaustive_work=0).step_time == pytest.approx(planner.brute_force(req).step_time)
 
 
 def test_memory_budget_moves_layers_and_recompute():
@@ -90,19 +92,21 @@ def test_layout_strings_are_megatron_valid_and_round_trip():
         layout = planner.layout_string(split)
         parsed = PipelineParallelLayerLayout(layout, p)
         parsed.validate_layer_layout(num_layers=sum(split), mtp_num_layers=None)
-        assert planner.parse_layout(layout, sum(split), p) == split
+        assert planner.layout_cuts(layout, sum(split), p) == layouts.split_cuts(split)
     assert planner.layout_string((3, 2, 2, 3)) == "Ettt|tt|tt|tttL"
 
 
 def test_bad_layouts_and_too_many_stages():
-    with pytest.raises(planner.PlanError, match="places 4 layers"):
-        planner.parse_layout("Ett|ttL", 5, 2)
+    with pytest.raises(planner.PlanError, match="names 4 transformer layers"):
+        planner.layout_cuts("Ett|ttL", 5, 2)
     with pytest.raises(planner.PlanError, match="parallel.pp"):
-        planner.parse_layout("Ett|t|ttL", 5, 2)
-    items = _items(random.Random(0), 3)
+        planner.layout_cuts("Ett|t|ttL", 5, 2)
+    req = planner.PlanRequest(_items(random.Random(0), 3), 4, 1, 4, UNIT)
     with pytest.raises(planner.PlanError) as err:
-        planner.PlanRequest(items, 4, 1, 4, UNIT)
+        planner.plan(req)
     assert err.value.key == "parallel.pp"
+    # ... but a layout megatron accepts is timed, empty chunks and all
+    assert planner.evaluate_cuts(req, planner.layout_cuts("E|t|t|tL", 3, 4)).step_time > 0
 
 
 def test_first_last_and_even_splits():
@@ -131,16 +135,16 @@ def test_lower_bound_holds_with_optimizer_and_shared_cores(seed, p, v, cores):
     and the optimizer moves the best step by at least the average rank's optimizer time."""
     rng = random.Random(seed * 7 + p)
     timing = Timing({"default": 1.0}, {"default": 1.0}, optimizer_seconds_per_param=0.5)
-    req = planner.PlanRequest(_items(rng, 8), p, v, 5, timing, cores=cores)
+    req = planner.PlanRequest(_items(rng, 8), p, v, 6, timing, cores=cores)
     exact = planner.brute_force(req)
     assert planner.lower_bound(req) <= exact.step_time * (1 + 1e-9)
     lossy = {k: 1.2 * max(1.0, k / (cores or 1)) for k in (2, 3, 4)}  # a measured machine: worse than lossless
     measured = Timing({"default": 1.0}, {"default": 1.0}, optimizer_seconds_per_param=0.5,
                       shared_slowdown={1: 1.0, **lossy})
-    slowed = planner.brute_force(planner.PlanRequest(req.items, p, v, 5, measured, cores=cores))
+    slowed = planner.brute_force(planner.PlanRequest(req.items, p, v, 6, measured, cores=cores))
     assert planner.lower_bound(req) <= slowed.step_time * (1 + 1e-9)
     if cores:
         assert slowed.step_time > exact.step_time
-    without = planner.PlanRequest(req.items, p, v, 5, UNIT, cores=cores)
+    without = planner.PlanRequest(req.items, p, v, 6, UNIT, cores=cores)
     params = sum(i.params for i in req.items)
     assert exact.step_time >= planner.brute_force(without).step_time + 0.5 * params / p - 1e-9

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from vffn_pretrain.config import load_run_config
+from vffn_pretrain.config.run import load_run_config
 from vffn_pretrain.scaling.ladder import (
     DEFAULT_CONFIG,
     LadderRules,

@@ -13,6 +13,7 @@ import pytest
 
 from vffn_pretrain.study.cli import main
 from vffn_pretrain.study.collect import loop_stats
+from vffn_pretrain.study.report import p_text, paired_words
 from vffn_pretrain.study.stats import paired_t, summarize
 
 
@@ -33,15 +34,32 @@ def test_paired_t_matches_closed_form_for_two_degrees_of_freedom():
     assert not test.significant()
     # Same differences, opposite sign: same p, negative t.
     assert paired_t([0.5, 1.0, 2.0], [1.0, 2.0, 3.5]).t == pytest.approx(-t)
+    # The 95% interval of the mean difference: t(0.975, 2) = 4.302652729911275 times 0.5 / sqrt(3).
+    assert test.ci95 == pytest.approx(4.302652729911275 * 0.5 / math.sqrt(3))
+    assert (test.above, test.below) == (3, 0)
     with pytest.raises(ValueError):
         paired_t([1.0], [1.0, 2.0])
+
+
+def test_identical_differences_give_no_test_rather_than_infinite_evidence():
+    test = paired_t([1.5, 2.5, 3.5], [1.0, 2.0, 3.0])  # every difference exactly 0.5
+    assert test.mean_diff == 0.5 and test.t is None and test.p is None and not test.significant()
+    assert test.ci95 == 0.0 and (test.above, test.below) == (3, 0)
+
+
+def test_p_values_and_paired_wording():
+    assert p_text(0.0004) == "p<0.001" and p_text(0.0123) == "p=0.012" and p_text(None) == "—"
+    test = {"n": 3, "above": 3, "below": 0, "lo": 0.0401, "hi": 0.0562}
+    assert paired_words(test) == "worse in 3 of 3 seeds, paired 95% CI [+0.0401, +0.0562]"
+    assert paired_words({**test, "above": 1, "below": 2, "lo": -0.02, "hi": 0.01}) == \
+        "better in 2 of 3 seeds, paired 95% CI [-0.0200, +0.0100]"
 
 
 def test_loop_stats_from_eval_histogram():
     # p = (0.1, 0.2, 0.3, 0.4): mean 0.1 + 0.4 + 0.9 + 1.6 = 3.0; width path skipped by the 40% at L_max.
     assert loop_stats("versatile", [1, 2, 3, 4]) == (pytest.approx(3.0), pytest.approx(0.6))
     assert loop_stats("depth_only", [1, 2, 3, 4]) == (pytest.approx(3.0), None)
-    assert loop_stats("kloop4", None) == (None, None)
+    assert loop_stats("kloop", None) == (None, None)
 
 
 # Synthetic study: per seed, losses with known means. dense 3.00; the others offset from dense by a constant
@@ -70,15 +88,19 @@ def _write_study(root, missing: str | None = None):
         run_dir = root / name
         run_dir.mkdir(parents=True)
         plan.append({"name": name, "phase": phase, "variant": variant, "seed": seed, "steps": 10,
+                     "kind": "kloop" if variant.startswith("kloop") else variant,
                      "run_dir": str(run_dir), "after": None, "overrides": []})
         if name == missing:
             continue
         summary = {"exit_code": 0, "steps": 10, "final_val_loss": loss, "final_val_ppl": math.exp(loss),
+                   "final_val_loss_train_mode": loss + 0.01 * (variant == "versatile"),
                    "eval_loop_mix": [0.25, 0.25, 0.25, 0.25] if variant == "versatile" else None,
                    "flops_per_token_train": 1e6, "flops_per_token_eval": 3e5, "wall_time_s": 5.0, "tokens": 100}
         (run_dir / "summary.json").write_text(json.dumps(summary))
-        (run_dir / "metrics.jsonl").write_text(
-            json.dumps({"step": 5, "val_loss": loss + 0.1}) + "\n" + json.dumps({"step": 10, "val_loss": loss}) + "\n")
+        # Training-loss windows at steps 5 and 10: the last 5% of 10 steps holds only the window ending at 10.
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+            {"step": 5, "loss_avg": loss + 0.5}, {"step": 5, "val_loss": loss + 0.1},
+            {"step": 10, "loss_avg": loss - 0.5}, {"step": 10, "val_loss": loss})))
     (root / "study.json").write_text(json.dumps({"name": "synthetic", "config": "x.yaml", "quick": False,
                                                  "seeds": list(SEEDS), "runs": plan}))
 
@@ -88,8 +110,13 @@ def test_report_numbers_and_orderings(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     out = tmp_path / "report"
     data = json.loads((out / "report.json").read_text())
-    rows = {r["variant"]: r for r in data["rows"]}
+    rows = {r["variant"]: r for r in data["rows"] if r["arm"] == "continued"}
     assert rows["dense"]["loss"]["mean"] == pytest.approx(3.0)
+    # Per-seed values of every metric, so that readers can redo the tests.
+    assert rows["versatile"]["per_seed"]["2"]["val"] == pytest.approx(3.02 - 0.052)
+    assert rows["versatile"]["per_seed"]["2"]["val_train_mode"] == pytest.approx(3.02 - 0.052 + 0.01)
+    assert rows["versatile"]["per_seed"]["2"]["train"] == pytest.approx(3.02 - 0.052 - 0.5)
+    assert rows["versatile"]["vs_dense_train_mode"]["mean_diff"] == pytest.approx(-0.04)
     assert rows["dense"]["loss"]["std"] == pytest.approx(0.02)  # 3.00, 3.02, 2.98
     assert rows["versatile"]["loss"]["mean"] == pytest.approx(2.95)
     assert rows["versatile"]["mean_loops"] == pytest.approx(2.5)
@@ -98,7 +125,10 @@ def test_report_numbers_and_orderings(tmp_path, capsys):
     t = -0.05 / (0.002 / math.sqrt(3))
     assert vd["t"] == pytest.approx(t)
     assert vd["p"] == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t))
-    assert vd["significant"]
+    assert vd["significant"] and (vd["above"], vd["below"]) == (0, 3)
+    paired_half = 4.302652729911275 * 0.002 / math.sqrt(3)
+    assert (vd["lo"], vd["hi"]) == (pytest.approx(-0.05 - paired_half), pytest.approx(-0.05 + paired_half))
+    assert rows["moe"]["flops_train_vs_dense"] == 1.0
     assert not rows["kloop2"]["vs_dense"]["significant"]
     claims = {c["claim"]: c for c in data["claims"]}
     assert claims["versatile < kloop6"]["holds"]  # 2.95 < 2.96
@@ -110,7 +140,10 @@ def test_report_numbers_and_orderings(tmp_path, capsys):
     half = 4.302652729911275 * 0.018 / math.sqrt(3)
     assert f"| versatile | 3 | 2.9500 ± 0.0180 [{2.95 - half:.4f}, {2.95 + half:.4f}] |" in md
     assert "MoE does not have the lowest mean loss" in md
-    assert "versatile: 0.0500 below the dense continued baseline (significant" in md
+    assert (f"versatile: 0.0500 below dense continued, lower in 3 of 3 seeds, paired 95% CI "
+            f"[{-0.05 - paired_half:+.4f}, {-0.05 + paired_half:+.4f}] (p<0.001)") in md  # p = 0.0004: not "p=0.000"
+    assert "p=0.000" not in md and str(tmp_path) not in md
+    assert "Wall times are left out" in md
     for png in ("final_loss.png", "delta_vs_dense.png", "val_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -120,7 +153,7 @@ def test_report_lists_missing_runs(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "report" / "report.json").read_text())
     assert data["missing"] == ["continued/kloop6/seed2"]
-    assert {r["variant"]: r["seeds"] for r in data["rows"]}["kloop6"] == [1, 3]
+    assert {r["variant"]: r["seeds"] for r in data["rows"] if r["arm"] == "continued"}["kloop6"] == [1, 3]
     assert "1 runs not finished" in capsys.readouterr().err
 
 

@@ -9,8 +9,7 @@ import threading
 import torch
 import torch.distributed as dist
 
-from vffn_pretrain.testing import RankPool
-from vffn_pretrain.testing.rank_pool import MAX_RANK_THREADS
+from vffn_pretrain.testing.rank_pool import MAX_RANK_THREADS, RankPool
 
 _parked: list[threading.Event] = []
 

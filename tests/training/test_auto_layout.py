@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.training import trainer_runs as cases
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 # Two versatile layers (about 3x a dense layer's work) last: the even split 2|2 puts both on the last stage.
 PATTERN = "ffn.layers='dense*2,versatile*2'"
@@ -24,21 +24,29 @@ def _overrides(synthetic_data, tmp, name, *extra):
             f"run_dir={tmp / name}", "checkpoint.interval=1000", "train.max_steps=3", PATTERN, *extra]
 
 
+def planned(overrides: list[str], world_size: int) -> str | None:
+    """The layout the trainer's rank 0 plans for this config (config loading itself leaves "auto" alone)."""
+    from vffn_pretrain.planning.auto import resolve_auto_layout
+
+    cfg = cases.run_config(overrides, world_size=world_size)
+    assert cfg.parallel.pipeline_layout == "auto"
+    return resolve_auto_layout(cfg)
+
+
 def test_auto_plans_away_from_the_even_split(tmp_path):
-    cfg = cases.run_config([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pp=2",
-                            "parallel.pipeline_layout=auto"], world_size=2)
-    assert cfg.parallel.pipeline_layout == "Ettt|tL"  # one versatile layer per stage
-    assert cfg.parallel.vpp == 1
-    even = cases.run_config([*cases.BASE, "ffn=dense", f"run_dir={tmp_path}", "parallel.pp=2",
-                             "parallel.pipeline_layout=auto"], world_size=2)
-    assert even.parallel.pipeline_layout == "Ett|ttL"  # uniform layers: the even split
+    layout = planned([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pp=2",
+                      "parallel.pipeline_layout=auto"], world_size=2)
+    assert layout == "Ettt|tL"  # one versatile layer per stage
+    even = planned([*cases.BASE, "ffn=dense", f"run_dir={tmp_path}", "parallel.pp=2",
+                    "parallel.pipeline_layout=auto"], world_size=2)
+    assert even == "Ett|ttL"  # uniform layers: the even split
 
 
 def test_auto_with_vpp_gives_an_interleaved_layout(tmp_path):
-    cfg = cases.run_config([*cases.BASE, "model.num_layers=8", "ffn.layers='dense*4,versatile*4'",
-                            f"run_dir={tmp_path}", "parallel.pp=2", "parallel.vpp=2",
-                            "parallel.pipeline_layout=auto"], world_size=2)
-    assert cfg.parallel.vpp == 2 and cfg.parallel.pipeline_layout.count("|") == 3
+    layout = planned([*cases.BASE, "model.num_layers=8", "ffn.layers='dense*4,versatile*4'",
+                      f"run_dir={tmp_path}", "parallel.pp=2", "parallel.vpp=2",
+                      "parallel.pipeline_layout=auto"], world_size=2)
+    assert layout.count("|") == 3
 
 
 def test_auto_at_pp2_matches_single_rank(rank_pools, synthetic_data, tmp_path):
@@ -53,24 +61,48 @@ def test_auto_at_pp2_matches_single_rank(rank_pools, synthetic_data, tmp_path):
     (["parallel.pp=8"], "parallel.pp", "8 pipeline chunks for 4 layers"),
     (["parallel.pp=2", "parallel.plan_memory_gib=0.0001"], "parallel.plan_memory_gib", "short by"),
     (["parallel.pp=2", "parallel.plan_memory_gib=-1"], "parallel.plan_memory_gib", "positive"),
+    (["parallel.pp=2", "parallel.plan_memory_gib=inf"], "parallel.plan_memory_gib", "finite"),
+    (["parallel.pp=2", "parallel.plan_costs=5"], "parallel.plan_costs", "path"),
+    (["parallel.pp=2", "parallel.plan_costs={list}"], "parallel.plan_costs", "JSON object"),
+    (["parallel.pp=2", "parallel.plan_costs={negative}"], "parallel.plan_costs", ">= 0"),
+    (["parallel.pp=2", "parallel.plan_costs={tmp}"], "parallel.plan_costs", "directory"),
+    (["parallel.pp=2", "parallel.plan_costs={tmp}/absent.json"], "parallel.plan_costs", "does not exist"),
+    (["parallel.pp=2", "parallel.vpp=2", "train.global_batch_size=2"], "train.global_batch_size", "at least PP"),
 ])
 def test_impossible_requests_name_the_key(tmp_path, extra, key, words):
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "negative.json").write_text(json.dumps(
+        {"seconds_per_flop": {"forward": {"default": -1.0}, "backward": {"default": 1e-9}}}))
+    files = {"list": tmp_path / "list.json", "negative": tmp_path / "negative.json", "tmp": tmp_path}
+    world = 2 if "parallel.vpp=2" in extra else 8
     with pytest.raises(ConfigError) as err:
-        cases.run_config([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pipeline_layout=auto", *extra],
-                         world_size=8)
+        planned([*cases.BASE, PATTERN, f"run_dir={tmp_path}", "parallel.pipeline_layout=auto",
+                 *(x.format(**files) for x in extra)], world_size=world)
     assert err.value.key == key and words in str(err.value)
 
 
-def test_bad_auto_request_exits_2_with_one_line(synthetic_data, tmp_path):
-    # The error comes from the config, before any process group: rank 0 of a claimed world of 2 reports it.
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "PYTHONWARNINGS": "ignore"}
+@pytest.mark.parametrize("extra, key, words", [
+    (["parallel.plan_memory_gib=0.0001"], "parallel.plan_memory_gib", "short by"),  # found by the plan on rank 0
+    (["parallel.plan_costs={list}"], "parallel.plan_costs", "JSON object"),  # once a traceback on every rank
+    (["parallel.vpp=2", "train.global_batch_size=2"], "train.global_batch_size", "at least PP"),  # megatron refuses
+])
+def test_bad_auto_request_exits_2_with_one_line_from_rank_0(synthetic_data, tmp_path, extra, key, words):
+    """The plan runs on rank 0 once the world exists; its error reaches every rank: one line, exit 2."""
+    from vffn_pretrain.parallel.init import free_port
+
+    (tmp_path / "list.json").write_text("[1]")
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "PYTHONWARNINGS": "ignore"}
     args = [*_overrides(synthetic_data, tmp_path, "bad"), "parallel.pp=2", "parallel.pipeline_layout=auto",
-            "parallel.plan_memory_gib=0.0001"]
-    out = subprocess.run([sys.executable, "-m", "vffn_pretrain.train", *args], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 2, out.stderr
-    lines = [line for line in out.stderr.splitlines() if "parallel.plan_memory_gib" in line]
-    assert len(lines) == 1 and "short by" in lines[0] and "Traceback" not in out.stderr
+            *(x.format(list=tmp_path / "list.json") for x in extra)]
+    ranks = [subprocess.Popen([sys.executable, "-m", "vffn_pretrain.train", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in ranks]
+    assert [p.returncode for p in ranks] == [2, 2], outs
+    lines = [line for line in outs[0][1].splitlines() if key in line]
+    assert len(lines) == 1 and words in lines[0] and "Traceback" not in outs[0][1], outs[0][1]
+    assert key not in outs[1][1] and "Traceback" not in outs[1][1]  # rank 1 stays quiet
     assert not (tmp_path / "bad").exists()  # nothing written
 
 
@@ -88,9 +120,8 @@ def test_resume_switches_layout_when_the_plan_is_faster_by_more_than_the_thresho
     assert stats["pipeline_layout"] == "Ett|ttL" and sorted(stats["loop_hist"]) == ["3", "4"]
 
     def chosen(*extra):
-        return cases.run_config(_overrides(synthetic_data, tmp_path, "r", "parallel.pp=2",
-                                           "parallel.pipeline_layout=auto", "train.max_steps=4", *extra),
-                                world_size=2).parallel.pipeline_layout
+        return planned(_overrides(synthetic_data, tmp_path, "r", "parallel.pp=2", "parallel.pipeline_layout=auto",
+                                  "train.max_steps=4", *extra), world_size=2)
 
     assert chosen() == "Ettt|tL"
     assert chosen("parallel.replan_threshold=100") == "Ett|ttL"

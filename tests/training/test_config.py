@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from tests.training import trainer_runs as cases
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,7 @@ from vffn_pretrain.config_errors import ConfigError
         (["ffn.tau_min=6.0"], 1, "ffn.tau_min"),
         (["ffn.num_experts=7"], 1, "ffn.num_experts"),
         (["checkpoint.keep=0"], 1, "checkpoint.keep"),
+        (["checkpoint.async_save=sometimes"], 1, "checkpoint.async_save"),
         (["logging.wandb.mode=cloud"], 1, "logging.wandb.mode"),
         (["data.split=abc"], 1, "data.split"),
         (["train.seq_length=8192"], 1, "train.seq_length"),
@@ -41,6 +42,16 @@ from vffn_pretrain.config_errors import ConfigError
         (["parallel.replan_threshold=-0.1"], 1, "parallel.replan_threshold"),
         (["parallel.replan_threshold=inf"], 1, "parallel.replan_threshold"),
         (["parallel.replan_threshold=soon"], 1, "parallel.replan_threshold"),
+        # what megatron's schedules refuse (parallel/pipeline_rules.py), before any process group
+        (["parallel.pp=2", "parallel.vpp=2", "train.global_batch_size=2"], 2, "train.global_batch_size"),  # m 1 < PP
+        (["parallel.pp=4", "parallel.vpp=2", "model.num_layers=8", "train.global_batch_size=12"], 4,
+         "train.global_batch_size"),  # 6 micro-batches: not a multiple of PP = 4
+        (["parallel.pp=2", "parallel.pipeline_layout='Et|t|t|tL'", "train.global_batch_size=6"], 2,
+         "train.global_batch_size"),  # VPP implied by the layout
+        (["parallel.pp=2", "parallel.overlap_p2p_comm=true"], 2, "parallel.overlap_p2p_comm"),  # no interleaving
+        (["parallel.overlap_p2p_comm=1"], 1, "parallel.overlap_p2p_comm"),
+        (["parallel.overlap_p2p_comm=maybe"], 1, "parallel.overlap_p2p_comm"),
+        (["parallel.pp=2", "parallel.pipeline_layout='Et(t|)*999999999L'"], 2, "parallel.pipeline_layout"),
     ],
 )
 def test_bad_config_names_the_key(overrides, world, key):
@@ -77,7 +88,7 @@ MOVED = [("backend", "local"), ("precision", "bf16"), ("recompute_granularity", 
 def test_system_keys_under_their_new_and_old_names(key, value, caplog, monkeypatch):
     # An in-process Hydra run earlier in the session (logging.config with disable_existing_loggers) disables
     # loggers that already exist; the CLI configures logging before it loads the config, so it never is.
-    moves = logging.getLogger("vffn_pretrain.config_moves")
+    moves = logging.getLogger("vffn_pretrain.config.moves")
     monkeypatch.setattr(moves, "disabled", False)
     monkeypatch.setattr(moves, "level", logging.NOTSET)
     new = cases.run_config([f"system.{key}={value}"])
@@ -121,3 +132,11 @@ def test_ffn_loops_of_versatile_sets_k_of_kloop_layers_in_a_mixed_model():
     cfg = cases.run_config(["ffn=versatile", "ffn.layers='kloop*2,versatile*2'", "ffn.loops=3"])
     shapes = cfg.ffn.counting_shape(cfg.model.num_layers)
     assert [(s.kind, s.loops) for s in shapes][:2] == [("kloop", 3), ("kloop", 3)]
+
+
+def test_overlap_p2p_comm_auto_follows_vpp():
+    par = cases.run_config(["parallel.pp=2", "parallel.pipeline_layout='Et|t|t|tL'"], world_size=2).parallel
+    assert par.p2p_overlap is True
+    assert cases.run_config(["parallel.pp=2"], world_size=2).parallel.p2p_overlap is False
+    forced = cases.run_config(["parallel.pp=2", "parallel.vpp=2", "parallel.overlap_p2p_comm=false"], world_size=2)
+    assert forced.parallel.p2p_overlap is False

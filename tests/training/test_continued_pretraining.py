@@ -41,7 +41,7 @@ def test_converted_run_trains_from_the_dense_weights(rank_pools, dense_checkpoin
 
 def test_init_from_missing_directory_is_a_clear_error(rank_pools, dense_checkpoint, tmp_path):
     overrides, _ = dense_checkpoint
-    from vffn_pretrain.testing import RankPoolError
+    from vffn_pretrain.testing.rank_pool import RankPoolError
 
     with pytest.raises(RankPoolError, match="train.init_from`: .*nowhere: neither a checkpoint"):
         rank_pools(1).run(cases.train, [*overrides[:-3], f"run_dir={tmp_path / 'x'}",
@@ -69,3 +69,38 @@ def test_eval_at_start_records_the_converted_models_starting_loss_and_changes_no
     assert _val_records(tmp_path / "start")[2] == _val_records(tmp_path / "plain")[2]
     # The converted model starts near the dense model's loss, above what two more steps reach.
     assert _val_records(tmp_path / "start")[0] > _val_records(tmp_path / "start")[2]
+
+
+def _blend_records(run_dir) -> dict[int, float]:
+    import json
+    from pathlib import Path
+
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["blend"] for r in map(json.loads, lines) if r.get("blend") is not None}
+
+
+@pytest.mark.parametrize("kind", ["versatile", "kloop"])
+def test_blend_in_starts_at_the_dense_loss(rank_pools, dense_checkpoint, kind, tmp_path):
+    """ffn.blend_in_steps: the step-0 evaluation of the converted model is the dense model's (the trainer sets
+    the blend weight of step 0 before it evaluates)."""
+    overrides, ckpt = dense_checkpoint
+    base = [*overrides[:-3], "train.max_steps=1", "train.eval_at_start=true", f"train.init_from={ckpt}"]
+    rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'dense'}", "ffn=dense"])
+    rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'blend'}", f"ffn={kind}", "ffn.blend_in_steps=5"])
+    rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'shock'}", f"ffn={kind}"])
+    dense = _val_records(tmp_path / "dense")[0]
+    assert abs(_val_records(tmp_path / "blend")[0] - dense) < 1e-5
+    assert abs(_val_records(tmp_path / "shock")[0] - dense) > 1e-3
+
+
+def test_blend_in_follows_the_step_across_a_resume(rank_pools, dense_checkpoint, tmp_path):
+    overrides, ckpt = dense_checkpoint
+    base = [*overrides[:-3], "train.max_steps=6", "ffn=depth_only", "ffn.blend_in_steps=4",
+            f"train.init_from={ckpt}"]
+    straight = rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'a'}"])[0]
+    first = rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'b'}", "train.exit_interval=3"])[0]
+    assert first["exit_code"] == 0 and sorted(first["losses"]) == [1, 2, 3]
+    resumed = rank_pools(1).run(cases.train, [*base, f"run_dir={tmp_path / 'b'}"])[0]
+    # The weight of each step is step / 4 (logged after the step), in the resumed process as in the first.
+    assert _blend_records(tmp_path / "b") == {1: 0.0, 2: 0.25, 3: 0.5, 4: 0.75, 5: 1.0, 6: 1.0}
+    assert resumed["losses"] == straight["losses"]  # bit for bit, the ramp included

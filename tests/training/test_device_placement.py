@@ -9,7 +9,7 @@ from tests.training import trainer_runs as cases
 
 def audited(fn, *args, check_modules: bool = False):
     """Run `fn(*args)` on this rank under the device audit; returns (its result, the violations, collectives)."""
-    from vffn_pretrain.parallel import device
+    from vffn_pretrain.parallel.init import device
     from vffn_pretrain.testing.device_audit import device_audit
 
     with device_audit(device(), check_modules=check_modules) as audit:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tests.training import trainer_runs as cases
-from vffn_pretrain.testing import RankPool
+from vffn_pretrain.testing.rank_pool import RankPool
 
 
 def start_with_slow_rank0_data(overrides: list[str], delay_s: float) -> int:

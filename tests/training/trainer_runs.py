@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tests import tiny_model
-from vffn_pretrain.conf_path import CONF_DIR
+from vffn_pretrain.config.paths import CONF_DIR
 
 VOCAB = tiny_model.TRAINER_VOCAB
 # The tiny model and batch (tests/tiny_model.py); the data is a synthetic indexed dataset (see make_dataset).
@@ -51,7 +51,7 @@ def compose(overrides: list[str]):
 
 
 def run_config(overrides: list[str], world_size: int = 1):
-    from vffn_pretrain.config import load_run_config
+    from vffn_pretrain.config.run import load_run_config
 
     return load_run_config(compose(overrides), world_size=world_size)
 
@@ -81,6 +81,29 @@ def read_losses(run_dir) -> dict[int, float]:
         if "loss" in record:
             out[record["step"]] = record["loss"]
     return out
+
+
+def checkpoint_tensors(path) -> dict:
+    """Every tensor of a distributed checkpoint (weights and optimizer state) by global key, read without a
+    process group by torch's own reader: an independent view of what was written."""
+    import tempfile
+
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(path), f"{tmp}/all.pt")
+        state = torch.load(f"{tmp}/all.pt", weights_only=False)
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """`a` and `b` hold the same keys and bitwise equal tensors."""
+    import torch
+
+    assert sorted(a) == sorted(b)
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ: {different[:5]}"
 
 
 class Finished:

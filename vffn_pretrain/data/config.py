@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_fields import DATA, MAX_SEED, build_group, check_fields, setting
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.fields import DATA, MAX_SEED, build_group, check_fields, setting
 from vffn_pretrain.data.prefix import strip_file_suffix
 
 BUNDLED = "bundled"

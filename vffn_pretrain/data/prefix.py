@@ -31,9 +31,14 @@ def strip_file_suffix(path: str) -> str:
     return path
 
 
+def prefix_files(prefix: str | os.PathLike) -> list[str]:
+    """The files of ``prefix``: .bin, .idx, report."""
+    return [bin_path(prefix), idx_path(prefix), report_path(prefix)]
+
+
 def existing_files(prefix: str | os.PathLike) -> list[str]:
     """The files of ``prefix`` that already exist (.bin, .idx, report)."""
-    return [p for p in (bin_path(prefix), idx_path(prefix), report_path(prefix)) if os.path.exists(p)]
+    return [p for p in prefix_files(prefix) if os.path.exists(p)]
 
 
 def smallest_dtype(vocab_size: int) -> type[np.number]:
@@ -50,7 +55,12 @@ class OutputExistsError(FileExistsError):
 
 
 def check_output(prefix: str | os.PathLike, overwrite: bool) -> None:
-    """Raise OutputExistsError if ``prefix`` exists and ``overwrite`` is false."""
+    """Raise ValueError if ``prefix`` does not end in a file name (an empty prefix, a directory ending in /,
+    which would write hidden ``.bin``/``.idx`` files), OutputExistsError if it exists and ``overwrite`` is false."""
+    name = os.path.basename(os.fspath(prefix))
+    if name in ("", ".", ".."):
+        raise ValueError(f"output prefix {os.fspath(prefix)!r} must end in a file name (.bin, .idx and "
+                         ".report.json are appended to it), e.g. {os.path.join(os.fspath(prefix), 'data')!r}")
     existing = existing_files(prefix)
     if existing and not overwrite:
         raise OutputExistsError(f"output prefix {prefix} already exists ({', '.join(existing)}); "

@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 from collections import Counter
-from pathlib import Path
 
 REPORT_VERSION = 1
 MAX_SKIP_EXAMPLES = 1000
@@ -60,20 +59,11 @@ def base_report(command: str, argv: list[str] | None = None) -> dict:
     }
 
 
-def write_json_atomic(path: str | os.PathLike, data: dict) -> None:
-    """Write JSON to a temporary name and rename it, so a reader never sees half a report."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".partial-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def read_report(path: str | os.PathLike) -> dict | None:
-    """The report at ``path``, or None if there is none or it cannot be parsed."""
+    """The report at ``path``, or None if there is none or it cannot be parsed (or is not a JSON object)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            report = json.load(f)
     except (OSError, ValueError):
         return None
+    return report if isinstance(report, dict) else None

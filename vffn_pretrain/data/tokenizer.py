@@ -31,7 +31,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 from vffn_pretrain.data.hashing import sha256_file
 
 # Names tried, in order, for the end-of-document token of a HuggingFace tokenizer.
@@ -98,7 +98,11 @@ class HFTokenizer(BaseTokenizer):
         from tokenizers import Tokenizer
 
         self.path = Path(path).resolve()
-        self._tok = Tokenizer.from_file(str(self.path))
+        try:
+            self._tok = Tokenizer.from_file(str(self.path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for damaged or unreadable files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{self.path}: not a readable tokenizer.json ({first})") from None
         # A literal "<|endoftext|>" inside a document is text, not a control token (as with tiktoken's
         # encode_ordinary): otherwise documents could forge document boundaries.
         self._tok.encode_special_tokens = True

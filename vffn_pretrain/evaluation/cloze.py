@@ -24,7 +24,7 @@ SEED = 13
 
 def held_out_documents() -> list[str]:
     """The bundled corpus's validation-split documents, as text."""
-    from vffn_pretrain.data.bundled import BUNDLED_CORPUS, BUNDLED_SPLIT_ON_BLANK_LINES
+    from vffn_pretrain.data.assets import BUNDLED_CORPUS, BUNDLED_SPLIT_ON_BLANK_LINES
     from vffn_pretrain.data.checks import split_document_ranges
     from vffn_pretrain.data.tokenizing.readers import iter_chunks, resolve_inputs
 

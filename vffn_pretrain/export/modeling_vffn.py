@@ -14,8 +14,13 @@ heads, no biases, untied embeddings. The FFN is the trainer's eval path (the met
 * kloop: every token runs `loops` loops. width_only: Y = H + W_down((1 + m) * a1).
 * moe: the dense SwiGLU FFN as an always-on shared expert plus N experts of width d_ff / N, top-k routing with
   a softmax over the k selected logits; behind the usual pre-FFN norm and residual.
+* dense (a layer of a mixed model, `layer_kinds`): the plain SwiGLU FFN behind the pre-FFN norm and residual.
 
-Routers and loop heads compute in fp32 on the un-normalised residual stream H (moe: on the normalised input).
+A mixed model (the trainer's `ffn.layers`) lists each layer's kind in `layer_kinds`; every layer uses the shared
+settings (`num_experts`, `top_k`, `max_loops`; `loops` for kloop layers).
+
+Routers and loop heads sum their products in float64 and round to fp32 once, as the trainer does (the decisions
+then do not depend on TF32 or the device), on the un-normalised residual stream H (moe: on the normalised input).
 `output_loops=True` returns each layer's per-token loop counts in `outputs.loops` ([layers, batch, seq]).
 """
 
@@ -31,11 +36,17 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 FFN_KINDS = ("versatile", "depth_only", "width_only", "kloop", "moe")
+LAYER_KINDS = (*FFN_KINDS, "dense")  # what a layer of a mixed model may be
 
 
 class VffnConfig(PreTrainedConfig):
     """Shapes as in vffn-pretrain's `model.*`; `ffn_kind`, `num_experts`, `top_k`, `max_loops` as in `ffn.*`
-    (for kloop, `max_loops` is the fixed loop count). `vocab_size` is the padded embedding size."""
+    (for kloop, `max_loops` is the fixed loop count, unless `loops` gives it; 1 for width_only). `vocab_size` is
+    the padded embedding size. What a layer's FFN is made of comes as flags (vffn-pretrain's kind traits, written
+    by vffn-export): `ffn_width_path` (a router over virtual experts), `ffn_adaptive_depth` (a loop head),
+    `ffn_moe` (real experts beside the shared one). A mixed model (`ffn.layers`) names each layer's kind in
+    `layer_kinds` and gives each layer's flags in `layer_ffns` ({"width_path", "adaptive_depth", "moe", "plain":
+    a dense layer, "loops": its most loops}); None = every layer is `ffn_kind` with the flags above."""
 
     model_type = "vffn"
 
@@ -52,6 +63,12 @@ class VffnConfig(PreTrainedConfig):
     num_experts: int = 8
     top_k: int = 2
     max_loops: int = 4
+    loops: int | None = None
+    ffn_width_path: bool = True
+    ffn_adaptive_depth: bool = True
+    ffn_moe: bool = False
+    layer_kinds: list[str] | None = None
+    layer_ffns: list[dict] | None = None
     initializer_range: float = 0.02
     tie_word_embeddings: bool = False
     use_cache: bool = True
@@ -62,9 +79,23 @@ class VffnConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        if self.ffn_kind not in FFN_KINDS:
-            raise ValueError(f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
+        if self.ffn_kind not in LAYER_KINDS:
+            raise ValueError(f"ffn_kind must be one of {LAYER_KINDS}, got {self.ffn_kind!r}")
+        if self.layer_kinds is not None and (len(self.layer_kinds) != self.num_hidden_layers
+                                             or any(k not in LAYER_KINDS for k in self.layer_kinds)):
+            raise ValueError(f"layer_kinds must name one of {LAYER_KINDS} for each of the {self.num_hidden_layers} "
+                             f"layers, got {self.layer_kinds!r}")
+        if self.layer_ffns is not None and len(self.layer_ffns) != self.num_hidden_layers:
+            raise ValueError(f"layer_ffns must give the flags of each of the {self.num_hidden_layers} layers, got "
+                             f"{len(self.layer_ffns)}")
         super().__post_init__(**kwargs)
+
+    def ffn_of_layer(self, index: int) -> dict:
+        """Layer `index`'s FFN flags (see the class docstring)."""
+        if self.layer_ffns is not None:
+            return self.layer_ffns[index]
+        return {"width_path": self.ffn_width_path, "adaptive_depth": self.ffn_adaptive_depth, "moe": self.ffn_moe,
+                "plain": False, "loops": self.max_loops}
 
 
 # transformers renamed `past_key_values` to `cache` during 5.x: accept and return whichever this version uses.
@@ -144,6 +175,11 @@ class SwiGLU(nn.Module):
         return self.down_proj(self.activations(x))
 
 
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """fp32 logits of a router or loop head, summed in float64 (the trainer's `router_logits`)."""
+    return F.linear(hidden.double(), weight.double()).float()
+
+
 def top_k_gates(logits: torch.Tensor, k: int) -> torch.Tensor:
     """fp32 logits [T, N] -> gates [T, N]: softmax over the k largest logits, zero elsewhere."""
     values, index = logits.topk(k, dim=-1)
@@ -154,21 +190,21 @@ class SharedWeightFFN(nn.Module):
     """versatile | depth_only | width_only | kloop: one SwiGLU weight set and norm, reused by every loop and by
     the width path. Input H [b, s, h] (the residual stream after attention), output the block output Y."""
 
-    def __init__(self, config: VffnConfig):
+    def __init__(self, config: VffnConfig, ffn: dict):
         super().__init__()
-        self.kind = config.ffn_kind
-        self.max_loops = 1 if self.kind == "width_only" else config.max_loops
+        self.width_path, self.adaptive_depth = ffn["width_path"], ffn["adaptive_depth"]
+        self.max_loops = ffn["loops"]
         self.num_experts, self.top_k = config.num_experts, config.top_k
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.ffn = SwiGLU(config.hidden_size, config.intermediate_size)
-        if self.kind in ("versatile", "width_only"):
+        if self.width_path:
             self.router = nn.Linear(config.hidden_size, config.num_experts, bias=False)
-        if self.kind in ("versatile", "depth_only"):
-            self.loop_head = nn.Linear(config.hidden_size, config.max_loops, bias=False)
+        if self.adaptive_depth:
+            self.loop_head = nn.Linear(config.hidden_size, self.max_loops, bias=False)
 
     def _unit_gates(self, h: torch.Tensor) -> torch.Tensor:
         """[T, d_ff] gate of each hidden unit's virtual expert (expert e owns units [e*d_ff/N, (e+1)*d_ff/N))."""
-        gates = top_k_gates(F.linear(h.float(), self.router.weight.float()), self.top_k)
+        gates = top_k_gates(head_logits(h, self.router.weight), self.top_k)
         width = self.ffn.down_proj.in_features // self.num_experts
         return gates.repeat_interleave(width, dim=-1)
 
@@ -177,8 +213,8 @@ class SharedWeightFFN(nn.Module):
         shape = hidden.shape
         h = hidden.reshape(-1, shape[-1])
         L = self.max_loops
-        if self.kind in ("versatile", "depth_only"):
-            loops = F.linear(h.float(), self.loop_head.weight.float()).argmax(-1) + 1
+        if self.adaptive_depth:
+            loops = head_logits(h, self.loop_head.weight).argmax(-1) + 1
         else:
             loops = torch.full(h.shape[:1], L, dtype=torch.int64, device=h.device)
         z, a1 = h.clone(), None
@@ -191,9 +227,9 @@ class SharedWeightFFN(nn.Module):
             if step == 1:
                 a1 = a  # every token runs loop 1
             z.index_copy_(0, active, zi + self.ffn.down_proj(a))
-        if self.kind == "width_only":
+        if self.width_path and not self.adaptive_depth:  # width_only: the width path rides in the one pass
             z = h + self.ffn.down_proj(a1 * (1 + self._unit_gates(h)).to(a1.dtype))
-        elif self.kind == "versatile":
+        elif self.width_path:
             width = (loops < L).nonzero().squeeze(1)  # tokens at L_max skip the width path
             if width.numel():
                 hw = h.index_select(0, width)
@@ -217,7 +253,7 @@ class MoE(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         flat = u.reshape(-1, u.shape[-1])
-        gates = top_k_gates(F.linear(flat.float(), self.router.weight.float()), self.top_k)
+        gates = top_k_gates(head_logits(flat, self.router.weight), self.top_k)
         out = torch.zeros_like(flat)
         for e, expert in enumerate(self.experts):
             rows = gates[:, e].nonzero().squeeze(1)
@@ -232,15 +268,16 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx)
-        if config.ffn_kind == "moe":
+        ffn = config.ffn_of_layer(layer_idx)
+        if ffn["moe"] or ffn["plain"]:
             self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-            self.mlp = MoE(config)
+            self.mlp = MoE(config) if ffn["moe"] else SwiGLU(config.hidden_size, config.intermediate_size)
         else:  # the FFN owns its norm and returns the whole block output
-            self.mlp = SharedWeightFFN(config)
+            self.mlp = SharedWeightFFN(config, ffn)
 
     def forward(self, x, cos, sin, mask, cache):
         h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
-        if isinstance(self.mlp, MoE):
+        if not isinstance(self.mlp, SharedWeightFFN):  # moe, dense: behind the pre-FFN norm, no loops
             return h + self.mlp(self.post_attention_layernorm(h)), None
         return self.mlp(h)
 

@@ -35,9 +35,9 @@ def _swiglu(fc1: torch.Tensor, fc2: torch.Tensor, prefix: str) -> dict[str, torc
 
 def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str, torch.Tensor]:
     """`sd`: GPTModel.state_dict() at TP = PP = 1 (`_extra_state` entries are ignored). Returns the state dict
-    of LlamaForCausalLM (kind dense) or of modeling_vffn.VffnForCausalLM (other kinds); tensors are views or
-    copies in the input dtype."""
-    kind = traits(ffn_cfg.kind)  # ValueError for an unknown kind
+    of LlamaForCausalLM (every layer dense) or of modeling_vffn.VffnForCausalLM (otherwise; each layer mapped
+    by its own kind, `ffn.layers`); tensors are views or copies in the input dtype."""
+    layer_kinds = [traits(k) for k in ffn_cfg.layer_kinds(model_cfg.num_layers)]  # ValueError: unknown kind
     heads = model_cfg.num_attention_heads
     groups = model_cfg.num_query_groups or heads
     out = {
@@ -46,7 +46,7 @@ def megatron_to_hf(sd: dict[str, torch.Tensor], model_cfg, ffn_cfg) -> dict[str,
         "lm_head.weight": sd["output_layer.weight" if "output_layer.weight" in sd
                              else "embedding.word_embeddings.weight"],
     }
-    for i in range(model_cfg.num_layers):
+    for i, kind in enumerate(layer_kinds):
         src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
         q, k, v = _split_qkv(sd[src + "self_attention.linear_qkv.weight"], heads, groups)
         out.update({
@@ -106,15 +106,35 @@ def llama_config_kwargs(model_cfg, vocab_size: int, tokenizer_ids: dict) -> dict
     )
 
 
+def is_plain(model_cfg, ffn_cfg) -> bool:
+    """Whether every layer is dense: the export is then a plain Llama."""
+    return all(traits(k).plain for k in ffn_cfg.layer_kinds(model_cfg.num_layers))
+
+
+def _layer_ffn(kind, ffn_cfg) -> dict:
+    """One layer's FFN flags as modeling_vffn reads them (VffnConfig.layer_ffns)."""
+    return {"width_path": kind.width_path, "adaptive_depth": kind.adaptive_depth, "moe": kind.moe,
+            "plain": kind.plain, "loops": kind.loop_count(ffn_cfg)}
+
+
 def vffn_config_kwargs(model_cfg, ffn_cfg, vocab_size: int, tokenizer_ids: dict) -> dict:
-    """VffnConfig keyword arguments for a megatron model of any non-dense kind."""
+    """VffnConfig keyword arguments for a megatron model with any non-dense layer (`ffn.layers`: each layer's
+    kind in `layer_kinds`)."""
     kind = traits(ffn_cfg.kind)
     loops = ffn_cfg.max_loops if kind.moe else kind.loop_count(ffn_cfg)  # moe has no loops: ffn.max_loops as given
+    mixed = ffn_cfg.layers is not None
+    layer_kinds = ffn_cfg.layer_kinds(model_cfg.num_layers)
     return dict(
         _shape_kwargs(model_cfg, vocab_size, tokenizer_ids),
         rotary_base=float(model_cfg.rotary_base),
         ffn_kind=ffn_cfg.kind,
         num_experts=ffn_cfg.num_experts,
         top_k=ffn_cfg.top_k,
-        max_loops=loops,
+        max_loops=ffn_cfg.max_loops if mixed else loops,
+        loops=ffn_cfg.loops if mixed else None,
+        ffn_width_path=kind.width_path,
+        ffn_adaptive_depth=kind.adaptive_depth,
+        ffn_moe=kind.moe,
+        layer_kinds=layer_kinds if mixed else None,
+        layer_ffns=[_layer_ffn(traits(k), ffn_cfg) for k in layer_kinds] if mixed else None,
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_fields import MODEL, check_fields, setting
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.fields import MODEL, check_fields, setting
 from vffn_pretrain.model.counting import padded_vocab_size
 
 

@@ -44,8 +44,10 @@ def build_transformer_config(
     recompute: RecomputeConfig | None = None,
     use_cpu_initialization: bool | None = None,
     ffn: FFNConfig | None = None,
+    gradient_accumulation_fusion: bool = False,
 ) -> TransformerConfig:
-    """`ffn`: when given, its kind may add TransformerConfig fields (ffn registry's config-override hook)."""
+    """`ffn`: when given, its kind may add TransformerConfig fields (ffn registry's config-override hook).
+    `gradient_accumulation_fusion`: see `build_model`'s `fused_wgrad`."""
     recompute = recompute or RecomputeConfig()
     bf16 = params_dtype == torch.bfloat16
     if use_cpu_initialization is None:
@@ -81,7 +83,7 @@ def build_transformer_config(
         masked_softmax_fusion=False,
         persist_layer_norm=False,
         apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=gradient_accumulation_fusion,
         init_method=init,
         output_layer_init_method=init,
         init_method_std=model.init_std,
@@ -98,6 +100,8 @@ def build_transformer_config(
         # With VPP and PP=2, prev and next rank are the same peer and batched p2p mis-orders the sends
         # (docs/cpu.md gotcha 9): silently wrong gradients. Unbatched p2p is correct everywhere.
         batch_p2p_comm=parallel.effective_vpp is None,
+        # Which code path of the interleaved schedule runs (the pipeline planner models the one chosen here).
+        overlap_p2p_comm=parallel.p2p_overlap,
         recompute_granularity=recompute.granularity,
         recompute_method=recompute.method if full else None,
         recompute_num_layers=recompute.num_layers if full else None,
@@ -117,15 +121,22 @@ def build_model(
     recompute: RecomputeConfig | None = None,
     backend: str = "auto",
     init_seed: int | None = None,
+    fused_wgrad: bool = False,
 ) -> list[GPTModel]:
     """The GPT chunks this rank holds (one per virtual pipeline stage), on this rank's device, not DDP-wrapped.
 
     Call after `setup_model_parallel(parallel)` and `seed_all(seed)`. With `init_seed`, every parameter gets
     the layout-invariant initialisation of `model.init` (the same model at any TP/PP/VPP layout).
+    `fused_wgrad`: the chunks will be wrapped in megatron DDP (which gives each parameter an fp32 `main_grad`).
+    On the transformer-engine backend their linears then add each weight gradient straight into main_grad
+    (megatron's gradient_accumulation_fusion): the shared FFN's L_max loop gradients of a micro-batch are summed
+    in fp32, not in bf16 by autograd first, and no separate wgrad tensor is kept. The local backend would need
+    apex for it, so it is off there.
     """
     tp = ps.get_tensor_model_parallel_world_size()
-    config = build_transformer_config(model, parallel, params_dtype=params_dtype, recompute=recompute, ffn=ffn)
     chosen = select_backend(backend)
+    config = build_transformer_config(model, parallel, params_dtype=params_dtype, recompute=recompute, ffn=ffn,
+                                      gradient_accumulation_fusion=fused_wgrad and chosen.name == "te")
     kinds = ffn.layer_kinds(model.num_layers)
     slots = {kind: build_ffn_slot(kind, ffn.for_kind(kind), chosen) for kind in dict.fromkeys(kinds)}
     slot = slots[kinds[0]] if len(slots) == 1 else [slots[kind] for kind in kinds]

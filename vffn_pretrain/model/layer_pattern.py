@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model.kinds import FFN_KINDS, traits
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_fields import check_fields, setting
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.fields import check_fields, setting
+
+AUTO_LAYOUT = "auto"  # parallel.pipeline_layout=auto: planned at start-up (vffn_pretrain.planning.auto)
 
 
 @dataclass
@@ -31,6 +33,9 @@ class ParallelConfig:
     # 30 days: beyond that a wait is a hang, and a datetime.timedelta overflows.
     init_timeout_s: float = setting(300.0, gt=0, le=30 * 86400)
     collective_timeout_min: float = setting(30.0, gt=0, le=30 * 1440)
+    # megatron's overlap_p2p_comm: "auto" (on with VPP, as Megatron-LM's training defaults), true or false; it
+    # picks which code path of the interleaved schedule runs (docs/parallel.md section 8)
+    overlap_p2p_comm: bool | str = "auto"
 
     def validate_static(self) -> None:
         check_fields(self, "parallel")
@@ -40,6 +45,8 @@ class ParallelConfig:
             raise ConfigError("parallel.sp", "sequence parallelism needs parallel.tp >= 2")
         if self.cp != 1:
             raise ConfigError("parallel.cp", "context parallelism is not supported yet; use 1")
+        if not (self.overlap_p2p_comm == "auto" or isinstance(self.overlap_p2p_comm, bool)):
+            raise ConfigError("parallel.overlap_p2p_comm", f"must be auto, true or false, got {self.overlap_p2p_comm!r}")
         if self.overlap_param_gather and not self.distributed_optimizer:
             raise ConfigError("parallel.overlap_param_gather", "needs parallel.distributed_optimizer=true")
 
@@ -59,3 +66,25 @@ class ParallelConfig:
     @property
     def effective_vpp(self) -> int | None:
         return self.vpp if self.vpp and self.vpp > 1 else None
+
+    @property
+    def p2p_overlap(self) -> bool:
+        """The overlap_p2p_comm megatron runs with: `auto` is on exactly when VPP is."""
+        if self.overlap_p2p_comm == "auto":
+            return self.pp > 1 and self.effective_vpp is not None
+        return bool(self.overlap_p2p_comm)
+
+    def validate_schedule(self, micro_batches: int) -> None:
+        """Refuse what megatron's pipeline schedules would refuse at the first step (`pipeline_rules`), given the
+        micro-batches per step (train.global_batch_size / (train.micro_batch_size x DP)); needs parallel.vpp
+        final (after the layout is read)."""
+        from vffn_pretrain.parallel.pipeline_rules import interleaving_problem, overlap_problem
+
+        vpp = self.effective_vpp or 1
+        if self.overlap_p2p_comm is True and overlap_problem(self.pp, vpp, True):
+            raise ConfigError("parallel.overlap_p2p_comm", overlap_problem(self.pp, vpp, True))
+        problem = interleaving_problem(self.pp, vpp, micro_batches)
+        if problem:
+            raise ConfigError("train.global_batch_size", f"{micro_batches} micro-batches per step "
+                                                         f"(train.global_batch_size / (train.micro_batch_size x DP)): "
+                                                         f"{problem}")

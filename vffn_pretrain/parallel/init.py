@@ -57,7 +57,7 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
     if torch.cuda.is_available():
         # First: megatron's imports in cpu_compat.activate (TE, apex) may query the device, which would open a
         # context on GPU 0 for every rank of the node.
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_gpu_index())
     cpu_compat.activate()
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -76,6 +76,13 @@ def init_distributed(timeout_s: float = 300.0) -> tuple[int, int]:
             "Check MASTER_ADDR/MASTER_PORT and that every node was started."
         ) from e
     return dist.get_rank(), dist.get_world_size()
+
+
+def local_gpu_index() -> int:
+    """This rank's GPU among those it sees: LOCAL_RANK modulo their number. Under torchrun every rank of a node
+    sees all of the node's GPUs and LOCAL_RANK picks one; under srun with one GPU bound to each task
+    (--gpus-per-task=1, --gpu-bind) a task sees only its own, as device 0, whatever its LOCAL_RANK."""
+    return int(os.environ.get("LOCAL_RANK", "0")) % max(torch.cuda.device_count(), 1)
 
 
 def set_collective_timeout(minutes: float) -> None:

@@ -11,7 +11,11 @@ for the checkpoint's loop mixes is predicted faster than it by more than `parall
 plan (distributed checkpoints load into any layout) and says so in one line. Switching has a cost (the RNG
 states are not restored across layouts), hence the threshold. The trainer's own recompute setting applies to every
 stage (the planner's per-stage recompute is not used). The result is an ordinary layout string, validated and
-turned into parallel.vpp like one written by hand. Every rank plans from the same inputs, so all agree.
+turned into parallel.vpp like one written by hand.
+
+Config loading never plans: the trainer calls `resolve_auto_layout` on rank 0 once the process group exists and
+broadcasts the layout (or the error), so every rank runs the same layout even when their views of
+`checkpoint.dir` differ (a shared file system's cached listing, say).
 """
 
 from __future__ import annotations
@@ -20,39 +24,39 @@ import logging
 from pathlib import Path
 from types import SimpleNamespace
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.parallel.config import AUTO_LAYOUT
 from vffn_pretrain.planning import loops, planner
 
 log = logging.getLogger(__name__)
 
-AUTO = "auto"
+AUTO = AUTO_LAYOUT
 
 
 def plan_request(model, ffn, parallel, train, system, world_size: int, metrics: Path | None,
                  checkpoint: Path | None = None) -> planner.PlanRequest:
     """The planner's request for these validated config groups (dp from the world size); loop mixes from the
     `checkpoint` directory's loop_stats.json when given, else from `metrics` (a metrics.jsonl) when it exists,
-    else uniform."""
+    else uniform. The schedule is the one the run will use (parallel.overlap_p2p_comm). Every input is checked
+    first: ConfigError naming parallel.plan_costs, parallel.plan_memory_gib or the statistics file at fault."""
     from vffn_pretrain.planning.cli import build_request
 
-    chunks = parallel.pp * (parallel.effective_vpp or 1)
-    if chunks > model.num_layers:
-        raise ConfigError("parallel.pp", f"parallel.pp x parallel.vpp = {chunks} pipeline chunks for "
-                                         f"{model.num_layers} layers (model.num_layers); each chunk needs a layer")
     budget = parallel.plan_memory_gib
-    if budget is not None and not budget > 0:
-        raise ConfigError("parallel.plan_memory_gib", f"must be null or positive, got {budget!r}")
-    args = SimpleNamespace(metrics=str(metrics) if metrics and metrics.exists() else None, micro_batches=None,
-                           checkpoint=str(checkpoint) if checkpoint else None,
-                           dp=parallel.data_parallel_size(world_size), calibration=parallel.plan_costs,
-                           device=_this_device(),
-                           memory_gib=budget, bytes_per_param=planner.BYTES_PER_PARAM)
+    costs = parallel.plan_costs
+    if costs is not None and not (isinstance(costs, str) and costs):
+        raise ConfigError("parallel.plan_costs", f"must be null or the path of a calibration file, got {costs!r}")
+    args = SimpleNamespace(metrics=str(metrics) if metrics and metrics.exists() else None, metrics_optional=True,
+                           micro_batches=None, checkpoint=str(checkpoint) if checkpoint else None,
+                           dp=parallel.data_parallel_size(world_size), calibration=costs,
+                           device=_this_device(), memory_gib=budget, bytes_per_param=planner.BYTES_PER_PARAM,
+                           shared_cores=None)
+    rename = {"--calibration": "parallel.plan_costs", "--metrics": str(metrics), "--checkpoint": str(checkpoint)}
     try:
         req, _ = build_request(SimpleNamespace(model=model, ffn=ffn, parallel=parallel, train=train, system=system),
                                args)
     except ConfigError as e:
-        if e.key == "--calibration":
-            raise ConfigError("parallel.plan_costs", str(e).split(": ", 1)[-1]) from None
+        if e.key in rename:
+            raise ConfigError(rename[e.key], str(e).split(": ", 1)[-1]) from None
         raise
     if system.recompute_granularity == "full":
         req.items = [i.with_recompute("full") if i.symbol == "t" else i for i in req.items]
@@ -67,6 +71,17 @@ def _this_device() -> str:
     return "H100" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_auto_layout(cfg) -> str | None:
+    """The layout a run with `parallel.pipeline_layout=auto` runs (None at parallel.pp=1), planned for the
+    checkpoint this run resumes from (`cfg` is a validated RunConfig). Not collective: the trainer calls it on
+    rank 0 only. Raises ConfigError naming the key when no layout can be planned."""
+    from vffn_pretrain.training.checkpointing import CheckpointManager
+
+    resume_from = CheckpointManager(cfg.checkpoint_dir).latest() if cfg.checkpoint.resume else None
+    return auto_layout(cfg.model, cfg.ffn, cfg.parallel, cfg.train, cfg.system, cfg.world_size, cfg.run_dir,
+                       resume_from)
+
+
 def auto_layout(model, ffn, parallel, train, system, world_size: int, run_dir: Path,
                 resume_from: Path | None = None) -> str | None:
     """The layout string to run (None at parallel.pp=1: nothing to split). Logs the decision in one line.
@@ -77,7 +92,7 @@ def auto_layout(model, ffn, parallel, train, system, world_size: int, run_dir: P
         log.info("parallel.pipeline_layout=auto: parallel.pp=1, no pipeline to plan")
         return None
     metrics = Path(run_dir) / "metrics.jsonl"
-    saved = loops.checkpoint_loop_stats(resume_from, model.num_layers) if resume_from else None
+    saved = _saved_stats(model, ffn, resume_from) if resume_from else None
     req = plan_request(model, ffn, parallel, train, system, world_size, metrics, resume_from if saved else None)
     try:
         best = planner.plan(req)
@@ -97,14 +112,28 @@ def auto_layout(model, ffn, parallel, train, system, world_size: int, run_dir: P
     return best.layout
 
 
+def _saved_stats(model, ffn, checkpoint: Path) -> dict | None:
+    """The checkpoint's loop statistics (None for an older checkpoint without them); ConfigError naming its file
+    when they are damaged or of another model."""
+    from vffn_pretrain.model.shapes import ffn_shapes
+
+    shapes = ffn_shapes(ffn, model.num_layers)
+    shapes = shapes if isinstance(shapes, list) else [shapes] * model.num_layers
+    try:
+        return loops.checkpoint_loop_stats(checkpoint, [s.max_loops if s.traits.adaptive_depth else None
+                                                        for s in shapes])
+    except loops.LoopStatsError as e:
+        raise ConfigError(str(Path(checkpoint) / loops.LOOP_STATS_FILE), str(e)) from None
+
+
 def replan_decision(req: planner.PlanRequest, best: planner.Plan, saved_layout: str | None,
                     threshold: float) -> tuple[str, str]:
     """(layout to run, why) on resume: the checkpoint's `saved_layout` unless `best` is predicted faster by
     more than `threshold` (a fraction), or the saved layout does not fit this request (other PP/VPP or layer
     count, or over the memory budget)."""
     try:
-        split = planner.parse_layout(saved_layout or "", req.num_layers, req.p)
-        current = planner.evaluate(req, split) if len(split) == req.chunks else None
+        cuts = planner.layout_cuts(saved_layout or "", req.num_layers, req.p)
+        current = planner.evaluate_cuts(req, cuts) if len(cuts) == req.chunks + 1 else None
     except (planner.PlanError, ValueError):
         current = None
     if current is None:

@@ -85,7 +85,7 @@ def window_bound_split(req) -> tuple[float, tuple[int, ...] | None]:
     settings = ["none", "full"] if req.allow_recompute and req.memory_budget is not None else ["none"]
     cost = {}
     for rc in settings:
-        items = [i.with_recompute(rc) for i in req.items]
+        items = req.items if rc == "none" else [i.with_recompute(rc) for i in req.items]  # none: as given
         cost[rc] = {"F": _Prefix(items, t.forward_s), "B": _Prefix(items, t.backward_s),
                     "act": _Prefix(items, lambda i: i.stored_bytes)}
     params = _Prefix(req.items, lambda i: i.params)

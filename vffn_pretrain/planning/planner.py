@@ -1,16 +1,24 @@
 """Choose a pipeline layout: contiguous groups of transformer layers for the p * v chunks (embedding on the first,
 LM head + loss on the last), and full recompute on the ranks that do not fit their memory budget otherwise.
 
-A split is a tuple of p * v positive layer counts in model order; chunk c runs on rank c mod p. Given a split,
-the recompute setting is decided per rank: none when the rank fits its budget, else full when that fits (it only
-adds time), else the split is infeasible. The objective is the simulated step time (`schedule.simulate`).
+A split is a tuple of p * v positive layer counts in model order; chunk c runs on rank c mod p. Any layout the
+trainer accepts (chunks holding only the embedding or the loss, or nothing: `planning/layout.py`) is a cut of the
+items [E, t_1 .. t_n, L] and can be timed (`evaluate_cuts`); the search covers splits. Given a layout, the
+recompute setting is decided per rank: the items' own when the rank fits its budget, else full when that fits (it
+only adds time), else the layout is infeasible. The objective is the simulated step time under the schedule the
+run uses (`schedule.py`: megatron's 1F1B, or its interleaved schedule with or without `overlap_p2p_comm`);
+`_Costs` times many layouts at once.
 
-Search (`plan`): every split when there are at most `exhaustive_limit` of them; otherwise an exact dynamic
-programme for the heaviest chunk (minimax over contiguous splits, per-chunk memory check), without
-interleaving one for the 1F1B chain bound, the split the window bound below is attained on, and the even split,
-each refined by moving single layers between chunks, or two chunk boundaries at once, while the simulated time
-improves; with interleaving, the best is then kicked (`KICKS` seeded random multi-layer moves) and refined again,
-keeping any improvement.
+Search (`plan`): every split when simulating them all costs at most `EXHAUSTIVE_WORK` op evaluations; otherwise
+local search from several starts: an exact dynamic programme for the heaviest chunk (minimax over contiguous
+splits, per-chunk memory check), without interleaving one for the 1F1B chain bound, the split the window bound
+below is attained on, the even split and the front-loaded near-even split. Each start is climbed by moving one
+layer between any two chunks, or two chunk boundaries by one layer at once (balancing one rank often unbalances
+another, so the pair is a step down where each half alone is a step up), taking the best neighbour while the
+simulated time improves. With interleaving, the landscape has many local optima (ranks hold non-adjacent
+chunks), so the search then restarts `RESTARTS` times from seeded random kicks of the best split (one to four
+layers moved) and from seeded random splits, keeping any improvement (deterministic: the same inputs give the
+same plan).
 
 Lower bound (`lower_bound`): on any split, rank r cannot start before micro-batch 0 has run forward through the
 chunks in front of its first chunk r, cannot finish before micro-batch m-1 has run backward through them, and
@@ -19,8 +27,9 @@ generalises this to any window of a rank's fixed operation order (which catches 
 waits) and minimises it exactly over all splits for v = 1 and 2, with memory and per-rank recompute; for v > 2
 the head + work + tail form is relaxed to weighted averages over ranks (each a DP). A single layer's m (f + b)
 and one micro-batch's whole chain are bounds too. The optimizer step after the flush adds at least the average
-rank's (total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, so the bound holds.
-Where the splits are few enough to simulate them all (`ENUMERATE_LIMIT`), the fastest of them without recompute
+rank's (total parameters / p) to any of them. Ranks that share CPU cores (`cores`) are only slower, and
+megatron's schedule without `overlap_p2p_comm` only adds waits to the one with it, so the bound holds for both.
+Where the splits are few enough to simulate them all (`ENUMERATE_WORK`), the fastest of them without recompute
 or memory budget is a bound as well, and an exact one when memory does not bind.
 """
 
@@ -30,17 +39,22 @@ import dataclasses
 import itertools
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import numpy as np
+
+from vffn_pretrain.parallel.pipeline_rules import interleaving_problem, overlap_problem
+from vffn_pretrain.planning import layout as layouts
 from vffn_pretrain.planning.bounds import window_bound, window_bound_split
 from vffn_pretrain.planning.costs import ItemCost
-from vffn_pretrain.planning.schedule import StepSimulation, rank_order, simulate
+from vffn_pretrain.planning.schedule import StepSimulation, rank_order, schedule, simulate
 from vffn_pretrain.planning.timing import Timing
 
 BYTES_PER_PARAM = 18.0  # bf16 weights, fp32 grads, fp32 master weights and two Adam moments
-KICKS = 3  # seeded perturbation restarts of the interleaved search (deterministic: every rank plans alike)
-EXHAUSTIVE_LIMIT = 2000  # plan() simulates every split up to this many (it runs at each start-up with `auto`)
-ENUMERATE_LIMIT = 5000  # lower_bound simulates every split up to this many (7B, m = 32: about 30 s of CPU)
+RESTARTS = 24  # seeded restarts of the interleaved search (kicks of the best split and random splits)
+EXHAUSTIVE_WORK = 2e7  # plan() simulates every split when splits x ops is at most this (about a second)
+ENUMERATE_WORK = 4e7  # lower_bound simulates every split up to this much work
+BATCH = 4096  # splits timed at once
 
 
 class PlanError(ValueError):
@@ -56,7 +70,11 @@ class PlanRequest:
     """items: [E, t_1 .. t_n, L] costs; p, v, m: pipeline ranks, virtual stages, micro-batches;
     memory_budget: bytes per device (None: unlimited); bytes_per_param: static bytes per parameter
     (weights, gradients, optimizer state); group: microbatch_group_size_per_vp_stage (default p);
-    cores: CPU cores the ranks share (CPU runs of several ranks on one host; None: a device per rank)."""
+    allow_recompute: the planner may turn on full recompute per rank; cores: CPU cores the ranks share (CPU runs of
+    several ranks on one host; None: a device per rank); overlap_p2p_comm: megatron's setting of that name, which
+    picks the schedule's code path (None: megatron-LM's default, on with interleaving). Raises PlanError (key
+    `micro-batches`) for a micro-batch count megatron's interleaved schedule refuses, and (key
+    `parallel.overlap_p2p_comm`) for the overlap without interleaving, which megatron refuses too."""
 
     items: list[ItemCost]
     p: int
@@ -68,15 +86,20 @@ class PlanRequest:
     group: int | None = None
     allow_recompute: bool = True
     cores: int | None = None
+    overlap_p2p_comm: bool | None = None
 
     def __post_init__(self):
         if [self.items[0].symbol, self.items[-1].symbol] != ["E", "L"]:
             raise ValueError("items must start with the embedding and end with the loss")
         if self.p < 1 or self.v < 1 or self.m < 1:
             raise ValueError(f"p, v and m must be positive, got {self.p}, {self.v}, {self.m}")
-        if self.num_layers < self.chunks:
-            raise PlanError("parallel.pp", f"{self.num_layers} layers cannot fill p x v = {self.p} x {self.v} = "
-                                           f"{self.chunks} pipeline chunks (each needs at least one layer)")
+        if self.p == 1 or self.overlap_p2p_comm is None:
+            self.overlap_p2p_comm = self.p > 1 and self.v > 1
+        elif overlap_problem(self.p, self.v, self.overlap_p2p_comm):
+            raise PlanError("parallel.overlap_p2p_comm", overlap_problem(self.p, self.v, self.overlap_p2p_comm))
+        problem = interleaving_problem(self.p, self.v, self.m, self.group)
+        if problem:
+            raise PlanError("micro-batches", problem)
 
     @property
     def num_layers(self) -> int:
@@ -86,17 +109,24 @@ class PlanRequest:
     def chunks(self) -> int:
         return self.p * self.v
 
+    def check_plannable(self) -> None:
+        """The search gives every chunk at least one layer (layouts with empty chunks can still be evaluated)."""
+        if self.num_layers < self.chunks:
+            raise PlanError("parallel.pp", f"{self.num_layers} layers cannot fill p x v = {self.p} x {self.v} = "
+                                           f"{self.chunks} pipeline chunks (each needs at least one layer)")
+
 
 @dataclass
 class Plan:
-    split: tuple[int, ...]
+    split: tuple[int, ...]  # transformer layers per chunk
     recompute: list[str]  # per rank
     sim: StepSimulation
     memory: list[float]  # per rank: static + peak activations, bytes
     feasible: bool
     layout: str
-    chunk_forward: list[float] = field(default_factory=list)
-    chunk_backward: list[float] = field(default_factory=list)
+    chunk_forward: list[float]
+    chunk_backward: list[float]
+    cuts: tuple[int, ...]  # item index where each chunk starts, then the item count (layout.py)
 
     @property
     def step_time(self) -> float:
@@ -105,78 +135,145 @@ class Plan:
 
 def layout_string(split: tuple[int, ...]) -> str:
     """megatron-core's pipeline_model_parallel_layout for a split: 'E' + layers | ... | layers + 'L'."""
-    parts = ["t" * n for n in split]
-    parts[0], parts[-1] = "E" + parts[0], parts[-1] + "L"
-    return "|".join(parts)
+    return layouts.layout_string(layouts.split_cuts(split))
 
 
-def parse_layout(layout: str, num_layers: int, p: int) -> tuple[int, ...]:
-    """The split of an explicit layout string made of E, t, L and '|' (E first, L last, one t per layer)."""
-    chunks = layout.replace(" ", "").split("|")
-    if len(chunks) % p:
-        raise PlanError("parallel.pipeline_layout", f"{layout!r} has {len(chunks)} stages, not a multiple of "
-                                                    f"parallel.pp={p}")
-    body = "".join(chunks)
-    if not body.startswith("E") or not body.endswith("L") or set(body[1:-1]) - {"t", "|"}:
-        raise PlanError("parallel.pipeline_layout", f"{layout!r}: expected E, t..., L separated by '|'")
-    split = tuple(c.replace("E", "").replace("L", "").count("t") for c in chunks)
-    if sum(split) != num_layers:
-        raise PlanError("parallel.pipeline_layout", f"{layout!r} places {sum(split)} layers, the model has "
-                                                    f"{num_layers}")
-    return split
+def layout_cuts(layout: str, num_layers: int, p: int) -> tuple[int, ...]:
+    """The item cuts of an explicit layout string; PlanError naming parallel.pipeline_layout when megatron would
+    refuse it."""
+    try:
+        return layouts.read(layout, p, num_layers)
+    except layouts.LayoutError as e:
+        raise PlanError("parallel.pipeline_layout", f"{layout!r}: {e}") from None
 
 
 def _chunk_items(req: PlanRequest, split: tuple[int, ...]) -> list[list[ItemCost]]:
-    out, start = [], 1
-    for c, n in enumerate(split):
-        group = req.items[start:start + n]
-        start += n
-        if c == 0:
-            group = [req.items[0], *group]
-        if c == len(split) - 1:
-            group = [*group, req.items[-1]]
-        out.append(group)
-    return out
-
-
-def evaluate(req: PlanRequest, split: tuple[int, ...], recompute: list[str] | None = None) -> Plan:
-    """Simulate a split. Without `recompute`, each rank gets the cheapest setting that fits its budget."""
-    if len(split) != req.chunks or sum(split) != req.num_layers or min(split) < 1:
-        raise ValueError(f"split {split} does not cut {req.num_layers} layers into {req.chunks} chunks")
-    groups = _chunk_items(req, split)
-    boundary = req.items[1].input_bytes  # one micro-batch's hidden states cross each stage boundary
-    hop = req.timing.p2p_s(boundary) if req.p > 1 else 0.0
-    params = [0.0] * req.p
-    for c, g in enumerate(groups):
-        params[c % req.p] += sum(i.params for i in g)
-    static = [n * req.bytes_per_param for n in params]
-    optimizer = [req.timing.optimizer_s(n) for n in params]
-    choices = [recompute] if recompute else _recompute_choices(req)
-
-    best = None
-    for rc in choices:
-        chunk_items = [[i.with_recompute(rc[c % req.p]) for i in g] for c, g in enumerate(groups)]
-        fwd = [sum(req.timing.forward_s(i) for i in g) for g in chunk_items]
-        bwd = [sum(req.timing.backward_s(i) for i in g) for g in chunk_items]
-        act = [sum(i.stored_bytes for i in g) for g in chunk_items]
-        sim = simulate(fwd, bwd, req.p, req.m, hop, act, req.group, optimizer, req.cores, req.timing.shared_slowdown)
-        memory = [s + a for s, a in zip(static, sim.peak_activation_bytes)]
-        feasible = req.memory_budget is None or max(memory) <= req.memory_budget
-        cand = Plan(tuple(split), list(rc), sim, memory, feasible, layout_string(tuple(split)), fwd, bwd)
-        if recompute or feasible:
-            return cand
-        if best is None or max(memory) < max(best.memory):
-            best = cand
-    return best
+    cuts = layouts.split_cuts(split)
+    return [req.items[a:b] for a, b in zip(cuts, cuts[1:])]
 
 
 def _recompute_choices(req: PlanRequest) -> list[list[str]]:
-    """Recompute settings to try, cheapest first: none, then full on the first k ranks (the early ranks hold the
-    most micro-batches), then full everywhere."""
+    """Recompute settings to try, cheapest first: the items as given ('none'), then full on the first k ranks
+    (the early ranks hold the most micro-batches), then full everywhere."""
     out = [["none"] * req.p]
     if req.allow_recompute:
         out += [["full"] * k + ["none"] * (req.p - k) for k in range(1, req.p + 1)]
     return out
+
+
+class _Costs:
+    """What timing many layouts of one request needs: prefix sums of the items' forward and backward seconds and
+    stored bytes (as given, and under full recompute) and parameters, and the compiled schedule."""
+
+    def __init__(self, req: PlanRequest):
+        t = req.timing
+        self.req = req
+        self.sched = schedule(req.p, req.v, req.m, req.group, req.overlap_p2p_comm)
+        self.hop = t.p2p_s(req.items[1].input_bytes) if req.p > 1 else 0.0
+        self.prefix = {}
+        for rc in ("none", "full"):
+            items = req.items if rc == "none" else [i.with_recompute(rc) for i in req.items]
+            self.prefix[rc] = [np.concatenate([[0.0], np.cumsum(values)]) for values in (
+                [t.forward_s(i) for i in items], [t.backward_s(i) for i in items], [i.stored_bytes for i in items])]
+        self.params = np.concatenate([[0.0], np.cumsum([i.params for i in req.items])])
+        self.shared = req.cores is not None and (req.cores < req.p or bool(req.timing.shared_slowdown))
+
+    def chunk_costs(self, cuts: np.ndarray, rc: list[str]):
+        """[batch, chunks] forward s, backward s, stored bytes per micro-batch under per-rank recompute rc."""
+        lo, hi = cuts[:, :-1], cuts[:, 1:]
+        full = np.array([rc[c % self.req.p] == "full" for c in range(self.req.chunks)])
+        return [np.where(full, f[hi] - f[lo], n[hi] - n[lo]) for n, f in zip(self.prefix["none"], self.prefix["full"])]
+
+    def rank_params(self, cuts: np.ndarray) -> np.ndarray:
+        per_chunk = self.params[cuts[:, 1:]] - self.params[cuts[:, :-1]]
+        return np.stack([per_chunk[:, r::self.req.p].sum(axis=1) for r in range(self.req.p)], axis=1)
+
+    def memory(self, cuts: np.ndarray, rc: list[str]) -> np.ndarray:
+        """[batch, p] bytes per rank: static + peak activations."""
+        act = self.chunk_costs(cuts, rc)[2]
+        return self.rank_params(cuts) * self.req.bytes_per_param + self.sched.peak_activations(act)
+
+    def step_times(self, cuts: np.ndarray, rc: list[str]) -> np.ndarray:
+        fwd, bwd, act = self.chunk_costs(cuts, rc)
+        optimizer = self.req.timing.optimizer_s(self.rank_params(cuts)).max(axis=1)
+        if self.shared:
+            return np.array([self.simulate(f, b, a, cuts[j]).step_time
+                             for j, (f, b, a) in enumerate(zip(fwd, bwd, act))])
+        return self.sched.pipeline_times(fwd, bwd, self.hop) + optimizer
+
+    def simulate(self, fwd, bwd, act, cuts) -> StepSimulation:
+        params = self.rank_params(np.asarray([cuts]))[0]
+        req = self.req
+        return simulate(list(fwd), list(bwd), req.p, req.m, self.hop, list(act), req.group,
+                        [req.timing.optimizer_s(x) for x in params], req.cores, req.timing.shared_slowdown,
+                        req.overlap_p2p_comm)
+
+    def choose(self, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index into _recompute_choices per layout (the first that fits, else the one needing least memory),
+        and whether it fits."""
+        choices = _recompute_choices(self.req)
+        if self.req.memory_budget is None:
+            return np.zeros(len(cuts), int), np.ones(len(cuts), bool)
+        peaks = np.stack([self.memory(cuts, rc).max(axis=1) for rc in choices], axis=1)
+        fits = peaks <= self.req.memory_budget
+        chosen = np.where(fits.any(axis=1), fits.argmax(axis=1), peaks.argmin(axis=1))
+        return chosen, fits.any(axis=1)
+
+    def scores(self, cuts: np.ndarray) -> np.ndarray:
+        """Step time of each layout under its chosen recompute setting; infeasible layouts score above every
+        feasible one, ordered by the memory they need."""
+        cuts = np.asarray(cuts)
+        out = np.empty(len(cuts))
+        choices = _recompute_choices(self.req)
+        for start in range(0, len(cuts), BATCH):
+            part = cuts[start:start + BATCH]
+            chosen, feasible = self.choose(part)
+            vals = np.empty(len(part))
+            for j in np.unique(chosen):
+                rows = chosen == j
+                vals[rows] = self.step_times(part[rows], choices[j])
+            if not feasible.all():
+                need = np.array([self.memory(part[k:k + 1], choices[chosen[k]]).max() for k in np.flatnonzero(~feasible)])
+                vals[~feasible] = 1e30 * (1 + need / 2**40)
+            out[start:start + BATCH] = vals
+        return out
+
+
+def _cuts_of(splits) -> np.ndarray:
+    """[batch, chunks + 1] item cuts of a batch of splits (embedding first, loss last)."""
+    s = np.atleast_2d(np.asarray(splits, int))
+    inner = 1 + np.cumsum(s, axis=1)[:, :-1]
+    total = s.sum(axis=1, keepdims=True) + 2
+    return np.concatenate([np.zeros((len(s), 1), int), inner, total], axis=1)
+
+
+def evaluate_cuts(req: PlanRequest, cuts: tuple[int, ...], recompute: list[str] | None = None,
+                  costs: _Costs | None = None) -> Plan:
+    """Simulate any layout given as item cuts. Without `recompute`, each rank gets the cheapest setting that
+    fits its budget."""
+    cuts = tuple(int(c) for c in cuts)
+    if len(cuts) != req.chunks + 1 or cuts[0] != 0 or cuts[-1] != req.num_layers + 2 or \
+            any(b < a for a, b in zip(cuts, cuts[1:])):
+        raise ValueError(f"cuts {cuts} do not cut {req.num_layers + 2} items into {req.chunks} chunks")
+    ev = costs or _Costs(req)
+    arr = np.asarray([cuts])
+    if recompute is None:
+        chosen, feasible = ev.choose(arr)
+        recompute = _recompute_choices(req)[int(chosen[0])]
+    fwd, bwd, act = (x[0] for x in ev.chunk_costs(arr, recompute))
+    sim = ev.simulate(fwd, bwd, act, cuts)
+    memory = ev.rank_params(arr)[0] * req.bytes_per_param + np.asarray(sim.peak_activation_bytes)
+    feasible = req.memory_budget is None or float(memory.max()) <= req.memory_budget
+    return Plan(layouts.layers_per_chunk(cuts), list(recompute), sim, [float(x) for x in memory], feasible,
+                layouts.layout_string(cuts), [float(x) for x in fwd], [float(x) for x in bwd], cuts)
+
+
+def evaluate(req: PlanRequest, split: tuple[int, ...], recompute: list[str] | None = None,
+             costs: _Costs | None = None) -> Plan:
+    """Simulate a split (layers per chunk, embedding on the first chunk, loss on the last)."""
+    if len(split) != req.chunks or sum(split) != req.num_layers or min(split) < 1:
+        raise ValueError(f"split {split} does not cut {req.num_layers} layers into {req.chunks} chunks")
+    return evaluate_cuts(req, layouts.split_cuts(tuple(split)), recompute, costs)
 
 
 def _compositions(n: int, k: int):
@@ -189,22 +286,29 @@ def count_splits(n: int, k: int) -> int:
     return math.comb(n - 1, k - 1)
 
 
+def _schedule_ops(req: PlanRequest) -> int:
+    return 2 * req.chunks * req.m
+
+
+def _best_of_all(req: PlanRequest, ev: _Costs) -> tuple[tuple[int, ...], float]:
+    """The split with the lowest score among all of them (batched), and its score."""
+    best, best_score = None, math.inf
+    splits = _compositions(req.num_layers, req.chunks)
+    while True:
+        part = list(itertools.islice(splits, BATCH))
+        if not part:
+            return best, best_score
+        scores = ev.scores(_cuts_of(part))
+        j = int(np.argmin(scores))
+        if scores[j] < best_score * (1 - 1e-12):
+            best, best_score = part[j], float(scores[j])
+
+
 def brute_force(req: PlanRequest) -> Plan:
     """Simulate every split; the fastest feasible one (or, when none fits, the one with the least memory)."""
-    best = None
-    for split in _compositions(req.num_layers, req.chunks):
-        cand = evaluate(req, split)
-        if best is None or _better(cand, best):
-            best = cand
-    return best
-
-
-def _better(a: Plan, b: Plan) -> bool:
-    if a.feasible != b.feasible:
-        return a.feasible
-    if not a.feasible:
-        return max(a.memory) < max(b.memory)
-    return a.step_time < b.step_time - 1e-12 * max(1.0, b.step_time)
+    req.check_plannable()
+    ev = _Costs(req)
+    return evaluate(req, _best_of_all(req, ev)[0], costs=ev)
 
 
 def _item_work(req: PlanRequest) -> list[float]:
@@ -283,54 +387,56 @@ def _chain_weight(req: PlanRequest):
     return weight
 
 
-def _refine(req: PlanRequest, plan: Plan) -> Plan:
-    """Move one layer from any chunk to any other (shifting the chunks in between) while the simulated step
-    time improves: interleaved plans balance ranks, whose chunks are not adjacent. Where no single move helps,
-    shift two chunk boundaries by one layer at once: balancing one rank often unbalances another, so the pair is
-    a step down where each half alone is a step up (7B mixed, PP = 8, VPP = 2: 1.050 to 1.048 of the bound)."""
-    while True:
-        plan = _refine_single(req, plan)
-        for split in _boundary_pair_shifts(plan.split):
-            cand = evaluate(req, split)
-            if _better(cand, plan):
-                plan = cand
-                break
-        else:
-            return plan
+def _moves(split: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Splits one layer away: a layer moved from any chunk to any other (the chunks in between shift)."""
+    out = []
+    for src in range(len(split)):
+        if split[src] < 2:
+            continue
+        for dst in range(len(split)):
+            if dst != src:
+                s = list(split)
+                s[src] -= 1
+                s[dst] += 1
+                out.append(tuple(s))
+    return out
 
 
-def _refine_single(req: PlanRequest, plan: Plan) -> Plan:
-    improved = True
-    while improved:
-        improved = False
-        for src in range(req.chunks):
-            for dst in range(req.chunks):
-                if src == dst or plan.split[src] < 2:
-                    continue
-                split = list(plan.split)
-                split[src] -= 1
-                split[dst] += 1
-                cand = evaluate(req, tuple(split))
-                if _better(cand, plan):
-                    plan, improved = cand, True
-    return plan
-
-
-def _boundary_pair_shifts(split: tuple[int, ...]):
+def _boundary_pair_shifts(split: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Splits with two different chunk boundaries each moved by one layer (every chunk keeps at least one)."""
     shifts = [(b, d) for b in range(len(split) - 1) for d in (1, -1)]  # d = +1: chunk b takes one from b + 1
+    out = []
     for (b1, d1), (b2, d2) in itertools.combinations(shifts, 2):
         if b1 == b2:
             continue
-        out = list(split)
+        s = list(split)
         for b, d in ((b1, d1), (b2, d2)):
-            out[b] += d
-            out[b + 1] -= d
-        if min(out) >= 1:
-            yield tuple(out)
+            s[b] += d
+            s[b + 1] -= d
+        if min(s) >= 1:
+            out.append(tuple(s))
+    return out
 
 
-def _perturb(split: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
+def _climb(ev: _Costs, split: tuple[int, ...], score: float | None = None) -> tuple[tuple[int, ...], float]:
+    """Best-improvement descent over single-layer moves, then boundary-pair shifts where no move helps."""
+    if score is None:
+        score = float(ev.scores(_cuts_of([split]))[0])
+    while True:
+        for neighbours in (_moves, _boundary_pair_shifts):
+            cands = neighbours(split)
+            if not cands:
+                continue
+            scores = ev.scores(_cuts_of(cands))
+            j = int(np.argmin(scores))
+            if scores[j] < score * (1 - 1e-12):
+                split, score = cands[j], float(scores[j])
+                break
+        else:
+            return split, score
+
+
+def _kick(split: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
     """Move one to four single layers between random chunks (each chunk keeps at least one)."""
     out = list(split)
     for _ in range(rng.randint(1, 4)):
@@ -341,26 +447,39 @@ def _perturb(split: tuple[int, ...], rng: random.Random) -> tuple[int, ...]:
     return tuple(out)
 
 
-def plan(req: PlanRequest, exhaustive_limit: int = EXHAUSTIVE_LIMIT) -> Plan:
+def random_split(n: int, k: int, rng: random.Random) -> tuple[int, ...]:
+    """A uniformly random split of n layers into k non-empty chunks."""
+    cuts = sorted(rng.sample(range(1, n), k - 1))
+    bounds = (0, *cuts, n)
+    return tuple(b - a for a, b in zip(bounds, bounds[1:]))
+
+
+def plan(req: PlanRequest, exhaustive_work: float = EXHAUSTIVE_WORK) -> Plan:
     """The fastest feasible plan found (exhaustive when the split space is small). Raises PlanError naming the
     budget key, with the shortfall, when no split fits."""
-    if count_splits(req.num_layers, req.chunks) <= exhaustive_limit:
-        best = brute_force(req)
+    req.check_plannable()
+    ev = _Costs(req)
+    n, K = req.num_layers, req.chunks
+    if count_splits(n, K) * _schedule_ops(req) <= exhaustive_work:
+        split = _best_of_all(req, ev)[0]
     else:
-        best = None
         weights = [None] + ([_chain_weight(req)] if req.v == 1 else [])
-        starts = [minimax_split(req, w) for w in weights] + [even_split(req.num_layers, req.chunks)]
+        starts = [minimax_split(req, w) for w in weights] + [even_split(n, K), even_split(n, K, front=True)]
         if req.v <= 2:
             starts.append(window_bound_split(req)[1])  # the split the lower bound is attained on
-        for split in dict.fromkeys(s for s in starts if s is not None):
-            cand = _refine(req, evaluate(req, split))
-            if best is None or _better(cand, best):
-                best = cand
-        if req.v > 1:  # interleaved: single-layer moves stall in local optima; kick and climb again
-            for seed in range(KICKS):
-                cand = _refine(req, evaluate(req, _perturb(best.split, random.Random(seed))))
-                if _better(cand, best):
-                    best = cand
+        split, score = None, math.inf
+        for start in dict.fromkeys(s for s in starts if s is not None):
+            cand, cand_score = _climb(ev, start)
+            if cand_score < score:
+                split, score = cand, cand_score
+        if req.v > 1:  # interleaved: many local optima; restart from kicks and from random splits
+            rng = random.Random(0)
+            for restart in range(RESTARTS):
+                start = _kick(split, rng) if restart % 2 == 0 else random_split(n, K, rng)
+                cand, cand_score = _climb(ev, start)
+                if cand_score < score * (1 - 1e-12):
+                    split, score = cand, cand_score
+    best = evaluate(req, split, costs=ev)
     if not best.feasible:
         need = max(best.memory)
         raise PlanError("memory budget", f"no layout fits {req.memory_budget / 2**30:.2f} GiB per device: the "
@@ -369,8 +488,11 @@ def plan(req: PlanRequest, exhaustive_limit: int = EXHAUSTIVE_LIMIT) -> Plan:
     return best
 
 
-def even_split(n: int, k: int) -> tuple[int, ...]:
-    """n layers over k chunks as evenly as possible (the remainder on the later chunks)."""
+def even_split(n: int, k: int, front: bool = False) -> tuple[int, ...]:
+    """n layers over k chunks as evenly as possible (the remainder on the later chunks, or with `front` on the
+    first ones)."""
+    if front:
+        return tuple(n // k + (1 if c < n % k else 0) for c in range(k))
     return tuple(n // k + (1 if c >= k - n % k else 0) for c in range(k))
 
 
@@ -386,10 +508,12 @@ def first_last_split(n: int, k: int) -> tuple[int, ...] | None:
     return tuple(split)
 
 
-def lower_bound(req: PlanRequest, enumerate_limit: int = ENUMERATE_LIMIT) -> float:
-    """A step time no split can beat (see the module docstring). Where there are at most `enumerate_limit`
-    splits, also the fastest of them all without recompute and without the memory budget: recompute only adds
-    time and a budget only removes splits, so no plan beats it, and it is the tightest bound there is."""
+def lower_bound(req: PlanRequest, enumerate_work: float = ENUMERATE_WORK) -> float:
+    """A step time no split can beat (see the module docstring). Where simulating every split costs at most
+    `enumerate_work` op evaluations, also the fastest of them all without recompute and without the memory
+    budget: recompute only adds time and a budget only removes splits, so no plan beats it, and it is the
+    tightest bound there is."""
+    req.check_plannable()
     work = _item_work(req)
     fwd = [req.timing.forward_s(i) for i in req.items]
     bwd = [req.timing.backward_s(i) for i in req.items]
@@ -407,10 +531,9 @@ def lower_bound(req: PlanRequest, enumerate_limit: int = ENUMERATE_LIMIT) -> flo
         bounds.append(windows)
     else:
         bounds.append(max(_averaged_bound(req, work, hop, alpha) for alpha in _alphas(req.p)) + optimizer)
-    if count_splits(req.num_layers, req.chunks) <= enumerate_limit:
+    if count_splits(req.num_layers, req.chunks) * _schedule_ops(req) <= enumerate_work:
         relaxed = dataclasses.replace(req, memory_budget=None, allow_recompute=False)
-        bounds.append(min(evaluate(relaxed, split).step_time
-                          for split in _compositions(req.num_layers, req.chunks)))
+        bounds.append(_best_of_all(relaxed, _Costs(relaxed))[1])
     return max(bounds)
 
 

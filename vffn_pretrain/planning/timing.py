@@ -15,10 +15,12 @@ that share CPU cores (`--shared-cores`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vffn_pretrain.planning.costs import ItemCost
+from vffn_pretrain.planning.files import regular_file
 
 # Dense bf16 peak FLOP/s and a typical inter-GPU bandwidth (bytes/s) per device, plus the share of peak a
 # megatron-core training step reaches on transformer matmuls (an assumption, not a measurement).
@@ -31,6 +33,14 @@ DEVICE_PROFILES = {
     "cpu": {"peak_flops": 100e9, "p2p_bytes_per_s": 2e9, "p2p_latency_s": 100e-6},
 }
 ANALYTIC_EFFICIENCY = 0.45
+MAX_CALIBRATION_BYTES = 16 << 20  # a calibration file is a few kilobytes
+
+
+def _rate(value, where: str) -> float:
+    """A finite number >= 0 (JSON true/false are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be a finite number >= 0, got {value!r:.60}")
+    return float(value)
 
 
 @dataclass
@@ -57,15 +67,46 @@ class Timing:
 
     @classmethod
     def load(cls, path: str | Path) -> Timing:
-        data = json.loads(Path(path).read_text())
-        spf = data["seconds_per_flop"]
-        slowdown = {int(k): float(x) for k, x in data.get("shared_slowdown", {}).items()}
-        if any(k < 1 or not 1.0 <= x < float("inf") for k, x in slowdown.items()):
-            raise ValueError(f"shared_slowdown needs rank counts >= 1 and finite slowdowns >= 1, got {slowdown}")
-        return cls(dict(spf["forward"]), dict(spf["backward"]), dict(data.get("seconds_per_item", {})),
-                   float(data.get("p2p_seconds_per_byte", 0.0)), float(data.get("p2p_latency_s", 0.0)),
-                   f"calibrated ({data.get('device', '?')}, {path})",
-                   float(data.get("optimizer_seconds_per_param", 0.0)), slowdown)
+        """Read a calibration file, checking every field it uses (ValueError or OSError naming the file and the
+        field): a JSON object, finite rates >= 0 (a "default" rate in both tables), slowdowns >= 1."""
+        text = regular_file(path, MAX_CALIBRATION_BYTES).read_text()
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+        spf = data.get("seconds_per_flop")
+        if not isinstance(spf, dict):
+            raise ValueError(f"{path}: needs 'seconds_per_flop': {{'forward': {{...}}, 'backward': {{...}}}}")
+        tables = {}
+        for table in ("forward", "backward"):
+            rates = spf.get(table)
+            if not isinstance(rates, dict) or "default" not in rates:
+                raise ValueError(f"{path}: seconds_per_flop.{table} must be an object with a 'default' rate")
+            tables[table] = {str(k): _rate(x, f"{path}: seconds_per_flop.{table}.{k}") for k, x in rates.items()}
+        per_item = data.get("seconds_per_item", {})
+        if not isinstance(per_item, dict):
+            raise ValueError(f"{path}: seconds_per_item must be an object")
+        slowdown_raw = data.get("shared_slowdown", {})
+        if not isinstance(slowdown_raw, dict):
+            raise ValueError(f"{path}: shared_slowdown must be an object")
+        slowdown = {}
+        for k, x in slowdown_raw.items():
+            if not str(k).isdigit() or int(k) < 1:
+                raise ValueError(f"{path}: shared_slowdown keys are rank counts >= 1, got {k!r}")
+            if _rate(x, f"{path}: shared_slowdown.{k}") < 1:
+                raise ValueError(f"{path}: shared_slowdown needs rank counts >= 1 and finite slowdowns >= 1, "
+                                 f"got {x!r} for {k}")
+            slowdown[int(k)] = float(x)
+        device = data.get("device", "?")
+        return cls(tables["forward"], tables["backward"],
+                   {str(k): _rate(x, f"{path}: seconds_per_item.{k}") for k, x in per_item.items()},
+                   _rate(data.get("p2p_seconds_per_byte", 0.0), f"{path}: p2p_seconds_per_byte"),
+                   _rate(data.get("p2p_latency_s", 0.0), f"{path}: p2p_latency_s"),
+                   f"calibrated ({device if isinstance(device, str) else '?'}, {path})",
+                   _rate(data.get("optimizer_seconds_per_param", 0.0), f"{path}: optimizer_seconds_per_param"),
+                   slowdown)
 
     def save(self, path: str | Path, device: str) -> None:
         Path(path).write_text(json.dumps({

@@ -3,9 +3,11 @@
 Reads every summary.json below SWEEP_DIR, fits scaling laws per FFN variant (see
 :mod:`vffn_pretrain.scaling.compare`), prints the fitted parameters with 95% confidence intervals
 and the equal-compute / equal-parameter comparisons, and writes into --out (default
-SWEEP_DIR/scaling): loss_vs_compute.png, loss_vs_params.png and scaling_fits.json.
-Exit status: 0 on success, 2 when the sweep cannot be read (the message names the directory, or the
-file and key that are wrong).
+SWEEP_DIR/scaling): loss_vs_compute.png, loss_vs_params.png and scaling_fits.json, each written whole
+(FILE.partial-PID, then renamed). --out must not be, contain or lie inside a summary.json it reads; a second
+vffn-scaling writing the same --out is refused (OUT.lock).
+Exit status: 0 on success, 1 when another vffn-scaling writes --out, 2 when the sweep cannot be read (the
+message names the directory, or the file and key that are wrong) or --out cannot be used, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-from vffn_pretrain.scaling.compare import analyse
-from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
 from vffn_pretrain.scaling.summaries import METRICS, SummaryError, load_runs
 
 
@@ -64,6 +64,10 @@ def format_report(result: dict) -> str:
 
 def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "final_val_loss") -> dict:
     """Load, fit, compare and plot; returns the JSON-ready result (also written to scaling_fits.json)."""
+    from vffn_pretrain.outputs.apart import check_apart
+    from vffn_pretrain.outputs.atomic import sweep_stale_partials, write_json_atomic
+    from vffn_pretrain.outputs.lock import claim_output
+
     runs = load_runs(sweep_dir, metric)
     # A summary with a non-zero exit_code belongs to a run that stopped early (requeued, diverged):
     # its loss is not the end of training, so it is left out and listed.
@@ -72,16 +76,25 @@ def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "fin
     if not runs:
         raise SummaryError(f"every run below {sweep_dir} stopped early (non-zero exit_code); nothing to fit")
     out_dir = Path(out) if out is not None else Path(sweep_dir) / "scaling"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_apart({"--out": out_dir}, {"the summary": [r.path for r in runs]})
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(20, "exists and is not a directory", str(out_dir))
+    from vffn_pretrain.scaling.compare import analyse  # numpy, scipy and matplotlib: only for the work
+    from vffn_pretrain.scaling.plot import plot_loss_vs_compute, plot_loss_vs_params
+
     result = analyse(runs, metric)
     compute_fits, param_fits = result.pop("_compute_fits"), result.pop("_param_fits")
     result["sweep_dir"] = str(sweep_dir)
     result["skipped_runs"] = skipped
-    result["plots"] = [
-        str(plot_loss_vs_compute(runs, compute_fits, metric, out_dir / "loss_vs_compute.png")),
-        str(plot_loss_vs_params(runs, param_fits, metric, out_dir / "loss_vs_params.png")),
-    ]
-    (out_dir / "scaling_fits.json").write_text(json.dumps(result, indent=2))
+    with claim_output(out_dir, "--out", "vffn-scaling"):
+        out_dir.mkdir(exist_ok=True)
+        for name in ("loss_vs_compute.png", "loss_vs_params.png", "scaling_fits.json"):
+            sweep_stale_partials(out_dir / name)
+        result["plots"] = [
+            str(plot_loss_vs_compute(runs, compute_fits, metric, out_dir / "loss_vs_compute.png")),
+            str(plot_loss_vs_params(runs, param_fits, metric, out_dir / "loss_vs_params.png")),
+        ]
+        write_json_atomic(out_dir / "scaling_fits.json", result, default=None)
     return result
 
 
@@ -95,15 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.sweep_dir).is_dir():
         print(f"vffn-scaling: error: SWEEP_DIR {args.sweep_dir} is not a directory", file=sys.stderr)
         return 2
+    from vffn_pretrain.outputs.apart import OutputOverlapsInput
+    from vffn_pretrain.outputs.lock import OutputInUse
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
+
     try:
-        result = run(args.sweep_dir, args.out, args.metric)
-    except SummaryError as e:
+        with interruptible():
+            result = run(args.sweep_dir, args.out, args.metric)
+    except (SummaryError, OutputOverlapsInput) as e:
         print(f"vffn-scaling: error: {e}", file=sys.stderr)
         return 2
+    except OutputInUse as e:
+        print(f"vffn-scaling: error: {e}", file=sys.stderr)
+        return 1
     except OSError as e:  # --out names a file, or is not writable
         print(f"vffn-scaling: error: cannot write the results to --out {args.out or e.filename}: "
               f"{e.strerror or e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"vffn-scaling: {interrupted(stop)}; the results are not complete", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 

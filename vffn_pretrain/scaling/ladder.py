@@ -30,14 +30,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.counting import FFNShape, ModelShape, count_params, flops_per_token
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.shapes import ffn_shapes, model_shape
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "sweep" / "ladder.yaml"
-FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
+DEFAULT_CONFIG = CONF_DIR / "sweep" / "ladder.yaml"
+FFN_CONF_DIR = CONF_DIR / "ffn"
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,95 @@ class LadderRules:
             batch_max_sequences=int(batch.get("max_sequences", d.batch_max_sequences)),
             min_steps=int(batch.get("min_steps", d.min_steps)),
         )
+
+
+class LadderError(ValueError):
+    """A ladder file that cannot be read, or a key with a wrong value: the message names the file and key."""
+
+
+def _get(path: Path, node, key: str, where: str):
+    if not isinstance(node, dict) or key not in node:
+        raise LadderError(f"{path}: key {where + key!r} is missing")
+    return node[key]
+
+
+def _check_number(path: Path, where: str, value, *, low: float | None = None, integer: bool = False,
+                  positive: bool = False):
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (not integer or float(value).is_integer()) and (not positive or value > 0)
+    ok = ok and (low is None or value >= low)
+    if not ok:
+        what = "an integer" if integer else "a finite number"
+        bound = " > 0" if positive else f" >= {low:g}" if low is not None else ""
+        raise LadderError(f"{path}: key {where!r} must be {what}{bound} (got {value!r})")
+    return value
+
+
+def load_ladder_config(path: str | Path, ladder_name: str) -> tuple[DictConfig, DictConfig, LadderRules]:
+    """Read and check a ladder file: (the whole config, the ladder `ladder_name`, its rules). LadderError names
+    the file and the key (`ladders.cpu.sizes[2].hidden_size`) of anything wrong."""
+    path = Path(path)
+    try:
+        cfg = OmegaConf.load(path)
+        raw = OmegaConf.to_container(cfg, resolve=True)
+    except FileNotFoundError:
+        raise LadderError(f"{path}: no such ladder file") from None
+    except Exception as e:  # noqa: BLE001 - YAML syntax, a directory, interpolation errors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LadderError(f"{path}: not a readable ladder file ({first})") from None
+    if not isinstance(raw, dict):
+        raise LadderError(f"{path}: expected a mapping with `ladders:` at the top level")
+    ladders = _get(path, raw, "ladders", "")
+    if not isinstance(ladders, dict) or ladder_name not in ladders:
+        known = ", ".join(ladders) if isinstance(ladders, dict) else "nothing"
+        raise LadderError(f"{path}: unknown ladder {ladder_name!r} (key 'ladders' defines {known})")
+    ladder, where = ladders[ladder_name], f"ladders.{ladder_name}."
+    if not isinstance(ladder, dict):
+        raise LadderError(f"{path}: key {where[:-1]!r} must be a mapping")
+    base = _get(path, ladder, "base_model", where)
+    if not isinstance(base, str) or not (CONF_DIR / "model" / f"{base}.yaml").is_file():
+        raise LadderError(f"{path}: key {where + 'base_model'!r} must name a conf/model group (got {base!r})")
+    for key in ("seq_length", "vocab_size"):
+        _check_number(path, where + key, _get(path, ladder, key, where), integer=True, positive=True)
+    sizes = _get(path, ladder, "sizes", where)
+    if not isinstance(sizes, list) or not sizes:
+        raise LadderError(f"{path}: key {where + 'sizes'!r} must be a non-empty list of model sizes")
+    for i, size in enumerate(sizes):
+        at = f"{where}sizes[{i}]."
+        if not isinstance(size, dict):
+            raise LadderError(f"{path}: key {at[:-1]!r} must be a mapping (got {size!r})")
+        _get(path, size, "name", at)
+        for key in ("num_layers", "hidden_size", "num_attention_heads"):
+            _check_number(path, at + key, _get(path, size, key, at), integer=True, positive=True)
+        for key in ("ffn_hidden_size", "num_query_groups"):
+            if size.get(key) is not None:
+                _check_number(path, at + key, size[key], integer=True, positive=True)
+        if size["hidden_size"] % size["num_attention_heads"]:
+            raise LadderError(f"{path}: key {at + 'hidden_size'!r} ({size['hidden_size']}) must be a multiple of "
+                              f"num_attention_heads ({size['num_attention_heads']})")
+    overrides = ladder.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise LadderError(f"{path}: key {where + 'overrides'!r} must be a list of trainer overrides")
+    rules = raw.get("rules") or {}
+    if not isinstance(rules, dict):
+        raise LadderError(f"{path}: key 'rules' must be a mapping")
+    for group, keys in (("", ("tokens_per_param",)), ("lr.", ("ref", "ref_params", "min", "max", "exponent")),
+                        ("batch.", ("coef", "exponent", "min_sequences", "max_sequences", "min_steps"))):
+        block = rules.get(group[:-1], {}) if group else rules
+        if not isinstance(block, dict):
+            raise LadderError(f"{path}: key {'rules.' + group[:-1]!r} must be a mapping")
+        for key in keys:
+            if key in block:
+                integer = key in ("min_sequences", "max_sequences", "min_steps")
+                _check_number(path, f"rules.{group}{key}", block[key], integer=integer,
+                              positive=key != "exponent")
+    parsed = LadderRules.from_config(rules)
+    if parsed.lr_min > parsed.lr_max:
+        raise LadderError(f"{path}: key 'rules.lr.min' ({parsed.lr_min:g}) is above rules.lr.max ({parsed.lr_max:g})")
+    if parsed.batch_min_sequences > parsed.batch_max_sequences:
+        raise LadderError(f"{path}: key 'rules.batch.min_sequences' ({parsed.batch_min_sequences}) is above "
+                          f"rules.batch.max_sequences ({parsed.batch_max_sequences})")
+    return cfg, cfg.ladders[ladder_name], parsed
 
 
 def peak_lr(n_params: float, rules: LadderRules = LadderRules()) -> float:
@@ -234,22 +323,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--launcher", default="submitit_slurm", help="hydra/launcher for --format multirun")
     args = parser.parse_args(argv)
 
-    cfg = OmegaConf.load(args.config)
-    if args.ladder not in cfg.ladders:
-        print(
-            f"unknown ladder {args.ladder!r}; {args.config} defines {', '.join(cfg.ladders)}", file=sys.stderr
-        )
-        return 2
-    ladder = cfg.ladders[args.ladder]
-    default_variants = ladder.get("variants") or cfg.variants
-    variants = args.variants.split(",") if args.variants else [str(v) for v in default_variants]
     try:
+        cfg, ladder, rules = load_ladder_config(args.config, args.ladder)
+        default_variants = ladder.get("variants") or cfg.get("variants") or []
+        variants = args.variants.split(",") if args.variants else [str(v) for v in default_variants]
+        if not variants:
+            raise LadderError(f"{args.config}: no variants (key 'variants', or --variants)")
         for v in variants:
             ffn_shape(v)
     except ValueError as e:
-        print(e, file=sys.stderr)
+        print(f"ladder: error: {e}", file=sys.stderr)
         return 2
-    rungs = plan_ladder(ladder, LadderRules.from_config(cfg.get("rules", {})))
+    rungs = plan_ladder(ladder, rules)
     if args.format == "table":
         print(format_table(rungs, variants))
     elif args.format == "overrides":

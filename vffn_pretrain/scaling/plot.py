@@ -3,6 +3,7 @@ per variant, measured runs as dots and the fitted ``a x^-b + c`` curves as lines
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from vffn_pretrain.outputs.atomic import partial_path  # noqa: E402
 from vffn_pretrain.scaling.compare import compute_points, param_points  # noqa: E402
 from vffn_pretrain.scaling.fit import PowerLawFit  # noqa: E402
 from vffn_pretrain.scaling.summaries import Run  # noqa: E402
@@ -61,8 +63,13 @@ def _plot(
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    tmp = partial_path(path)  # a reader (or a crash) never sees half a picture
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 

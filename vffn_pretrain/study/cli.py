@@ -1,15 +1,22 @@
-"""``vffn-study``: run the paper's continued-pretraining comparison as a seeded study, and report on it.
+"""``vffn-study``: run the paper's comparisons as a seeded study, and report on it.
 
-    vffn-study run conf/study/table1_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
+    vffn-study run conf/study/round2_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
     vffn-study report DIR [--out REPORT_DIR]
 
 ``run`` trains what is not finished (rerun the same command to resume), then writes the report into
-DIR/report when every run has finished. ``report`` writes report.md, report.json, final_loss.png,
-delta_vs_dense.png and val_curves.png from whatever runs have finished (the others are listed as missing).
+DIR/report when every run has finished. ``report`` writes report.md, report.json, corpus-manifest.json,
+final_loss.png, delta_vs_dense.png, gap_over_tokens.png and val_curves.png from whatever runs have finished
+(the others are listed as missing).
+
+``run`` stops as a whole on Ctrl-C, SIGTERM or SIGHUP: the running trainers save and stop, no further run
+starts, exit 130 (rerun the same command to resume); killed with kill -9 it leaves no trainer behind. --out
+must not be, contain or lie inside the study file or the corpus it reads; ``report --out`` must not overlap
+the files it reads and replaces only a report directory.
 
 Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written;
-2 bad usage, a bad study file (the message names the file and key), an output directory holding another
-study, or (report) a directory with no finished continued run; 130 interrupted.
+2 bad usage, a bad study file or record (the message names the file and key), an output directory holding
+another study, in use by another vffn-study or over its inputs, or (report) a directory where no run past the
+base has finished; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -38,15 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args) -> int:
+    from vffn_pretrain.outputs.apart import check_apart
     from vffn_pretrain.study.config import load_study
     from vffn_pretrain.study.plan import make_plan
     from vffn_pretrain.study.report import write_report
-    from vffn_pretrain.study.runner import command, record_plan, run_plan, take_lock
+    from vffn_pretrain.study.runner import StudyDirError, command, record_plan, run_plan, take_lock
 
     cfg = load_study(args.config, quick=args.quick, corpus_dir=args.corpus)
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     out = Path(args.out)
+    check_apart({"--out": out}, {"the study file": cfg.path, "the corpus": cfg.corpus_dir})
+    if out.exists() and not out.is_dir():
+        raise StudyDirError(f"--out {out}: exists and is not a directory")
     plan = make_plan(cfg, out)
     if args.dry_run:
         for run in plan:
@@ -54,13 +65,15 @@ def _run(args) -> int:
         return 0
     lock = take_lock(out)
     try:
-        record_plan(out, plan, {"name": cfg.name, "config": cfg.path, "quick": cfg.quick,
-                                "corpus": cfg.corpus_dir, "seeds": list(cfg.seeds), "base_steps": cfg.base_steps,
+        record_plan(out, plan, {"name": cfg.name, "config": _repo_relative(cfg.path), "quick": cfg.quick,
+                                "corpus": cfg.corpus_dir, "corpus_name": cfg.corpus_name,
+                                "corpus_manifest": _corpus_manifest(cfg.corpus_dir), "seeds": list(cfg.seeds),
+                                "base_variant": cfg.base_variant, "base_steps": cfg.base_steps,
                                 "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)})
         status = run_plan(plan, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
                           log=lambda m: print(m, flush=True))
     finally:
-        lock.unlink(missing_ok=True)
+        lock.release()
     bad = {k: v for k, v in status.items() if v != "finished"}
     if bad:
         for name, why in bad.items():
@@ -71,6 +84,24 @@ def _run(args) -> int:
     path = write_report(out)
     print(f"study finished: report {path}")
     return 0
+
+
+def _repo_relative(path: str) -> str:
+    """The study file as the report names it: relative to the repository when inside it, else its file name
+    (never a path of the machine that ran the study)."""
+    from vffn_pretrain.config.paths import REPO_ROOT
+
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else p.name
+
+
+def _corpus_manifest(corpus_dir: str | None) -> dict | None:
+    """The corpus's manifest as the report publishes it (None for the bundled corpus)."""
+    from vffn_pretrain.study.report import published_manifest
+
+    if corpus_dir is None:
+        return None
+    return published_manifest(json.loads((Path(corpus_dir).expanduser() / "manifest.json").read_text()))
 
 
 def _tokens_per_step(cfg) -> int | None:
@@ -87,26 +118,29 @@ def _tokens_per_step(cfg) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (also when called from Python)."""
+    from vffn_pretrain.outputs.lock import OutputInUse
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
     from vffn_pretrain.study.collect import StudyReadError
     from vffn_pretrain.study.config import StudyConfigError
     from vffn_pretrain.study.runner import StudyDirError
 
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _run(args)
-        from vffn_pretrain.study.report import write_report
+        with interruptible():
+            if args.command == "run":
+                return _run(args)
+            from vffn_pretrain.study.report import write_report
 
-        path = write_report(args.study_dir, args.out)
+            path = write_report(args.study_dir, args.out)
         print(f"wrote {path}")
         data = json.loads((path.parent / "report.json").read_text())
         if data["missing"]:
             print(f"vffn-study: {len(data['missing'])} runs not finished and left out", file=sys.stderr)
         return 0
-    except KeyboardInterrupt:
-        print("vffn-study: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (StudyConfigError, StudyDirError, StudyReadError, ValueError, OSError) as err:
+    except KeyboardInterrupt as stop:
+        print(f"vffn-study: {interrupted(stop)}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (StudyConfigError, StudyDirError, StudyReadError, ValueError, OSError, OutputInUse) as err:
         print(f"vffn-study: error: {err}", file=sys.stderr)
         return 2
 

@@ -6,11 +6,18 @@ Keys (all required unless a default is given)::
     corpus: {name: debian-docs-en, dir: PATH}   # a `vffn-data corpus build` output; null: the bundled corpus
     seeds: [1, 2, 3]                            # each seed: base init, data order, Gumbel noise
     base_variant: dense                         # the FFN the base is trained with [dense]
-    variants: [dense, kloop2, ...]              # conf/ffn/<name>.yaml groups continued from the base
+    variants: [dense, kloop2, ...]              # variants continued from the base: conf/ffn/<name>.yaml groups
+                                                # or names defined in variant_ffn
+    variant_ffn: {versatile_blend: versatile}   # variants that are a conf/ffn group plus overrides: name -> group
+                                                # (the name: letters, digits, _ . -) [{}]
+    variant_overrides: {versatile: [...]}       # extra overrides of a variant's runs; a variant of variant_ffn
+                                                # gets its group's, then its own [{}]
+    from_scratch: [dense, versatile, ...]       # the from-scratch arm (the paper's Table 5): each variant trained
+                                                # without init_from for base_steps and for base_steps +
+                                                # continued_steps (base_variant's first is the base itself) [[]]
     base_steps: 300                             # optimizer steps of the base (one "epoch" E)
     continued_steps: 300                        # optimizer steps of every continued run (E again)
     overrides: [model.hidden_size=64, ...]      # trainer overrides shared by every run
-    variant_overrides: {versatile: [...]}       # extra overrides of a variant's continued runs [{}]
     jobs: 2                                     # runs at a time [1]
     threads_per_job: 1                          # OMP/torch threads per run [1]
     quick: {...}                                # keys replaced by `--quick` (a tiny form for tests) [{}]
@@ -25,10 +32,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-FFN_CONF_DIR = REPO_ROOT / "conf" / "ffn"
-KEYS = {"name", "corpus", "seeds", "base_variant", "variants", "base_steps", "continued_steps", "overrides",
-        "variant_overrides", "jobs", "threads_per_job", "quick"}
+from vffn_pretrain.config.paths import CONF_DIR
+
+FFN_CONF_DIR = CONF_DIR / "ffn"
+KEYS = {"name", "corpus", "seeds", "base_variant", "variants", "variant_ffn", "from_scratch", "base_steps",
+        "continued_steps", "overrides", "variant_overrides", "jobs", "threads_per_job", "quick"}
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 class StudyConfigError(ValueError):
@@ -51,6 +60,31 @@ class StudyConfig:
     jobs: int = 1
     threads_per_job: int = 1
     quick: bool = False
+    variant_ffn: dict[str, str] = field(default_factory=dict)
+    from_scratch: tuple[str, ...] = ()
+
+    def ffn_group(self, variant: str) -> str:
+        """The conf/ffn group a variant is built from (the variant itself unless variant_ffn names one)."""
+        return self.variant_ffn.get(variant, variant)
+
+    def overrides_of(self, variant: str) -> tuple[str, ...]:
+        """`ffn=<group>` and the variant's extra overrides: its group's, then (a variant_ffn name) its own."""
+        group = self.ffn_group(variant)
+        own = self.variant_overrides.get(variant, ()) if variant != group else ()
+        return (f"ffn={group}", *self.variant_overrides.get(group, ()), *own)
+
+    def kind_of(self, variant: str) -> str:
+        """The FFN kind of a variant (the `kind:` of its conf/ffn group)."""
+        return group_kind(self.ffn_group(variant))
+
+    def variant_names(self) -> tuple[str, ...]:
+        """Every variant a run of this study trains: the base's, the continued ones, the from-scratch ones."""
+        return tuple(dict.fromkeys([self.base_variant, *self.variants, *self.from_scratch]))
+
+
+def group_kind(group: str) -> str:
+    """The `kind:` of the conf/ffn group `group` (kloop4 -> kloop)."""
+    return str(OmegaConf.load(FFN_CONF_DIR / f"{group}.yaml").kind)
 
 
 def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None = None) -> StudyConfig:
@@ -94,22 +128,38 @@ def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None 
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
                                                            for s in seeds) or len(set(seeds)) != len(seeds):
         raise bad("seeds", f"must be a non-empty list of distinct integers, got {seeds!r}")
+
+    def is_group(name) -> bool:
+        return isinstance(name, str) and (FFN_CONF_DIR / f"{name}.yaml").is_file()
+
+    derived = raw.get("variant_ffn") or {}
+    if not isinstance(derived, dict):
+        raise bad("variant_ffn", "must map variant names to conf/ffn groups")
+    for name, group in derived.items():
+        if not isinstance(name, str) or not name or set(name) - NAME_CHARS or is_group(name):
+            raise bad("variant_ffn", f"has the name {name!r}: a variant name is letters, digits, _ . - and not "
+                                     "already a conf/ffn group")
+        if not is_group(group):
+            raise bad(f"variant_ffn.{name}", f"names {group!r}, which is not a conf/ffn group")
     variants = str_list("variants", raw["variants"])
+    from_scratch = str_list("from_scratch", raw.get("from_scratch") or [])
     base_variant = raw.get("base_variant", "dense")
-    for key, names in (("variants", variants), ("base_variant", (base_variant,))):
-        if not names:
+    for key, names in (("variants", variants), ("base_variant", (base_variant,)), ("from_scratch", from_scratch)):
+        if not names and key != "from_scratch":
             raise bad(key, "must name at least one variant")
         for v in names:
-            if not (FFN_CONF_DIR / f"{v}.yaml").is_file():
+            if key == "base_variant" and not is_group(v):
                 raise bad(key, f"names {v!r}, which is not a conf/ffn group")
-    if len(set(variants)) != len(variants):
-        raise bad("variants", "lists a variant twice")
+            if not (is_group(v) or v in derived):
+                raise bad(key, f"names {v!r}, which is not a conf/ffn group or a variant_ffn name")
+        if len(set(names)) != len(names):
+            raise bad(key, "lists a variant twice")
     vo = raw.get("variant_overrides") or {}
     if not isinstance(vo, dict):
         raise bad("variant_overrides", "must map variant names to lists of overrides")
     for v in vo:  # a variant left out (as --quick does) keeps its entry unused; a typo is an error
-        if not (FFN_CONF_DIR / f"{v}.yaml").is_file():
-            raise bad("variant_overrides", f"names {v!r}, which is not a conf/ffn group")
+        if not (is_group(v) or v in derived):
+            raise bad("variant_overrides", f"names {v!r}, which is not a conf/ffn group or a variant_ffn name")
     corpus = raw.get("corpus")
     if corpus is not None and (not isinstance(corpus, dict) or not corpus.get("dir")):
         raise bad("corpus", "must be null (the bundled corpus) or {name: ..., dir: PATH}")
@@ -128,4 +178,6 @@ def load_study(path: str | Path, *, quick: bool = False, corpus_dir: str | None 
         jobs=positive_int("jobs", raw.get("jobs", 1)),
         threads_per_job=positive_int("threads_per_job", raw.get("threads_per_job", 1)),
         quick=quick,
+        variant_ffn={str(k): str(v) for k, v in derived.items()},
+        from_scratch=from_scratch,
     )

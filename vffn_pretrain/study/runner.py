@@ -9,8 +9,10 @@ reported as blocked and the others go on.
 
 ``OUT/study.json`` records the plan (every run's overrides); a rerun whose plan differs (another study file,
 ``--quick`` or not, another corpus) is refused rather than mixed into the same directory. Each run's output
-goes to ``OUT/logs/<run>.log`` (appended on resume). SIGINT/SIGTERM are passed on to the running trainers,
-which save a checkpoint and stop.
+goes to ``OUT/logs/<run>.log`` (appended on resume). SIGINT, SIGTERM and SIGHUP are passed on to the running
+trainers, which save a checkpoint and stop; no further run starts, and ``run_plan`` raises ``Interrupted`` once
+they have exited (rerun the same command to resume). The trainers watch this process (``lifetime.child_env``):
+killed with kill -9, it leaves none behind (each saves and exits, or is killed a minute later).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from vffn_pretrain.outputs.atomic import write_json_atomic
 from vffn_pretrain.study.plan import PlannedRun
 
 POLL_S = 2.0
@@ -32,20 +35,18 @@ class StudyDirError(ValueError):
     """The output directory holds another study."""
 
 
-def take_lock(out: Path) -> Path:
-    """Claim OUT for this process; StudyDirError if another live process has it. Returns the lock path."""
-    from vffn_pretrain.lifetime import pid_alive
+def take_lock(out: Path):
+    """Claim OUT for this process (`OUT/vffn-study.lock`, host and PID); StudyDirError if another live process
+    has it. Returns the held lock (`release()` it at the end)."""
+    from vffn_pretrain.outputs.lock import OutputInUse, OwnerLock
 
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / "vffn-study.lock"
+    lock = OwnerLock(out / "vffn-study.lock", str(out), sharing="another vffn-study run is working on it; wait "
+                     "for it or stop it", warn=lambda message: print(f"vffn-study: {message}", file=sys.stderr))
     try:
-        pid = int(lock.read_text().strip())
-    except (OSError, ValueError):
-        pid = None
-    if pid is not None and pid != os.getpid() and pid_alive(pid):
-        raise StudyDirError(f"{out}: another vffn-study run (pid {pid}) is working on it; wait for it or stop it")
-    lock.write_text(f"{os.getpid()}\n")
-    return lock
+        return lock.acquire()
+    except OutputInUse as e:
+        raise StudyDirError(str(e)) from None
 
 
 def is_finished(run: PlannedRun) -> bool:
@@ -53,7 +54,7 @@ def is_finished(run: PlannedRun) -> bool:
         summary = json.loads((run.run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return summary.get("exit_code") == 0 and summary.get("steps") == run.steps
+    return isinstance(summary, dict) and summary.get("exit_code") == 0 and summary.get("steps") == run.steps
 
 
 def log_path(out: Path, run: PlannedRun) -> Path:
@@ -67,45 +68,57 @@ def command(run: PlannedRun) -> list[str]:
 def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
     """Write OUT/study.json, or check that the one there describes the same runs."""
     out.mkdir(parents=True, exist_ok=True)
-    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "seed": r.seed,
-                                "steps": r.steps, "run_dir": str(r.run_dir), "after": r.after,
-                                "overrides": list(r.overrides)} for r in plan]}
+    record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "ffn": r.ffn,
+                                "kind": r.kind, "seed": r.seed, "steps": r.steps, "run_dir": str(r.run_dir),
+                                "after": r.after, "overrides": list(r.overrides)} for r in plan]}
     path = out / "study.json"
     if path.exists():
         try:
             old = json.loads(path.read_text())
-        except ValueError:
-            raise StudyDirError(f"{path}: exists but is not valid JSON; move it away to start afresh") from None
+        except (ValueError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict):
+            raise StudyDirError(f"{path}: exists but is not a study record (JSON object); move it away to start "
+                                "afresh") from None
         if old.get("runs") != record["runs"]:
             raise StudyDirError(f"{out}: holds a study with other runs ({old.get('config')}, quick="
                                 f"{old.get('quick')}); use another --out")
         return
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(path, record)
 
 
 def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int = 1, log=print) -> dict[str, str]:
-    """Run what is not finished; return {run name: "finished" | "failed (exit N)" | "blocked by NAME"}."""
+    """Run what is not finished; return {run name: "finished" | "failed (exit N)" | "blocked by NAME"}. Raises
+    Interrupted (a KeyboardInterrupt) after a stop signal, once the running trainers have exited."""
+    from vffn_pretrain.process.interrupts import Interrupted
+    from vffn_pretrain.process.lifetime import child_env
+
     status: dict[str, str] = {r.name: "finished" for r in plan if is_finished(r)}
     pending = [r for r in plan if r.name not in status]
     if len(status):
         log(f"study: {len(status)} of {len(plan)} runs already finished; {len(pending)} to run")
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = child_env({**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
     running: dict[str, tuple[PlannedRun, subprocess.Popen, float]] = {}
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    stop: list[str] = []  # the stop signals received
 
     def forward(signum, _frame):
+        name = signal.Signals(signum).name
+        if not stop:
+            log(f"study: {name}: asking the running trainers to save and stop; no further run starts")
+        stop.append(name)
         for _run, proc, _t in running.values():
             proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        while pending or running:
+        while (pending and not stop) or running:
             for run in list(pending):
                 if run.after is not None and status.get(run.after, "").startswith(("failed", "blocked")):
                     status[run.name] = f"blocked by {run.after}"
                     pending.remove(run)
             ready = [r for r in pending if r.after is None or status.get(r.after) == "finished"]
-            while ready and len(running) < jobs:
+            while ready and len(running) < jobs and not stop:
                 run = ready.pop(0)
                 pending.remove(run)
                 resuming = (run.run_dir / "checkpoints").is_dir()
@@ -127,6 +140,8 @@ def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int =
                 if rc == 0 and is_finished(run):
                     status[name] = "finished"
                     log(f"study: finished {name} in {time.perf_counter() - t0:.0f}s")
+                elif stop:
+                    log(f"study: {name} stopped (exit {rc}); the same command resumes it")
                 else:
                     status[name] = f"failed (exit {rc})"
                     log(f"study: {name} failed with exit {rc}; see {log_path(out, run)}")
@@ -135,4 +150,6 @@ def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int =
             signal.signal(s, handler)
         for _run, proc, _t in running.values():  # an exception above: do not leave trainers behind
             proc.wait()
+    if stop:
+        raise Interrupted(stop[0])
     return status

@@ -2,8 +2,9 @@
 
 With n seeds the interval is mean ± t(0.975, n-1) · s / sqrt(n) (s with n-1 in the denominator). The paired
 test of variants A and B uses the per-seed differences d_i = A_i - B_i (same seed: same base, same data
-order), t = mean(d) / (s_d / sqrt(n)) with n-1 degrees of freedom, two-sided p-value. Fewer than two values
-give no interval and no test (None).
+order), t = mean(d) / (s_d / sqrt(n)) with n-1 degrees of freedom, two-sided p-value, and the 95% t-interval of
+mean(d). Fewer than two values give no interval and no test (None); so do differences without any spread
+(identical to the last bit), where a t statistic would be infinite and say more than the data do.
 """
 
 from __future__ import annotations
@@ -48,8 +49,19 @@ def summarize(values: list[float]) -> Summary:
 class PairedTest:
     n: int
     mean_diff: float         # mean of a_i - b_i
-    t: float | None          # None for n < 2; ±inf when every difference is the same non-zero number
+    t: float | None          # None for n < 2 or differences without spread
     p: float | None          # two-sided
+    ci95: float | None = None  # half-width of the 95% t-interval of mean_diff
+    above: int = 0           # pairs with a_i > b_i
+    below: int = 0           # pairs with a_i < b_i
+
+    @property
+    def lo(self) -> float | None:
+        return None if self.ci95 is None else self.mean_diff - self.ci95
+
+    @property
+    def hi(self) -> float | None:
+        return None if self.ci95 is None else self.mean_diff + self.ci95
 
     def significant(self, alpha: float = 0.05) -> bool:
         return self.p is not None and self.p < alpha
@@ -64,11 +76,12 @@ def paired_t(a: list[float], b: list[float]) -> PairedTest:
     if n == 0:
         raise ValueError("no pairs")
     mean = sum(d) / n
+    above, below = sum(x > 0 for x in d), sum(x < 0 for x in d)
     if n < 2:
-        return PairedTest(n, mean, None, None)
+        return PairedTest(n, mean, None, None, None, above, below)
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    if sd == 0:
-        # Identical differences: no spread to test against. Zero difference: nothing to find.
-        return PairedTest(n, mean, 0.0 if mean == 0 else math.copysign(math.inf, mean), 1.0 if mean == 0 else 0.0)
+    if sd == 0:  # no spread to test against
+        return PairedTest(n, mean, None, None, 0.0, above, below)
     t = mean / (sd / math.sqrt(n))
-    return PairedTest(n, mean, t, float(2 * _sp.t.sf(abs(t), n - 1)))
+    half = float(_sp.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return PairedTest(n, mean, t, float(2 * _sp.t.sf(abs(t), n - 1)), half, above, below)

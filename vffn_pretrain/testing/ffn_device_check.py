@@ -8,16 +8,21 @@ input and Gumbel noise. The tests compare the module with the reference at every
 
 Per kind: the VersatileFFN family (versatile, depth_only, width_only, kloop) against the reference of that kind;
 dense as the reference's one-loop FFN (pre-norm, SwiGLU, residual); moe, megatron-core's MoE layer, which the
-reference does not model, against a float64 copy of itself on the CPU.
+reference does not model, against a float64 copy of itself built with megatron's local modules (transformer-engine
+has no float64), on the layer's device (float64 products are exact there too: TF32 applies to fp32 only).
 
 Errors are ||layer - reference|| / ||reference|| per compared tensor (output, input gradient, each
-parameter gradient). Routing and loop decisions depend only on the layer input, and are made in fp32 from the
-same bf16 values the reference sees in float64, so in bf16 only the values carry rounding, not the decisions.
+parameter gradient). Routing and loop decisions depend only on the layer input: the heads' logits are
+accumulated in float64 (functional.router_logits), from the same values the reference sees, so neither bf16 nor
+TF32 flips a decision and only the values carry rounding. The tolerance follows the precision the matrix products
+really run in (`gemm_precision`): fp32, TF32 (10-bit mantissa: transformer-engine runs every fp32 GEMM in it, and
+on NGC images torch does too) or bf16.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
 
@@ -26,10 +31,34 @@ from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.kinds import FFN_KINDS, SHARED_WEIGHT_KINDS, traits
 from vffn_pretrain.testing.ffn_reference import RefWeights, reference
 
-# ||layer - reference|| / ||reference|| per tensor. fp32: float rounding (measured <= 6e-5 on CPU, the loop head's
-# gradient being the worst; TF32 off: with TF32 on expect ~1e-3). bf16: 8-bit mantissas through up to L_max loops
-# (measured <= 6e-3); a wrong or missing term shows up at 0.1 and above.
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2}
+# ||layer - reference|| / ||reference|| per tensor: 8 units of roundoff of the format the products run in (bf16:
+# measured <= 6e-3 on CPU through up to L_max loops; TF32: <= 5e-4 measured under tests' TF32 emulation), and at
+# least 1e-4 (fp32: measured <= 6e-5 on CPU, the loop head's gradient, a difference of nearby loop states, being
+# the worst). A wrong or missing term shows up at 0.1 and above; an off-by-one in lambda at about 0.05.
+MANTISSA_BITS = {"fp32": 23, "tf32": 10, "bf16": 7}
+ROUNDOFF_UNITS = 8
+FLOOR = 1e-4
+
+
+def tolerance(precision: str) -> float:
+    """The relative error allowed for a layer whose matrix products run in `precision` (fp32 | tf32 | bf16)."""
+    return max(FLOOR, ROUNDOFF_UNITS * 2.0 ** -(MANTISSA_BITS[precision] + 1))
+
+
+def gemm_precision(dtype: torch.dtype, device: torch.device, backend: str) -> str:
+    """The format a layer's matrix products really use: bf16 for bf16 layers; for fp32 layers on a GPU, TF32 when
+    transformer-engine runs them (it always uses TF32 for fp32 GEMMs) or torch is allowed or forced to (NGC
+    images set TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1, which allow_tf32=False does not undo); else fp32."""
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if torch.device(device).type != "cuda":
+        return "fp32"
+    tf32 = (backend == "te" or torch.backends.cuda.matmul.allow_tf32
+            or torch.get_float32_matmul_precision() != "highest"
+            or os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1")
+    return "tf32" if tf32 else "fp32"
+
+
 # Except the loop head's gradient in bf16: its straight-through term <g, H^(j)> weighs differences between
 # successive loop states, which are small next to the bf16 rounding of each state (measured 0.2-0.4 on CPU at
 # d=64). Held only to "no sign error, no missing term".
@@ -77,15 +106,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(build_block, kind: str, ffn_kw: dict, *, dtype: torch.dtype, training: bool, d: int = 64,
-            d_ff: int = 256, seq: int = 16, batch: int = 2, tau: float = 5.0, seed: int = 1234) -> dict:
-    """Build one layer with `build_block(FFNConfig, d, d_ff, dtype)` (benchmarks/ffn_layer.py's, on the GPU when
-    there is one), run it and the reference, and return {"errors": {tensor: relative error}, "limits": {tensor:
-    tolerance}, "max_error", "failed": [tensors over their limit], "ok"}. Needs model parallelism set up (TP=1)."""
-    from vffn_pretrain.parallel import seed_all
+            d_ff: int = 256, seq: int = 16, batch: int = 2, tau: float = 5.0, seed: int = 1234,
+            precision: str | None = None) -> dict:
+    """Build one layer with `build_block(FFNConfig, d, d_ff, dtype, backend=...)` (benchmarks/ffn_layer.py's, on
+    the GPU when there is one; the block's `backend_name` says which backend it got), run it and the reference,
+    and return {"errors": {tensor: relative error}, "limits": {tensor: tolerance}, "max_error", "failed":
+    [tensors over their limit], "ok", "precision"}. `precision` (fp32 | tf32 | bf16): the format the products
+    run in, by default `gemm_precision`'s. Needs model parallelism set up (TP=1)."""
+    from vffn_pretrain.parallel.init import seed_all
 
     cfg = FFNConfig(kind=kind, **ffn_kw)
     seed_all(seed)
-    block = build_block(cfg, d, d_ff, dtype)
+    block = build_block(cfg, d, d_ff, dtype, backend="auto")
     mlp = block.mlp
     with torch.no_grad():
         for name in ("router", "loop_head"):
@@ -113,15 +145,16 @@ def compare(build_block, kind: str, ffn_kw: dict, *, dtype: torch.dtype, trainin
         got.update({f"grad {n}": p.grad for n, p in block.named_parameters() if p.grad is not None})
 
     if traits(kind).moe:
-        want = _moe_float64(build_block(cfg, d, d_ff, torch.float64), block, h, g, training)
+        want = _moe_float64(build_block(cfg, d, d_ff, torch.float64, backend="local"), block, h, g, training)
     else:
         want = _reference_outputs(block, kind, cfg, h, g, training, tau, seed, device)
+    precision = precision or gemm_precision(dtype, device, getattr(block, "backend_name", "local"))
     errors = {name: _rel(got[name], want[name]) for name in want}
-    limits = {name: BF16_LOOP_HEAD_TOLERANCE if dtype == torch.bfloat16 and "loop_head" in name else TOLERANCE[dtype]
+    limits = {name: BF16_LOOP_HEAD_TOLERANCE if precision == "bf16" and "loop_head" in name else tolerance(precision)
               for name in errors}
     failed = sorted(name for name in errors if not errors[name] <= limits[name])
     return {"errors": errors, "limits": limits, "max_error": max(errors.values()), "failed": failed,
-            "ok": not failed}
+            "ok": not failed, "precision": precision}
 
 
 def _reference_outputs(block, kind, cfg, h, g, training, tau, seed, device) -> dict:
@@ -156,8 +189,10 @@ def _reference_outputs(block, kind, cfg, h, g, training, tau, seed, device) -> d
 
 
 def _moe_float64(ref, block, h, g, training) -> dict:
-    """`ref`, a float64 build of the same MoE layer, run with `block`'s weights."""
-    ref.load_state_dict(block.state_dict())
+    """`ref`, a float64 build of the same MoE layer on the local backend, run with `block`'s weights."""
+    if getattr(ref, "backend_name", "local") != "local":
+        raise ValueError(f"the float64 reference must be built on the local backend, got {ref.backend_name}")
+    _copy_parameters(block, ref)
     ref.train(training)
     x = h.to(next(ref.parameters()).device, torch.float64).requires_grad_(training)
     with torch.set_grad_enabled(training):
@@ -168,3 +203,13 @@ def _moe_float64(ref, block, h, g, training) -> dict:
         out["grad_input"] = x.grad
         out.update({f"grad {n}": p.grad for n, p in ref.named_parameters() if p.grad is not None})
     return out
+
+
+def _copy_parameters(src: torch.nn.Module, dst: torch.nn.Module) -> None:
+    """dst's parameters set to src's, by name (the same layer built on another backend or in another dtype)."""
+    theirs, mine = dict(src.named_parameters()), dict(dst.named_parameters())
+    if theirs.keys() != mine.keys():
+        raise ValueError(f"the reference's parameters differ from the layer's: {sorted(theirs.keys() ^ mine.keys())}")
+    with torch.no_grad():
+        for name, param in mine.items():
+            param.copy_(theirs[name])

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from vffn_pretrain.model.kinds import traits
+
 
 @dataclass
 class RefWeights:
@@ -66,10 +68,11 @@ def reference(H: torch.Tensor, wt: RefWeights, *, kind: str, num_experts: int = 
     kind: versatile | depth_only | width_only | kloop. noise [T, L]: the Gumbel noise (training only).
     The aux loss is alpha * L_bal * T (the term whose gradient the module attaches), over these T tokens."""
     T = H.shape[0]
+    made_of = traits(kind)
     outs, loop_counts, took_width, router_rows, chosen = [], [], [], [], []
     for t in range(T):
         h = H[t]
-        if kind == "kloop":
+        if made_of.fixed_loops:
             z = h
             for _ in range(loops):
                 z = ffn_step(z, wt)
@@ -77,7 +80,7 @@ def reference(H: torch.Tensor, wt: RefWeights, *, kind: str, num_experts: int = 
             loop_counts.append(loops)
             took_width.append(False)
             continue
-        if kind == "width_only":
+        if made_of.width_folded:
             y_w, logits, top = width_path(h, wt, num_experts, top_k)
             # dense FFN always on + routed virtual experts (residual once): F(H) + (Y_width - H)
             g = torch.softmax(logits[top], dim=0)
@@ -103,7 +106,7 @@ def reference(H: torch.Tensor, wt: RefWeights, *, kind: str, num_experts: int = 
         y_depth = sum(p[i] * states[i] for i in range(max_loops))
         count = int(torch.argmax(p.detach())) + 1
         loop_counts.append(count)
-        if kind == "depth_only":
+        if not made_of.width_path:
             outs.append(y_depth)
             took_width.append(False)
             continue

@@ -40,7 +40,7 @@ def _worker(rank: int, world_size: int, port: int, jobs, results, env: dict[str,
     import torch
 
     torch.set_num_threads(1)
-    from vffn_pretrain.parallel import init_distributed
+    from vffn_pretrain.parallel.init import init_distributed
 
     try:
         init_distributed(timeout_s=float(env.get("VFFN_TEST_DIST_TIMEOUT", "120")))

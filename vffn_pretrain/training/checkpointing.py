@@ -7,7 +7,8 @@ Layout under `checkpoint.dir`:
 
 A save goes to `.tmp-step_0000100/` and is renamed into place once every rank has written its part, so a crash
 mid-save leaves the previous checkpoint intact and `latest` pointing at it. On resume, a checkpoint that fails
-to load is reported and the next older one is tried.
+to load is reported and the next older one is tried. With `async_save` the files are written in the background
+(`async_save.py`) and the rename, `latest` and pruning wait until every rank has finished writing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +31,13 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.parallel.init import device as rank_device
 from vffn_pretrain.planning.loops import LOOP_STATS_FILE, write_loop_stats
 from vffn_pretrain.training import dist_ckpt
+from vffn_pretrain.training.async_save import BackgroundWriteError, BackgroundWriter
 from vffn_pretrain.training.faults import FAULTS
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 from vffn_pretrain.training.rank0 import decided_by_rank0
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,19 @@ class LoadedCheckpoint:
     common: dict[str, Any]
 
 
+@dataclass
+class SavedCheckpoint:
+    """A checkpoint that became complete, and what saving it cost."""
+
+    path: Path
+    step: int
+    blocking_s: float  # training time the save took (for a background save: staging, waiting, finalising)
+    write_s: float | None  # a background save: the time its files took to write while training went on
+
+
 def rng_state() -> dict:
+    """This rank's generators: python, numpy and torch's CPU one (the same on any device), and the device's:
+    megatron's model-parallel tracker and, on a GPU, CUDA's default generator. `device` is the device type."""
     from megatron.core import tensor_parallel
 
     state = {
@@ -59,42 +75,64 @@ def rng_state() -> dict:
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        "device": rank_device().type,
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict) -> str | None:
+    """Restore `rng_state()`'s generators. The device's (tracker, CUDA) only when the checkpoint was written on
+    the same device type: on CPU the tracker holds CPU generator states, on a GPU CUDA ones, and one cannot be
+    set from the other. Returns a line saying what was skipped, or None."""
     from megatron.core import tensor_parallel
 
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    saved_on = state.get("device", "cuda" if "cuda" in state else "cpu")  # older checkpoints: inferred
+    here = rank_device().type
+    if saved_on != here:
+        return (f"RNG: the checkpoint's model-parallel and device generator states are {saved_on} ones, this run "
+                f"is on {here}: those generators keep this run's seeding (python, numpy and torch's CPU "
+                "generator were restored)")
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    return None
 
 
 class CheckpointManager:
     """Saves, lists, prunes and loads checkpoints in `root`, and says when the trainer saves (every `interval`
     steps and at the last step). Saving and loading are collective (all ranks call them).
 
-    `last` is the newest checkpoint this process saved or resumed from (None before either)."""
+    `last` is the newest complete checkpoint this process saved or resumed from (None before either).
+    With `async_save`, `save` returns once the state is staged and the files are written in the background; the
+    checkpoint becomes complete at a later `poll()` (every step) or `wait()`. `on_saved` is called (on every
+    rank) with each checkpoint that becomes complete."""
 
-    def __init__(self, root: str | Path, keep: int = 3, interval: int | None = None):
+    def __init__(self, root: str | Path, keep: int = 3, interval: int | None = None, async_save: bool = False,
+                 on_saved: Callable[[SavedCheckpoint], None] | None = None):
         self.root = Path(root)
         self.keep = keep
         self.interval = interval
         self.last: Path | None = None
+        self.writer = BackgroundWriter() if async_save else None
+        self.on_saved = on_saved
 
     # ---------------------------------------------------------------------------------------------- cadence
     def should_save(self, step: int, max_steps: int) -> bool:
         return step == max_steps or (self.interval is not None and step % self.interval == 0)
 
     def has_saved(self, step: int) -> bool:
-        """Whether `last` is checkpoint `step` (a stop right after a scheduled save need not save again)."""
-        return self.last is not None and self.last.name == step_dir_name(step)
+        """Whether `last` is checkpoint `step`, or it is being written in the background (a stop right after a
+        scheduled save need not save again)."""
+        return (self.last is not None and self.last.name == step_dir_name(step)) or self.writing() == step
+
+    def writing(self) -> int | None:
+        """The step of the checkpoint being written in the background, None when no write is in flight."""
+        return self.writer.step if self.writer else None
 
     # ---------------------------------------------------------------------------------------------- listing
     def complete_checkpoints(self) -> list[Path]:
@@ -135,35 +173,88 @@ class CheckpointManager:
         """Write checkpoint `step`; returns its directory. On a write error (a full disk, say) every rank raises
         CheckpointSaveError, the temporary directory is removed and older checkpoints are left as they were.
         `loop_stats` ({"pipeline_layout", "loop_hist"}) goes to the checkpoint's loop_stats.json (rank 0), which
-        the pipeline planner reads on resume."""
+        the pipeline planner reads on resume. With `async_save` a write in flight is finalised first, and this
+        one is left in flight (the directory returned exists once it is complete)."""
+        self.wait()
+        start = time.perf_counter()
         rank = dist.get_rank()
-        final = self.root / step_dir_name(step)
-        tmp = self.root / f".tmp-{step_dir_name(step)}"
+        final, tmp = self._paths(step)
         if rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a crashed save
         dist.barrier()
         error = None
         try:
-            dist_ckpt.save(tmp, ddp_chunks, optimizer, common={**common, "layout": layout})
-            if FAULTS.enospc_in_save == step:
+            request = dist_ckpt.save(tmp, ddp_chunks, optimizer, common={**common, "layout": layout},
+                                     background=self.writer is not None)
+            if FAULTS.enospc_in_save == step and request is None:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
             (tmp / "rng").mkdir(exist_ok=True)
             torch.save({"layout": layout, "state": rng_state()}, tmp / "rng" / f"rank_{rank:05d}.pt")
             if rank == 0 and loop_stats is not None:
                 write_loop_stats(tmp, step, loop_stats["pipeline_layout"], loop_stats["loop_hist"])
+            if request is not None:
+                self.writer.start(step, request, commit=lambda: self._commit(step),
+                                  staging_s=time.perf_counter() - start)
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - reported below, on every rank
             error = _root_cause(e)
         if FAULTS.kill_in_save == step:
             os.kill(os.getpid(), 9)  # test hook: die after writing, before the checkpoint is complete
         if _any_rank(error is not None):
-            if rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            dist.barrier()
-            raise CheckpointSaveError(f"saving checkpoint {final} failed: {error or 'on another rank'}; removed "
-                                      f"the partial {tmp.name}, older checkpoints are intact")
+            if self.writer is not None:
+                self.writer.abort()
+            self._discard(step, error or "on another rank")
+        if self.writer is None:
+            self._commit(step)
+            self._report(SavedCheckpoint(final, step, time.perf_counter() - start, None))
+        return final
+
+    def poll(self) -> None:
+        """Collective, at a step boundary: complete the checkpoint being written in the background if every rank
+        has finished writing it. Raises CheckpointSaveError (on every rank) if the write failed."""
+        self._finalise(wait=False)
+
+    def wait(self) -> None:
+        """Collective: block until the checkpoint being written in the background (if any) is complete. Raises
+        CheckpointSaveError (on every rank) if the write failed."""
+        self._finalise(wait=True)
+
+    def finish_after_error(self) -> None:
+        """After an error that stops the run: complete the checkpoint being written in the background if every
+        rank stops on an error too (an evaluation that raises on every rank, say); otherwise, or if the write
+        fails, it is left incomplete and the previous checkpoint stays the newest. Bounded in time."""
+        if self.writer is None or self.writer.step is None:
+            return
+        final, _ = self._paths(self.writer.step)
+        try:
+            if not self.writer.every_rank_stops():
+                log.error("checkpoint %s was left incomplete: not every rank stopped", final)
+                return
+            self.wait()
+        except Exception as e:  # noqa: BLE001 - the error that stops the run is the one to raise
+            log.error("checkpoint %s was left incomplete: %s", final, e)
+
+    def _finalise(self, wait: bool) -> None:
+        if self.writer is None or self.writer.step is None:
+            return
+        try:
+            done = self.writer.wait() if wait else self.writer.poll()
+        except BackgroundWriteError as e:
+            self._discard(e.step, e.writer_fate or _root_cause(e.cause))
+        if done is not None:
+            final, _ = self._paths(done.step)
+            self._report(SavedCheckpoint(final, done.step, done.blocking_s, done.write_s))
+
+    def _paths(self, step: int) -> tuple[Path, Path]:
+        """(the checkpoint's directory, the temporary one it is written to)."""
+        return self.root / step_dir_name(step), self.root / f".tmp-{step_dir_name(step)}"
+
+    def _commit(self, step: int) -> None:
+        """Collective, once every rank has written checkpoint `step`: rank 0 renames it into place, points
+        `latest` at it and prunes the oldest."""
+        final, tmp = self._paths(step)
         dist.barrier()
-        if rank == 0:
+        if dist.get_rank() == 0:
             if final.exists():  # a re-save of the same step (e.g. after a resume): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -174,7 +265,20 @@ class CheckpointManager:
             self._prune()
         dist.barrier()
         self.last = final
-        return final
+
+    def _discard(self, step: int, error: str) -> None:
+        """Collective, after a failed save of `step`: remove its temporary directory and raise
+        CheckpointSaveError."""
+        final, tmp = self._paths(step)
+        if dist.get_rank() == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        raise CheckpointSaveError(f"saving checkpoint {final} failed: {error}; removed the partial {tmp.name}, "
+                                  f"older checkpoints are intact")
+
+    def _report(self, saved: SavedCheckpoint) -> None:
+        if self.on_saved is not None:
+            self.on_saved(saved)
 
     def _prune(self) -> None:
         for old in self.complete_checkpoints()[self.keep:]:
@@ -224,6 +328,8 @@ class CheckpointManager:
             loop_stats = path / LOOP_STATS_FILE
             if dist.get_rank() == 0 and loop_stats.exists():
                 json.loads(loop_stats.read_text())
+        except LayoutRefused as e:  # every rank reads the same layout: no fallback would load either
+            raise LayoutRefused(e.key, f"checkpoint {path}: {e}") from None
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
             error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         failed = torch.tensor([1.0 if error else 0.0], device=rank_device())  # NCCL takes no CPU tensors
@@ -231,7 +337,9 @@ class CheckpointManager:
         if failed.item():
             return None, error or "failed on another rank"
         if rng is not None:
-            set_rng_state(rng)
+            skipped = set_rng_state(rng)
+            if skipped and dist.get_rank() == 0:
+                log.warning(skipped)
         elif dist.get_rank() == 0:
             log.info("checkpoint layout %s differs from this run's %s: RNG states not restored",
                      common.get("layout"), layout)
@@ -289,8 +397,12 @@ class CheckpointSaveError(RuntimeError):
     """A checkpoint could not be written (its temporary directory was removed)."""
 
 
+_ERRNO_TEXT = re.compile(r"\[Errno \d+\][^\n]*")
+
+
 def _root_cause(e: BaseException) -> str:
-    """One line for a save error: the OSError underneath when there is one (megatron wraps them per rank)."""
+    """One line for a save error: the OSError underneath when there is one (megatron wraps them per rank, and
+    the errors of its writer processes reach the coordinator as text: "Worker failure: [Errno 28] ...")."""
     seen = set()
     stack = [e]
     while stack:
@@ -300,15 +412,20 @@ def _root_cause(e: BaseException) -> str:
         seen.add(id(err))
         if isinstance(err, OSError) and err.errno:
             return f"[Errno {err.errno}] {err.strerror}" + (f": {err.filename}" if err.filename else "")
+        found = _ERRNO_TEXT.search(str(err))
+        if found:
+            return found.group(0)
         stack += [c for c in (err.__cause__, err.__context__) if c is not None]
-        stack += [v for v in getattr(err, "failures", {}).values() if isinstance(v, BaseException)]
+        failures = getattr(err, "failures", {}).values()  # {rank: exception or (exception, traceback)}
+        stack += [f[0] if isinstance(f, tuple) else f for f in failures]
+        stack = [x for x in stack if isinstance(x, BaseException)]
         stack += [a for a in err.args if isinstance(a, BaseException)]
     text = str(e).splitlines()[0] if str(e) else ""
     return f"{type(e).__name__}: {text}"
 
 
 def _any_rank(flag: bool) -> bool:
-    from vffn_pretrain.parallel import device
+    from vffn_pretrain.parallel.init import device
 
     t = torch.tensor([1.0 if flag else 0.0], device=device())
     dist.all_reduce(t, op=dist.ReduceOp.MAX)

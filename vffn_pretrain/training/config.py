@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_fields import DATA, MAX_SEED, check_fields, setting
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.fields import DATA, MAX_SEED, check_fields, setting
 
 
 @dataclass
@@ -28,6 +28,9 @@ class TrainConfig:
     eval_interval: int = setting(100, ge=1)
     eval_iters: int = setting(4, ge=0)
     eval_at_start: bool = False  # evaluate once before a fresh run's first step (step 0)
+    # Also evaluate in train mode: loop counts sampled as in training (the paper's loss is a training loss). Only
+    # kinds with an adaptive loop head sample anything; for the others the record repeats val_loss.
+    eval_train_mode: bool = False
     max_skipped_steps: int = setting(5, ge=1)
     init_from: str | None = None
     exit_interval: int | None = setting(None, ge=1)  # stop (after saving) once this process has run this many steps
@@ -52,6 +55,9 @@ class CheckpointConfig:
     interval: int = setting(100, ge=1)
     keep: int = setting(3, ge=1)
     resume: bool = True
+    # Write checkpoints in the background (training/async_save.py): a save blocks training only while the state
+    # is staged; megatron-core's writer process writes it while training goes on.
+    async_save: bool = False
     # Resume even when a key that changes the model (a MODEL key, e.g. ffn.kind or model.hidden_size) differs
     # from the checkpoint's config: the weights the changed model shares with the checkpoint are loaded.
     allow_model_change: bool = False

@@ -5,18 +5,25 @@ layout loads at any other. The distributed optimizer is saved `fully_reshardable
 
 Checkpoints also cross backends: transformer-engine modules carry an `_extra_state` entry (their fp8 metadata) that
 the local modules do not have. Loading a local-backend checkpoint into a TE model leaves those entries at their
-fresh values; loading a TE checkpoint into a local model ignores them.
+fresh values; loading a TE checkpoint into a local model ignores them. The optimizer state crosses precisions (fp32,
+bf16) and Adam implementations (torch's, transformer-engine's fused one) too: optimizer_layouts.py.
 Atomic directories, retention and the `latest` marker are the trainer's concern, not this module's.
 """
 
 from __future__ import annotations
 
+import logging
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
 import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.validation import StrictHandling
+
+from vffn_pretrain.training.optimizer_layouts import LoadPlan
+
+log = logging.getLogger(__name__)
 
 OPTIM_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
 
@@ -38,10 +45,16 @@ def optimizer_has_state(optimizer) -> bool:
     return bool(has.item())
 
 
-def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None) -> None:
+def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[str, Any] | None = None, *,
+         background: bool = False):
     """Collective: every rank calls it. `common` holds small picklable values saved once (by rank 0). An
     optimizer without state (it never stepped) is not saved, which `load` reads from `common["optimizer_saved"]`:
-    loading then leaves the optimizer fresh, as it was."""
+    loading then leaves the optimizer fresh, as it was.
+
+    With `background`, only the plan and the common state are written here; the tensors are left to the returned
+    megatron-core `AsyncRequest`, which the caller schedules (`training/async_save.py`). Its finalize functions
+    (collective) write the checkpoint's metadata once every rank has written its files, and raise on every rank
+    if any rank failed. Without it, returns None once the checkpoint is complete."""
     if optimizer is not None and not optimizer_has_state(optimizer):
         optimizer = None
         common = {**(common or {}), "optimizer_saved": False}
@@ -50,11 +63,35 @@ def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[s
         for chunk in ddp_chunks:
             chunk.start_param_sync(force_sync=True)
     Path(directory).mkdir(parents=True, exist_ok=True)
+    _start_results_manager()
     model_sd = model_sharded_state_dict(ddp_chunks)
     state = {"model": model_sd, "common": dict(common or {})}
     if optimizer is not None:
         state["optimizer"] = optimizer.sharded_state_dict(model_sd, metadata=OPTIM_METADATA)
-    dist_checkpointing.save(state, str(directory), validate_access_integrity=False)
+    return dist_checkpointing.save(state, str(directory), validate_access_integrity=False,
+                                   async_sharded_save=background)
+
+
+def _start_results_manager() -> None:
+    """megatron-core's file writers report through a queue held by a multiprocessing manager (a spawned server
+    process) that megatron starts at the first save. Start it here instead, with the stop signals ignored
+    (`signals.ignore_stop_signals`: a manager killed by the SIGTERM that SLURM sends to a whole job step would
+    fail the save the trainer makes on that signal). Local; once per process."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = results_manager().Queue()  # the queue's proxy keeps the manager alive
+
+
+def results_manager() -> SyncManager:
+    """A started multiprocessing manager (spawned, as megatron-core's) whose server ignores the stop signals."""
+    from torch import multiprocessing as mp
+
+    from vffn_pretrain.training.signals import ignore_stop_signals
+
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=ignore_stop_signals)
+    return manager
 
 
 def is_extra_state(key: str) -> bool:
@@ -64,13 +101,37 @@ def is_extra_state(key: str) -> bool:
 
 def load_sharded(state: dict, directory: str | Path) -> dict:
     """Collective. `dist_checkpointing.load` of `state` (a sharded state dict) from `directory`, where entries the
-    checkpoint lacks are an error, except `_extra_state` ones, which keep their current values."""
-    loaded, absent, _ = dist_checkpointing.load(state, str(directory), strict=StrictHandling.RETURN_UNEXPECTED)
+    checkpoint lacks are an error, except `_extra_state` ones, which keep their current values. Entries the
+    checkpoint has and `state` does not ask for are left out, with a warning when they belong to what was asked
+    (a model weight when model weights were asked for)."""
+    # megatron returns (state, missing keys: in the checkpoint, not asked for; unexpected keys: asked for, not in
+    # the checkpoint); with RETURN_ALL it leaves both to the caller.
+    loaded, unused, absent = dist_checkpointing.load(state, str(directory), strict=StrictHandling.RETURN_ALL)
     lacking = sorted(k for k in absent if not is_extra_state(k))
     if lacking:
-        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
-        raise KeyError(f"checkpoint {directory} has no {', '.join(lacking[:5])}{more}")
+        raise KeyError(f"checkpoint {directory} has no {_some(lacking)}")
+    asked = {key.split(".", 1)[0] for key in _sharded_keys(state)}
+    left = sorted(k for k in unused if not is_extra_state(k) and k.split(".", 1)[0] in asked)
+    if left and _is_first_rank():
+        log.warning("checkpoint %s has %s, which this model does not use: not loaded", directory, _some(left))
     return loaded
+
+
+def _some(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _sharded_keys(state: dict) -> list[str]:
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
+
+    return [v.key for v in nested_values(state) if isinstance(v, ShardedBase)]
+
+
+def _is_first_rank() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def load_module_state(module: torch.nn.Module, state: dict, *, strict: bool = True):
@@ -85,18 +146,23 @@ def load_module_state(module: torch.nn.Module, state: dict, *, strict: bool = Tr
 
 def load(directory: str | Path, ddp_chunks: list, optimizer=None, *, strict: bool = True) -> dict[str, Any]:
     """Collective. Loads weights (and optimizer state when `optimizer` is given and the checkpoint has it: see
-    `save`); returns the `common` dict."""
-    common = dist_checkpointing.load_common_state_dict(str(directory))
-    common = dict(common.get("common", {})) if isinstance(common, dict) else {}
-    if common.get("optimizer_saved") is False:
-        optimizer = None
+    `save`); returns the `common` dict.
+
+    The optimizer state may come from a run of another precision or Adam implementation
+    (training/optimizer_layouts.py); a layout it cannot be mapped from raises LayoutRefused, naming the key."""
     model_sd = model_sharded_state_dict(ddp_chunks)
+    common = dist_checkpointing.load_common_state_dict(str(directory))
+    common = common if isinstance(common, dict) else {}
+    if common.get("common", {}).get("optimizer_saved") is False:
+        optimizer = None  # it never stepped: it stays fresh
+    plan = None
     state = {"model": model_sd}
     if optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=OPTIM_METADATA)
+        plan = LoadPlan(optimizer, model_sd, common.get("optimizer"), OPTIM_METADATA)
+        state = plan.request
     loaded = load_sharded(state, directory)
     for i, chunk in enumerate(ddp_chunks):
         load_module_state(chunk.module, loaded["model"][f"chunk{i}"], strict=strict)
-    if optimizer is not None:
-        optimizer.load_state_dict(loaded["optimizer"])
-    return common
+    if plan is not None:
+        plan.restore(loaded)
+    return dict(common.get("common", {}))

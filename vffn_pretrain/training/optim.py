@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
 from megatron.core.distributed import (
     DistributedDataParallel,
     DistributedDataParallelConfig,
@@ -27,15 +30,24 @@ class OptimConfig:
     eps: float = 1e-8
     clip_grad: float = 1.0
 
+    @classmethod
+    def from_train(cls, t) -> OptimConfig:
+        """The optimizer settings of a `train.*` config (TrainConfig)."""
+        return cls(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay, beta1=t.beta1,
+                   beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad)
 
-def wrap_ddp(chunks: list, parallel: ParallelConfig) -> list[DistributedDataParallel]:
-    """Wrap each model chunk in megatron-core DDP (contiguous grad buffers, optional distributed optimizer)."""
+
+def wrap_ddp(chunks: list, parallel: ParallelConfig, *, bucket_size: int | None = None
+             ) -> list[DistributedDataParallel]:
+    """Wrap each model chunk in megatron-core DDP (contiguous grad buffers, optional distributed optimizer).
+    `bucket_size`: parameters per communication bucket (None: megatron's default, about 40M with overlap)."""
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
         overlap_grad_reduce=parallel.overlap_grad_reduce,
         overlap_param_gather=parallel.overlap_param_gather,
         use_distributed_optimizer=parallel.distributed_optimizer,
         check_for_nan_in_grad=False,  # the trainer checks the loss and grad norm itself, and skips the step
+        bucket_size=bucket_size,
     )
     wrapped = []
     for i, chunk in enumerate(chunks):
@@ -69,7 +81,7 @@ def build_optimizer(ddp_chunks: list[DistributedDataParallel], cfg: OptimConfig,
     )
     optimizer = get_megatron_optimizer(opt_config, ddp_chunks)
     config = get_model_config(ddp_chunks[0])
-    config.finalize_model_grads_func = finalize_model_grads
+    config.finalize_model_grads_func = finalize_grads
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = [c.no_sync for c in ddp_chunks]
     if len(ddp_chunks) == 1:
@@ -83,3 +95,33 @@ def build_optimizer(ddp_chunks: list[DistributedDataParallel], cfg: OptimConfig,
         if len(ddp_chunks) == 1:
             config.param_sync_func = config.param_sync_func[0]
     return optimizer
+
+
+def finalize_grads(model: list, *args, **kwargs) -> None:
+    """megatron's finalize_model_grads (DP reduction, SP and embedding all-reduces, per-token scaling), then the
+    gradients of TP-replicated parameters made bitwise identical on every TP rank (`sync_tp_replicated_grads`)."""
+    finalize_model_grads(model, *args, **kwargs)
+    sync_tp_replicated_grads(model)
+
+
+def sync_tp_replicated_grads(model: list) -> None:
+    """Broadcast, from the first rank of each TP group, the main gradients of the parameters marked
+    `tp_replicated` (VersatileFFN's router and loop head) without `sequence_parallel` (those megatron already
+    all-reduces over TP, which leaves every rank the same sum).
+
+    Why: without SP every TP rank computes these gradients from the same tokens, but each TP rank reduces them
+    over DP on its own communicator, and nothing makes those reductions bitwise equal. Weights that drift apart
+    by an ulp can flip a near-tie loop decision on one TP rank only, and the token-sparse loop plan, whose row
+    counts size the TP collectives, would differ between ranks (a hang, or mixed-up rows). Equal gradients keep
+    the weights, and the optimizer's state, equal. Collective over each TP group; a no-op at TP=1."""
+    group = ps.get_tensor_model_parallel_group()
+    if dist.get_world_size(group) == 1:
+        return
+    grads = [p.main_grad for chunk in model for p in chunk.parameters()
+             if getattr(p, "tp_replicated", False) and not getattr(p, "sequence_parallel", False)]
+    if not grads:
+        return
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.broadcast(flat, src=ps.get_tensor_model_parallel_src_rank(), group=group)
+    for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        grad.copy_(synced)

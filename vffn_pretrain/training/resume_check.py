@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from vffn_pretrain.config_fields import DATA, MODEL, keys_that_change
+from vffn_pretrain.config.fields import DATA, MODEL, keys_that_change
 from vffn_pretrain.data.config import DataConfig
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig

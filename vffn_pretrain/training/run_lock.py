@@ -25,15 +25,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from vffn_pretrain.lifetime import pid_alive
+from vffn_pretrain.outputs.lock import OutputInUse
+from vffn_pretrain.process.lifetime import pid_alive
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "vffn-pretrain.lock"
 
-
-class RunDirLocked(RuntimeError):
-    """Another live process holds the run directory."""
+RunDirLocked = OutputInUse  # another live process holds the run directory
 
 
 def _slurm_job() -> str | None:

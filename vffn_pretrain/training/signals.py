@@ -134,3 +134,12 @@ class StopSignals:
 
 STOP = StopSignals()
 os.register_at_fork(after_in_child=STOP._ignore_in_forked_child)
+
+
+def ignore_stop_signals() -> None:
+    """For helper processes of the trainer (megatron-core's checkpoint-writer manager): SLURM sends SIGTERM or
+    SIGUSR1 to every process of a job step, and a terminal sends Ctrl-C to its whole foreground group. The trainer
+    saves on them; a helper that died of them would fail that very save. Helpers exit with the trainer anyway
+    (`vffn_pretrain.process.lifetime`)."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)

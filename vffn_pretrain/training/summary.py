@@ -2,7 +2,7 @@
 
 Fields (sweeps and vffn-scaling read them): variant, model, params_total, params_non_embedding,
 flops_per_token_train, flops_per_token_eval, flops_per_token_executed, mfu_peak, eval_loop_mix, tokens, steps,
-final_train_loss, final_val_loss, final_val_ppl, wall_time_s, exit_code, checkpoint, metrics, wandb, and
+final_train_loss, final_val_loss, final_val_ppl, final_val_loss_train_mode (with train.eval_train_mode), wall_time_s, exit_code, checkpoint, metrics, wandb, and
 unigram_entropy when the training data could be sampled.
 """
 
@@ -29,7 +29,8 @@ def variant_name(ffn) -> str:
 
 def run_summary(cfg, *, info: dict, flops_eval: float, eval_loop_mix: list[float] | None, steps: int,
                 tokens: int, final_train_loss: float | None, final_val_loss: float | None,
-                wall_time_s: float, exit_code: int, checkpoint: Path | None, wandb_files: str | None) -> dict:
+                final_val_loss_train_mode: float | None = None, wall_time_s: float, exit_code: int,
+                checkpoint: Path | None, wandb_files: str | None) -> dict:
     """The summary of the run `cfg` (a RunConfig); `info` is what the callbacks got at the start. `tokens`: the
     training tokens consumed (counted step by step: a resume with another train.seq_length keeps it right)."""
     return {
@@ -48,6 +49,7 @@ def run_summary(cfg, *, info: dict, flops_eval: float, eval_loop_mix: list[float
         "final_val_loss": final_val_loss,
         "final_val_ppl": math.exp(min(final_val_loss, 50.0)) if final_val_loss is not None
         and not math.isnan(final_val_loss) else None,
+        "final_val_loss_train_mode": final_val_loss_train_mode,
         "wall_time_s": wall_time_s,
         "exit_code": exit_code,
         "checkpoint": str(checkpoint) if checkpoint else None,

@@ -24,21 +24,35 @@ from megatron.core import parallel_state as ps
 from omegaconf import OmegaConf
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from vffn_pretrain.config import RunConfig
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.run import RunConfig, validate_layout
 from vffn_pretrain.model import counting
 from vffn_pretrain.model.ffn import state as ffn_state
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
 from vffn_pretrain.model.shapes import counting_shapes
-from vffn_pretrain.parallel import device as rank_device
-from vffn_pretrain.parallel import init_distributed, seed_all, setup_model_parallel
-from vffn_pretrain.parallel.init import set_collective_timeout
+from vffn_pretrain.parallel.config import AUTO_LAYOUT
+from vffn_pretrain.parallel.init import device as rank_device
+from vffn_pretrain.parallel.init import (
+    init_distributed,
+    seed_all,
+    set_collective_timeout,
+    setup_model_parallel,
+)
 from vffn_pretrain.parallel.preflight import preflight
-from vffn_pretrain.training import callbacks as cb
+from vffn_pretrain.process.threads import (
+    OtherLoad,
+    ThreadPlan,
+    competition_note,
+    configure_cpu_threads,
+)
+from vffn_pretrain.training.callbacks.base import Callbacks
+from vffn_pretrain.training.callbacks.build import build_callbacks
+from vffn_pretrain.training.callbacks.wandb_logger import WandbLogger
 from vffn_pretrain.training.checkpointing import (
     CheckpointManager,
     CheckpointSaveError,
     LoadedCheckpoint,
+    SavedCheckpoint,
     saved_config,
 )
 from vffn_pretrain.training.divergence import DivergenceGuard
@@ -47,7 +61,9 @@ from vffn_pretrain.training.evaluator import Evaluator
 from vffn_pretrain.training.ffn_stats import window_ffn_stats
 from vffn_pretrain.training.flops import RunFlops
 from vffn_pretrain.training.lr import build_scheduler, schedule_change_message
+from vffn_pretrain.training.numerics import params_dtype, use_deterministic_kernels
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
+from vffn_pretrain.training.optimizer_layouts import LayoutRefused
 from vffn_pretrain.training.rank0 import decided_by_rank0
 from vffn_pretrain.training.resume_check import data_changes, dense_source_mismatch, model_changes
 from vffn_pretrain.training.run_lock import CacheLock, RunDirectories, RunDirLocked, UnwritableDirectory
@@ -107,8 +123,8 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.train.max_skipped_steps, say=self._say)
         self.speed: Speedometer | None = None
         self.flops: RunFlops | None = None
-        self.callbacks = cb.Callbacks([])
-        self.wandb: cb.WandbLogger | None = None
+        self.callbacks = Callbacks([])
+        self.wandb: WandbLogger | None = None
         self.info: dict = {}  # what the callbacks get at the start (parameter and FLOP counts, layout)
         # The latest window's per-layer loop histograms {layer number: counts}, saved with each checkpoint for
         # the pipeline planner (parallel.pipeline_layout=auto replans from them on resume).
@@ -142,9 +158,14 @@ class Trainer:
     def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
         self.stop.phase = "start-up (joining the process group)"
+        if cfg.system.deterministic:
+            use_deterministic_kernels()
+        threads = configure_cpu_threads()
+        others = OtherLoad(threads.local_ranks)
         self.rank, self.world = init_distributed(cfg.parallel.init_timeout_s)
         self.ranks_info = preflight(timeout_s=cfg.parallel.init_timeout_s)
         set_collective_timeout(cfg.parallel.collective_timeout_min)  # init_timeout_s bounded the start-up only
+        self._resolve_pipeline_layout()
         setup_model_parallel(cfg.parallel)
         seed_all(t.seed)
         self.device = rank_device()
@@ -154,7 +175,8 @@ class Trainer:
         self._phase("set-up (taking the run directories)", self._take_directories)
         self._phase("set-up (building the datasets)", self._build_data)
         self._phase("set-up (building the model)", self._build_model)
-        self.ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, interval=cfg.checkpoint.interval)
+        self.ckpt = CheckpointManager(cfg.checkpoint_dir, keep=cfg.checkpoint.keep, interval=cfg.checkpoint.interval,
+                                      async_save=cfg.checkpoint.async_save, on_saved=self._checkpoint_saved)
         self.layout = {"tp": cfg.parallel.tp, "pp": cfg.parallel.pp, "vpp": cfg.parallel.effective_vpp,
                        "dp": self.dp_size, "world": self.world}
         loaded = self._phase("set-up (loading a checkpoint)", self._resume if cfg.checkpoint.resume
@@ -162,6 +184,8 @@ class Trainer:
         if loaded is None and t.init_from:
             self._phase("set-up (loading train.init_from)", self._init_from_dense)
         self.start_step = self.step
+        if self.rank == 0 and self.device.type == "cpu":
+            self._report_cpu_threads(threads, others.busy_cores())
         if self.step >= t.max_steps:
             self.already_done = decided_by_rank0(self._recorded_outcome)
             failed = f" (it did not succeed: its summary.json says exit code {self.already_done})" \
@@ -180,8 +204,8 @@ class Trainer:
         self.info = self._run_info(counting.count_params(*shapes))
         if self.rank == 0:
             wandb_id = loaded.common.get("wandb_id") if loaded else None  # a resumed run continues its wandb run
-            callbacks, self.wandb = cb.build_callbacks(cfg, wandb_id)
-            self.callbacks = cb.Callbacks(callbacks)
+            callbacks, self.wandb = build_callbacks(cfg, wandb_id)
+            self.callbacks = Callbacks(callbacks)
             self._emit("on_train_start", self.info)
 
     def _recorded_outcome(self) -> int:
@@ -204,18 +228,45 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, t, system = self.cfg, self.cfg.train, self.cfg.system
-        use_bf16 = system.precision == "bf16" or (system.precision == "auto" and torch.cuda.is_available())
-        self.params_dtype = torch.bfloat16 if use_bf16 else torch.float32
+        self.params_dtype = params_dtype(system.precision)
+        use_bf16 = self.params_dtype == torch.bfloat16
         recompute = RecomputeConfig(system.recompute_granularity, system.recompute_method,
                                     system.recompute_num_layers)
         self.chunks = build_model(cfg.model, cfg.ffn, cfg.parallel, params_dtype=self.params_dtype,
-                                  recompute=recompute, backend=system.backend, init_seed=t.seed)
+                                  recompute=recompute, backend=system.backend, init_seed=t.seed,
+                                  fused_wgrad=True)
         self.ddp = wrap_ddp(self.chunks, cfg.parallel)
-        self.optimizer = build_optimizer(
-            self.ddp, OptimConfig(lr=t.lr, min_lr=t.lr * t.min_lr_ratio, weight_decay=t.weight_decay,
-                                  beta1=t.beta1, beta2=t.beta2, eps=t.eps, clip_grad=t.clip_grad),
-            cfg.parallel, bf16=use_bf16)
+        self.optimizer = build_optimizer(self.ddp, OptimConfig.from_train(t), cfg.parallel, bf16=use_bf16)
         self.scheduler = build_scheduler(self.optimizer, t)
+
+    @staticmethod
+    def _report_cpu_threads(plan: ThreadPlan, others_busy: float) -> None:
+        source = "OMP_NUM_THREADS" if plan.from_env else f"{plan.cores} usable cores / {plan.local_ranks} rank(s)"
+        log.info("cpu: %d intra-op thread(s) per rank (%s)", plan.threads, source)
+        note = competition_note(plan, others_busy)
+        if note:
+            log.warning("cpu: %s", note)
+
+    def _resolve_pipeline_layout(self) -> None:
+        """parallel.pipeline_layout=auto: rank 0 plans, every rank runs its layout (or raises its ConfigError)."""
+        parallel = self.cfg.parallel
+        if parallel.pipeline_layout != AUTO_LAYOUT:
+            return
+        outcome: list = [None, None]  # [layout, (key, reason) of a ConfigError]
+        if self.rank == 0:
+            from vffn_pretrain.planning.auto import resolve_auto_layout
+
+            try:
+                outcome[0] = resolve_auto_layout(self.cfg)
+            except ConfigError as e:
+                outcome[1] = (e.key, e.reason)
+        dist.broadcast_object_list(outcome, src=0)
+        layout, error = outcome
+        if error is not None:
+            raise ConfigError(*error)
+        parallel.pipeline_layout = layout
+        if layout is not None:
+            validate_layout(parallel, self.cfg.model)
 
     # ------------------------------------------------------------------------------------------------ resume
     def _resume(self) -> LoadedCheckpoint | None:
@@ -225,7 +276,10 @@ class Trainer:
         if self.rank == 0:
             for partial in self.ckpt.sweep_partial_saves():
                 log.warning("removed %s, a checkpoint save that was cut short", partial)
-        loaded = self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, check=self._check_resumable)
+        try:
+            loaded = self.ckpt.load_latest(self.ddp, self.optimizer, self.layout, check=self._check_resumable)
+        except LayoutRefused as e:  # an optimizer state this run cannot take (training/optimizer_layouts.py)
+            raise ConfigError(e.key, str(e)) from None
         if loaded is not None:
             common = loaded.common
             self.step, self.consumed_samples = int(common["step"]), int(common["consumed_samples"])
@@ -355,9 +409,11 @@ class Trainer:
         from vffn_pretrain.data.tokenizer import build_tokenizer
 
         cfg, t = self.cfg, self.cfg.train
-        evals = t.max_steps // t.eval_interval + 1
-        # The test split is not used in training: ask for no test samples.
-        num_samples = (t.max_steps * t.global_batch_size, max(1, evals * t.eval_iters * t.global_batch_size), 0)
+        # Every evaluation reads the same first train.eval_iters global batches of the valid split, so that many
+        # samples are asked for: megatron shuffles a split by the epochs a request spans, and a request that grew
+        # with max_steps would give runs of different lengths different validation samples. The test split is
+        # not used in training: no test samples.
+        num_samples = (t.max_steps * t.global_batch_size, max(1, t.eval_iters * t.global_batch_size), 0)
         try:
             self.tokenizer = build_tokenizer(cfg.data.tokenizer)
             self.train_ds, self.valid_ds, _ = build_datasets(
@@ -447,14 +503,18 @@ class Trainer:
                 if self.step % self.cfg.logging.interval == 0 or self.step == t.max_steps:
                     self.log_step(result)
                 with self.speed.paused():  # throughput counts training time only
+                    self.ckpt.poll()  # a background write that every rank finished becomes a checkpoint
                     if self.ckpt.should_save(self.step, t.max_steps):  # before evaluating: a failing evaluation
                         self.save()                                     # must not cost the checkpoint
                     if self.evaluator.should_evaluate(self.step, t.max_steps):
+                        if self.step == t.max_steps:
+                            self.ckpt.wait()  # the run's last checkpoint is complete before its last evaluation
                         self.evaluate()
                 stop_code = self._stop_code()
                 if stop_code is not None:
                     exit_code = stop_code
                     break
+            self.ckpt.wait()
             if exit_code == EXIT_OK:
                 exit_code = self._check_outcome()
             self.stop.phase = FINISHING
@@ -464,6 +524,9 @@ class Trainer:
             self._say(f"error: {e}")
             self.finish(EXIT_ERROR)
             exit_code = EXIT_ERROR
+        except BaseException:
+            self.ckpt.finish_after_error()  # a failing evaluation must not cost the checkpoint in flight either
+            raise
         self._end()
         return exit_code
 
@@ -566,6 +629,9 @@ class Trainer:
             "lr": self.scheduler.get_lr(self.optimizer.param_groups[0]),
             "grad_norm": result.grad_norm,
             "tau": ffn_state.current_tau(self.cfg.ffn, self.step, t.max_steps) if stats else None,
+            # The blend-in weight the step just taken used (docs/method.md §15); only while a ramp is configured.
+            "blend": (ffn_state.blend_weight(self.cfg.ffn, self.step - 1) if self.cfg.ffn.blend_in_steps
+                      else None),
             "mean_loops": stats.get("mean_loops") if stats else None,
             "graph_work_fraction": ffn_state.graph_work_fraction(stats) if stats else None,
             "tokens_per_sec": speed.tokens_per_sec,
@@ -587,9 +653,18 @@ class Trainer:
         """Collective: evaluate now; the callbacks get the record. None when a stop signal cut it short (checked
         between validation batches, every rank together)."""
         self.stop.phase = f"evaluation at step {self.step}"
-        valid = self._loader(self.valid_ds, 0, cycle=True)
-        record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer,
-                                         lambda i: self._micro_batches(valid, -1 - i),
+        # The model as the next step would train it: tau and the blend-in weight are functions of the step (at
+        # step 0, before any train step has set them).
+        ffn_state.set_training_step(self.ddp, self.step, self.cfg.train.max_steps)
+        loader = []
+
+        def micro_batches(i: int) -> list[dict]:
+            if i == 0:  # every pass starts from the first validation batch: every pass scores the same batches
+                loader[:] = [self._loader(self.valid_ds, 0, cycle=True)]
+            return self._micro_batches(loader[0], -1 - i)
+
+        record = self.evaluator.evaluate(self.step, self.ddp, self.optimizer, micro_batches,
+                                         noise_seed=self.cfg.train.seed,
                                          stop=lambda: self._agree(self.stop.requested))
         if record is not None:
             self._emit("on_eval", record)
@@ -597,6 +672,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ saving
     def save(self) -> None:
+        """Collective: save a checkpoint of this step (with checkpoint.async_save, start writing it)."""
         self.stop.phase = f"saving checkpoint {self.step}"
         common = {
             "step": self.step,
@@ -608,11 +684,19 @@ class Trainer:
         }
         loop_stats = {"pipeline_layout": self.cfg.parallel.pipeline_layout, "loop_hist": self.loop_hists}
         path = self.ckpt.save(self.step, self.ddp, self.optimizer, common, self.layout, loop_stats)
-        self._say(f"saved checkpoint {path}")
+        if self.ckpt.writing() == self.step:
+            self._say(f"writing checkpoint {path} in the background")
+
+    def _checkpoint_saved(self, saved: SavedCheckpoint) -> None:
+        """A checkpoint became complete: one record per save to the callbacks (console, metrics.jsonl)."""
+        self._emit("on_checkpoint", {"step": saved.step, "checkpoint": str(saved.path),
+                                     "checkpoint_blocking_s": saved.blocking_s, "checkpoint_write_s": saved.write_s})
 
     def _save_unless_saved(self) -> None:
+        """Before stopping: a checkpoint of this step, complete (a background write of it is waited for)."""
         if not self.ckpt.has_saved(self.step):
             self.save()
+        self.ckpt.wait()
 
     # ------------------------------------------------------------------------------------------------ the end
     def finish(self, exit_code: int) -> None:
@@ -622,6 +706,7 @@ class Trainer:
             cfg, info=self.info, flops_eval=self.flops.eval(self.evaluator.loop_mix()),
             eval_loop_mix=self.evaluator.loop_mix(), steps=self.step, tokens=self.consumed_tokens,
             final_train_loss=self.final_train_loss, final_val_loss=last_eval["val_loss"] if last_eval else None,
+            final_val_loss_train_mode=last_eval.get("val_loss_train_mode") if last_eval else None,
             wall_time_s=self.speed.run_seconds(), exit_code=exit_code, checkpoint=self.last_checkpoint,
             wandb_files=self.wandb.files if self.wandb else None)
         if self.rank == 0:

@@ -165,7 +165,8 @@ def _gpt(kind: str, tp: int = 1, sp: bool = False, ep: int = 1, seed: int = SEED
     from vffn_pretrain.model.config import ModelConfig
     from vffn_pretrain.model.ffn.config import FFNConfig
     from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 
     parallel = ParallelConfig(tp=tp, sp=sp, ep=ep)
     setup_model_parallel(parallel)
@@ -299,7 +300,8 @@ def pp_case(directory: str) -> dict:
     from vffn_pretrain.model.config import ModelConfig
     from vffn_pretrain.model.ffn.config import FFNConfig
     from vffn_pretrain.model.gpt import build_model
-    from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+    from vffn_pretrain.parallel.config import ParallelConfig
+    from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 
     parallel = ParallelConfig(pp=2)
     setup_model_parallel(parallel)

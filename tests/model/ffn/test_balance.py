@@ -17,7 +17,8 @@ from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.moe import BalancedTopKRouter
 from vffn_pretrain.model.ffn.versatile import VersatileFFN
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all
 from vffn_pretrain.testing.batches import split_global_batch, synthetic_global_batch
 from vffn_pretrain.training.optim import OptimConfig, build_optimizer, wrap_ddp
 from vffn_pretrain.training.step import forward_step

@@ -2,11 +2,11 @@
 
 import pytest
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model, build_transformer_config
-from vffn_pretrain.parallel import ParallelConfig
+from vffn_pretrain.parallel.config import ParallelConfig
 
 TINY = ModelConfig(num_layers=1, hidden_size=32, ffn_hidden_size=96, num_attention_heads=4, vocab_size=128)
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from tests.training import trainer_runs as cases
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model import counting
 from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.versatile import VersatileFFN
 from vffn_pretrain.model.gpt import build_model
 from vffn_pretrain.model.layer_pattern import parse_layer_pattern
-from vffn_pretrain.parallel import ParallelConfig
+from vffn_pretrain.parallel.config import ParallelConfig
 
 
 def test_pattern_forms_agree():
@@ -79,7 +79,7 @@ def test_pp_stages_take_their_own_layers_slots(rank_pools):
 def _stage_kinds() -> list[str]:
     from megatron.core import parallel_state as ps
 
-    from vffn_pretrain.parallel import setup_model_parallel
+    from vffn_pretrain.parallel.init import setup_model_parallel
 
     parallel = ParallelConfig(pp=2, pipeline_layout="Ettt|tL")
     setup_model_parallel(parallel)

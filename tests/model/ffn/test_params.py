@@ -12,7 +12,7 @@ from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.counting import FFNShape, ModelShape, count_params
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig
+from vffn_pretrain.parallel.config import ParallelConfig
 
 CONF = Path(__file__).resolve().parents[3] / "conf"
 PAPER_DENSE = {"354m": 354_712_576, "720m": 720_812_544, "1b2": 1_212_741_632}

@@ -9,7 +9,8 @@ from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.gpt import RecomputeConfig, build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all
 
 SEED, SEQ, MBS, VOCAB = 7, 16, 2, 128
 MODEL = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=VOCAB)

@@ -13,7 +13,8 @@ from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.convert import is_new_parameter
 from vffn_pretrain.model.gpt import build_model
-from vffn_pretrain.parallel import ParallelConfig, seed_all
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all
 from vffn_pretrain.testing.dense_conversion import convert_dense_state_dict
 from vffn_pretrain.testing.ffn_stats_summary import stats_summary
 

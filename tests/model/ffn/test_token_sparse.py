@@ -15,7 +15,8 @@ from vffn_pretrain.model.config import ModelConfig
 from vffn_pretrain.model.ffn import state
 from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.functional import router_logits
-from vffn_pretrain.parallel import ParallelConfig, setup_model_parallel
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import setup_model_parallel
 
 S, B, L = 8, 4, 4
 PATTERNS = ("mixed", "all_one", "all_max")

@@ -14,7 +14,8 @@ from vffn_pretrain.model.ffn.config import FFNConfig
 from vffn_pretrain.model.ffn.versatile import VersatileFFN
 from vffn_pretrain.model.gpt import build_transformer_config
 from vffn_pretrain.model.norm import RMSNorm
-from vffn_pretrain.parallel import ParallelConfig, seed_all, setup_model_parallel
+from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.init import seed_all, setup_model_parallel
 from vffn_pretrain.testing.ffn_reference import RefWeights
 
 SEED = 1234

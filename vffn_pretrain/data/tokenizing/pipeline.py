@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from vffn_pretrain.data.prefix import check_output, report_path, smallest_dtype
-from vffn_pretrain.data.report import SkipLog, base_report, now_iso, write_json_atomic
+from vffn_pretrain.data.prefix import check_output, prefix_files, report_path, smallest_dtype
+from vffn_pretrain.data.report import SkipLog, base_report, now_iso
 from vffn_pretrain.data.tokenizing import readers
 from vffn_pretrain.data.tokenizing.worker import (
     DEFAULT_MAX_DOC_MB,
@@ -32,6 +32,7 @@ from vffn_pretrain.data.tokenizing.worker import (
     process_chunk,
     set_state,
 )
+from vffn_pretrain.outputs.atomic import write_json_atomic
 
 
 class StrictModeError(ValueError):
@@ -178,11 +179,14 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     """Tokenize ``opts.inputs`` into ``opts.output_prefix``; return the report (also written next to it).
 
     Raises ``readers.InputError`` (bad input file), ``prefix.OutputExistsError`` (prefix exists, no overwrite),
-    ``StrictModeError`` (bad record with ``strict``), ``EmptyOutputError`` (no document survived) or ``ValueError``
-    (bad tokenizer), leaving no output.
+    ``OutputOverlapsInput`` (the prefix's files would overwrite an input or the tokenizer), ``OutputInUse``
+    (another process writes the prefix), ``StrictModeError`` (bad record with ``strict``), ``EmptyOutputError``
+    (no document survived) or ``ValueError`` (bad tokenizer), leaving no output.
     """
     from vffn_pretrain.data.tokenizer import build_tokenizer
     from vffn_pretrain.data.tokenizing.writer import AtomicIndexedWriter
+    from vffn_pretrain.outputs.apart import check_apart
+    from vffn_pretrain.outputs.lock import claim_output
 
     t_start = time.perf_counter()
     report = base_report("tokenize", opts.argv)
@@ -190,6 +194,8 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     files = readers.resolve_inputs(opts.inputs, opts.format)
     check_output(opts.output_prefix, opts.overwrite)
     tokenizer = build_tokenizer(opts.tokenizer)
+    check_apart({"--output-prefix": prefix_files(opts.output_prefix)},
+                {"--input": [f.path for f in files], "the tokenizer": getattr(tokenizer, "path", None)})
     workers, why = useful_workers(opts.workers, files, opts.chunk_bytes)
     if why:
         print(f"vffn-data: {why}", file=sys.stderr)
@@ -204,10 +210,12 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
         f.path: {"documents_read": 0, "documents_written": 0, "skipped": 0, "blank_lines_ignored": 0} for f in files
     }
     docs_written = tokens = text_bytes = 0
-    executor = _start_pool(workers, tokenizer.spec, config) if workers > 0 else None
-    progress = _Progress(sum(f.size for f in files), opts.progress)
+    lock = claim_output(opts.output_prefix, "--output-prefix", "vffn-data")
+    executor = progress = None
     try:
-        with AtomicIndexedWriter(opts.output_prefix, dtype, overwrite=opts.overwrite) as out:
+        executor = _start_pool(workers, tokenizer.spec, config) if workers > 0 else None
+        progress = _Progress(sum(f.size for f in files), opts.progress)
+        with AtomicIndexedWriter(opts.output_prefix, dtype, overwrite=opts.overwrite, lock=lock) as out:
             chunks = readers.iter_chunks(files, text_key=opts.text_key,
                                          split_on_blank_lines=opts.split_on_blank_lines,
                                          chunk_bytes=opts.chunk_bytes)
@@ -239,32 +247,33 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
             if docs_written == 0:
                 raise EmptyOutputError(_nothing_to_write(files, per_file, skips, opts.text_key))
             files_info = out.commit()
+        elapsed = time.perf_counter() - t_start
+        docs_read = sum(s["documents_read"] for s in per_file.values())
+        report.update({
+            "finished_at": now_iso(),
+            "elapsed_s": round(elapsed, 3),
+            "inputs": [{"path": f.path, "format": f.format, "compression": f.compression, "bytes": f.size,
+                        **per_file[f.path]} for f in files],
+            "output_prefix": os.path.abspath(opts.output_prefix),
+            "output": files_info,
+            "dtype": dtype.__name__,
+            "options": {"text_key": opts.text_key, "split_on_blank_lines": opts.split_on_blank_lines,
+                        "format": opts.format, "strict": opts.strict, "workers": workers,
+                        "max_doc_mb": opts.max_doc_mb},
+            "tokenizer": tokenizer.identity(),
+            "documents": {"read": docs_read, "written": docs_written, "skipped": skips.total},
+            "tokens": tokens,
+            "eod_appended": True,
+            "skipped": skips.to_dict(),
+            "throughput": {"tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
+                           "text_mb_per_s": round(text_bytes / max(elapsed, 1e-9) / 1e6, 3),
+                           "text_bytes": text_bytes},
+        })
+        write_json_atomic(report_path(opts.output_prefix), report)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         if executor is not None:
             executor.shutdown(wait=True, cancel_futures=True)
-
-    elapsed = time.perf_counter() - t_start
-    docs_read = sum(s["documents_read"] for s in per_file.values())
-    report.update({
-        "finished_at": now_iso(),
-        "elapsed_s": round(elapsed, 3),
-        "inputs": [{"path": f.path, "format": f.format, "compression": f.compression, "bytes": f.size,
-                    **per_file[f.path]} for f in files],
-        "output_prefix": os.path.abspath(opts.output_prefix),
-        "output": files_info,
-        "dtype": dtype.__name__,
-        "options": {"text_key": opts.text_key, "split_on_blank_lines": opts.split_on_blank_lines,
-                    "format": opts.format, "strict": opts.strict, "workers": workers,
-                    "max_doc_mb": opts.max_doc_mb},
-        "tokenizer": tokenizer.identity(),
-        "documents": {"read": docs_read, "written": docs_written, "skipped": skips.total},
-        "tokens": tokens,
-        "eod_appended": True,
-        "skipped": skips.to_dict(),
-        "throughput": {"tokens_per_s": round(tokens / max(elapsed, 1e-9), 1),
-                       "text_mb_per_s": round(text_bytes / max(elapsed, 1e-9) / 1e6, 3),
-                       "text_bytes": text_bytes},
-    })
-    write_json_atomic(report_path(opts.output_prefix), report)
+        lock.release()
     return report

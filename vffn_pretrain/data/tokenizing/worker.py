@@ -68,7 +68,7 @@ def init_worker(tokenizer_spec: str, config: WorkerConfig) -> None:
     # The main process owns Ctrl-C: it stops the pool and removes partial files.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A killed main process cannot stop its workers: they stop themselves.
-    from vffn_pretrain.lifetime import exit_with_parent
+    from vffn_pretrain.process.lifetime import exit_with_parent
 
     exit_with_parent()
     # One thread per worker: --workers is the parallelism, not workers x tokenizer threads.

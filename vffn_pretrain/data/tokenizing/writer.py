@@ -8,13 +8,14 @@ flat on large inputs, while writing the same bytes (a test compares against the 
   materialises a list of every pointer at the end.
 
 ``AtomicIndexedWriter`` writes under temporary names (``PREFIX.bin.partial-PID``; the suffix means they never
-form a loadable prefix) and renames them into place only once both are complete, so an interrupted run leaves
-no half-written prefix that looks valid, and an existing prefix is untouched until the new one is ready.
+form a loadable prefix, see ``vffn_pretrain.outputs.atomic``) and renames them into place only once both are
+complete, so an interrupted run leaves no half-written prefix that looks valid, and an existing prefix is
+untouched until the new one is ready. With the writer's lock (``outputs.lock``), the commit checks again that
+this process still owns the prefix and that no prefix appeared meanwhile (without overwrite).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import sys
@@ -126,19 +127,14 @@ def _fsync(path: str) -> None:
 
 
 def sweep_stale_partials(prefix: str) -> list[str]:
-    """Remove ``PREFIX.bin.partial-PID`` / ``.idx.partial-PID`` files whose process is gone (a killed run);
-    returns the removed paths. Files of a live process (another run writing the prefix) are left alone."""
-    from vffn_pretrain.lifetime import pid_alive
+    """Remove the ``.partial-PID`` files of ``prefix`` (data files and report) whose process is gone (a killed
+    run); returns the removed paths. Files of a live process are left alone."""
+    from vffn_pretrain.outputs.atomic import sweep_stale_partials as sweep
 
-    removed = []
-    for final in (bin_path(prefix), idx_path(prefix)):
-        for path in glob.glob(glob.escape(final) + ".partial-*"):
-            pid = path.rsplit("-", 1)[1]
-            if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-                os.remove(path)
-                removed.append(path)
-                print(f"vffn-data: removed {path}, left by process {pid}, which is gone", file=sys.stderr)
-    return removed
+    def warn(message: str) -> None:
+        print(f"vffn-data: {message}", file=sys.stderr)
+
+    return [p for final in (bin_path(prefix), idx_path(prefix), report_path(prefix)) for p in sweep(final, warn)]
 
 
 class AtomicIndexedWriter:
@@ -148,8 +144,11 @@ class AtomicIndexedWriter:
     own: call ``commit()`` when done.
     """
 
-    def __init__(self, prefix: str | os.PathLike, dtype: type[np.number], *, overwrite: bool = False):
+    def __init__(self, prefix: str | os.PathLike, dtype: type[np.number], *, overwrite: bool = False,
+                 lock=None):
         self.prefix = str(prefix)
+        self.overwrite = overwrite
+        self.lock = lock  # an outputs.lock.OwnerLock held on the prefix, checked again at commit
         check_output(self.prefix, overwrite)
         Path(self.prefix).parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_partials(self.prefix)
@@ -171,6 +170,9 @@ class AtomicIndexedWriter:
         self.builder.finalize(self.tmp_idx)
         for path in (self.tmp_bin, self.tmp_idx):
             _fsync(path)
+        if self.lock is not None:
+            self.lock.verify()
+        check_output(self.prefix, self.overwrite)  # written meanwhile by a writer that took no lock?
         final_bin, final_idx = bin_path(self.prefix), idx_path(self.prefix)
         # Order matters: drop the old report and .idx first, so that at every instant either no valid prefix
         # exists or the new .bin and .idx are both in place.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from vffn_pretrain.config_errors import ConfigError
-from vffn_pretrain.config_fields import MAX_REPEATS, MODEL, check_fields, setting
+from vffn_pretrain.config.errors import ConfigError
+from vffn_pretrain.config.fields import MAX_REPEATS, MODEL, check_fields, setting
 from vffn_pretrain.model.kinds import FFN_KINDS, traits
 from vffn_pretrain.model.layer_pattern import parse_layer_pattern
 
@@ -26,6 +26,11 @@ class FFNConfig:
     width path only when lambda > 0); deeper loops run for their values alone (versatile, depth_only; not under
     sequence parallelism, where the all-token path runs). Same losses and gradients, less backward work and
     activation memory.
+    blend_in_steps: 0 = the paper's conversion. B > 0 (continued pretraining without the conversion shock, a
+    departure from the paper, docs/method.md §15): the shared-weight kinds (versatile, depth_only, width_only,
+    kloop) output H^(1) + s * (Y - H^(1)) with s = min(step / B, 1), t the optimizer step, so a model converted
+    from a dense checkpoint computes the dense function at step 0 and the kind's own from step B on. dense and
+    moe have no such key.
     layers: per-layer kinds, null = every layer is `kind`; a list (["dense", "versatile", ...]) or a string
     "dense*3,versatile*12" (quote it on the command line: ffn.layers='dense*3,versatile*12'). Every layer uses
     the ffn.* settings above with its own kind. moe cannot be mixed with other kinds.
@@ -43,6 +48,8 @@ class FFNConfig:
     balance_loss: bool = True
     balance_coeff: float = setting(1e-5, ge=0)
     token_sparse_recursion: bool = True
+    # a conversion ramp (docs/method.md §15): changes the layer's output until step blend_in_steps
+    blend_in_steps: int = setting(0, ge=0, le=2**31, changes=MODEL)
     layers: list | str | None = setting(None, changes=MODEL)
 
     def layer_kinds(self, num_layers: int) -> list[str]:
@@ -70,6 +77,10 @@ class FFNConfig:
         check_fields(self, "ffn")
         if self.kind not in FFN_KINDS:
             raise ConfigError("ffn.kind", f"must be one of {', '.join(FFN_KINDS)}, got {self.kind!r}")
+        if isinstance(self.blend_in_steps, bool) or not isinstance(self.blend_in_steps, int) \
+                or self.blend_in_steps < 0:
+            raise ConfigError("ffn.blend_in_steps", f"must be an integer >= 0 (0: the paper's conversion), got "
+                                                    f"{self.blend_in_steps!r}")
         kinds = [self.kind] if num_layers is None or self.layers is None else self.layer_kinds(num_layers)
         for kind in dict.fromkeys(kinds):
             self._validate_kind(kind, d_ff, tp)

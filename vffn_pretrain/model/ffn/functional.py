@@ -19,10 +19,38 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
+class _HeadLogits(torch.autograd.Function):
+    """hidden @ weight.T accumulated in float64 and rounded to fp32 once; the backward in float64 too.
+
+    Why float64: the logits decide (top-k experts, sampled loop counts), and an fp32 GEMM on a GPU may run in
+    TF32 (transformer-engine always does, NGC images force it for torch), whose 10-bit mantissa moves logits by
+    ~1e-3 and flips near-tie decisions. In float64 the decisions depend on the inputs only: the same on CPU and
+    GPU, with or without TF32. The head is d x (N or L_max), so the float64 products cost next to nothing.
+    Saves `hidden` as it is (the layer's input, which autograd keeps anyway), not an fp32 copy."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(hidden, weight)
+        return F.linear(hidden.double(), weight.double()).float()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        hidden, weight = ctx.saved_tensors
+        g = grad.double()
+        grad_hidden = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_hidden = (g @ weight.double()).to(hidden.dtype)
+        if ctx.needs_input_grad[1]:
+            flat_g = g.reshape(-1, g.shape[-1])
+            grad_weight = (flat_g.T @ hidden.reshape(-1, hidden.shape[-1]).double()).to(weight.dtype)
+        return grad_hidden, grad_weight
+
+
 def router_logits(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """fp32 logits of a bias-free head on the un-normalised stream (docs/method.md §12 #3, #4, #8).
-    hidden [..., h] (any dtype), weight [out, h] -> [..., out] fp32."""
-    return F.linear(hidden.float(), weight.float())
+    """fp32 logits of a bias-free head on the un-normalised stream (docs/method.md §12 #3, #4, #8), accumulated
+    in float64 (see _HeadLogits: decisions independent of TF32). hidden [..., h] (any dtype), weight [out, h]
+    -> [..., out] fp32."""
+    return _HeadLogits.apply(hidden, weight)
 
 
 def topk_gates(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,13 +105,52 @@ def fusion_weight(loops: torch.Tensor, max_loops: int) -> torch.Tensor:
     return (max_loops - loops.to(torch.float32)) / max_loops
 
 
+class _Fuse(torch.autograd.Function):
+    """lam * y_width + (1 - lam) * y_depth computed in fp32 and rounded once to the states' dtype.
+
+    Written out as autograd would differentiate the fp32 expression (bitwise the same gradients), but it saves
+    y_width and y_depth in their own dtype: autograd would keep their fp32 copies for d lam, 2 x [T, h] fp32 per
+    layer."""
+
+    @staticmethod
+    def forward(ctx, lam: torch.Tensor, y_width: torch.Tensor, y_depth: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(lam, y_width, y_depth)
+        lam = _per_row(lam, y_width)
+        return (lam * y_width.float() + (1 - lam) * y_depth.float()).to(y_width.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        lam, y_width, y_depth = ctx.saved_tensors
+        per_row = _per_row(lam, y_width)
+        g = grad.float()
+        grad_lam = grad_width = grad_depth = None
+        if ctx.needs_input_grad[0]:
+            grad_lam = ((g * y_width.float()).sum_to_size(per_row.shape)
+                        - (g * y_depth.float()).sum_to_size(per_row.shape)).reshape(lam.shape)
+        if ctx.needs_input_grad[1]:
+            grad_width = (g * per_row).to(y_width.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_depth = (g * (1 - per_row)).to(y_depth.dtype)
+        return grad_lam, grad_width, grad_depth
+
+
+def _per_row(lam: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """lam [T] -> [T, 1, ...] broadcasting over y's trailing dims."""
+    return lam.reshape(lam.shape + (1,) * (y.dim() - lam.dim()))
+
+
 def fuse(lam: torch.Tensor, y_width: torch.Tensor, y_depth: torch.Tensor) -> torch.Tensor:
-    """Y = lambda * Y_width + (1 - lambda) * Y_depth. lam [T] fp32 (one per leading row of y), y_* [T, ..., h].
-    Low-precision states are mixed in fp32 and rounded once."""
-    lam = lam.reshape(lam.shape + (1,) * (y_width.dim() - lam.dim()))
-    if y_width.dtype == torch.float32:
-        return lam * y_width + (1 - lam) * y_depth
-    return (lam * y_width.float() + (1 - lam) * y_depth.float()).to(y_width.dtype)
+    """Y = lambda * Y_width + (1 - lambda) * Y_depth. lam [T] fp32 (one per leading row of y), y_* [T, ..., h]
+    (same dtype). Low-precision states are mixed in fp32 and rounded once; autograd keeps no fp32 copy of them
+    (_Fuse)."""
+    return _Fuse.apply(lam, y_width, y_depth)
+
+
+def blend_in(h1: torch.Tensor, y: torch.Tensor, s: float) -> torch.Tensor:
+    """H^(1) + s * (Y - H^(1)) (docs/method.md §15): the dense layer's output at s = 0 (exactly: the difference is
+    multiplied by zero), the kind's own output Y at s = 1, where the caller skips this. h1, y [T, ..., h], same
+    dtype. Y stays in the graph at s = 0, so a balance loss attached to it still reaches the router."""
+    return h1 + s * (y - h1)
 
 
 def expert_segments(d_ff: int, num_experts: int, tp_rank: int, tp_size: int) -> tuple[torch.Tensor, int]:

@@ -17,7 +17,7 @@ from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
 from megatron.core.models.gpt.moe_module_specs import get_moe_module_spec
 from megatron.core.transformer.moe.router import TopKRouter
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model.ffn.balance import attach_aux_loss, switch_balance
 from vffn_pretrain.model.ffn.functional import router_logits
 from vffn_pretrain.model.ffn.registry import FFNSlot, register_config_overrides, register_ffn

@@ -51,11 +51,22 @@ def current_tau(ffn_cfg, step: int, total_steps: int) -> float:
     return float(max(ffn_cfg.tau0 * math.exp(t * math.log(decay)), ffn_cfg.tau_min))
 
 
+def blend_weight(ffn_cfg, step: int) -> float:
+    """s_t = min(t / ffn.blend_in_steps, 1) for the 0-based optimizer step t (1.0 when blend_in_steps is 0): the
+    share of the kind's own output in H^(1) + s * (Y - H^(1)) (docs/method.md §15). A pure function of the step,
+    like tau, so a resumed run continues the same ramp."""
+    steps = int(getattr(ffn_cfg, "blend_in_steps", 0) or 0)
+    return 1.0 if steps <= 0 else min(max(int(step), 0) / steps, 1.0)
+
+
 def set_training_step(chunks, step: int, total_steps: int) -> float | None:
-    """Set tau for `step` on every VersatileFFN in the chunks; returns the tau set (None if no such layer)."""
+    """Set tau and the blend-in weight for `step` on every VersatileFFN in the chunks (the trainer calls it before
+    each optimizer step and before each evaluation; inference tools with the checkpoint's step); returns the tau
+    set (None if no such layer)."""
     tau = None
     for mod in _versatile_modules(chunks):
         mod.tau = current_tau(mod.ffn_cfg, step, total_steps)
+        mod.blend = blend_weight(mod.ffn_cfg, step)
         tau = mod.tau
     return tau
 

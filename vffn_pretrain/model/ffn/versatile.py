@@ -15,7 +15,9 @@ Training forward of `versatile` for this rank's tokens H (rows of [s, b, h]; s i
   route          top-k gates of the router on H;
   width delta    fc2(m ⊙ a1): loop 1's activations masked by the gates (method §7), so no second fc1;
   fuse           lambda = (L_max - sum_j j p_j) / L_max, Y = lambda (H + width delta) + (1 - lambda) Y_depth;
-  record         balance loss attached to the backward pass, statistics for the log.
+  record         balance loss attached to the backward pass, statistics for the log;
+  blend in       with ffn.blend_in_steps, Y <- H^(1) + s (Y - H^(1)) while s = step / blend_in_steps < 1
+                 (docs/method.md §15; every shared-weight kind, nothing computed once s = 1).
 The router and loop head see the un-normalised H, are replicated on every TP rank and run on the rank's own
 tokens. Under TP their outputs are used on every rank's slice of hidden units, so the gate tensor passes through
 copy_to_tensor_model_parallel_region (all-reduce of its gradient) or, under SP, an all-gather along the sequence
@@ -43,11 +45,12 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules, apply_swiglu_shard
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 from megatron.core.transformer.utils import sharded_state_dict_default
 
-from vffn_pretrain.config_errors import ConfigError
+from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.model import noise
 from vffn_pretrain.model.counting import width_path_form
 from vffn_pretrain.model.ffn.balance import attach_aux_loss, switch_balance
 from vffn_pretrain.model.ffn.functional import (
+    blend_in,
     expected_loops,
     expert_segments,
     fuse,
@@ -71,9 +74,13 @@ log = logging.getLogger(__name__)
 class ReplicatedHead(torch.nn.Module):
     """A bias-free d -> n linear map whose weight [n, d] is replicated on every TP rank (router, loop head).
 
+    Called as a module, `head(hidden [..., d]) -> logits [..., n] fp32` (functional.router_logits), so that hooks
+    on it run before its weight is read: megatron's DDP with parallel.overlap_param_gather waits for the weight's
+    all-gather in a forward pre-hook.
+
     Initialised with config.init_method from the default generator, which is seeded identically across TP, so
-    every TP rank (and a TP=1 run) starts from the same values. Only `weight` is used; the caller does the
-    matmul in fp32."""
+    every TP rank (and a TP=1 run) starts from the same values. Its gradient is kept identical on every TP rank
+    (`tp_replicated`, training.optim.finalize_grads): the token-sparse loop plan must be the same on each."""
 
     def __init__(self, config, in_features: int, out_features: int):
         super().__init__()
@@ -84,6 +91,41 @@ class ReplicatedHead(torch.nn.Module):
         # Under SP each TP rank computes this head on its own tokens: megatron's finalize_model_grads
         # all-reduces the gradients of parameters marked like this over the TP group.
         self.weight.sequence_parallel = config.sequence_parallel
+        self.weight.tp_replicated = True
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return router_logits(hidden, self.weight)
+
+
+class _ZeroGradsFor(torch.autograd.Function):
+    """Identity on `output`; in the backward pass each parameter in `params` receives a zero gradient (their
+    values are not read). Added to whatever gradient the data gave them, it changes nothing, but it makes every
+    such parameter get a gradient on every micro-batch: megatron's DDP with parallel.overlap_grad_reduce launches
+    a bucket's reduction once its parameters' gradient counts equal those of the first step, and a parameter
+    left out on some micro-batches (the router when every token sampled L_max and the balance loss is off, a
+    forced loop count) would leave its bucket unreduced: an assertion on one rank, a hang on the others."""
+
+    @staticmethod
+    def forward(ctx, output: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.like = [(p.shape, p.dtype, p.device) for p in params]
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, *[torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.like]
+
+
+def weight_of(module: torch.nn.Module) -> torch.Tensor:
+    """`module.weight` for a matmul outside a call of `module` (the eval path's replicated rows, the sparse width
+    path): the module's forward pre-hooks run first, as a call would run them. megatron's DDP with
+    parallel.overlap_param_gather waits there for the weight's all-gather; without it the weight may be stale."""
+    with_kwargs = getattr(module, "_forward_pre_hooks_with_kwargs", {})
+    for hook_id, hook in tuple(module._forward_pre_hooks.items()):
+        if hook_id in with_kwargs:
+            hook(module, (), {})
+        else:
+            hook(module, ())
+    return module.weight
 
 
 def in_backward_pass() -> bool:
@@ -112,8 +154,8 @@ class VersatileFFN(MLP):
     linear_fc1 [2*d_ff/TP, h] (this rank's [gate_r ; up_r]), linear_fc2 [h, d_ff/TP], norm [h] and, by kind,
     router [N, h] and loop_head [L_max, h] (replicated).
 
-    Runtime attributes (not checkpointed): `tau` (Gumbel temperature, set from the optimizer step by
-    state.set_training_step), `force_loops` (int | None: every token runs exactly this many loops, in training
+    Runtime attributes (not checkpointed): `tau` (Gumbel temperature) and `blend` (the blend-in weight s, 1.0
+    unless ffn.blend_in_steps is set), both set from the optimizer step by state.set_training_step, `force_loops` (int | None: every token runs exactly this many loops, in training
     and eval, and the loop head is bypassed), `disable_width` (bool: the width path is skipped, lambda = 0).
     """
 
@@ -146,6 +188,7 @@ class VersatileFFN(MLP):
         self.token_sparse = bool(getattr(ffn_cfg, "token_sparse_recursion", False)) and not (
             config.sequence_parallel and tp_size > 1)
         self.tau = float(ffn_cfg.tau0)
+        self.blend = 1.0
         self.force_loops: int | None = None
         self.disable_width = False
         self.layer_number = 1
@@ -168,6 +211,9 @@ class VersatileFFN(MLP):
             out = self._forward_adaptive_train(hidden_states, token_weight)
         else:
             out = self._forward_adaptive_eval(hidden_states, token_weight)
+        heads = [m.weight for m in (getattr(self, "router", None), getattr(self, "loop_head", None)) if m is not None]
+        if heads and self.training and torch.is_grad_enabled():
+            out = _ZeroGradsFor.apply(out, *heads)
         return out, None
 
     def _forward_adaptive_train(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
@@ -186,7 +232,7 @@ class VersatileFFN(MLP):
             y_width = x + self._width_delta(a1, route, plan.width_start)
             y, balance = self._attach_balance_loss(fuse(lam, y_width, y), route, token_weight)
         self._record(counts, lam, route, balance, token_weight, plan)
-        return plan.to_natural_order(y).view_as(h)
+        return plan.to_natural_order(self._blend_in(states[0].graph, y)).view_as(h)
 
     @torch.no_grad()
     def _forward_adaptive_eval(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
@@ -195,7 +241,7 @@ class VersatileFFN(MLP):
         this rank's shard cut out of the result. H [s, b, h] -> Y [s, b, h]."""
         x_all = self._gather_sequence(h)
         forced = self._forced_loops()
-        counts = (rows(router_logits(x_all, self.loop_head.weight)).argmax(-1).squeeze(-1) + 1 if forced is None
+        counts = (rows(self.loop_head(x_all)).argmax(-1).squeeze(-1) + 1 if forced is None
                   else torch.full((x_all.shape[0] * x_all.shape[1],), forced, dtype=torch.int64, device=h.device))
         plan = LoopPlan.by_loop_count(counts, self.max_loops, width=self._uses_width())
         x = plan.to_plan_order(rows(x_all))
@@ -208,6 +254,7 @@ class VersatileFFN(MLP):
             lam = fusion_weight(plan.to_plan_order(counts)[start:], self.max_loops)
             y_width = x[start:] + self._width_delta_replicated(a1[start:], route)
             y[start:] = fuse(lam, y_width, y[start:])
+        y = self._blend_in(states[0].graph, y)
         self.last_loop_work = [n for n in plan.graph_rows if n]
         self.last_width_tokens = plan.num_rows - start
         self._record_eval(counts, plan, route, token_weight)
@@ -215,16 +262,17 @@ class VersatileFFN(MLP):
 
     def _forward_kloop(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
         """The k-loop baseline: every token runs ffn.loops loops, no loop head, no width path."""
-        z = h
-        for _ in range(self.max_loops):
+        z = h1 = self._loop(h)[1]
+        for _ in range(self.max_loops - 1):
             z = self._loop(z)[1]
         if not in_backward_pass():
             self._record_all_tokens(h, token_weight)
-        return z
+        return self._blend_in(h1, z)
 
     def _forward_width_only(self, h: torch.Tensor, token_weight: torch.Tensor | None) -> torch.Tensor:
         """The width-only ablation: the dense FFN always on plus the routed virtual experts,
-        Y = H + fc2(a1) + sum_e g_e fc2_e(a1_e) = H + fc2((1 + m) ⊙ a1), one fc2 product (method §12 #19)."""
+        Y = H + fc2(a1) + sum_e g_e fc2_e(a1_e) = H + fc2((1 + m) ⊙ a1), one fc2 product (method §12 #19).
+        The blend-in H^(1) + s (Y - H^(1)) is H + fc2((1 + s m) ⊙ a1) by linearity: the gates scaled by s."""
         a1 = swiglu(self.linear_fc1(self.norm(h))[0])
         if not self._uses_width():
             y = h + self.linear_fc2(a1)[0]
@@ -232,13 +280,18 @@ class VersatileFFN(MLP):
                 self._record_all_tokens(h, token_weight)
             return y
         route = self._route(h)
-        masked = mask_units(a1, self._replicate_gates(route[0]), self.seg_expert, self.seg_width, offset=1.0)
+        gates = route[0] if self.blend >= 1.0 else route[0] * self.blend
+        masked = mask_units(a1, self._replicate_gates(gates), self.seg_expert, self.seg_width, offset=1.0)
         y, balance = self._attach_balance_loss(h + self.linear_fc2(masked)[0], route, token_weight)
         self._record(torch.ones(h.shape[:-1], dtype=torch.int64, device=h.device), None, route, balance,
                      token_weight)
         return y
 
     # ---- loops ---------------------------------------------------------------------------------------------
+
+    def _blend_in(self, h1: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """H^(1) + s (Y - H^(1)) during the blend-in ramp (s = self.blend < 1); Y itself, at no cost, after it."""
+        return y if self.blend >= 1.0 else blend_in(h1, y, self.blend)
 
     def _uses_width(self) -> bool:
         return self.has_width and not self.disable_width
@@ -260,7 +313,7 @@ class VersatileFFN(MLP):
             counts = torch.full((h.shape[0] * h.shape[1],), forced, dtype=torch.int64, device=h.device)
             p = torch.zeros(counts.numel(), self.max_loops, device=h.device).scatter_(1, counts[:, None] - 1, 1.0)
             return p, counts
-        p, index = gumbel_straight_through(router_logits(h, self.loop_head.weight), self._noise(h), self.tau)
+        p, index = gumbel_straight_through(self.loop_head(h), self._noise(h), self.tau)
         return p.reshape(-1, self.max_loops), index.reshape(-1) + 1
 
     def _training_plan(self, counts: torch.Tensor) -> LoopPlan:
@@ -280,11 +333,11 @@ class VersatileFFN(MLP):
     def _loop_replicated(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`_loop` for rows every TP rank holds whole (eval): plain matmuls on this rank's units, fc2's partial
         sums all-reduced over TP. No autograd through the TP collectives."""
-        a = swiglu(F.linear(self.norm(z), self.linear_fc1.weight))
+        a = swiglu(F.linear(self.norm(z), weight_of(self.linear_fc1)))
         return a, z + self._fc2_replicated(a)
 
     def _fc2_replicated(self, a: torch.Tensor) -> torch.Tensor:
-        out = F.linear(a, self.linear_fc2.weight)
+        out = F.linear(a, weight_of(self.linear_fc2))
         return reduce_from_tensor_model_parallel_region(out, group=self.tp_group) if self.tp_group.size() > 1 \
             else out
 
@@ -292,7 +345,7 @@ class VersatileFFN(MLP):
 
     def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(gates [..., N] fp32, top-k indices [..., k], router logits [..., N] fp32) of the tokens x."""
-        logits = router_logits(x, self.router.weight)
+        logits = self.router(x)
         gates, top_idx = topk_gates(logits, self.ffn_cfg.top_k)
         return gates, top_idx, logits
 
@@ -325,10 +378,14 @@ class VersatileFFN(MLP):
         return self._fc2_replicated(mask_units(a1, gates, self.seg_expert, self.seg_width))
 
     def _sparse_expert_delta(self, a1, gates, top_idx) -> torch.Tensor:
+        if self.config.gradient_accumulation_fusion and torch.is_grad_enabled():
+            # Its fc2 product bypasses the linear, so its weight gradient would bypass the fused accumulation
+            # into main_grad and be dropped. The sparse form runs on CPU only, fusion on transformer-engine only.
+            raise RuntimeError("the sparse width path cannot train with gradient_accumulation_fusion")
         k = top_idx.shape[-1]
         flat_idx = top_idx.reshape(-1, k)
         delta = routed_expert_delta(a1.reshape(-1, a1.shape[-1]), gates.reshape(-1, gates.shape[-1]).gather(
-            -1, flat_idx), flat_idx, self.linear_fc2.weight, self.num_experts)
+            -1, flat_idx), flat_idx, weight_of(self.linear_fc2), self.num_experts)
         return delta.view(*a1.shape[:-1], -1)
 
     def _replicate_gates(self, gates: torch.Tensor) -> torch.Tensor:

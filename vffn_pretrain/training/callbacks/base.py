@@ -26,6 +26,11 @@ class Callback:
     def on_eval(self, record: dict[str, Any]) -> None:
         """After each evaluation: step, val_loss, val_ppl, val_mean_loops."""
 
+    def on_checkpoint(self, record: dict[str, Any]) -> None:
+        """A checkpoint became complete: step, checkpoint (its directory), checkpoint_blocking_s (the training time
+        the save took) and checkpoint_write_s (a background save's write time while training went on; None for a
+        synchronous save)."""
+
     def on_message(self, text: str) -> None:
         """A notable event (checkpoint saved, step skipped, ...)."""
 

@@ -41,6 +41,12 @@ def format_log_line(r: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def format_checkpoint_line(r: dict[str, Any]) -> str:
+    written = r.get("checkpoint_write_s")
+    background = f", written in the background in {written:.2f} s" if written is not None else ""
+    return f"saved checkpoint {r['checkpoint']} (training blocked {r['checkpoint_blocking_s']:.2f} s{background})"
+
+
 class ConsoleLogger(Callback):
     optional = True
 
@@ -87,6 +93,9 @@ class ConsoleLogger(Callback):
         loops = f" | val_mean_loops {record['val_mean_loops']:.2f}" if record.get("val_mean_loops") else ""
         self._print(f"eval at step {record['step']}: val_loss {record['val_loss']:.4f} | "
                     f"val_ppl {record['val_ppl']:.2f}{loops}")
+
+    def on_checkpoint(self, record):
+        self._print(format_checkpoint_line(record))
 
     def on_message(self, text):
         self._print(text)

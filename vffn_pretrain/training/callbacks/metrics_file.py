@@ -1,4 +1,5 @@
-"""run_dir/metrics.jsonl: one JSON object per logged step and per evaluation, appended and flushed.
+"""run_dir/metrics.jsonl: one JSON object per logged step, per evaluation and per checkpoint saved (`checkpoint`,
+`checkpoint_blocking_s`, `checkpoint_write_s`), appended and flushed.
 
 A resumed run first drops the records of the steps after its checkpoint (the crashed process logged them, the
 resumed one logs them again), so a reader sees each step once: the records of the run that was kept.
@@ -68,4 +69,7 @@ class MetricsFile(Callback):
         self._append(record)
 
     def on_eval(self, record):
+        self._append(record)
+
+    def on_checkpoint(self, record):
         self._append(record)

@@ -27,5 +27,8 @@ class TensorBoardLogger(Callback):
     def on_eval(self, record):
         self._scalars(record, "eval")
 
+    def on_checkpoint(self, record):
+        self._scalars(record, "checkpoint")
+
     def on_train_end(self, summary):
         self.writer.close()

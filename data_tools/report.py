@@ -1,8 +1,0 @@
-"""Compatibility name for `vffn_pretrain.data.report`: the library owns it, and data_tools builds on the library, never
-the reverse. This is the same module object, so what is read or patched here is that module's."""
-
-import sys
-
-import vffn_pretrain.data.report as _moved
-
-sys.modules[__name__] = _moved

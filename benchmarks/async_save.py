@@ -65,7 +65,7 @@ def _trainer(model: str, run_dir: Path, steps: int, extra: list[str]):
         cfg = load_run_config(compose("config", overrides=overrides), world_size=1)
     trainer = Trainer(cfg)
     trainer.setup()
-    trainer.callbacks = []  # no console or metrics records: the benchmark prints its own table
+    trainer.callbacks.callbacks = []  # no console or metrics records: the benchmark prints its own table
     return trainer
 
 

@@ -65,7 +65,7 @@ def main() -> None:
             self.times.append((record["step"], time.perf_counter(), time.process_time()))
 
     log_times = LogTimes()
-    trainer.callbacks.append(log_times)
+    trainer.callbacks.callbacks.append(log_times)
     trainer.save = lambda: None  # the final checkpoint is outside the timed window anyway
     if trainer.wandb is not None:
         trainer.wandb.on_train_end = lambda summary: None  # fit() runs once per round: keep the run open

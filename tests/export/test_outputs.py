@@ -38,7 +38,7 @@ PATTERN = "dense,kloop,versatile,width_only,depth_only"
 @pytest.fixture(scope="module")
 def mixed_run(rank_pools, tmp_path_factory) -> Path:
     """A tiny 5-layer mixed model trained 2 steps with a tokenizer file of its own (tok/tokenizer.json)."""
-    from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+    from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 
     tmp = tmp_path_factory.mktemp("mixed")
     (tmp / "tok").mkdir()

@@ -78,7 +78,7 @@ def test_tokenize_output_over_its_input_is_refused(d, capsys, monkeypatch):
 
 
 def test_tokenize_report_over_the_tokenizer_is_refused(d, capsys, monkeypatch):
-    from vffn_pretrain.data.bundled import BUNDLED_TOKENIZER
+    from vffn_pretrain.data.assets import BUNDLED_TOKENIZER
 
     tok = d / "t.report.json"
     tok.write_bytes(BUNDLED_TOKENIZER.read_bytes())

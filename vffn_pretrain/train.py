@@ -84,7 +84,6 @@ def main() -> None:
 
     from vffn_pretrain.training.signals import STOP, StoppedBeforeTraining
 
-    STOP.install()  # first: a signal during the imports below is handled too (signals.py says how)
     warnings.filterwarnings("ignore")
     logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is not a traceback
     if wants_help(sys.argv[1:]):
@@ -92,6 +91,9 @@ def main() -> None:
                                      "resumes from run_dir's latest checkpoint.")
         return
     try:
+        # First: a signal during the imports below is handled too (signals.py says how), and one that arrives
+        # while the handlers are being installed is the same one line.
+        STOP.install()
         import hydra  # here, not at the top: the stop signals are handled while it (and torch) load
 
         precheck_overrides("vffn-pretrain", str(CONF_DIR), sys.argv[1:], show=_is_rank0())

@@ -13,6 +13,7 @@ import time
 from tests.faults import trainer_cases
 from tests.faults.processes import children, wait_until_gone
 from tests.training import trainer_runs as cases
+from vffn_pretrain.training.run_lock import LOCK_NAME
 
 GONE_WITHIN_S = 30  # as tests/faults/test_processes.py: a helper notices its parent's death within 0.5 s
 
@@ -49,7 +50,8 @@ def _writer(proc) -> int:
 
 
 def _names(ckpts) -> list[str]:
-    return sorted(p.name for p in ckpts.iterdir())
+    """The checkpoints and markers (not the lock a live or killed trainer holds on checkpoint.dir)."""
+    return sorted(p.name for p in ckpts.iterdir() if p.name != LOCK_NAME)
 
 
 def test_full_disk_during_a_background_write_stops_the_run_with_the_previous_checkpoint(

@@ -103,7 +103,7 @@ def test_async_save_at_tp2_pp2_with_the_distributed_optimizer_resumes_bitwise_an
     shutil.copytree(tmp_path / "async" / "checkpoints" / "step_0000002",
                     tmp_path / "single" / "checkpoints" / "step_0000002")
     single = rank_pools(1).run(cases.train, _args(base_overrides, tmp_path / "single", "train.max_steps=3",
-                                                  "checkpoint.interval=1000"))[0]
+                                                  "checkpoint.interval=1000", "parallel.distributed_optimizer=true"))[0]
     assert single["summary"]["steps"] == 3
     np.testing.assert_allclose(single["losses"][3], sync["losses"][3], rtol=1e-5)
 

@@ -62,7 +62,7 @@ def test_auto_at_pp2_matches_single_rank(rank_pools, synthetic_data, tmp_path):
     (["parallel.pp=2", "parallel.plan_memory_gib=0.0001"], "parallel.plan_memory_gib", "short by"),
     (["parallel.pp=2", "parallel.plan_memory_gib=-1"], "parallel.plan_memory_gib", "positive"),
     (["parallel.pp=2", "parallel.plan_memory_gib=inf"], "parallel.plan_memory_gib", "finite"),
-    (["parallel.pp=2", "parallel.plan_costs=5"], "parallel.plan_costs", "path"),
+    (["parallel.pp=2", "parallel.plan_costs=5"], "parallel.plan_costs", "a string"),
     (["parallel.pp=2", "parallel.plan_costs={list}"], "parallel.plan_costs", "JSON object"),
     (["parallel.pp=2", "parallel.plan_costs={negative}"], "parallel.plan_costs", ">= 0"),
     (["parallel.pp=2", "parallel.plan_costs={tmp}"], "parallel.plan_costs", "directory"),

@@ -76,7 +76,7 @@ def dense_source_mismatch(saved: dict, model: ModelConfig) -> list[str]:
         return ["model/ffn: the checkpoint's config cannot be read"]
     out = []
     kinds = _layer_kinds(old_ffn, old_model.num_layers) or [old_ffn.kind]
-    if set(kinds) != {"dense"}:
+    if not all(traits(k).plain for k in kinds):  # a dense checkpoint: every layer one plain SwiGLU pass
         what = "ffn.kind" if old_ffn.layers is None else "ffn.layers"
         out.append(f"{what}: {old_ffn.kind if old_ffn.layers is None else kinds!r} (a dense checkpoint is needed)")
     return out + _changed("model", keys_that_change(ModelConfig, MODEL), old_model, model)

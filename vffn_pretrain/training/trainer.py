@@ -137,6 +137,7 @@ class Trainer:
         self.window_losses: list[float] = []  # finite losses since the last log record
         self.final_train_loss: float | None = None
         self.already_done: int | None = None  # nothing to train (the checkpoint is at train.max_steps): the exit code
+        self.summary_missing = False  # at train.max_steps without a summary.json: evaluate and write it, no steps
         self.summary: dict | None = None  # after fit()
 
     @property
@@ -186,7 +187,12 @@ class Trainer:
         self.start_step = self.step
         if self.rank == 0 and self.device.type == "cpu":
             self._report_cpu_threads(threads, others.busy_cores())
-        if self.step >= t.max_steps:
+        self.summary_missing = self.step >= t.max_steps and not decided_by_rank0(
+            lambda: (cfg.run_dir / "summary.json").is_file())
+        if self.summary_missing:  # it stopped after its last checkpoint, before its summary: finish that
+            self._print(f"vffn-pretrain: {self.last_checkpoint} is at step {self.step} but {cfg.run_dir} has no "
+                        "summary.json (the run stopped before writing it): evaluating and writing it, no training")
+        elif self.step >= t.max_steps:
             self.already_done = decided_by_rank0(self._recorded_outcome)
             failed = f" (it did not succeed: its summary.json says exit code {self.already_done})" \
                 if self.already_done else ""
@@ -491,7 +497,8 @@ class Trainer:
         self._start_fit()
         exit_code = EXIT_OK
         try:
-            if self.evaluator.should_evaluate_at_start(self.step):
+            if self.evaluator.should_evaluate_at_start(self.step) or (
+                    self.summary_missing and self.evaluator.should_evaluate(self.step, t.max_steps)):
                 with self.speed.paused():
                     self.evaluate()
             while self.step < t.max_steps:

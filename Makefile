@@ -14,7 +14,7 @@ GPU_ARCH ?= x86_64
 GPU_PLATFORM ?= manylinux_2_28_$(GPU_ARCH)
 GPU_WHEELS ?= .gpu-wheels
 
-.PHONY: setup train test lint clean gpu-wheels
+.PHONY: setup train test test-all lint clean gpu-wheels
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,17 @@ setup: $(VENV)/.installed
 train: setup
 	$(VENV)/bin/vffn-pretrain $(ARGS)
 
-# pytest's exit code 5 ("no tests collected") counts as a failure.
+# pytest's exit code 5 ("no tests collected") counts as a failure. The few end-to-end runs marked `slow`
+# (benchmark --quick runs, the offline GPU-wheel install: about 9 minutes together) run with SLOW=1 or
+# `make test-all`.
+SLOW ?=
+MARKS := $(if $(SLOW),,-m "not slow")
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(MARKS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+test-all:
+	$(MAKE) test SLOW=1
 
 gpu-wheels: setup
 	$(PY) launch/gpu_wheels.py --dest $(GPU_WHEELS) --python-version $(GPU_PYTHON) --platform $(GPU_PLATFORM)

@@ -19,6 +19,7 @@ from tests.faults.test_processes import GONE_WITHIN_S
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "pipeline_measured.py"
 
 
+@pytest.mark.slow
 def test_quick_run_reports_a_prediction_and_a_planning_round():
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     proc = run_in_session([sys.executable, str(SCRIPT), "--quick", "--json"], timeout=900,

@@ -80,6 +80,22 @@ def test_a_finished_run_run_again_leaves_every_result_as_it_was(max_steps, rank_
     assert json.loads((run / "summary.json").read_text())["final_train_loss"] is not None
 
 
+def test_a_finished_run_without_its_summary_writes_it_without_training(rank_pools, overrides, trained, tmp_path):
+    """Stopped after its last checkpoint, before its summary (kill -9 at the very end): run again, it evaluates the
+    checkpoint and writes the summary it lacked, training no step and leaving the checkpoints as they were."""
+    run = _copy(trained, tmp_path)
+    original = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()
+    checkpoints = {k: v for k, v in _snapshot(run).items() if k.startswith("checkpoints")}
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", "checkpoint.interval=2")
+    assert out["exit_code"] == 0, out
+    assert any("has no summary.json" in line and "no training" in line for line in out["said"]), out["said"]
+    written = json.loads((run / "summary.json").read_text())
+    assert written["steps"] == 4 and written["exit_code"] == 0
+    assert written["final_val_loss"] == pytest.approx(original["final_val_loss"], rel=1e-6)  # the same model
+    assert {k: v for k, v in _snapshot(run).items() if k.startswith("checkpoints")} == checkpoints
+
+
 def test_a_fresh_start_among_another_runs_checkpoints_is_refused(rank_pools, overrides, trained, tmp_path):
     run = _copy(trained, tmp_path)
     before = _snapshot(run)

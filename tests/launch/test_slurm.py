@@ -18,7 +18,8 @@ from tests.training import trainer_runs as cases
 pytestmark = pytest.mark.slurm
 
 STEPS = 40
-JOB_TIMEOUT = 180  # s, per job attempt (queueing + start-up + a few seconds of training)
+JOB_TIMEOUT = 420  # s, per job attempt: queueing + start-up + 40 short steps, on a machine the other test
+# worker keeps busy (about 60-180 s there; a hung job still fails)
 
 
 def _overrides(data: str, cache, steps: int = STEPS) -> list[str]:

@@ -250,10 +250,10 @@ def check_args(args) -> None:
 
 def run(args) -> dict:
     """Export (with --checkpoint) and evaluate (`check_args` has passed); returns lm-eval's results."""
-    from lm_eval.tasks import TaskManager
+    from vffn_pretrain.evaluation.task_index import task_manager as make_task_manager
 
     names = expand_tasks(args.tasks)
-    task_manager = TaskManager(include_path=check_include_paths(args.include_path))
+    task_manager = make_task_manager(check_include_paths(args.include_path))
     check_task_names(names, task_manager, args.include_path)  # before any network check: a typo is not a network problem
     offline_tasks = {*LOCAL_TASKS, *local_task_names(task_manager, args.include_path)}
     needs_hub = [n for n in names if n not in offline_tasks]

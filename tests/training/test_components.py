@@ -42,3 +42,41 @@ def test_divergence_guard_stops_after_max_skipped_steps_in_a_row():
                         "step 4: loss nan or gradient not finite; skipped (1 in a row)",
                         "step 5: loss nan or gradient not finite; skipped (2 in a row)"]
     assert said[3].startswith("stopping: 2 consecutive steps had NaN/Inf") and "ckpt/step_0000001" in said[3]
+
+
+def test_pruning_takes_old_checkpoints_out_at_once_and_deletes_them_in_the_background(tmp_path, monkeypatch):
+    import shutil
+    import threading
+
+    from vffn_pretrain.training import checkpointing
+
+    for step in (2, 4, 6):
+        (tmp_path / f"step_{step:07d}").mkdir()
+        (tmp_path / f"step_{step:07d}" / "shard.distcp").write_bytes(b"x" * 1000)
+    release, deleting = threading.Event(), []
+    real_rmtree = shutil.rmtree
+
+    def slow_rmtree(path, *args, **kwargs):  # a large checkpoint's files take seconds to delete
+        if Path(path).name.startswith(checkpointing.PRUNED_PREFIX) and Path(path).exists():
+            deleting.append(Path(path).name)
+            release.wait(10)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.shutil, "rmtree", slow_rmtree)
+    ckpt = CheckpointManager(tmp_path, keep=1)
+    ckpt._prune()  # returns while the files of step 2 and 4 are still being deleted
+    assert [p.name for p in ckpt.complete_checkpoints()] == ["step_0000006"]
+    assert ckpt._deletes and ckpt._deletes[0].is_alive()
+    release.set()
+    ckpt.finish_deletes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000006"]
+    assert sorted(deleting) == [".pruned-step_0000002", ".pruned-step_0000004"]
+
+
+def test_a_prune_cut_short_is_finished_by_the_next_run_and_not_called_a_partial_save(tmp_path):
+    (tmp_path / "step_0000006").mkdir()
+    (tmp_path / ".pruned-step_0000004").mkdir()  # kill -9 while its files were being deleted
+    (tmp_path / ".tmp-step_0000008").mkdir()  # and a save cut short
+    partial = CheckpointManager(tmp_path, keep=1).sweep_partial_saves()
+    assert [p.name for p in partial] == [".tmp-step_0000008"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000006"]

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,10 @@ from vffn_pretrain.training.rank0 import decided_by_rank0
 log = logging.getLogger(__name__)
 
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
+# A pruned checkpoint is renamed to this prefix + its name (instant), then deleted by a thread while training
+# goes on: deleting a 354M checkpoint's files takes seconds. Leftovers (a kill -9 meanwhile) are removed by the
+# next run's `sweep_partial_saves`.
+PRUNED_PREFIX = ".pruned-"
 
 
 def step_dir_name(step: int) -> str:
@@ -120,6 +125,7 @@ class CheckpointManager:
         self.last: Path | None = None
         self.writer = BackgroundWriter() if async_save else None
         self.on_saved = on_saved
+        self._deletes: list[threading.Thread] = []
 
     # ---------------------------------------------------------------------------------------------- cadence
     def should_save(self, step: int, max_steps: int) -> bool:
@@ -281,8 +287,29 @@ class CheckpointManager:
             self.on_saved(saved)
 
     def _prune(self) -> None:
+        """Rank 0: take the checkpoints beyond `keep` out of the listing at once (a rename) and delete their files
+        in a thread. Not a daemon thread: the process ends only once they are gone."""
+        self._deletes = [t for t in self._deletes if t.is_alive()]
+        doomed = []
         for old in self.complete_checkpoints()[self.keep:]:
-            shutil.rmtree(old, ignore_errors=True)
+            pruned = old.with_name(PRUNED_PREFIX + old.name)
+            shutil.rmtree(pruned, ignore_errors=True)  # a leftover of an earlier prune cut short
+            try:
+                os.replace(old, pruned)
+            except OSError as e:
+                log.warning("could not prune %s: %s", old, e)
+                continue
+            doomed.append(pruned)
+        if doomed:
+            thread = threading.Thread(target=_delete_all, args=(doomed,), name="checkpoint-prune")
+            thread.start()
+            self._deletes.append(thread)
+
+    def finish_deletes(self) -> None:
+        """Wait until the checkpoints pruned so far are deleted (before the run lets go of its directories)."""
+        for thread in self._deletes:
+            thread.join()
+        self._deletes = []
 
     # ---------------------------------------------------------------------------------------------- loading
     def load_latest(self, ddp_chunks: list, optimizer, layout: dict,
@@ -346,13 +373,19 @@ class CheckpointManager:
         return LoadedCheckpoint(path, common), ""
 
     def sweep_partial_saves(self) -> list[Path]:
-        """Remove the temporary directories of saves cut short (kill -9 mid-save); rank 0, holding the lock."""
+        """Remove the temporary directories of saves cut short (kill -9 mid-save), which it returns, and of
+        prunes cut short; rank 0, holding the lock."""
         if not self.root.is_dir():
             return []
         partial = [p for p in self.root.iterdir() if p.name.startswith(".tmp-step_") and p.is_dir()]
-        for p in partial:
-            shutil.rmtree(p, ignore_errors=True)
+        pruned = [p for p in self.root.iterdir() if p.name.startswith(PRUNED_PREFIX) and p.is_dir()]
+        _delete_all(partial + pruned)
         return partial
+
+
+def _delete_all(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_common(path: Path) -> dict:

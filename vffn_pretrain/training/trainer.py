@@ -374,6 +374,8 @@ class Trainer:
     def release(self, failed: bool) -> None:
         """Drop the directory locks; after a failed start, remove the directories this run created while they
         are empty. Stop handling the signals if `setup` installed that."""
+        if self.ckpt is not None:
+            self.ckpt.finish_deletes()  # pruned checkpoints are gone before another run may take the directory
         self.dirs.release(failed)
         self._drop_signals()
 

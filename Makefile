@@ -34,10 +34,10 @@ train: setup
 SLOW ?=
 MARKS := $(if $(SLOW),,-m "not slow")
 # Test workers (pytest-xdist): most tests keep one core busy, so two fill a 2-core machine; a file's tests stay
-# on one worker (tests/conftest.py). JOBS=0 runs the suite in this process, one test at a time.
+# on one worker (--dist loadfile; pytest 9 breaks xdist 3.8's loadgroup). JOBS=0 runs the suite in this process.
 JOBS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) --dist loadgroup $(MARKS) $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) --dist loadfile $(MARKS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 test-all:

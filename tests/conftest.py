@@ -1,6 +1,9 @@
 """Shared fixtures: CPU shims for in-process tests, pools of gloo ranks reused across the session, and the
-synthetic dataset with the overrides of a tiny trainer run on it; and how the suite is split between
-pytest-xdist workers (`make test` runs two: most tests use one core, so two workers fill a 2-core machine)."""
+synthetic dataset with the overrides of a tiny trainer run on it.
+
+`make test` runs two pytest-xdist workers (most tests keep one core busy, so two fill a 2-core machine) with
+`--dist loadfile`: a file's tests run on one worker, so its module-scoped fixtures are built once; session
+fixtures (the rank pools, the TP2xPP2 checkpoints of tests/export) are built once per worker."""
 
 from __future__ import annotations
 
@@ -18,35 +21,6 @@ warnings.filterwarnings("ignore")
 # A handled (not ignored) SIGINT here becomes the default disposition in every program the tests exec.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-# Test files that share an expensive session fixture (each xdist worker would build its own copy) run on one
-# worker: {file: group}. Every other file is a group of its own (`pytest_collection_modifyitems`).
-SHARED_SETUP_GROUPS = {
-    "tests/export/test_parity.py": "tp2pp2_checkpoints",
-    "tests/export/test_bad_input.py": "tp2pp2_checkpoints",
-    "tests/export/test_eval.py": "tp2pp2_checkpoints",
-}
-# Started first, so that no long file is left to run alone at the end (about the slowest 5 files, in minutes
-# under two workers). Only the order changes: any order passes.
-LONG_FILES = (
-    "tests/study/test_study_quick.py",
-    "tests/launch/test_slurm.py",
-    "tests/launch/test_torchrun.py",
-    "tests/training/test_trainer_resume.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Under `pytest -n N --dist loadgroup` a file's tests stay on one worker, so its module-scoped fixtures
-    are built once; the long files go first. Without xdist the marks are inert."""
-    order = {path: i for i, path in enumerate(LONG_FILES)}
-    for item in items:
-        path = item.nodeid.split("::", 1)[0]
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(SHARED_SETUP_GROUPS.get(path, path)))
-    rank = {id(item): order.get(item.nodeid.split("::", 1)[0], len(order)) for item in items}
-    items.sort(key=lambda item: rank[id(item)])  # stable: each file's tests keep their order
 
 
 @pytest.fixture(scope="session")

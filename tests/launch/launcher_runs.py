@@ -108,7 +108,12 @@ def wait_for(condition, timeout: float, what: str, proc: Proc | None = None) -> 
             done = proc.wait(timeout=1)
             raise AssertionError(f"exited ({done.returncode}) before {what}:\n{tail(done.output)}")
         if time.monotonic() > deadline:
-            out = proc.wait(timeout=0.1).output if proc is not None else ""
+            out = ""
+            if proc is not None:
+                try:
+                    out = proc.wait(timeout=0.1).output
+                except AssertionError as still_running:  # wait() has killed it; the message holds its log
+                    out = str(still_running)
             raise AssertionError(f"no {what} after {timeout:.0f} s\n{tail(out)}")
         time.sleep(0.2)
 

@@ -94,7 +94,7 @@ def test_launcher_passes_the_requeue_code_through(tiny, tmp_path):
     run = helpers.torchrun([*tiny, "train.max_steps=400", f"run_dir={tmp_path / 'run'}"], tmp_path / "run.log",
                            env={"NPROC_PER_NODE": "2"})
     metrics = tmp_path / "run" / "metrics.jsonl"
-    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=120,
+    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=300,
                      what="two logged steps", proc=run)
     subprocess.run(["kill", "-USR1", str(run.proc.pid)], check=True)  # the launcher script, as SLURM would
     done = run.wait(timeout=120)
@@ -130,7 +130,7 @@ def test_a_killed_launcher_leaves_no_process_and_the_run_saved(tiny, tmp_path):
     run = helpers.torchrun([*tiny, "train.max_steps=400", f"run_dir={tmp_path / 'run'}"], tmp_path / "run.log",
                            env={"NPROC_PER_NODE": "2", "SHUTDOWN_TIMEOUT": "60"})
     metrics = tmp_path / "run" / "metrics.jsonl"
-    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=120,
+    helpers.wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, timeout=300,
                      what="two logged steps", proc=run)
     family, todo = [], [run.proc.pid]
     while todo:  # torchrun and its workers (which lead sessions of their own), and theirs

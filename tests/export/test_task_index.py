@@ -5,6 +5,7 @@ overriding, a damaged cache rebuilt."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def test_cached_index_is_lm_evals_and_the_users_tasks_are_read_afresh(tmp_path, 
     assert first.task_index["piqa"].yaml_path == mine / "piqa.yaml"  # the user's overrides lm-eval's
 
     (mine / "my_task.yaml").write_text("task: my_task\ndataset_path: json\noutput_type: multiple_choice\n")
-    defaults = str(__import__("pathlib").Path(manager.__file__).parent)
+    defaults = str(Path(manager.__file__).parent)
     real_build = TaskIndex.build
 
     def build(paths, **kwargs):

@@ -70,19 +70,12 @@ def _cached_index(directory: Path, build) -> dict:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Through `FINAL.partial-PID` and a rename (outputs/atomic.py): two commands writing it at once leave one
-    whole file, and a reader never sees half of one."""
-    from vffn_pretrain.outputs.atomic import partial_path, sweep_stale_partials
+    """Two commands writing it at once leave one whole file; a cache that cannot be written is skipped."""
+    from vffn_pretrain.outputs.atomic import sweep_stale_partials, write_bytes_atomic
 
-    tmp = partial_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_partials(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        write_bytes_atomic(path, data)
     except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # its directory is not one
-            pass
+        pass

@@ -50,13 +50,18 @@ def sweep_stale_partials(final: str | os.PathLike, warn: Callable[[str], None] |
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` through `partial_path(path)` and a rename: a reader (or a crash) never sees half a
+    """Write `text` (UTF-8) to `path` as `write_bytes_atomic` does."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through `partial_path(path)` and a rename: a reader (or a crash) never sees half a
     file, and a failed write (disk full) leaves the old file as it was and no partial."""
     path = Path(path)
     tmp = partial_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

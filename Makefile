@@ -33,11 +33,12 @@ train: setup
 # `make test-all`.
 SLOW ?=
 MARKS := $(if $(SLOW),,-m "not slow")
-# Test workers (pytest-xdist): most tests keep one core busy, so two fill a 2-core machine; a file's tests stay
-# on one worker (--dist loadfile; pytest 9 breaks xdist 3.8's loadgroup). JOBS=0 runs the suite in this process.
+# Test workers (pytest-xdist): most tests keep one core busy, so two fill a 2-core machine. Tests are handed out
+# one by one, except those that must stay on one worker (tests/scheduling.py, used by --dist loadscope; pytest 9
+# breaks xdist 3.8's loadgroup). JOBS=0 runs the suite in this process.
 JOBS ?= 2
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) --dist loadfile $(MARKS) $(PYTEST_ARGS); rc=$$?; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(JOBS) --dist loadscope $(MARKS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
 test-all:

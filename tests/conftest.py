@@ -2,8 +2,9 @@
 synthetic dataset with the overrides of a tiny trainer run on it.
 
 `make test` runs two pytest-xdist workers (most tests keep one core busy, so two fill a 2-core machine) with
-`--dist loadfile`: a file's tests run on one worker, so its module-scoped fixtures are built once; session
-fixtures (the rank pools, the TP2xPP2 checkpoints of tests/export) are built once per worker."""
+`--dist loadscope` and the scopes of tests/scheduling.py: tests handed out one by one, except those that share
+the SLURM cluster, the export checkpoints or a module-scoped fixture. Session fixtures (the rank pools) are built
+once per worker."""
 
 from __future__ import annotations
 
@@ -68,3 +69,12 @@ def base_overrides(synthetic_data, tmp_path) -> list[str]:
     from tests.training import trainer_runs
 
     return [*trainer_runs.BASE, f"data.paths={synthetic_data}", f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadscope` (what `make test` uses) hands out the scopes of tests/scheduling.py."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from tests.scheduling import OurScopes
+
+    return OurScopes(config, log)

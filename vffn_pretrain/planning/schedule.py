@@ -18,8 +18,13 @@ paths the project can run:
   iteration cannot start before the inputs of both of its ops are in. (The warm-up's last exchange already waits
   for the first backward's gradient.)
 
-Messages travel in one `p2p` hop from the moment they are sent; a rank never waits for its peer to post the
-matching receive (sends are buffered, as gloo does for these sizes). Messages between two ranks are matched in
+Messages travel in one `p2p` hop from the moment they are sent. A send completes when it is sent or, if later,
+one hop after its peer has posted the matching receive (gloo and NCCL both match a send with its receive before
+moving the data; the peer's posting time is taken as the end of the op before it), and
+megatron waits for its sends: a blocking call returns only once its sends have completed too, and with
+`overlap_p2p_comm` a send's handle is waited right after the next call in the same direction is issued. So a
+rank that sends to a peer still busy with a long chunk waits for it, which matters for unbalanced splits (an
+even split keeps the ranks in step and hides it). Messages between two ranks are matched in
 the order they were posted, as torch.distributed matches them; `compile_schedule` checks that every op has
 received its own input by the time it runs, so a program that mismatched messages would be refused, not timed.
 
@@ -47,7 +52,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -100,7 +105,8 @@ def rank_order(rank: int, p: int, v: int, m: int, group: int | None = None) -> l
 
 # A rank's program: ("run", op) computes op; ("send", peer, op) sends op's result (a forward's output, a
 # backward's input gradient) to `peer`; ("post", peer, handle) posts a receive from `peer`; ("wait", handle)
-# blocks until that receive has arrived. A blocking megatron call is its sends and posts followed by the waits.
+# blocks until that receive has arrived; ("wait_send", n) blocks until the rank's n-th send has completed. A
+# blocking megatron call is its sends and posts followed by the waits for both.
 
 
 def rank_program(rank: int, p: int, v: int, m: int, group: int | None = None,
@@ -115,11 +121,14 @@ def rank_program(rank: int, p: int, v: int, m: int, group: int | None = None,
 
 
 class _Writer:
-    """Appends instructions; `exchange` is one blocking megatron P2P call."""
+    """Appends instructions; `exchange` is one blocking megatron P2P call, which waits for its receives and for
+    its sends to complete. ("wait_send", n) waits for the rank's n-th send (counted from 1)."""
 
     def __init__(self):
         self.out: list[tuple] = []
         self.handles = 0
+        self.sends = 0
+        self.unwaited: dict[str, list[int]] = {"F": [], "B": []}
 
     def run(self, op: Op) -> None:
         self.out.append(("run", op))
@@ -129,11 +138,27 @@ class _Writer:
         self.out.append(("post", peer, self.handles))
         return self.handles
 
+    def send(self, peer: int, op: Op) -> int:
+        self.sends += 1
+        self.out.append(("send", peer, op))
+        return self.sends
+
     def exchange(self, sends=(), receives=()) -> None:
-        for peer, op in sends:
-            self.out.append(("send", peer, op))
+        sent = [self.send(peer, op) for peer, op in sends]
         for h in [self.post(peer) for peer in receives]:
             self.out.append(("wait", h))
+        self.out += [("wait_send", n) for n in sent]
+
+    def send_unwaited(self, peer: int, op: Op) -> None:
+        """A send of an `overlap_p2p_comm` call: megatron waits for it only once it has issued the next call in
+        the same direction (`send_next_wait_handle` / `send_prev_wait_handle`): see `wait_earlier_sends`."""
+        self.unwaited[op.kind].append(self.send(peer, op))
+
+    def wait_earlier_sends(self, kind: str) -> None:
+        """Wait for every unwaited send in direction `kind` but the latest."""
+        pending = self.unwaited[kind]
+        while len(pending) > 1:
+            self.out.append(("wait_send", pending.pop(0)))
 
 
 def _program_1f1b(r: int, p: int, m: int) -> list[tuple]:
@@ -216,6 +241,11 @@ def _program_interleaved(r: int, p: int, v: int, m: int, g: int, overlap: bool) 
         if k == warm - 1 and not all_warm and not overlap:
             # send_forward_backward_recv_forward_backward: also waits for the first backward's gradient
             w.exchange(sends, receives + ([] if last else [nxt]))
+        elif overlap:  # send_forward_recv_forward(overlap_p2p_comm=True), then the previous send's handle
+            for peer, op in sends:
+                w.send_unwaited(peer, op)
+            w.exchange(receives=receives)
+            w.wait_earlier_sends("F")
         else:
             w.exchange(sends, receives)  # send_forward_recv_forward
         if k == warm - 1 and not all_warm and overlap and not last:
@@ -229,16 +259,18 @@ def _program_interleaved(r: int, p: int, v: int, m: int, g: int, overlap: bool) 
                 w.out.append(("wait", fwd_handles.popleft()))
             w.run(fop(fk))
             for peer, op in ([(nxt, fop(fk))] if sends_output(fk) else []):  # post_forward
-                w.out.append(("send", peer, op))
+                w.send_unwaited(peer, op)
             if recv_prev:
                 fwd_handles.append(w.post(prv))
+            w.wait_earlier_sends("F")
             if not (last and vstage(bk, False) == v - 1) and bwd_handles:  # pre_backward
                 w.out.append(("wait", bwd_handles.popleft()))
             w.run(bop(bk))
             for peer, op in ([(prv, bop(bk))] if sends_grad(bk) else []):  # post_backward
-                w.out.append(("send", peer, op))
+                w.send_unwaited(peer, op)
             if recv_next:
                 bwd_handles.append(w.post(nxt))
+            w.wait_earlier_sends("B")
         else:
             w.run(fop(fk))
             w.run(bop(bk))
@@ -294,8 +326,10 @@ class CompiledSchedule:
 
     def _match_messages(self, programs) -> dict[Op, tuple[Op, ...]]:
         sent: dict[tuple[int, int], list[tuple[Op, Op]]] = {}  # (src, dst) -> [(payload, releasing op)]
+        sends_of: list[list[tuple[int, int]]] = []  # [rank][n - 1] -> (dst, index in sent[(rank, dst)])
         for r, prog in enumerate(programs):
             last_run, waited = None, False
+            sends_of.append([])
             for ins in prog:
                 if ins[0] == "run":
                     last_run, waited = ins[1], False
@@ -304,14 +338,49 @@ class CompiledSchedule:
                 elif ins[0] == "send":
                     if last_run is None or waited:
                         raise AssertionError(f"rank {r} sends {ins[2]} before computing it or after waiting")
-                    sent.setdefault((r, ins[1]), []).append((ins[2], last_run))
+                    queue = sent.setdefault((r, ins[1]), [])
+                    sends_of[r].append((ins[1], len(queue)))
+                    queue.append((ins[2], last_run))
+        # When does dst post its n-th receive from src? After its last op before that, and after whatever it
+        # waited for since: (src, dst) -> [(last op or None, waits since: ("recv", releasing op) or ("send", n))].
+        posts: dict[tuple[int, int], list[tuple[Op | None, tuple]]] = {}
+        for r, prog in enumerate(programs):
+            last_run, since, taken, releases = None, [], {}, {}
+            for ins in prog:
+                if ins[0] == "run":
+                    last_run, since = ins[1], []
+                elif ins[0] == "post":
+                    n = taken.get(ins[1], 0)
+                    taken[ins[1]] = n + 1
+                    releases[ins[2]] = sent[(ins[1], r)][n][1]
+                    posts.setdefault((ins[1], r), []).append((last_run, tuple(since)))
+                elif ins[0] == "wait":
+                    since.append(("recv", releases[ins[1]]))
+                elif ins[0] == "wait_send":
+                    since.append(("send", ins[1]))
+
+        @cache
+        def receiver_ready(src: int, n: int) -> tuple[Op, ...]:
+            """The ops after whose end (plus a hop) src's n-th send completes: gloo and NCCL match a send with its
+            receive before moving the data, so it waits for the peer's notice that the receive is posted. (A
+            notice that itself waited for a message counts that message's hop once, not twice.)"""
+            dst, k = sends_of[src][n - 1]
+            last_run, since = posts[(src, dst)][k]
+            out = [] if last_run is None else [last_run]
+            for kind, what in since:
+                out += [what] if kind == "recv" else list(receiver_ready(dst, what))
+            return tuple(dict.fromkeys(out))
+
         deps: dict[Op, tuple[Op, ...]] = {}
         for r, prog in enumerate(programs):
             posted, taken = {}, {}
             pending: list[Op] = []
             have: set[Op] = set()
+            received_unused = False
             for ins in prog:
-                if ins[0] == "post":
+                if ins[0] == "wait_send":
+                    pending += receiver_ready(r, ins[1])
+                elif ins[0] == "post":
                     peer = ins[1]
                     n = taken.get(peer, 0)
                     taken[peer] = n + 1
@@ -320,14 +389,16 @@ class CompiledSchedule:
                     payload, release = posted.pop(ins[1])
                     pending.append(release)
                     have.add(payload)
+                    received_unused = True
                 elif ins[0] == "run":
                     op = ins[1]
                     needs = self._remote_input(op)
                     if needs is not None and needs not in have:
                         raise AssertionError(f"rank {r} runs {op} before receiving {needs}")
-                    deps[op] = tuple(pending)
-                    pending = []
-            if pending or posted:
+                    deps[op] = tuple(dict.fromkeys(pending))
+                    pending, received_unused = [], False
+            # (The sends waited for after the last op only delay the end of the step by a hop: not modelled.)
+            if received_unused or posted:
                 raise AssertionError(f"rank {r} ends with receives outstanding")
             for (src, dst), msgs in sent.items():
                 if dst == r and taken.get(src, 0) != len(msgs):

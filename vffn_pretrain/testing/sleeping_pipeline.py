@@ -102,6 +102,30 @@ def hop_seconds(rounds: int = 50) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def op_seconds(pool, m: int = 8, steps: int = 5) -> float:
+    """The host's cost of one schedule op beyond the chunk's own work (megatron's schedule code, autograd, gloo
+    calls): megatron's 1F1B on `pool` (2 ranks, so no rank waits for a core) with chunks that sleep 0 s, solved
+    for the op duration at which the simulator predicts the measured step. Every op of a sleeping chunk then
+    takes its sleep plus this (a couple of milliseconds of Python per op on a CPU host); adding it to the
+    simulator's inputs leaves the simulator itself to be checked."""
+    from vffn_pretrain.planning.schedule import schedule
+
+    p = pool.world_size
+    zeros = [0.0] * p
+    hop = pool.run(hop_seconds)[0]
+    measured = measure(pool, zeros, zeros, 1, m, False, steps)["step_s"]
+    sched = schedule(p, 1, m)
+
+    def predicted(x: float) -> float:
+        return float(sched.pipeline_times([[x] * p], [[x] * p], hop)[0])
+
+    low, high = 0.0, measured
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if predicted(mid) < measured else (low, mid)
+    return (low + high) / 2
+
+
 def step_seconds(results: list[dict]) -> list[float]:
     """Each step's time over the world: from the first rank leaving the barrier to the last one finishing."""
     steps = zip(*(r["steps"] for r in results))
@@ -237,9 +261,12 @@ class _recording:
 
 
 def program_calls(program: list[tuple]) -> list[tuple]:
-    """A `planning.schedule.rank_program` in the vocabulary of the recorded calls."""
+    """A `planning.schedule.rank_program` in the vocabulary of the recorded calls. Waits for sends are left out:
+    they are not recorded (their effect shows in the step time)."""
     out = []
     for ins in program:
+        if ins[0] == "wait_send":
+            continue
         if ins[0] == "run":
             out.append(("run", ins[1].kind, ins[1].chunk, ins[1].micro))
         elif ins[0] == "send":

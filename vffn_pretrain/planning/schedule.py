@@ -20,7 +20,7 @@ paths the project can run:
 
 Messages travel in one `p2p` hop from the moment they are sent. A send completes when it is sent or, if later,
 one hop after its peer has posted the matching receive (gloo and NCCL both match a send with its receive before
-moving the data; the peer's posting time is taken as the end of the op before it), and
+moving the data; the peer posts it once its op before has ended and what it waited for since has arrived), and
 megatron waits for its sends: a blocking call returns only once its sends have completed too, and with
 `overlap_p2p_comm` a send's handle is waited right after the next call in the same direction is issued. So a
 rank that sends to a peer still busy with a long chunk waits for it, which matters for unbalanced splits (an

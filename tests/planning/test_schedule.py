@@ -185,7 +185,44 @@ def test_simulator_agrees_with_executing_the_rank_programs(p, v, m, overlap):
         hop = 0.05
         sim = simulate(forward, backward, p, m, p2p=hop, overlap_p2p_comm=overlap)
         reference = _interpret(programs, forward, backward, hop)
-        assert sim.step_time == pytest.approx(max(reference.values()), rel=0.01)
+        assert all(-1e-9 <= reference[op] - sim.end[op] <= 2 * hop + 1e-9 for op in reference)
+
+
+@pytest.mark.parametrize("p,v,m,overlap", [(2, 1, 4, False), (4, 1, 8, False), (4, 2, 8, False), (4, 2, 8, True),
+                                           (3, 3, 6, True)])
+def test_where_megatron_waits_for_its_sends(p, v, m, overlap):
+    """A blocking call waits for its sends before the rank computes again; a steady-state overlap_p2p_comm call
+    leaves its send to the next call in its direction, so it is waited before the op after that call's op."""
+    from vffn_pretrain.planning.schedule import rank_program
+
+    for r in range(p):
+        prog = rank_program(r, p, v, m, None, overlap)
+        runs = [i for i, ins in enumerate(prog) if ins[0] == "run"]
+        # The steady state's ops: from the forward before the first backward to the backward after the last
+        # forward. Only their sends (with overlap_p2p_comm) may be waited after the next op; the warm-up and
+        # cool-down calls block.
+        first_b = runs.index(next(i for i in runs if prog[i][1].kind == "B"))
+        last_f = runs.index(max(i for i in runs if prog[i][1].kind == "F"))
+        steady = set(runs[max(first_b - 1, 0):last_f + 2]) if first_b > 0 else set()
+        runs_since: dict[int, int] = {}
+        deferred: set[int] = set()
+        sends, last_run = 0, None
+        for i, ins in enumerate(prog):
+            if ins[0] == "send":
+                sends += 1
+                runs_since[sends] = 0
+                if overlap and last_run in steady:
+                    deferred.add(sends)
+            elif ins[0] == "run":
+                last_run = i
+                for n in runs_since:
+                    runs_since[n] += 1
+                    assert n in deferred or runs_since[n] == 0, (r, n, "a blocking call's send waited after an op")
+            elif ins[0] == "wait_send":
+                assert runs_since.pop(ins[1]) <= (2 if overlap else 0), (r, ins[1])
+        # Left unwaited: sends after the rank's last op, and with overlap the steady state's last send in each
+        # direction (the blocking cool-down calls do not wait for it; megatron waits after the step's last op).
+        assert len([n for n in runs_since.values() if n > 0]) <= (2 if overlap else 0)
 
 
 def test_a_rank_waits_for_a_busy_peer_to_post_the_receive_of_its_send():

@@ -6,11 +6,13 @@ the point-to-point calls megatron makes. `rank_program` writes that program down
 paths the project can run:
 
 * 1F1B without interleaving (`forward_backward_pipelining_without_interleaving`): w = min(p - r - 1, m) warm-up
-  forwards, m - w forward/backward pairs, w cool-down backwards. Each forward's output is sent right after it,
-  each op waits only for its own input.
+  forwards, m - w forward/backward pairs, w cool-down backwards. Each forward's output is sent right after it in
+  a blocking call (batched P2P), which also waits for that send to complete.
 * interleaved 1F1B with `overlap_p2p_comm` (`forward_backward_pipelining_with_interleaving`, the `pre_forward` /
-  `post_forward` hooks of its steady state): the same rule, in `get_schedule_table`'s order of (micro-batch,
-  virtual stage) pairs, warm-up min(2 (p - r - 1) + (v - 1) g, m v) forwards.
+  `post_forward` hooks of its steady state): outputs leave right after their op, in `get_schedule_table`'s order
+  of (micro-batch, virtual stage) pairs, warm-up min(2 (p - r - 1) + (v - 1) g, m v) forwards. The warm-up and
+  cool-down calls block as in 1F1B; a steady-state call returns at once, and its send is waited for after the
+  next call in the same direction is issued.
 * interleaved 1F1B without it (its "No p2p overlap" branch): a steady-state iteration runs one forward and one
   backward back to back and only then calls `send_forward_backward_recv_forward_backward`, which sends the
   forward's output and the backward's gradient and blocks until both the next forward's input and the next
@@ -21,15 +23,17 @@ paths the project can run:
 Messages travel in one `p2p` hop from the moment they are sent. A send completes when it is sent or, if later,
 one hop after its peer has posted the matching receive (gloo and NCCL both match a send with its receive before
 moving the data; the peer posts it once its op before has ended and what it waited for since has arrived), and
-megatron waits for its sends: a blocking call returns only once its sends have completed too, and with
-`overlap_p2p_comm` a send's handle is waited right after the next call in the same direction is issued. So a
+megatron waits for its sends: a blocking call returns only once its sends have completed too (a steady-state
+`overlap_p2p_comm` call: see above). A chain of such notices (a peer that posted only after its own send
+completed) costs one hop in the graph, not one per link: at most a hop or two early. So a
 rank that sends to a peer still busy with a long chunk waits for it, which matters for unbalanced splits (an
 even split keeps the ranks in step and hides it). Messages between two ranks are matched in
-the order they were posted, as torch.distributed matches them; `compile_schedule` checks that every op has
+the order they were posted, as torch.distributed matches them; `CompiledSchedule` checks that every op has
 received its own input by the time it runs, so a program that mismatched messages would be refused, not timed.
 
-The result is a fixed dependency graph: an op starts when its rank has finished the op before it and every
-message the rank waited for in between has arrived, each message leaving when the op before its send ends.
+The result is a fixed dependency graph: an op starts when its rank has finished the op before it, every message
+the rank waited for in between has arrived (each leaving when the op before its send ends) and every send it
+waited for has completed.
 `CompiledSchedule.pipeline_times` evaluates it for many splits at once (numpy, level by level), which is what the
 planner's search uses; `simulate` gives one split's full timeline. The optimizer step follows the pipeline flush:
 megatron's gradient-norm all-reduce makes every rank wait for the last one, then each rank steps its own
@@ -128,7 +132,7 @@ class _Writer:
         self.out: list[tuple] = []
         self.handles = 0
         self.sends = 0
-        self.unwaited: dict[str, list[int]] = {"F": [], "B": []}
+        self.unwaited: dict[str, int | None] = {"F": None, "B": None}
 
     def run(self, op: Op) -> None:
         self.out.append(("run", op))
@@ -149,16 +153,14 @@ class _Writer:
             self.out.append(("wait", h))
         self.out += [("wait_send", n) for n in sent]
 
-    def send_unwaited(self, peer: int, op: Op) -> None:
-        """A send of an `overlap_p2p_comm` call: megatron waits for it only once it has issued the next call in
-        the same direction (`send_next_wait_handle` / `send_prev_wait_handle`): see `wait_earlier_sends`."""
-        self.unwaited[op.kind].append(self.send(peer, op))
-
-    def wait_earlier_sends(self, kind: str) -> None:
-        """Wait for every unwaited send in direction `kind` but the latest."""
-        pending = self.unwaited[kind]
-        while len(pending) > 1:
-            self.out.append(("wait_send", pending.pop(0)))
+    def overlapped_sends(self, kind: str, sends) -> None:
+        """The sends of one `overlap_p2p_comm` call of the steady state (direction `kind`): megatron does not wait
+        for them in the call; once it is issued, it waits for the send the previous call in that direction left
+        (`send_next_wait_handle` / `send_prev_wait_handle`) and keeps this call's (or none) for the next one."""
+        sent = [self.send(peer, op) for peer, op in sends]
+        if self.unwaited[kind] is not None:
+            self.out.append(("wait_send", self.unwaited[kind]))
+        self.unwaited[kind] = sent[0] if sent else None
 
 
 def _program_1f1b(r: int, p: int, m: int) -> list[tuple]:
@@ -241,13 +243,10 @@ def _program_interleaved(r: int, p: int, v: int, m: int, g: int, overlap: bool) 
         if k == warm - 1 and not all_warm and not overlap:
             # send_forward_backward_recv_forward_backward: also waits for the first backward's gradient
             w.exchange(sends, receives + ([] if last else [nxt]))
-        elif overlap:  # send_forward_recv_forward(overlap_p2p_comm=True), then the previous send's handle
-            for peer, op in sends:
-                w.send_unwaited(peer, op)
-            w.exchange(receives=receives)
-            w.wait_earlier_sends("F")
         else:
-            w.exchange(sends, receives)  # send_forward_recv_forward
+            # send_forward_recv_forward, blocking even with overlap_p2p_comm (megatron overlaps the warm-up's calls
+            # only with overlap_p2p_comm_warmup_flush, which the project leaves off)
+            w.exchange(sends, receives)
         if k == warm - 1 and not all_warm and overlap and not last:
             bwd_handles.append(w.post(nxt))  # send_backward_recv_backward(None, recv_next, overlap_p2p_comm)
     for k in range(rest):
@@ -258,19 +257,15 @@ def _program_interleaved(r: int, p: int, v: int, m: int, g: int, overlap: bool) 
             if not (first and vstage(fk, True) == 0) and fwd_handles:  # pre_forward
                 w.out.append(("wait", fwd_handles.popleft()))
             w.run(fop(fk))
-            for peer, op in ([(nxt, fop(fk))] if sends_output(fk) else []):  # post_forward
-                w.send_unwaited(peer, op)
+            w.overlapped_sends("F", [(nxt, fop(fk))] if sends_output(fk) else [])  # post_forward
             if recv_prev:
                 fwd_handles.append(w.post(prv))
-            w.wait_earlier_sends("F")
             if not (last and vstage(bk, False) == v - 1) and bwd_handles:  # pre_backward
                 w.out.append(("wait", bwd_handles.popleft()))
             w.run(bop(bk))
-            for peer, op in ([(prv, bop(bk))] if sends_grad(bk) else []):  # post_backward
-                w.send_unwaited(peer, op)
+            w.overlapped_sends("B", [(prv, bop(bk))] if sends_grad(bk) else [])  # post_backward
             if recv_next:
                 bwd_handles.append(w.post(nxt))
-            w.wait_earlier_sends("B")
         else:
             w.run(fop(fk))
             w.run(bop(bk))
@@ -359,16 +354,22 @@ class CompiledSchedule:
                 elif ins[0] == "wait_send":
                     since.append(("send", ins[1]))
 
+        resolving: set[tuple[int, int]] = set()
+
         @cache
         def receiver_ready(src: int, n: int) -> tuple[Op, ...]:
             """The ops after whose end (plus a hop) src's n-th send completes: gloo and NCCL match a send with its
             receive before moving the data, so it waits for the peer's notice that the receive is posted. (A
             notice that itself waited for a message counts that message's hop once, not twice.)"""
+            if (src, n) in resolving:
+                raise AssertionError("schedule deadlock: sends wait for each other's receives")
+            resolving.add((src, n))
             dst, k = sends_of[src][n - 1]
             last_run, since = posts[(src, dst)][k]
             out = [] if last_run is None else [last_run]
             for kind, what in since:
                 out += [what] if kind == "recv" else list(receiver_ready(dst, what))
+            resolving.discard((src, n))
             return tuple(dict.fromkeys(out))
 
         deps: dict[Op, tuple[Op, ...]] = {}

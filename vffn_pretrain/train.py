@@ -22,7 +22,7 @@ from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.config.overrides import precheck_overrides
 from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.config.usage import print_usage, wants_help
-from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
+from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail, run_and_exit_quickly
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -51,16 +51,19 @@ def _task(cfg: DictConfig) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     logging.getLogger("torch").setLevel(logging.WARNING)  # e.g. its fake-tensor cache statistics at exit
     from vffn_pretrain.config.run import load_run_config
-    from vffn_pretrain.parallel.init import launcher_world_size
+    from vffn_pretrain.parallel.launcher_env import launcher_world_size
     from vffn_pretrain.training.errors import RunError
     from vffn_pretrain.training.signals import EXIT_INTERRUPTED, StoppedBeforeTraining
-    from vffn_pretrain.training.trainer import run
 
     try:
         run_cfg = load_run_config(cfg, world_size=launcher_world_size(),
                                   multirun_dir=_multirun_dir())
         if os.environ.get("VFFN_CONFIG_CHECK") == "1":
             return 0  # launch/torchrun.sh checks the config once, before it starts the workers
+        from vffn_pretrain.training.trainer import (
+            run,  # megatron-core: seconds to import, which a check skips
+        )
+
         code = run(run_cfg)
     except ConfigError as e:
         _fail(f"bad config: {e}", EXIT_BAD_CONFIG)
@@ -79,7 +82,13 @@ def _fail(message: str, code: int):
     fail("vffn-pretrain", message, code, show=_is_rank0())
 
 
+def cli() -> None:
+    """The `vffn-pretrain` command (and `python -m vffn_pretrain.train`): `main`, then a quick exit."""
+    run_and_exit_quickly(main)
+
+
 def main() -> None:
+    """The command's body; returns, or raises SystemExit with the exit code (tests call it in-process)."""
     import warnings
 
     from vffn_pretrain.training.signals import STOP, StoppedBeforeTraining
@@ -103,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli()

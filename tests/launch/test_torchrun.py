@@ -66,14 +66,17 @@ def test_unreachable_master_fails_fast_with_a_clear_message(tiny, tmp_path):
                    "(parallel.init_timeout_s)",
     }
     try:
-        done = {name: p.wait(timeout=90) for name, p in procs.items()}
+        done = {name: p.wait(timeout=240) for name, p in procs.items()}
     finally:
         for p in procs.values():
             p.kill()
     for name, d in done.items():
         assert d.returncode != 0, f"{name}:\n{helpers.tail(d.output)}"
         assert expected[name] in d.output, f"{name}:\n{helpers.tail(d.output)}"
-        assert d.seconds < 60, name
+        # Bounded by the 5 s timeouts, not by the defaults (RDZV_TIMEOUT 600 s, parallel.init_timeout_s 300 s). The
+        # rest is start-up: three processes import megatron at once (the config check, then torchrun), which took
+        # 35 s on an idle 2-core machine and 65 s on a busy CI host.
+        assert d.seconds < 150, name
     for rank in (0, 1):
         assert f"[torchrun.sh] ERROR: torchrun exited with {done[f'node {rank}'].returncode} before starting any " \
                "worker" in done[f"node {rank}"].output

@@ -50,11 +50,15 @@ def test_megatron_runs_the_simulated_schedule_and_the_plan_beats_the_even_split(
         for name, plan in (("planned", planned), ("even", even)):
             got = measure(pool, plan.chunk_forward, plan.chunk_backward, case.v, case.m, overlap, steps=2)
             assert got["calls_match"], f"{name}, overlap={overlap}: {got['mismatch']}"
-            if got["step_s"] > plan.step_time * 1.10:  # a busy machine wakes sleeping ranks late: measure again,
-                again = measure(pool, plan.chunk_forward, plan.chunk_backward, case.v, case.m, overlap, steps=2)
-                got["step_s"] = min(got["step_s"], again["step_s"])  # (load only ever adds time)
-            measured[name] = got["step_s"]
-            assert plan.step_time == pytest.approx(got["step_s"], rel=0.10), (name, overlap)
+            steps = [got["step_s"]]
+            if abs(steps[0] / plan.step_time - 1) > 0.10:
+                # A busy machine wakes sleeping ranks late, which adds time, and changes which rank meets its peer
+                # first, which can save the waits the simulator plans for (a CI host once measured a step 10.5%
+                # short of its prediction): two more measurements, and their median is the figure.
+                steps += [measure(pool, plan.chunk_forward, plan.chunk_backward, case.v, case.m, overlap,
+                                  steps=2)["step_s"] for _ in range(2)]
+            measured[name] = statistics.median(steps)
+            assert plan.step_time == pytest.approx(measured[name], rel=0.10), (name, overlap, steps)
         assert planned.step_time <= even.step_time
         assert measured["planned"] <= measured["even"] * 1.03, (overlap, measured)
 

@@ -9,7 +9,7 @@
   When the file name is one of tiktoken's own encodings (``cl100k_base.tiktoken``, ``o200k_base.tiktoken``,
   ...) its split pattern and special tokens are taken from tiktoken; otherwise the GPT-2 pattern is used and
   ``<|endoftext|>`` is appended after the last rank;
-* ``null:N``: megatron-core's ``NullTokenizer`` (text is space-separated integer ids), with ``vocab_size == N``
+* ``null:N``: the format of megatron-core's ``NullTokenizer`` (text is space-separated integer ids), with ``vocab_size == N``
   and ``eod == N - 1``. Meant for tests.
 
 Nothing is ever downloaded. Every tokenizer exposes what megatron-core's ``GPTDatasetConfig`` needs
@@ -238,27 +238,24 @@ class TiktokenTokenizer(BaseTokenizer):
 
 
 class NullTokenizer(BaseTokenizer):
-    """megatron-core's ``NullTokenizer``: documents are space-separated integer ids. ``null:N`` has N ids,
-    the last of which (N - 1) is the end-of-document token."""
+    """The format of megatron-core's ``NullTokenizer``: documents are whitespace-separated integer ids. ``null:N``
+    has N ids, the last of which (N - 1) is the end-of-document token. Written here rather than imported: megatron's
+    tokenizer package imports transformers, which costs every trainer seconds at start-up."""
 
     def __init__(self, vocab_size: int):
-        from megatron.core.tokenizers.text.libraries.null_tokenizer import NullTokenizer as _MegatronNull
-
         if vocab_size < 2:
             raise ValueError(f"null tokenizer needs a vocab size of at least 2, got {vocab_size}")
-        self._tok = _MegatronNull(vocab_size - 1)  # megatron's argument excludes the eod id
-        self.vocab_size = self._tok.vocab_size
-        self.eod = self._tok.eod
+        self.vocab_size = vocab_size
+        self.eod = vocab_size - 1
         self.pad = NO_PAD
         self.name = self.spec = f"null:{vocab_size}"
         self.hash = hashlib.sha256(self.spec.encode()).hexdigest()
 
     def tokenize(self, text: str) -> list[int]:
-        words = text.split()
-        return self._tok.text_to_ids(" ".join(words)) if words else []
+        return [int(word) for word in text.split()]
 
     def detokenize(self, ids) -> str:
-        return self._tok.ids_to_text([int(i) for i in ids])
+        return " ".join(str(int(i)) for i in ids)
 
 
 def bundled_tokenizer_path() -> Path:

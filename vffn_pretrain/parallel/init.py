@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from vffn_pretrain.parallel import cpu_compat
 from vffn_pretrain.parallel.config import ParallelConfig
+from vffn_pretrain.parallel.launcher_env import slurm_step_world_size
 
 
 def free_port() -> int:
@@ -92,18 +93,6 @@ def set_collective_timeout(minutes: float) -> None:
     # torch has no public setter; this one (torch >= 2.4) changes the timeout of the group's gloo/NCCL backends
     # for every collective issued afterwards.
     dist.distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=minutes))
-
-
-def slurm_step_world_size() -> int:
-    """Tasks in this srun step (1 outside srun): each task is one rank when no launcher set RANK."""
-    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) if "SLURM_STEP_ID" in os.environ else 1
-
-
-def launcher_world_size() -> int:
-    """The world size the launcher will give init_distributed (read before any process group exists)."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    return slurm_step_world_size()
 
 
 def _env_from_slurm_tasks() -> None:

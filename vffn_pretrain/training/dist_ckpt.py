@@ -13,6 +13,7 @@ Atomic directories, retention and the `latest` marker are the trainer's concern,
 from __future__ import annotations
 
 import logging
+import queue
 from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[s
         for chunk in ddp_chunks:
             chunk.start_param_sync(force_sync=True)
     Path(directory).mkdir(parents=True, exist_ok=True)
-    _start_results_manager()
+    _set_results_queue(background)
     model_sd = model_sharded_state_dict(ddp_chunks)
     state = {"model": model_sd, "common": dict(common or {})}
     if optimizer is not None:
@@ -72,15 +73,26 @@ def save(directory: str | Path, ddp_chunks: list, optimizer=None, common: dict[s
                                    async_sharded_save=background)
 
 
-def _start_results_manager() -> None:
-    """megatron-core's file writers report through a queue held by a multiprocessing manager (a spawned server
-    process) that megatron starts at the first save. Start it here instead, with the stop signals ignored
+def _set_results_queue(background: bool) -> None:
+    """Where megatron-core's file writers report what they wrote (the writer of a save takes the queue set when
+    the save begins). A synchronous save writes from this process, so a queue of this process does. A background
+    one writes from a child process, which reports through a multiprocessing manager's queue (a spawned server
+    process; megatron-core starts one at the first save of either kind, which costs seconds: the server imports
+    torch to read the first report). Ours is started at the first background save, with the stop signals ignored
     (`signals.ignore_stop_signals`: a manager killed by the SIGTERM that SLURM sends to a whole job step would
-    fail the save the trainer makes on that signal). Local; once per process."""
+    fail the save the trainer makes on that signal). Local; the manager lives as long as the process."""
+    global _manager_queue
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    if filesystem_async._results_queue is None:
-        filesystem_async._results_queue = results_manager().Queue()  # the queue's proxy keeps the manager alive
+    if not background:
+        filesystem_async._results_queue = queue.Queue()
+        return
+    if _manager_queue is None:
+        _manager_queue = results_manager().Queue()  # the queue's proxy keeps the manager alive
+    filesystem_async._results_queue = _manager_queue
+
+
+_manager_queue = None
 
 
 def results_manager() -> SyncManager:

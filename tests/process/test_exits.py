@@ -1,0 +1,60 @@
+"""process/exits.py: the quick exit of a command keeps what a normal exit does (the exit code, the exit handlers,
+buffered output, waiting for another thread) and skips only the interpreter's tear-down."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PROGRAM = textwrap.dedent("""
+    import atexit, sys, threading, time
+    from vffn_pretrain.process.exits import run_and_exit_quickly
+
+    def main():
+        atexit.register(lambda: open(sys.argv[1], "w").write("handler ran"))
+        sys.stdout.write("buffered, no newline")  # left in the buffer: the exit must flush it
+        if sys.argv[3] == "thread":
+            threading.Thread(target=lambda: (time.sleep(1), open(sys.argv[1] + ".thread", "w").write("done"))).start()
+        ending = sys.argv[2]
+        if ending == "return":
+            return
+        if ending == "raise":
+            raise RuntimeError("a bug")
+        sys.exit(None if ending == "None" else int(ending) if ending.lstrip("-").isdigit() else ending)
+
+    run_and_exit_quickly(main)
+""")
+
+
+def _run(tmp_path, ending: str, thread: bool = False) -> subprocess.CompletedProcess:
+    marker = tmp_path / "marker"
+    return subprocess.run([sys.executable, "-c", PROGRAM, str(marker), ending, "thread" if thread else "-"],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("ending, code", [("return", 0), ("None", 0), ("0", 0), ("3", 3), ("130", 130),
+                                          ("a message", 1)])
+def test_the_exit_code_the_handlers_and_the_output_survive(tmp_path, ending, code):
+    done = _run(tmp_path, ending)
+    assert done.returncode == code, done.stderr
+    assert done.stdout == "buffered, no newline"
+    assert (tmp_path / "marker").read_text() == "handler ran"
+    if ending == "a message":
+        assert done.stderr.strip() == "a message"  # what sys.exit("a message") prints
+
+
+def test_a_thread_still_running_is_waited_for(tmp_path):
+    done = _run(tmp_path, "3", thread=True)
+    assert done.returncode == 3, done.stderr
+    assert (tmp_path / "marker.thread").read_text() == "done"
+    assert (tmp_path / "marker").read_text() == "handler ran"
+
+
+def test_an_unexpected_exception_keeps_its_traceback(tmp_path):
+    done = _run(tmp_path, "raise")
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "RuntimeError: a bug" in done.stderr
+    assert (tmp_path / "marker").read_text() == "handler ran"

@@ -47,15 +47,21 @@ def main() -> None:
 
     exit_with_parent(parent=os.getppid(), first_signal=signal.SIGTERM)
     sys.argv = [module, *sys.argv[2:]]  # run_module sets argv[0] to the module's file
-    try:
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
-    except SystemExit as e:
-        _record(_exit_code(e))
-        raise
-    except BaseException:
-        _record(1)
-        raise
-    _record(0)
+
+    def run_and_record() -> None:
+        try:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            _record(_exit_code(e))
+            raise
+        except BaseException:
+            _record(1)
+            raise
+        _record(0)
+
+    # The trainer's own quick exit (vffn_pretrain.process.exits) becomes this one, after the code is recorded.
+    from vffn_pretrain.process.exits import run_and_exit_quickly
+    run_and_exit_quickly(run_and_record)
 
 
 if __name__ == "__main__":

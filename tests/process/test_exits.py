@@ -58,3 +58,28 @@ def test_an_unexpected_exception_keeps_its_traceback(tmp_path):
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "RuntimeError: a bug" in done.stderr
     assert (tmp_path / "marker").read_text() == "handler ran"
+
+
+NESTED = textwrap.dedent("""
+    import sys
+    from vffn_pretrain.process.exits import run_and_exit_quickly
+
+    def command():  # a module's own quick exit, run inside another (launch/record_exit.py runs the trainer so)
+        sys.exit(3)
+
+    def recording():
+        try:
+            run_and_exit_quickly(command)
+        except SystemExit as e:
+            open(sys.argv[1], "w").write(f"recorded {e.code}")
+            raise
+
+    run_and_exit_quickly(recording)
+""")
+
+
+def test_inside_another_call_only_the_outer_one_exits(tmp_path):
+    done = subprocess.run([sys.executable, "-c", NESTED, str(tmp_path / "record")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert (tmp_path / "record").read_text() == "recorded 3"

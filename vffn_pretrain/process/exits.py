@@ -36,14 +36,22 @@ def run_and_exit_quickly(main: Callable[[], object]) -> None:
     interpreter down: after torch and megatron-core are loaded, freeing every module and object at exit takes
     seconds, which every launch, requeue and test pays. The exit handlers still run (logging's flush, the
     multiprocessing children's clean-up, wandb's), then standard output and error are flushed. The normal exit is
-    kept while another thread still runs (it is waited for) and for an exception that is not SystemExit (its
-    traceback is printed as usual)."""
+    kept while a non-daemon thread still runs (it is waited for) and for an exception that is not SystemExit (its
+    traceback is printed as usual). Called inside another call (launch/record_exit.py runs the trainer's module
+    this way and records its code), it only runs `main`: the outer call exits."""
+    global _running
+    if _running:
+        main()
+        return
+    _running = True
     try:
         main()
         code: object = 0
     except SystemExit as e:
         code = e.code
-    if threading.active_count() > 1:
+    finally:
+        _running = False
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
         sys.exit(code)
     if code is None:
         code = 0
@@ -57,3 +65,6 @@ def run_and_exit_quickly(main: Callable[[], object]) -> None:
         except (OSError, ValueError):  # a closed or broken stream (a pipe whose reader left)
             pass
     os._exit(code & 0xFF)
+
+
+_running = False

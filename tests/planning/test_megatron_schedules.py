@@ -4,7 +4,9 @@ planner's costs (vffn_pretrain/testing/sleeping_pipeline.py).
 
 Exact: every rank's order of forwards, backwards, sends, posted receives and waits is the simulator's program for
 that code path. Timed (sleeping ranks barely depend on the host's load, but the suite runs on busy machines, so
-the bounds here are looser than the benchmark's 5% / 1.01 targets): predictions within 10% of megatron's step,
+the bounds here are looser than the benchmark's 5% / 1.01 targets): predictions (the simulator given each op's
+sleep plus the host's per-op cost, measured when the module starts, as the benchmark does) within 10% of
+megatron's step (the least of up to three measurements),
 planned layouts not slower than even ones, and on a split where megatron's two interleaved code paths differ by
 14%, each measured step is the one its own model predicts.
 """
@@ -19,11 +21,11 @@ import pytest
 
 from vffn_pretrain.planning import planner
 from vffn_pretrain.planning.schedule import schedule
-from vffn_pretrain.testing.sleeping_pipeline import hop_seconds, measure
+from vffn_pretrain.testing.sleeping_pipeline import hop_seconds, measure, op_seconds
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from pipeline_grid import Case, items  # noqa: E402
-from pipeline_schedules import QUICK, scaled_timing  # noqa: E402
+from pipeline_schedules import QUICK, predict, scaled_timing  # noqa: E402
 
 OP_S = 0.03  # average chunk forward: large against the schedule's per-op overheads, small for the suite's time
 
@@ -38,8 +40,15 @@ def hops(rank_pools):
     return Hops()
 
 
+@pytest.fixture(scope="module")
+def op(rank_pools):
+    """The host's cost of one schedule op beyond its sleep (megatron's code, autograd, gloo calls), measured now:
+    a few milliseconds, more on a busy machine, and the benchmark adds it to the simulator's inputs too."""
+    return op_seconds(rank_pools(2))
+
+
 @pytest.mark.parametrize("case", QUICK, ids=lambda c: c.name)
-def test_megatron_runs_the_simulated_schedule_and_the_plan_beats_the_even_split(rank_pools, hops, case: Case):
+def test_megatron_runs_the_simulated_schedule_and_the_plan_beats_the_even_split(rank_pools, hops, op, case: Case):
     pool = rank_pools(case.p)
     for overlap in ((False, True) if case.v > 1 else (False,)):
         req = planner.PlanRequest(items(case.model, case.mix), case.p, case.v, case.m,
@@ -50,15 +59,14 @@ def test_megatron_runs_the_simulated_schedule_and_the_plan_beats_the_even_split(
         for name, plan in (("planned", planned), ("even", even)):
             got = measure(pool, plan.chunk_forward, plan.chunk_backward, case.v, case.m, overlap, steps=2)
             assert got["calls_match"], f"{name}, overlap={overlap}: {got['mismatch']}"
+            predicted = predict(plan, case, overlap, hops[case.p], op)
             steps = [got["step_s"]]
-            if abs(steps[0] / plan.step_time - 1) > 0.10:
-                # A busy machine wakes sleeping ranks late, which adds time, and changes which rank meets its peer
-                # first, which can save the waits the simulator plans for (a CI host once measured a step 10.5%
-                # short of its prediction): two more measurements, and their median is the figure.
-                steps += [measure(pool, plan.chunk_forward, plan.chunk_backward, case.v, case.m, overlap,
-                                  steps=2)["step_s"] for _ in range(2)]
-            measured[name] = statistics.median(steps)
-            assert plan.step_time == pytest.approx(measured[name], rel=0.10), (name, overlap, steps)
+            while steps[-1] > predicted * 1.10 and len(steps) < 3:
+                # A busy machine wakes sleeping ranks late, which only ever adds time: measure again, keep the least.
+                steps.append(measure(pool, plan.chunk_forward, plan.chunk_backward, case.v, case.m, overlap,
+                                     steps=2)["step_s"])
+            measured[name] = min(steps)
+            assert measured[name] == pytest.approx(predicted, rel=0.10), (name, overlap, steps, predicted, op)
         assert planned.step_time <= even.step_time
         assert measured["planned"] <= measured["even"] * 1.03, (overlap, measured)
 

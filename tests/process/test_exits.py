@@ -11,7 +11,9 @@ import pytest
 
 PROGRAM = textwrap.dedent("""
     import atexit, sys, threading, time
+    from vffn_pretrain.process import exits
     from vffn_pretrain.process.exits import run_and_exit_quickly
+    exits.HEAVY_MODULES = ("threading",)  # as if torch were loaded: the quick exit is taken
 
     def main():
         atexit.register(lambda: open(sys.argv[1], "w").write("handler ran"))
@@ -62,7 +64,9 @@ def test_an_unexpected_exception_keeps_its_traceback(tmp_path):
 
 NESTED = textwrap.dedent("""
     import sys
+    from vffn_pretrain.process import exits
     from vffn_pretrain.process.exits import run_and_exit_quickly
+    exits.HEAVY_MODULES = ("sys",)  # as if torch were loaded
 
     def command():  # a module's own quick exit, run inside another (launch/record_exit.py runs the trainer so)
         sys.exit(3)
@@ -83,3 +87,27 @@ def test_inside_another_call_only_the_outer_one_exits(tmp_path):
                           timeout=120)
     assert done.returncode == 3, done.stderr
     assert (tmp_path / "record").read_text() == "recorded 3"
+
+
+TEAR_DOWN = textwrap.dedent("""
+    import sys
+    from vffn_pretrain.process import exits
+
+    class TornDown:  # its __del__ runs when the interpreter tears its modules down, not at os._exit
+        def __del__(self):
+            sys.stderr.write("torn down")
+
+    keep = TornDown()
+    if sys.argv[2] == "heavy":
+        exits.HEAVY_MODULES = ("sys",)  # as if torch were loaded
+    exits.run_and_exit_quickly(lambda: sys.exit(3))
+""")
+
+
+@pytest.mark.parametrize("heavy", [True, False])
+def test_the_tear_down_is_skipped_only_after_a_heavy_import(tmp_path, heavy):
+    """Nothing heavy loaded (a `--help`, a config error before torch is imported): the normal exit."""
+    done = subprocess.run([sys.executable, "-c", TEAR_DOWN, "-", "heavy" if heavy else "-"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert ("torn down" in done.stderr) is not heavy

@@ -169,7 +169,8 @@ def _children_ignore_sigint():
 
 
 class MeasurementError(RuntimeError):
-    """A worker of a multi-process measurement died or exited without its results."""
+    """A measurement that cannot give a figure: a worker of a multi-process one died or exited without its
+    results, or what was measured was lost in the host's noise."""
 
 
 def _run_workers(procs: list, queue, count: int, what: str) -> list:
@@ -340,11 +341,18 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], 
         ffn_k = f.for_kind(kind)
         item = costs.layer_cost(shape, ffn_shapes(ffn_k, 1), step)
         alone_f, alone_b = _layer_seconds(m, ffn_k, t.micro_batch_size, t.seq_length, rounds, dtype)
-        timed = _step_times(m, ffn_k, t, rounds, dtype)
-        sec, params = timed["seconds"], timed["params"]
         (few, many), (lo, hi) = MICRO_BATCHES, LAYERS
-        per_micro = {n: (sec[(n, many)] - sec[(n, few)]) / (many - few) for n in LAYERS}
-        layer = max(per_micro[hi] - per_micro[lo], 0.0) / (hi - lo)
+        for attempt_rounds in (rounds, 2 * rounds, 4 * rounds):
+            timed = _step_times(m, ffn_k, t, attempt_rounds, dtype)
+            sec, params = timed["seconds"], timed["params"]
+            per_micro = {n: (sec[(n, many)] - sec[(n, few)]) / (many - few) for n in LAYERS}
+            if per_micro[hi] > per_micro[lo]:
+                break  # else the layer's time was lost in the host's noise: measure again, longer
+        else:
+            raise MeasurementError(
+                f"the time of a {kind} layer was lost in this machine's noise ({hi} layers measured no slower "
+                f"than {lo}, also with {4 * rounds} rounds): use more --rounds, a larger model or a quieter machine")
+        layer = (per_micro[hi] - per_micro[lo]) / (hi - lo)
         fwd_s, bwd_s = layer * alone_f / (alone_f + alone_b), layer * alone_b / (alone_f + alone_b)
         forward[kind], backward[kind] = fwd_s / item.forward_flops, bwd_s / item.backward_flops
         beyond_layer.append(max(per_micro[lo] - layer, 0.0))

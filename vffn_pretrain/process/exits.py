@@ -36,7 +36,7 @@ def run_and_exit_quickly(main: Callable[[], object]) -> None:
     interpreter down: after torch and megatron-core are loaded, freeing every module and object at exit takes
     seconds, which every launch, requeue and test pays. The exit handlers still run (logging's flush, the
     multiprocessing children's clean-up, wandb's), then standard output and error are flushed. The normal exit is
-    kept while a non-daemon thread still runs (it is waited for) and for an exception that is not SystemExit (its
+    kept before anything heavy was imported (`--help`, a config error: nothing to save), while a non-daemon thread still runs (it is waited for) and for an exception that is not SystemExit (its
     traceback is printed as usual). Called inside another call (launch/record_exit.py runs the trainer's module
     this way and records its code), it only runs `main`: the outer call exits."""
     global _running
@@ -51,7 +51,8 @@ def run_and_exit_quickly(main: Callable[[], object]) -> None:
         code = e.code
     finally:
         _running = False
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
+    if not any(name in sys.modules for name in HEAVY_MODULES) or any(
+            t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.current_thread()):
         sys.exit(code)
     if code is None:
         code = 0
@@ -68,3 +69,5 @@ def run_and_exit_quickly(main: Callable[[], object]) -> None:
 
 
 _running = False
+# Modules after whose import the tear-down takes seconds.
+HEAVY_MODULES = ("torch",)

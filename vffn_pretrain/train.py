@@ -60,9 +60,8 @@ def _task(cfg: DictConfig) -> int:
                                   multirun_dir=_multirun_dir())
         if os.environ.get("VFFN_CONFIG_CHECK") == "1":
             return 0  # launch/torchrun.sh checks the config once, before it starts the workers
-        from vffn_pretrain.training.trainer import (
-            run,  # megatron-core: seconds to import, which a check skips
-        )
+        # Imported only now: the trainer brings in megatron-core (seconds), which the check above does not need.
+        from vffn_pretrain.training.trainer import run
 
         code = run(run_cfg)
     except ConfigError as e:

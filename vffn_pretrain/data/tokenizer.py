@@ -9,8 +9,8 @@
   When the file name is one of tiktoken's own encodings (``cl100k_base.tiktoken``, ``o200k_base.tiktoken``,
   ...) its split pattern and special tokens are taken from tiktoken; otherwise the GPT-2 pattern is used and
   ``<|endoftext|>`` is appended after the last rank;
-* ``null:N``: the format of megatron-core's ``NullTokenizer`` (text is space-separated integer ids), with ``vocab_size == N``
-  and ``eod == N - 1``. Meant for tests.
+* ``null:N``: the format of megatron-core's ``NullTokenizer`` (text is space-separated integer ids), with
+  ``vocab_size == N`` and ``eod == N - 1``. Meant for tests.
 
 Nothing is ever downloaded. Every tokenizer exposes what megatron-core's ``GPTDatasetConfig`` needs
 (``vocab_size``, ``eod``, ``pad``, ``unique_identifiers``) plus ``tokenize``/``tokenize_batch``/``detokenize``,

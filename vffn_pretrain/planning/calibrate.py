@@ -350,8 +350,9 @@ def calibrate(cfg, rounds: int = 5, p2p: bool = True, sharing: tuple[list[str], 
                 break  # else the layer's time was lost in the host's noise: measure again, longer
         else:
             raise MeasurementError(
-                f"the time of a {kind} layer was lost in this machine's noise ({hi} layers measured no slower "
-                f"than {lo}, also with {4 * rounds} rounds): use more --rounds, a larger model or a quieter machine")
+                f"the time of a {kind} layer was lost in this machine's noise ({hi} layers measured no "
+                f"slower than {lo}, also with {attempt_rounds} rounds): use more --rounds, a larger model or a "
+                "quieter machine")
         layer = (per_micro[hi] - per_micro[lo]) / (hi - lo)
         fwd_s, bwd_s = layer * alone_f / (alone_f + alone_b), layer * alone_b / (alone_f + alone_b)
         forward[kind], backward[kind] = fwd_s / item.forward_flops, bwd_s / item.backward_flops

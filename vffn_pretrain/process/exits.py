@@ -35,10 +35,12 @@ def run_and_exit_quickly(main: Callable[[], object]) -> None:
     """Run `main` (a command's whole body), then end the process with its exit code without tearing the
     interpreter down: after torch and megatron-core are loaded, freeing every module and object at exit takes
     seconds, which every launch, requeue and test pays. The exit handlers still run (logging's flush, the
-    multiprocessing children's clean-up, wandb's), then standard output and error are flushed. The normal exit is
-    kept before anything heavy was imported (`--help`, a config error: nothing to save), while a non-daemon thread still runs (it is waited for) and for an exception that is not SystemExit (its
-    traceback is printed as usual). Called inside another call (launch/record_exit.py runs the trainer's module
-    this way and records its code), it only runs `main`: the outer call exits."""
+    multiprocessing children's clean-up, wandb's), then standard output and error are flushed.
+
+    The normal exit is kept before anything heavy was imported (`--help`, a config error), while a non-daemon
+    thread still runs (it is waited for), and for an exception that is not SystemExit (its traceback is printed
+    as usual). Called inside another call (launch/record_exit.py runs the trainer's module this way and records
+    its code), it only runs `main`: the outer call exits."""
     global _running
     if _running:
         main()

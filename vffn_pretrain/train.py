@@ -56,8 +56,11 @@ def _task(cfg: DictConfig) -> int:
     from vffn_pretrain.training.signals import EXIT_INTERRUPTED, StoppedBeforeTraining
 
     try:
-        run_cfg = load_run_config(cfg, world_size=launcher_world_size(),
-                                  multirun_dir=_multirun_dir())
+        world_size = launcher_world_size()
+    except ValueError as e:
+        _fail(f"bad environment: {e}", EXIT_BAD_CONFIG)
+    try:
+        run_cfg = load_run_config(cfg, world_size=world_size, multirun_dir=_multirun_dir())
         if os.environ.get("VFFN_CONFIG_CHECK") == "1":
             return 0  # launch/torchrun.sh checks the config once, before it starts the workers
         # Imported only now: the trainer brings in megatron-core (seconds), which the check above does not need.

@@ -1,4 +1,4 @@
-"""megatron-core's fused functions are compiled on their first call, not when megatron-core is imported."""
+"""Importing megatron-core does not load the compiler; the fused functions work when called."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from vffn_pretrain.parallel.deferred_compile import deferred
+from vffn_pretrain.parallel.megatron_startup import deferred
 
 IMPORT_MEGATRON = r"""
 import sys

@@ -113,9 +113,10 @@ def layout_run(workdir: str, layout: dict, steps: int = 3, distributed_optimizer
     return {"losses": losses, "overlap_p2p_comm": overlap, **grad_err}
 
 
-def resume_run(workdir: str, layout: dict, distributed_optimizer: bool, load_layout: dict | None = None) -> dict:
-    """2 steps, save, 2 more steps; then a fresh model (at `load_layout`, default the same) loads the
-    checkpoint and repeats the last 2 steps. Returns both loss lists."""
+def resume_run(workdir: str, layout: dict, distributed_optimizer: bool, load_layouts: tuple = (None,)) -> dict:
+    """2 steps, save, 2 more steps; then, for each of `load_layouts` (None: `layout` itself), a fresh model at
+    that layout loads the checkpoint and repeats the last 2 steps. Returns the uninterrupted losses and, per
+    load layout in order, the resumed ones."""
     ckpt = Path(workdir) / "ckpt"
     ddp, optimizer = build(layout, distributed_optimizer=distributed_optimizer)
     run_steps(ddp, optimizer, range(2))
@@ -124,11 +125,15 @@ def resume_run(workdir: str, layout: dict, distributed_optimizer: bool, load_lay
     ps.destroy_model_parallel()
     del ddp, optimizer
 
-    ddp, optimizer = build(load_layout or layout, distributed_optimizer=distributed_optimizer)
-    common = dist_ckpt.load(ckpt, ddp, optimizer)
-    resumed = run_steps(ddp, optimizer, range(common["step"], common["step"] + 2))
-    ps.destroy_model_parallel()
-    return {"uninterrupted": uninterrupted, "resumed": resumed, "step": common["step"]}
+    resumed, steps = [], []
+    for load_layout in load_layouts:
+        ddp, optimizer = build(load_layout or layout, distributed_optimizer=distributed_optimizer)
+        common = dist_ckpt.load(ckpt, ddp, optimizer)
+        resumed.append(run_steps(ddp, optimizer, range(common["step"], common["step"] + 2)))
+        steps.append(common["step"])
+        ps.destroy_model_parallel()
+        del ddp, optimizer
+    return {"uninterrupted": uninterrupted, "resumed": resumed, "steps": steps}
 
 
 def shim_usage(workdir: str) -> dict:

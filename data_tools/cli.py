@@ -17,6 +17,7 @@ import warnings
 
 from vffn_pretrain.data.tokenizing import readers
 from vffn_pretrain.data.tokenizing.worker import DEFAULT_MAX_DOC_MB
+from vffn_pretrain.process.streams import survive_closed_output
 
 TOKENIZER_HELP = ("tokenizer: a HuggingFace tokenizer.json, a tiktoken BPE file (optionally 'tiktoken:PATH'), "
                   "'null:N' (megatron-core's null tokenizer, for tests), or 'bundled' (the default: the BPE shipped "
@@ -251,6 +252,7 @@ def _run_corpus(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``vffn-data``. Returns the exit status (also when called from Python)."""
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     # megatron-core warns at import about optional GPU libraries that a CPU data tool never uses.

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vffn_pretrain.process.streams import survive_closed_output
+
 
 def _int_at_least(low: int):
     def parse(text: str) -> int:
@@ -169,6 +171,7 @@ def generate(argv: list[str] | None = None) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     import warnings
 
     from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible

@@ -25,6 +25,7 @@ from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.model.counting import count_params, flops_per_token, uniform_loop_mix
 from vffn_pretrain.model.kinds import traits
 from vffn_pretrain.model.shapes import counting_shapes
+from vffn_pretrain.process.streams import survive_closed_output
 
 # The model's shape: vffn-info counts only a model whose config names these (a default would count a model
 # nobody asked for).
@@ -110,6 +111,7 @@ def _add_quiet_defaults(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     from vffn_pretrain.config.usage import print_usage, wants_help
 
     if wants_help(sys.argv[1:]):

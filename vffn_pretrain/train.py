@@ -23,6 +23,7 @@ from vffn_pretrain.config.overrides import precheck_overrides
 from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.config.usage import print_usage, wants_help
 from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail, run_and_exit_quickly
+from vffn_pretrain.process.streams import survive_closed_output
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -95,6 +96,7 @@ def main() -> None:
 
     from vffn_pretrain.training.signals import STOP, StoppedBeforeTraining
 
+    survive_closed_output()  # a reader that goes away (`| head`) must not stop the run
     warnings.filterwarnings("ignore")
     logging.raiseExceptions = False  # a log line that cannot be written (a full disk) is not a traceback
     if wants_help(sys.argv[1:]):

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from vffn_pretrain.outputs.apart import NotOurOutput, OutputOverlapsInput, check_apart, check_replaceable
 from vffn_pretrain.outputs.atomic import sweep_stale_partials, write_json_atomic, write_text_atomic
+from vffn_pretrain.process.streams import survive_closed_output
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 LOCAL_TASKS = ("jargon_cloze",)
@@ -343,6 +344,7 @@ def save_results(results: dict, out: Path, why: str | None = None) -> tuple[Path
 
 
 def main(argv: list[str] | None = None) -> None:
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     import warnings
 
     from vffn_pretrain.outputs.lock import OutputInUse, claim_output

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from vffn_pretrain.outputs.apart import NotOurOutput, OutputOverlapsInput, check_apart, check_replaceable
+from vffn_pretrain.process.streams import survive_closed_output
 
 
 class ExportError(Exception):
@@ -179,6 +180,7 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
 
 
 def main(argv: list[str] | None = None) -> None:
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     import warnings
 
     from vffn_pretrain.outputs.lock import OutputInUse

@@ -39,6 +39,7 @@ from vffn_pretrain.planning.loops import (
 )
 from vffn_pretrain.planning.timing import DEVICE_PROFILES, Timing
 from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, OneLineArgumentParser
+from vffn_pretrain.process.streams import survive_closed_output
 
 MAX_MICRO_BATCHES = 1024  # planning time grows with the micro-batches (7B, PP 8, VPP 2, 1024: about a minute)
 MAX_DP = 1_000_000
@@ -238,6 +239,7 @@ def _batch_for(raw, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["calibrate"]:
         from vffn_pretrain.planning.calibrate import main as calibrate_main

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from vffn_pretrain.process.streams import survive_closed_output
 from vffn_pretrain.scaling.summaries import METRICS, SummaryError, load_runs
 
 
@@ -99,6 +100,7 @@ def run(sweep_dir: str | Path, out: str | Path | None = None, metric: str = "fin
 
 
 def main(argv: list[str] | None = None) -> int:
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     parser = argparse.ArgumentParser(prog="vffn-scaling", description=__doc__.split("\n\n")[1])
     parser.add_argument("sweep_dir", help="directory searched (any depth) for run summary.json files")
     parser.add_argument("--out", default=None, help="output directory (default SWEEP_DIR/scaling)")

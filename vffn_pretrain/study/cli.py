@@ -26,6 +26,8 @@ import json
 import sys
 from pathlib import Path
 
+from vffn_pretrain.process.streams import survive_closed_output
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vffn-study", description=__doc__.split("\n\n")[0])
@@ -118,6 +120,7 @@ def _tokens_per_step(cfg) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (also when called from Python)."""
+    survive_closed_output()  # a reader that goes away (`| head`) does not stop the work
     from vffn_pretrain.outputs.lock import OutputInUse
     from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
     from vffn_pretrain.study.collect import StudyReadError

@@ -1,4 +1,4 @@
-"""Importing megatron-core does not load the compiler; the fused functions work when called."""
+"""Importing megatron-core loads neither the compiler nor wandb; both work when used."""
 
 from __future__ import annotations
 
@@ -14,16 +14,22 @@ import vffn_pretrain
 import megatron.core.jit as jit
 import torch
 from megatron.core.fusions import fused_bias_swiglu
-loaded = sorted(m for m in ("torch._dynamo", "torch._inductor.compile_fx") if m in sys.modules)
+from megatron.core import timers
+loaded = sorted(m for m in ("torch._dynamo", "torch._inductor.compile_fx", "wandb.sdk") if m in sys.modules)
 assert not loaded, f"megatron-core's import loaded {loaded}"
 assert jit.jit_fuser.__wrapped__ is torch.compile, jit.jit_fuser
 x = torch.randn(4, 6)
 assert torch.equal(fused_bias_swiglu.swiglu(x), torch.nn.functional.silu(x[:, :3]) * x[:, 3:])
+import wandb
+assert "wandb.sdk" not in sys.modules
+assert callable(wandb.init) and "wandb.sdk" in sys.modules  # its code ran on first use
+assert timers.wandb is wandb and type(wandb).__name__ == "module"
+from wandb.sdk import wandb_init
 print("ok")
 """
 
 
-def test_importing_megatron_core_does_not_load_the_compiler():
+def test_importing_megatron_core_loads_neither_the_compiler_nor_wandb_until_used():
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TORCHDYNAMO_DISABLE": "1"}  # the call runs eagerly
     proc = subprocess.run([sys.executable, "-c", IMPORT_MEGATRON], capture_output=True, text=True, env=env,
                           timeout=300)

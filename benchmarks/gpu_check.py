@@ -31,7 +31,7 @@ The time limits add up to 8 minutes (the resume step may ask for more, see 5.); 
 one (SECONDS a positive number; then it is not extended). Bad flags
 (an unknown step, a limit that is not a positive number, --layers outside 1..1000, an --out that is a file or
 that another check is writing: OUT.lock) are one line and exit 2. Each step runs in a process group of
-its own; stopping the runner (Ctrl-C, SIGTERM: exit 130 / 143, no report) kills that group, and a step whose
+its own; stopping the runner (Ctrl-C, SIGTERM, SIGHUP: one line, exit 130, no report) kills that group, and a step whose
 runner was killed outright (kill -9) kills its own group, so no step or trainer process outlives the check.
 """
 
@@ -461,11 +461,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"gpu_check: {e}", file=sys.stderr)
         return 2
-    # SIGTERM (a job's time limit, a test's timeout) and SIGHUP unwind like Ctrl-C, through run_step's clean-up.
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(stop, lambda signum, frame: sys.exit(128 + signum))
+    from vffn_pretrain.process.interrupts import interruptible
+
     try:
-        return run_steps(args, limits, explicit)
+        # SIGTERM (a job's time limit, a test's timeout) and SIGHUP stop the check like Ctrl-C, through run_step's
+        # clean-up: one line, exit 130, as every tool.
+        with interruptible():
+            return run_steps(args, limits, explicit)
     finally:
         lock.release()
 
@@ -519,8 +521,10 @@ def run_steps(args, limits: dict[str, float], explicit: set[str]) -> int:
             continue
         try:
             steps[name] = run_step(name, limits[name], args, extendable=name not in explicit)
-        except KeyboardInterrupt:
-            print(f"gpu_check: interrupted during step {name}; its processes were stopped, no report written",
+        except KeyboardInterrupt as stop:
+            from vffn_pretrain.process.interrupts import interrupted
+
+            print(f"gpu_check: {interrupted(stop)} during step {name}; its processes were stopped, no report written",
                   file=sys.stderr)
             return 130
         print(f"{name}: {steps[name]['status']} ({steps[name]['seconds']:.0f} s) {steps[name]['summary']}",

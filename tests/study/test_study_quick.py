@@ -128,7 +128,7 @@ def test_directory_in_use_by_a_live_study_is_refused(tmp_path, capsys):
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / "vffn-study.lock").write_text(json.dumps(
             {"host": socket.gethostname(), "pid": sleeper.pid, "since": "2024-01-01T00:00:00"}))
-        assert main(["run", str(CONF), "--out", str(tmp_path / "out"), "--quick"]) == 2
+        assert main(["run", str(CONF), "--out", str(tmp_path / "out"), "--quick"]) == 1  # as every tool (README: Tool outputs)
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"vffn-study: error: {tmp_path / 'out'} is in use by PID {sleeper.pid} on this host "
                        f"({socket.gethostname()}, since 2024-01-01T00:00:00): another vffn-study run is working "

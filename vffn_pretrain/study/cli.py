@@ -13,10 +13,10 @@ starts, exit 130 (rerun the same command to resume); killed with kill -9 it leav
 must not be, contain or lie inside the study file or the corpus it reads; ``report --out`` must not overlap
 the files it reads and replaces only a report directory.
 
-Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written;
-2 bad usage, a bad study file or record (the message names the file and key), an output directory holding
-another study, in use by another vffn-study or over its inputs, or (report) a directory where no run past the
-base has finished; 130 interrupted.
+Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written; or the
+output is in use by another command (another vffn-study run, another report); 2 bad usage, a bad study file or
+record (the message names the file and key), an output directory holding another study or over its inputs, or
+(report) a directory where no run past the base has finished; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"vffn-study: {interrupted(stop)}; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (StudyConfigError, StudyDirError, StudyReadError, ValueError, OSError, OutputInUse) as err:
+    except OutputInUse as err:  # another command writes this output: exit 1, as every tool
+        print(f"vffn-study: error: {err}", file=sys.stderr)
+        return 1
+    except (StudyConfigError, StudyDirError, StudyReadError, ValueError, OSError) as err:
         print(f"vffn-study: error: {err}", file=sys.stderr)
         return 2
 

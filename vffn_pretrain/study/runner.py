@@ -36,17 +36,14 @@ class StudyDirError(ValueError):
 
 
 def take_lock(out: Path):
-    """Claim OUT for this process (`OUT/vffn-study.lock`, host and PID); StudyDirError if another live process
+    """Claim OUT for this process (`OUT/vffn-study.lock`, host and PID); OutputInUse if another live process
     has it. Returns the held lock (`release()` it at the end)."""
-    from vffn_pretrain.outputs.lock import OutputInUse, OwnerLock
+    from vffn_pretrain.outputs.lock import OwnerLock
 
     out.mkdir(parents=True, exist_ok=True)
     lock = OwnerLock(out / "vffn-study.lock", str(out), sharing="another vffn-study run is working on it; wait "
                      "for it or stop it", warn=lambda message: print(f"vffn-study: {message}", file=sys.stderr))
-    try:
-        return lock.acquire()
-    except OutputInUse as e:
-        raise StudyDirError(str(e)) from None
+    return lock.acquire()
 
 
 def is_finished(run: PlannedRun) -> bool:

@@ -41,6 +41,25 @@ def test_a_stream_whose_reader_left_drops_its_output_and_never_raises():
     stream.close()
 
 
+def test_a_hung_up_terminal_is_a_reader_gone_too_and_a_full_disk_is_not():
+    import errno
+
+    import pytest
+
+    master, slave = os.openpty()
+    os.close(master)  # the terminal went away: writes fail with EIO
+    stream = SurvivingStream(io.TextIOWrapper(io.FileIO(slave, "w"), write_through=True))
+    stream.writelines(["a\n", "b\n"])
+    stream.flush()
+    assert stream.reader_gone
+    stream.close()
+    full = SurvivingStream(io.TextIOWrapper(io.FileIO("/dev/full", "w"), write_through=True))
+    with pytest.raises(OSError) as raised:
+        full.write("x\n")
+    assert raised.value.errno == errno.ENOSPC and not full.reader_gone  # a full disk is still an error
+    full.close()
+
+
 def test_the_trainer_finishes_its_run_when_its_output_is_a_closed_pipe(tmp_path):
     data = cases.make_dataset(tmp_path)
     run_dir = tmp_path / "run"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.abc
 import importlib.util
+import os
 import sys
 import threading
 import types
@@ -33,8 +34,10 @@ LAZY_MODULES = ("wandb",)
 
 
 def deferred(decorator):
-    """``decorator`` (a ``torch.compile``-like callable: ``decorator(fn)`` or ``decorator(**options)(fn)``)
-    applied to a function on that function's first call."""
+    """``decorator`` (``torch.compile`` or alike: ``decorator(fn)`` or ``decorator(**options)(fn)``) applied to a
+    function on that function's first call outside compilation. A first call that TorchDynamo traces (from
+    inside another compiled function) runs the function as it is: the enclosing graph compiles it, and a later
+    eager call still gets the decorated one."""
 
     @functools.wraps(decorator)
     def defer(fn=None, **options):
@@ -46,6 +49,9 @@ def deferred(decorator):
         def call(*args, **kwargs):
             nonlocal decorated
             if decorated is None:
+                torch = sys.modules.get("torch")
+                if torch is not None and torch.compiler.is_compiling():
+                    return fn(*args, **kwargs)
                 decorated = decorator(fn, **options)
             return decorated(*args, **kwargs)
 
@@ -67,18 +73,32 @@ class _DeferJitFuser(importlib.abc.Loader):
 
 
 class _LoadOnFirstUse(types.ModuleType):
-    """A module whose code has not run yet: the first attribute it lacks runs it (``__spec__``, ``__path__``
-    and the other import attributes are set, so importing it again or importing its submodules does not)."""
+    """A module whose code has not run yet: the first attribute it lacks runs it (`_load`)."""
 
     def __getattr__(self, name):
-        with _lazy_lock:
-            if type(self) is _LoadOnFirstUse:
-                self.__class__ = types.ModuleType
-                self.__spec__.loader.exec_module(self)
+        _load(self)
+        if type(self) is _LoadOnFirstUse:  # its own code, still running, reads what it has not set yet
+            raise AttributeError(f"partially initialized module {self.__name__!r} has no attribute {name!r}")
         return getattr(self, name)
 
 
-_lazy_lock = threading.Lock()
+_lazy_lock = threading.RLock()
+os.register_at_fork(after_in_child=lambda: globals().update(_lazy_lock=threading.RLock()))
+
+
+def _load(module: types.ModuleType) -> None:
+    """Run a placeholder's code, once; other threads wait for the end. If the code fails, the placeholder stays
+    (the next use tries again and gets the same error)."""
+    with _lazy_lock:
+        state = module.__dict__
+        if type(module) is not _LoadOnFirstUse or state.get("_vffn_loading"):
+            return
+        state["_vffn_loading"] = True
+        try:
+            module.__spec__.loader.exec_module(module)
+            module.__class__ = types.ModuleType
+        finally:
+            del state["_vffn_loading"]
 
 
 class _LoadLater(importlib.abc.Loader):
@@ -93,18 +113,44 @@ class _LoadLater(importlib.abc.Loader):
         module.__class__ = _LoadOnFirstUse
 
 
+class _AlreadyLoaded(importlib.abc.Loader):
+    """The loader of a submodule that its package's code imported while the submodule's own import was under way
+    (`import wandb.sdk` before any use of wandb). The import system, finding the module in sys.modules by then,
+    loads what the module's ``__spec__`` says; so the module carries this loader's spec until the import has
+    taken it, then its own again: the module runs once."""
+
+    def __init__(self, module):
+        self._module, self._own_spec = module, module.__spec__
+        module.__spec__ = importlib.util.spec_from_loader(module.__name__, self)
+
+    def create_module(self, spec):
+        return self._module
+
+    def module_spec(self):
+        return self._module.__spec__
+
+    def exec_module(self, module):
+        module.__spec__ = self._own_spec
+
+
 class _StartupFinder(importlib.abc.MetaPathFinder):
-    """Finds each module it handles once (with the finders after it), adapts its loader, then stands down."""
+    """Adapts the loader of `megatron.core.jit` and of the lazy modules the first time each is found (with the
+    finders after this one), and runs a lazy package's code before one of its submodules is imported, as a plain
+    import would."""
 
     def __init__(self, names):
         self.pending = set(names)
 
     def find_spec(self, name, path, target=None):
+        package = sys.modules.get(name.rpartition(".")[0])
+        if type(package) is _LoadOnFirstUse:
+            _load(package)
+            if name in sys.modules:  # the package's code imported it
+                return _AlreadyLoaded(sys.modules[name]).module_spec()
+            return None
         if name not in self.pending:
             return None
         self.pending.discard(name)
-        if not self.pending:
-            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)  # the other finders: this one no longer answers for `name`
         if spec is None or spec.loader is None:
             return spec

@@ -1,10 +1,13 @@
 """``vffn-study``: run the paper's comparisons as a seeded study, and report on it.
 
-    vffn-study run conf/study/round2_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--dry-run]
+    vffn-study run conf/study/round2_cpu.yaml --out DIR [--quick] [--corpus DIR] [--jobs N] [--seeds S,...]
+                   [--dry-run]
     vffn-study report DIR [--out REPORT_DIR]
 
 ``run`` trains what is not finished (rerun the same command to resume), then writes the report into
-DIR/report when every run has finished. ``report`` writes report.md, report.json, corpus-manifest.json,
+DIR/report when every run has finished. ``run --seeds 1,3`` trains only those seeds' runs (a seed's runs
+depend on no other seed's): a long study split over sessions or machines, one seed at a time; the report is
+written once every seed has finished. ``report`` writes report.md, report.json, corpus-manifest.json,
 final_loss.png, delta_vs_dense.png, gap_over_tokens.png and val_curves.png from whatever runs have finished
 (the others are listed as missing).
 
@@ -39,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, metavar="DIR", help="a `vffn-data corpus build` output "
                    "[the study file's corpus.dir]")
     p.add_argument("--jobs", type=int, default=None, metavar="N", help="runs at a time [the study file's]")
+    p.add_argument("--seeds", default=None, metavar="S,...", help="train only these seeds' runs (of the study "
+                   "file's seeds) [all]")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their commands; train nothing")
     p = sub.add_parser("report", help="write the Markdown report and plots of a study directory")
     p.add_argument("study_dir", metavar="DIR")
@@ -61,8 +66,9 @@ def _run(args) -> int:
     if out.exists() and not out.is_dir():
         raise StudyDirError(f"--out {out}: exists and is not a directory")
     plan = make_plan(cfg, out)
+    selected = _selected(plan, args.seeds, cfg.seeds)
     if args.dry_run:
-        for run in plan:
+        for run in selected:
             print(f"{run.name}: {' '.join(command(run))}")
         return 0
     lock = take_lock(out)
@@ -72,7 +78,7 @@ def _run(args) -> int:
                                 "corpus_manifest": _corpus_manifest(cfg.corpus_dir), "seeds": list(cfg.seeds),
                                 "base_variant": cfg.base_variant, "base_steps": cfg.base_steps,
                                 "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)})
-        status = run_plan(plan, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
+        status = run_plan(selected, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
                           log=lambda m: print(m, flush=True))
     finally:
         lock.release()
@@ -80,12 +86,35 @@ def _run(args) -> int:
     if bad:
         for name, why in bad.items():
             print(f"vffn-study: {name}: {why}", file=sys.stderr)
-        print(f"vffn-study: {len(bad)} of {len(plan)} runs not finished; rerun the same command to retry",
+        print(f"vffn-study: {len(bad)} of {len(selected)} runs not finished; rerun the same command to retry",
               file=sys.stderr)
         return 1
+    from vffn_pretrain.study.runner import is_finished
+
+    others = [r for r in plan if r not in selected and not is_finished(r)]
+    if others:
+        seeds = sorted({r.seed for r in others})
+        print(f"seeds {args.seeds} finished; {len(others)} runs of seeds {', '.join(map(str, seeds))} remain "
+              "(the report is written when every seed has finished)")
+        return 0
     path = write_report(out)
     print(f"study finished: report {path}")
     return 0
+
+
+def _selected(plan: list, seeds_arg: str | None, study_seeds) -> list:
+    """The runs of the seeds --seeds names (all runs without it); ValueError naming --seeds on a bad list."""
+    if seeds_arg is None:
+        return plan
+    try:
+        seeds = {int(s) for s in seeds_arg.split(",")}
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma-separated list of integers, got {seeds_arg!r}") from None
+    unknown = sorted(seeds - set(study_seeds))
+    if unknown:
+        raise ValueError(f"--seeds: {', '.join(map(str, unknown))} not among the study file's seeds "
+                         f"{list(study_seeds)}")
+    return [r for r in plan if r.seed in seeds]
 
 
 def _repo_relative(path: str) -> str:

@@ -11,6 +11,9 @@ model.vocab_size (unpadded), model.seq_length or train.seq_length, ffn.kind, ffn
 ffn.top_k, ffn.max_loops, ffn.loops, ffn.layers (optional per-layer kinds), parallel.tp (optional, default 1). Optional extras:
 model.tied_embeddings (default false) and info.eval_loop_mix (list of L_max fractions; default
 uniform), e.g. ``+info.eval_loop_mix=[0.1,0.2,0.3,0.4]``.
+
+Exit status: 0 printed; 2 a bad config (one line naming the key); 130 stopped by Ctrl-C, SIGTERM or SIGHUP
+(one line, nothing on stdout).
 """
 
 from __future__ import annotations
@@ -131,9 +134,15 @@ def main() -> None:
             fail("vffn-info", f"bad config: {e}", EXIT_BAD_CONFIG)
         print(json.dumps(report, indent=2))
 
-    precheck_overrides("vffn-info", str(CONF_DIR), sys.argv[1:])
-    sys.argv = [sys.argv[0], *_add_quiet_defaults(sys.argv[1:])]
-    _run()
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
+
+    try:
+        with interruptible():
+            precheck_overrides("vffn-info", str(CONF_DIR), sys.argv[1:])
+            sys.argv = [sys.argv[0], *_add_quiet_defaults(sys.argv[1:])]
+            _run()
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: one line, nothing was written
+        fail("vffn-info", interrupted(stop), EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

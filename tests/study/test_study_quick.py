@@ -6,6 +6,8 @@ checked with --dry-run."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import socket
 import subprocess
@@ -22,8 +24,20 @@ ROUND1 = CONF.parent / "table1_cpu.yaml"
 
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
+    """The quick study, run as a study split over two sessions is: seed 2 alone (--seeds 2), then the whole
+    study, which skips seed 2's finished runs."""
     out = tmp_path_factory.mktemp("study")
-    assert main(["run", str(CONF), "--out", str(out), "--quick"]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", str(CONF), "--out", str(out), "--quick", "--seeds", "2"]) == 0
+    assert "seeds 2 finished; 6 runs of seeds 1 remain (the report is written when every seed has finished)" \
+        in printed.getvalue()
+    assert sorted(p.parent.name for p in out.rglob("summary.json")) == ["seed2"] * 6
+    assert not (out / "base" / "seed1").exists() and not (out / "report").exists()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", str(CONF), "--out", str(out), "--quick"]) == 0
+    assert "6 of 12 runs already finished; 6 to run" in printed.getvalue()
     return out
 
 
@@ -137,6 +151,17 @@ def test_directory_in_use_by_a_live_study_is_refused(tmp_path, capsys):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.parametrize("seeds, message", [
+    ("3", "--seeds: 3 not among the study file's seeds [1, 2]"),
+    ("1,x", "--seeds must be a comma-separated list of integers, got '1,x'"),
+    ("", "--seeds must be a comma-separated list of integers, got ''"),
+])
+def test_bad_seeds_are_one_line_exit_2(tmp_path, capsys, seeds, message):
+    assert main(["run", str(CONF), "--out", str(tmp_path / "out"), "--quick", "--seeds", seeds]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"vffn-study: error: {message}"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("text, message", [

@@ -16,7 +16,7 @@ metrics.jsonl; default uniform), --checkpoint DIR (loop mixes from a checkpoint'
 --shared-cores N (the ranks share N CPU cores, as gloo runs on one host do; default: a device per rank; with a
 calibration measured with `--shared-ranks`, its slowdown table, else lossless sharing; at most 4096).
 Bad input (an option, a file, a config key, a micro-batch count megatron's schedule refuses): one line naming
-it, exit 2. Planning needs neither torch nor megatron, so the command starts in about a second.
+it, exit 2. Ctrl-C, SIGTERM, SIGHUP: one line, exit 130. Planning needs neither torch nor megatron, so the command starts in about a second.
 """
 
 from __future__ import annotations
@@ -246,6 +246,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return calibrate_main(argv[1:])
     args = _parser().parse_intermixed_args(argv)  # overrides may come after options
+    from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
+
+    try:
+        with interruptible():
+            return _plan(args)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM, SIGHUP: one line, nothing was written
+        print(f"vffn-plan: {interrupted(stop)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _plan(args) -> int:
+    """Plan the layout args describe and print the report; the exit status."""
     from vffn_pretrain.config.run import load_run_config
 
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -110,8 +111,11 @@ def test_round1_study_file_still_plans_its_runs(capsys):
                      "continued/dense/seed2", "continued/versatile/seed2"]
 
 
-def test_rerun_skips_finished_and_resumes_unfinished(quick_study, capsys):
-    out = quick_study
+def test_rerun_skips_finished_and_resumes_unfinished(quick_study, tmp_path, capsys):
+    """On a copy of the study at another path (a study moved, or seeds run elsewhere and copied together): the
+    record is rewritten for the new path, finished runs are skipped, the unfinished one resumes there."""
+    out = tmp_path / "moved"
+    shutil.copytree(quick_study, out)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     # Make one continued run unfinished: as if it had stopped before writing its summary.
     victim = out / "continued" / "versatile_blend" / "seed2" / "summary.json"
@@ -119,12 +123,41 @@ def test_rerun_skips_finished_and_resumes_unfinished(quick_study, capsys):
     capsys.readouterr()
     assert main(["run", str(CONF), "--out", str(out), "--quick"]) == 0
     log = capsys.readouterr().out
+    assert f"study: {out / 'study.json'} was written for {quick_study}; it now names {out} (same runs)" in log
+    assert json.loads((out / "study.json").read_text())["runs"][0]["run_dir"] == str(out / "base" / "seed1")
     assert "11 of 12 runs already finished; 1 to run" in log
     assert "start continued/versatile_blend/seed2 (resuming)" in log
     assert json.loads(victim.read_text())["exit_code"] == 0
     for p, t in stamps.items():
         if p != victim:
             assert p.stat().st_mtime_ns == t, f"{p} was rewritten"
+    assert (quick_study / "continued" / "versatile_blend" / "seed2" / "summary.json").is_file()  # the original
+
+
+def test_a_copied_study_is_reported_from_where_it_is(quick_study, tmp_path):
+    """The report reads the runs in the directory it is given, never at the paths study.json was written with
+    (which here still hold the original, finished runs)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_study, copy, ignore=shutil.ignore_patterns("checkpoints", "report"))
+    shutil.rmtree(copy / "continued" / "versatile_blend" / "seed2")
+    assert main(["report", str(copy)]) == 0
+    data = json.loads((copy / "report" / "report.json").read_text())
+    assert data["missing"] == ["continued/versatile_blend/seed2"]
+    row = next(r for r in data["rows"] if r["variant"] == "versatile_blend")
+    assert set(row["per_seed"]) == {"1"}
+
+
+def test_a_run_name_leaving_the_study_directory_is_refused(quick_study, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(quick_study, copy, ignore=shutil.ignore_patterns("checkpoints", "report", "continued",
+                                                                      "scratch*", "base"))
+    record = json.loads((copy / "study.json").read_text())
+    record["runs"][3]["name"] = "../../elsewhere/seed1"
+    (copy / "study.json").write_text(json.dumps(record))
+    assert main(["report", str(copy)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vffn-study: error: {copy / 'study.json'}: key 'runs[3].name' must be a path inside the study directory "
+        "(got '../../elsewhere/seed1')"]
 
 
 def test_directory_of_another_study_is_refused(quick_study, tmp_path, capsys):

@@ -9,7 +9,7 @@ DIR/report when every run has finished. ``run --seeds 1,3`` trains only those se
 depend on no other seed's): a long study split over sessions or machines, one seed at a time; the report is
 written once every seed has finished. ``report`` writes report.md, report.json, corpus-manifest.json,
 final_loss.png, delta_vs_dense.png, gap_over_tokens.png and val_curves.png from whatever runs have finished
-(the others are listed as missing).
+(the others are listed as missing), reading each run in DIR (DIR/<run name>) even when DIR was moved or copied.
 
 ``run`` stops as a whole on Ctrl-C, SIGTERM or SIGHUP: the running trainers save and stop, no further run
 starts, exit 130 (rerun the same command to resume); killed with kill -9 it leaves no trainer behind. --out
@@ -77,7 +77,8 @@ def _run(args) -> int:
                                 "corpus": cfg.corpus_dir, "corpus_name": cfg.corpus_name,
                                 "corpus_manifest": _corpus_manifest(cfg.corpus_dir), "seeds": list(cfg.seeds),
                                 "base_variant": cfg.base_variant, "base_steps": cfg.base_steps,
-                                "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)})
+                                "continued_steps": cfg.continued_steps, "tokens_per_step": _tokens_per_step(cfg)},
+                    log=lambda m: print(m, flush=True))
         status = run_plan(selected, out, jobs=args.jobs or cfg.jobs, threads=cfg.threads_per_job,
                           log=lambda m: print(m, flush=True))
     finally:

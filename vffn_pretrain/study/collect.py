@@ -138,6 +138,17 @@ def _group_kind(group: str) -> str | None:
 RUN_KEYS = {"name": str, "phase": str, "variant": str, "seed": int, "steps": int, "run_dir": str}
 
 
+def run_dir_of(study_dir: Path, record: Path, index: int, name: str) -> Path:
+    """Where run `name` of a study lives: ``study_dir / name`` (the layout of plan.py), wherever the study was
+    run: a copied or moved study directory is read where it is now, never at the path its record names. A
+    name that would leave the study directory is refused (StudyReadError naming the key)."""
+    parts = Path(name).parts
+    if not parts or Path(name).is_absolute() or any(part in ("..", ".") for part in parts):
+        raise StudyReadError(f"{record}: key 'runs[{index}].name' must be a path inside the study directory "
+                             f"(got {name!r})")
+    return study_dir / name
+
+
 def _planned_runs(path: Path, meta) -> list[dict]:
     """The `runs` of a study record, each checked (StudyReadError naming the file and key)."""
     runs = meta.get("runs") if isinstance(meta, dict) else None
@@ -190,9 +201,10 @@ def study_inputs(study_dir: str | Path) -> list[Path]:
     paths = [study_dir / "study.json"]
     try:
         runs = _planned_runs(paths[0], json.loads(paths[0].read_text()))
+        dirs = [run_dir_of(study_dir, paths[0], i, r["name"]) for i, r in enumerate(runs)]
     except (OSError, ValueError, StudyReadError):
         return paths
-    return paths + [Path(r["run_dir"]) / name for r in runs for name in ("summary.json", "metrics.jsonl")]
+    return paths + [d / name for d in dirs for name in ("summary.json", "metrics.jsonl")]
 
 
 def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
@@ -207,8 +219,8 @@ def read_study(study_dir: str | Path) -> tuple[dict, list[RunResult]]:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise StudyReadError(f"{path}: not a study record (not readable as JSON: {e})") from None
     results = []
-    for r in _planned_runs(path, meta):
-        run_dir = Path(r["run_dir"])
+    for i, r in enumerate(_planned_runs(path, meta)):
+        run_dir = run_dir_of(study_dir, path, i, r["name"])
         # Studies recorded before variants could be derived have no "kind": the variant is an ffn group there.
         kind = r.get("kind") or _group_kind(r["variant"])
         res = RunResult(name=r["name"], phase=r["phase"], variant=r["variant"], seed=r["seed"], finished=False,

@@ -8,7 +8,8 @@ A continued run starts only once its base is finished; when a run fails, the run
 reported as blocked and the others go on.
 
 ``OUT/study.json`` records the plan (every run's overrides); a rerun whose plan differs (another study file,
-``--quick`` or not, another corpus) is refused rather than mixed into the same directory. Each run's output
+``--quick`` or not, another corpus) is refused rather than mixed into the same directory. A directory moved or
+copied elsewhere plans the same runs under other paths: its record is rewritten for them. Each run's output
 goes to ``OUT/logs/<run>.log`` (appended on resume). SIGINT, SIGTERM and SIGHUP are passed on to the running
 trainers, which save a checkpoint and stop; no further run starts, and ``run_plan`` raises ``Interrupted`` once
 they have exited (rerun the same command to resume). The trainers watch this process (``lifetime.child_env``):
@@ -62,8 +63,10 @@ def command(run: PlannedRun) -> list[str]:
     return [sys.executable, "-m", "vffn_pretrain.train", *run.overrides]
 
 
-def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
-    """Write OUT/study.json, or check that the one there describes the same runs."""
+def record_plan(out: Path, plan: list[PlannedRun], meta: dict, log=print) -> None:
+    """Write OUT/study.json, or check that the one there describes the same runs. A study directory that was
+    moved or copied (or a corpus rebuilt elsewhere with the same manifest) holds the same runs under other
+    paths: its record is rewritten for the new paths, with a line saying so."""
     out.mkdir(parents=True, exist_ok=True)
     record = {**meta, "runs": [{"name": r.name, "phase": r.phase, "variant": r.variant, "ffn": r.ffn,
                                 "kind": r.kind, "seed": r.seed, "steps": r.steps, "run_dir": str(r.run_dir),
@@ -77,11 +80,36 @@ def record_plan(out: Path, plan: list[PlannedRun], meta: dict) -> None:
         if not isinstance(old, dict):
             raise StudyDirError(f"{path}: exists but is not a study record (JSON object); move it away to start "
                                 "afresh") from None
-        if old.get("runs") != record["runs"]:
+        if old.get("runs") == record["runs"]:
+            return
+        moved = _relocated(old, record, out)
+        if moved is None:
             raise StudyDirError(f"{out}: holds a study with other runs ({old.get('config')}, quick="
                                 f"{old.get('quick')}); use another --out")
-        return
+        log(f"study: {path} was written for {moved}; it now names {out.resolve()} (same runs)")
     write_json_atomic(path, record)
+
+
+def _relocated(old: dict, record: dict, out: Path) -> str | None:
+    """The directories (study, corpus) the old record named, when it plans exactly `record`'s runs once those
+    paths read as this study's; None when the runs differ otherwise. The corpus counts as the same only when
+    both records publish the same manifest."""
+    runs = old.get("runs")
+    try:
+        first = runs[0]
+        old_out = Path(first["run_dir"]).parents[len(Path(first["name"]).parts) - 1]
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+    moves = {str(old_out): str(out.resolve())}
+    same_corpus = old.get("corpus_manifest") == record.get("corpus_manifest")
+    if same_corpus and isinstance(old.get("corpus"), str) and isinstance(record.get("corpus"), str):
+        moves[str(Path(old["corpus"]).expanduser().resolve())] = str(Path(record["corpus"]).expanduser().resolve())
+    text = json.dumps(runs)
+    for before, after in moves.items():
+        text = text.replace(json.dumps(before)[1:-1], json.dumps(after)[1:-1])
+    if json.loads(text) != record["runs"]:
+        return None
+    return " and ".join(before for before, after in moves.items() if before != after) or str(old_out)
 
 
 def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int = 1, log=print) -> dict[str, str]:

@@ -16,10 +16,11 @@ starts, exit 130 (rerun the same command to resume); killed with kill -9 it leav
 must not be, contain or lie inside the study file or the corpus it reads; ``report --out`` must not overlap
 the files it reads and replaces only a report directory.
 
-Exit status: 0 done; 1 some runs failed (or are blocked by a failed base): the report is not written; or the
-output is in use by another command (another vffn-study run, another report); 2 bad usage, a bad study file or
-record (the message names the file and key), an output directory holding another study or over its inputs, or
-(report) a directory where no run past the base has finished; 130 interrupted.
+Exit status: 0 done (with --seeds: those seeds done; the report once every seed is); 1 some runs failed (or
+are blocked by a failed base): the report is not written; or the output is in use by another command (another
+vffn-study run, another report); 2 bad usage, a bad study file or record (the message names the file and key),
+an output directory holding another study or over its inputs, or (report) a directory where no run past the
+base has finished; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _run(args) -> int:
     others = [r for r in plan if r not in selected and not is_finished(r)]
     if others:
         seeds = sorted({r.seed for r in others})
-        print(f"seeds {args.seeds} finished; {len(others)} runs of seeds {', '.join(map(str, seeds))} remain "
+        done = ", ".join(str(seed) for seed in sorted({r.seed for r in selected}))
+        print(f"seeds {done} finished; {len(others)} runs of seeds {', '.join(map(str, seeds))} remain "
               "(the report is written when every seed has finished)")
         return 0
     path = write_report(out)

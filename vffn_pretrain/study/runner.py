@@ -86,30 +86,80 @@ def record_plan(out: Path, plan: list[PlannedRun], meta: dict, log=print) -> Non
         if moved is None:
             raise StudyDirError(f"{out}: holds a study with other runs ({old.get('config')}, quick="
                                 f"{old.get('quick')}); use another --out")
-        log(f"study: {path} was written for {moved}; it now names {out.resolve()} (same runs)")
+        log(f"study: {path} was written for {moved}; it now names {out.resolve()}"
+            + (f" with the corpus {_corpus_dir(record['runs'])}" if "with the corpus" in moved else "")
+            + " (same runs)")
     write_json_atomic(path, record)
 
 
+# Overrides whose values are paths a study plans: under the study directory or the corpus.
+PATH_KEYS = ("run_dir", "train.init_from", "data.train_paths", "data.valid_paths", "data.test_paths",
+             "data.tokenizer")
+CORPUS_IDENTITY_KEYS = ("corpus", "tokenizer", "splits")  # the data: names and checksums, not the build
+
+
 def _relocated(old: dict, record: dict, out: Path) -> str | None:
-    """The directories (study, corpus) the old record named, when it plans exactly `record`'s runs once those
-    paths read as this study's; None when the runs differ otherwise. The corpus counts as the same only when
-    both records publish the same manifest."""
-    runs = old.get("runs")
+    """Where the old record's study and corpus lay, when it plans exactly `record`'s runs once its paths under
+    the study directory and the corpus are read as this study's; None when the runs differ otherwise. Both
+    records' paths are the absolute ones they were written with (nothing of the old machine is resolved here);
+    the corpus counts as the same only when both manifests name the same data (tokenizer and split
+    checksums)."""
     try:
-        first = runs[0]
-        old_out = Path(first["run_dir"]).parents[len(Path(first["name"]).parts) - 1]
-    except (TypeError, KeyError, IndexError, ValueError):
+        old_out, old_corpus = _study_dir(old["runs"][0]), _corpus_dir(old["runs"])
+        new_corpus = _corpus_dir(record["runs"])
+        if (old_corpus is None) != (new_corpus is None) or (old_corpus is not None and (
+                _corpus_identity(old.get("corpus_manifest")) != _corpus_identity(record.get("corpus_manifest")))):
+            return None
+        portable_old = [_portable(r, old_out, old_corpus) for r in old["runs"]]
+        portable_new = [_portable(r, str(out.resolve()), new_corpus) for r in record["runs"]]
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
         return None
-    moves = {str(old_out): str(out.resolve())}
-    same_corpus = old.get("corpus_manifest") == record.get("corpus_manifest")
-    if same_corpus and isinstance(old.get("corpus"), str) and isinstance(record.get("corpus"), str):
-        moves[str(Path(old["corpus"]).expanduser().resolve())] = str(Path(record["corpus"]).expanduser().resolve())
-    text = json.dumps(runs)
-    for before, after in moves.items():
-        text = text.replace(json.dumps(before)[1:-1], json.dumps(after)[1:-1])
-    if json.loads(text) != record["runs"]:
+    if portable_old != portable_new:
         return None
-    return " and ".join(before for before, after in moves.items() if before != after) or str(old_out)
+    return f"{old_out}" + (f" with the corpus {old_corpus}" if old_corpus and old_corpus != new_corpus else "")
+
+
+def _study_dir(run: dict) -> str:
+    """The study directory a recorded run lies in (its run_dir less its name)."""
+    run_dir, depth = Path(run["run_dir"]), len(Path(run["name"]).parts)
+    if not run_dir.is_absolute() or depth < 1 or len(run_dir.parts) <= depth:
+        raise ValueError(run_dir)
+    return str(run_dir.parents[depth - 1])
+
+
+def _corpus_dir(runs: list) -> str | None:
+    """The corpus directory a recorded plan reads (the folder of its data.tokenizer), None for the bundled
+    corpus."""
+    for override in runs[0]["overrides"]:
+        key, _, value = override.partition("=")
+        if key == "data.tokenizer":
+            return str(Path(value).parent)
+    return None
+
+
+def _corpus_identity(manifest) -> dict | None:
+    return {k: manifest.get(k) for k in CORPUS_IDENTITY_KEYS} if isinstance(manifest, dict) else None
+
+
+def _portable(run: dict, study_dir: str, corpus_dir: str | None) -> dict:
+    """A recorded run with its paths under the study directory and the corpus written as $STUDY/... and
+    $CORPUS/... (whole path components only: /x/study does not match /x/study2)."""
+    def portable_path(path: str) -> str:
+        for root, name in ((study_dir, "$STUDY"), (corpus_dir, "$CORPUS")):
+            if root is not None and (path == root or path.startswith(root.rstrip("/") + "/")):
+                return name + path[len(root):]
+        return path
+
+    def portable_value(value: str) -> str:
+        if value.startswith("[") and value.endswith("]"):
+            return "[" + ",".join(portable_path(v) for v in value[1:-1].split(",")) + "]"
+        return portable_path(value)
+
+    overrides = []
+    for override in run["overrides"]:
+        key, sep, value = override.partition("=")
+        overrides.append(f"{key}{sep}{portable_value(value)}" if key in PATH_KEYS else override)
+    return {**run, "run_dir": portable_path(run["run_dir"]), "overrides": overrides}
 
 
 def run_plan(plan: list[PlannedRun], out: Path, *, jobs: int = 1, threads: int = 1, log=print) -> dict[str, str]:

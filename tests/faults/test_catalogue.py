@@ -82,6 +82,13 @@ PRETRAIN_CASES = [
     ("run-dir-cannot-be-written", ["run_dir=/sys/vffn-run"], 2, "`run_dir`: /sys/vffn-run cannot be written"),
     ("checkpoint-dir-cannot-be-written", ["checkpoint.dir=/sys/vffn-checkpoints"], 2,
      "`checkpoint.dir`: /sys/vffn-checkpoints cannot be written"),
+    # Hydra's own flags (Hydra would print its multi-line report, or a traceback, and exit 1).
+    ("config-name-missing", ["--config-name", "nope"], 2, "--config-name nope: no nope.yaml in"),
+    ("config-dir-missing", ["--config-dir", "{dir}/nowhere"], 2, "--config-dir {dir}/nowhere: not a directory"),
+    ("config-path-missing", ["--config-path", "/nonexistent-conf"], 2, "--config-path /nonexistent-conf: not a"),
+    ("sweep-with-a-bad-value", ["ffn=dense,mlp", "-m"], 2, "Could not find 'ffn/mlp'"),
+    ("two-modes", ["-m", "--cfg", "job"], 2, "--multirun and --cfg given together"),
+    ("unknown-flag", ["--resume-from", "x"], 2, "unrecognized arguments: --resume-from"),
 ]
 
 
@@ -186,6 +193,9 @@ INFO_CASES = [
     ("loop-mix-wrong-length", ["+info.eval_loop_mix=[0.5,0.5]"], 2, "info.eval_loop_mix"),
     ("loop-mix-nan", ["+info.eval_loop_mix=[nan,0.5,0.25,0.25]"], 2, "info.eval_loop_mix"),
     ("loop-mix-negative", ["+info.eval_loop_mix=[-0.5,1.0,0.25,0.25]"], 2, "info.eval_loop_mix"),
+    ("config-name-missing", ["--config-name", "nope"], 2, "--config-name nope: no nope.yaml in"),
+    ("overrides-around-a-flag", ["model=tiny", "--cfg", "job", "ffn=dense"], 2, "unrecognized arguments: ffn=dense"),
+    ("bad-cfg-choice", ["--cfg", "everything"], 2, "argument --cfg/-c: invalid choice: 'everything'"),
 ]
 
 

@@ -304,13 +304,16 @@ def test_info_missing_key_is_named(tmp_path):
         info_from_config(composed(conf, ["ffn.kind=mystery"]))
 
 
-def test_hydra_entry_prints_json_and_leaves_no_outputs(tmp_path):
+@pytest.mark.parametrize("flags_first", [True, False], ids=["flags-first", "overrides-first"])
+def test_hydra_entry_prints_json_and_leaves_no_outputs(tmp_path, flags_first):
+    """Hydra's flags before or after the overrides (vffn-info adds its quiet defaults among the overrides)."""
     conf = write_conf(tmp_path)
     work = tmp_path / "cwd"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [f"--config-path={conf}", "ffn=dense"] if flags_first else ["ffn=dense", f"--config-path={conf}"]
     out = subprocess.run(
-        [sys.executable, "-m", "vffn_pretrain.info", f"--config-path={conf}", "ffn=dense"],
+        [sys.executable, "-m", "vffn_pretrain.info", *args],
         cwd=work,
         env=env,
         capture_output=True,

@@ -30,16 +30,101 @@ def compose_config(overrides: list[str]):
 
 
 def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool = True) -> None:
-    """Exit 2 with one line if `argv` (Hydra overrides) do not compose. Command lines with Hydra flags (-m,
-    --cfg, --help, ...) are left to Hydra."""
-    if any(arg.startswith("-") for arg in argv):
-        return
+    """Exit 2 with one line if `argv` (Hydra's flags and overrides) would not compose: a malformed flag, a
+    --config-path / --config-dir that is no directory, a --config-name found in none of them, or overrides that
+    do not compose. A sweep (-m), help and shell completion are left to Hydra, and so is composing with another
+    config directory or name once they exist."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     try:
+        flags = _hydra_flags(argv)
+        _check_config_flags(flags, conf_dir)
+    except BadHydraFlag as e:
+        fail(prog, f"bad command line: {e}", EXIT_BAD_CONFIG, show=show)
+    if (flags.help or flags.hydra_help or flags.shell_completion or flags.experimental_rerun
+            or flags.config_path or flags.config_name or flags.config_dir):
+        return
+    try:
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
-            compose("config", overrides=argv)
+            for overrides in _command_lines(flags.overrides, sweep=flags.multirun):
+                compose("config", overrides=overrides)
     except (ConfigCompositionException, OverrideParseException, MissingConfigException) as e:
         reason = " ".join(str(e).split("Config search path")[0].split())
         fail(prog, f"bad config: {reason}", EXIT_BAD_CONFIG, show=show)
+
+
+MAX_SWEEP_CHECKS = 64
+
+
+def _command_lines(overrides: list[str], *, sweep: bool) -> list[list[str]]:
+    """The override lists to compose: `overrides` itself, or for a sweep (-m) its first job and, for each
+    swept key, every other value of it with the other keys at their first value (each value is composed once,
+    not every combination; at most MAX_SWEEP_CHECKS). Sweeps Hydra cannot enumerate here (interval, glob) are
+    left to the sweeper."""
+    if not sweep:
+        return [overrides]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = list(override.sweep_string_iterator())
+        except HydraException:
+            return []
+        key = override.get_key_element()
+        choices.append([f"{key}={value}" for value in values] or [override.input_line])
+    first = [values[0] for values in choices]
+    lines = [first] + [[*first[:i], value, *first[i + 1:]] for i, values in enumerate(choices) for value in values[1:]]
+    return lines[:MAX_SWEEP_CHECKS]
+
+
+class BadHydraFlag(ValueError):
+    """One of Hydra's own flags is malformed or names a directory or config that does not exist."""
+
+
+def _hydra_flags(argv: list[str]):
+    """argv parsed by Hydra's own parser; BadHydraFlag (one line) instead of argparse's usage and exit."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str):
+        raise BadHydraFlag(f"{message} (see --hydra-help)")
+
+    parser.error = error
+    flags = parser.parse_args(argv)
+    modes = [name for name, on in (("--run", flags.run), ("--multirun", flags.multirun), ("--cfg", flags.cfg),
+                                   ("--info", flags.info), ("--shell-completion", flags.shell_completion)) if on]
+    if len(modes) > 1:
+        raise BadHydraFlag(f"{' and '.join(modes)} given together; only one of --run, --multirun, --cfg, --info "
+                           "and --shell-completion can be")
+    return flags
+
+
+def _check_config_flags(flags, conf_dir: str) -> None:
+    """BadHydraFlag naming the flag when --config-path or --config-dir is no directory, or --config-name names
+    no config in them. A relative --config-path is read from the package's directory, as Hydra reads it."""
+    import os
+
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    primary = conf_dir
+    if flags.config_path is not None and not flags.config_path.startswith("pkg://"):
+        primary = os.path.normpath(os.path.join(package_dir, flags.config_path))
+        if not os.path.isdir(primary):
+            where = "" if os.path.isabs(flags.config_path) else f" (a relative path is read from {package_dir})"
+            raise BadHydraFlag(f"--config-path {flags.config_path}: not a directory{where}")
+    extra = []
+    if flags.config_dir is not None:
+        extra = [os.path.abspath(flags.config_dir)]
+        if not os.path.isdir(extra[0]):
+            raise BadHydraFlag(f"--config-dir {flags.config_dir}: not a directory")
+    if flags.config_name is not None and not (flags.config_path or "").startswith("pkg://"):
+        name = flags.config_name if flags.config_name.endswith(".yaml") else flags.config_name + ".yaml"
+        dirs = [primary, *extra]
+        if not any(os.path.isfile(os.path.join(d, name)) for d in dirs):
+            raise BadHydraFlag(f"--config-name {flags.config_name}: no {name} in {' or '.join(dirs)}")

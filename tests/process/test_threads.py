@@ -19,7 +19,17 @@ def test_each_rank_gets_an_equal_part_of_the_usable_cores():
 def test_omp_num_threads_wins_when_it_is_a_positive_integer():
     assert plan_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "2"}, cores=8) == ThreadPlan(3, 8, 2, True)
     for junk in ("0", "-1", "two", ""):
-        assert not plan_threads({"OMP_NUM_THREADS": junk}, cores=4).from_env
+        plan = plan_threads({"OMP_NUM_THREADS": junk}, cores=4)
+        assert not plan.from_env and plan.threads == 4
+        assert plan.note == (f"OMP_NUM_THREADS={junk!r} is not a positive integer; ignored" if junk else None)
+
+
+def test_omp_num_threads_above_the_usable_cores_is_capped_with_a_note():
+    """Asking the OpenMP runtime for 100000 threads failed the run with a traceback ('Resource temporarily
+    unavailable')."""
+    plan = plan_threads({"OMP_NUM_THREADS": "100000"}, cores=4)
+    assert plan == ThreadPlan(4, 4, 1, True, "OMP_NUM_THREADS=100000 is more than the 4 CPU cores this process may "
+                                             "run on; using 4 threads")
 
 
 def test_competition_is_reported_only_when_others_take_cores_the_ranks_need():

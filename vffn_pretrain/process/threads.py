@@ -23,6 +23,7 @@ class ThreadPlan:
     cores: int
     local_ranks: int
     from_env: bool
+    note: str | None = None  # why OMP_NUM_THREADS was not taken as given (one line for the log)
 
 
 def usable_cores() -> int:
@@ -33,8 +34,10 @@ def usable_cores() -> int:
 
 
 def plan_threads(env: dict[str, str] | None = None, cores: int | None = None) -> ThreadPlan:
-    """The thread count for one rank: OMP_NUM_THREADS if set to a positive integer, else the usable cores split
-    evenly between the node's ranks (LOCAL_WORLD_SIZE, set by torchrun; 1 otherwise)."""
+    """The thread count for one rank: OMP_NUM_THREADS if set to a positive integer (at most the usable cores:
+    asking the OpenMP runtime for 100000 threads fails), else the usable cores split evenly between the node's
+    ranks (LOCAL_WORLD_SIZE, set by torchrun; 1 otherwise). `note` says when OMP_NUM_THREADS was capped or
+    ignored."""
     env = os.environ if env is None else env
     cores = usable_cores() if cores is None else cores
     try:
@@ -42,9 +45,16 @@ def plan_threads(env: dict[str, str] | None = None, cores: int | None = None) ->
     except ValueError:
         local_ranks = 1
     given = env.get("OMP_NUM_THREADS", "").strip()
+    note = None
     if given.isdigit() and int(given) > 0:
-        return ThreadPlan(int(given), cores, local_ranks, from_env=True)
-    return ThreadPlan(max(1, cores // local_ranks), cores, local_ranks, from_env=False)
+        if int(given) <= cores:
+            return ThreadPlan(int(given), cores, local_ranks, from_env=True)
+        return ThreadPlan(cores, cores, local_ranks, from_env=True,
+                          note=f"OMP_NUM_THREADS={given} is more than the {cores} CPU cores this process may run "
+                               f"on; using {cores} threads")
+    if given:
+        note = f"OMP_NUM_THREADS={given!r} is not a positive integer; ignored"
+    return ThreadPlan(max(1, cores // local_ranks), cores, local_ranks, from_env=False, note=note)
 
 
 class OtherLoad:

@@ -249,6 +249,8 @@ class Trainer:
     def _report_cpu_threads(plan: ThreadPlan, others_busy: float) -> None:
         source = "OMP_NUM_THREADS" if plan.from_env else f"{plan.cores} usable cores / {plan.local_ranks} rank(s)"
         log.info("cpu: %d intra-op thread(s) per rank (%s)", plan.threads, source)
+        if plan.note:
+            log.warning("cpu: %s", plan.note)
         note = competition_note(plan, others_busy)
         if note:
             log.warning("cpu: %s", note)

@@ -76,6 +76,8 @@ def _task(cfg: DictConfig) -> int:
         _fail(e.message(), e.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted before training started; nothing was saved", EXIT_INTERRUPTED)
+    except MemoryError as e:  # the host's memory, not a device's: one line, the checkpoints as they were
+        _fail(f"error: out of memory{f' ({e})' if str(e) else ''}; the checkpoints already saved are intact", 1)
     if code:
         sys.exit(code)
     return code

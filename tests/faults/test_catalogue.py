@@ -89,6 +89,9 @@ PRETRAIN_CASES = [
     ("sweep-with-a-bad-value", ["ffn=dense,mlp", "-m"], 2, "Could not find 'ffn/mlp'"),
     ("two-modes", ["-m", "--cfg", "job"], 2, "--multirun and --cfg given together"),
     ("unknown-flag", ["--resume-from", "x"], 2, "unrecognized arguments: --resume-from"),
+    # megatron-core would try to allocate hundreds of TiB for the sample indices (a MemoryError traceback).
+    ("data-request-beyond-memory", ["train.max_steps=1000000000000"], 2,
+     "`train.max_steps`: 8,000,000,000,000 train samples"),
 ]
 
 
@@ -182,6 +185,21 @@ def test_vffn_data_and_generate(tool, argv, code, named, files, tmp_path, capsys
     assert out.code == code, out.out
     assert named.format(**files) in out.error_line()
     assert _nothing_left(tmp_path) == []
+
+
+def test_vffn_pretrain_out_of_host_memory_is_one_line(files, tmp_path, capsys, monkeypatch):
+    """A MemoryError anywhere (here: building the datasets) is one line and exit 1, not a traceback."""
+    import vffn_pretrain.data.builder as builder
+
+    def no_memory(*_args, **_kwargs):
+        raise MemoryError("Unable to allocate 843. TiB for an array")
+
+    monkeypatch.setattr(builder, "build_datasets", no_memory)
+    out = run_cli("vffn-pretrain", _fill([*TRAIN, "logging.wandb.enabled=false"], files, tmp_path), capsys, monkeypatch)
+    assert out.code == 1, out.out
+    assert out.one_line_error(ignore_prefix="[data] ") == (
+        "vffn-pretrain: error: out of memory (Unable to allocate 843. TiB for an array); the checkpoints already "
+        "saved are intact")
 
 
 # ------------------------------------------------------------------------------------------------ vffn-info

@@ -128,12 +128,32 @@ class SplitPlan:
         return head + "; " + "; ".join(parts)
 
 
+# The keys whose values set each split's sample count (the trainer asks max_steps x global batch training
+# samples and eval_iters x global batch validation samples).
+SAMPLES_KEY = {"train": "train.max_steps", "valid": "train.eval_iters", "test": "train.eval_iters"}
+
+
+def index_bytes(epochs: float, documents: int, samples: int) -> int:
+    """About the memory megatron-core's GPTDataset needs to build a split's indices: its document index is made
+    from a (2, epochs, documents) int64 grid, then the sample and shuffle indices (16 bytes a sample)."""
+    return 16 * math.ceil(epochs) * documents + 16 * samples
+
+
+def available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
 def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split: str | None,
-                num_samples: tuple[int, int, int], seq_length: int, *, key: str) -> list[SplitPlan | None]:
+                num_samples: tuple[int, int, int], seq_length: int, *, key: str,
+                memory: int | None = None) -> list[SplitPlan | None]:
     """Per split, the documents and tokens each prefix contributes and the epochs the request implies.
 
     ``blends[i]`` is the blend of split i (the same blend thrice for ``paths`` + ``split``). Raises ValueError
-    when a split must deliver samples but has no tokens (megatron-core would loop forever on it).
+    when a split must deliver samples but has no tokens (megatron-core would loop forever on it), and when the
+    indices megatron-core would build for a request exceed ``memory`` bytes (default: this machine's available
+    memory), naming the key that sets the request (``train.max_steps``, ``train.eval_iters``).
     """
     from vffn_pretrain.data.indexed import verify_prefix
 
@@ -165,6 +185,20 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
                 raise ValueError(f"{key if not split else 'data.split'}: {where}{prefix} has no tokens "
                                  f"({docs} documents) but {num_samples[i]} {name} samples are requested")
             epochs = (samples * seq_length + 1) / tokens if tokens else 0.0
+            need = index_bytes(epochs, docs, samples)
+            memory = available_memory() if memory is None else memory
+            if need > memory:
+                raise ValueError(f"{SAMPLES_KEY[name]}: {num_samples[i]:,} {name} samples of {seq_length} tokens are "
+                                 f"{epochs:.3g} epochs of {prefix} ({docs:,} documents, {tokens:,} tokens); the "
+                                 f"indices megatron-core builds for them need about {_size(need)}, more than the "
+                                 f"{_size(memory)} of memory available; ask for fewer samples or give more data")
             components.append(Component(prefix, w / total_w, docs, tokens, samples, epochs))
         plans.append(SplitPlan(name, num_samples[i], components) if components else None)
     return plans
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"

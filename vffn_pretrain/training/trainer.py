@@ -435,7 +435,7 @@ class Trainer:
             cache = str(Path(cfg.data.cache_dir).expanduser().resolve())
             if isinstance(e, OSError) and str(getattr(e, "filename", "") or "").startswith(cache):
                 key, reason = "data.cache_dir", str(e)
-            elif not (sep and key.startswith("data.")):
+            elif not (sep and key.startswith(("data.", "train."))):
                 key, reason = "data.tokenizer" if "okenizer" in str(e) else "data.paths", str(e)
             raise ConfigError(key, reason) from None
         if t.eval_iters > 0 and self.valid_ds is None and self.rank == 0:

@@ -109,12 +109,12 @@ _QUIET_DEFAULTS = {
 
 
 def _add_quiet_defaults(argv: list[str]) -> list[str]:
-    """argv with the quiet defaults the user did not set, placed next to the user's overrides (Hydra's parser
-    takes the overrides as one run of arguments: `model=tiny --cfg job` plus defaults after `job` would fail)."""
+    """argv with the quiet defaults the user did not set among its overrides (`add_overrides` keeps every flag
+    reading what it read)."""
+    from vffn_pretrain.config.overrides import add_overrides
+
     given = {arg.lstrip("+~").split("=", 1)[0] for arg in argv}
-    defaults = [override for key, override in _QUIET_DEFAULTS.items() if key not in given]
-    first = next((i for i, arg in enumerate(argv) if "=" in arg and not arg.startswith("-")), len(argv))
-    return [*argv[:first], *defaults, *argv[first:]]
+    return add_overrides(argv, [override for key, override in _QUIET_DEFAULTS.items() if key not in given])
 
 
 def main() -> None:

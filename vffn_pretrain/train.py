@@ -41,7 +41,12 @@ def _multirun_dir() -> str | None:
 
 
 def _is_rank0() -> bool:
-    return os.environ.get("RANK", "0") == "0"
+    """Rank 0 prints the one-line errors. A RANK that is not a number (empty, junk) counts as rank 0: an error
+    must never go unsaid (the launcher's own check reports the bad RANK)."""
+    try:
+        return int(os.environ.get("RANK", "0")) == 0
+    except ValueError:
+        return True
 
 
 def _task(cfg: DictConfig) -> int:

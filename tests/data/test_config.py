@@ -61,3 +61,24 @@ def test_bad_values_name_the_key(values, key):
     with pytest.raises(ValueError) as err:
         DataConfig.from_dict(values)
     assert str(err.value).startswith(f"{key}:"), str(err.value)
+
+
+def test_the_memory_limit_is_the_lowest_of_the_machine_and_its_control_groups(tmp_path):
+    """What plan_splits compares megatron-core's index memory with: a SLURM job's or container's limit
+    (cgroup v2 memory.max of the group or a group above it; v1 memory.limit_in_bytes) when below RAM."""
+    from vffn_pretrain.data.checks import memory_limit
+
+    v2 = tmp_path / "v2"
+    (v2 / "slurm" / "job_7").mkdir(parents=True)
+    (v2 / "slurm" / "memory.max").write_text("4000000000\n")
+    (v2 / "slurm" / "job_7" / "memory.max").write_text("max\n")
+    (tmp_path / "cg2").write_text("0::/slurm/job_7\n")
+    assert memory_limit(tmp_path / "cg2", v2, physical=16 * 2**30) == 4_000_000_000
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "docker" / "abc").mkdir(parents=True)
+    (v1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes").write_text("2000000000")
+    (tmp_path / "cg1").write_text("4:memory:/docker/abc\n3:cpuset:/\n")
+    assert memory_limit(tmp_path / "cg1", v1, physical=16 * 2**30) == 2_000_000_000
+    assert memory_limit(tmp_path / "nowhere", v1, physical=16 * 2**30) == 16 * 2**30
+    (tmp_path / "cg3").write_text("0::/\n")
+    assert memory_limit(tmp_path / "cg3", tmp_path / "empty", physical=8 * 2**30) == 8 * 2**30

@@ -214,6 +214,13 @@ INFO_CASES = [
     ("config-name-missing", ["--config-name", "nope"], 2, "--config-name nope: no nope.yaml in"),
     ("overrides-around-a-flag", ["model=tiny", "--cfg", "job", "ffn=dense"], 2, "unrecognized arguments: ffn=dense"),
     ("bad-cfg-choice", ["--cfg", "everything"], 2, "argument --cfg/-c: invalid choice: 'everything'"),
+    # Hydra alone: a traceback each.
+    ("group-given-a-number", ["model=720"], 2, "Config group override must be a string or a list. Got int"),
+    ("sweep-step-zero", ["-m", "train.seed=range(0,10,0)"], 2, "train.seed=range(0,10,0): range() arg 3"),
+    ("resolve-alone", ["--resolve"], 2, "--resolve is for --cfg or --help"),
+    ("relative-config-path", ["--config-path", "../conf"], 2, "--config-path '../conf': give an absolute path"),
+    ("rerun-file-missing", ["--experimental-rerun", "/nonexistent/config.pickle"], 2,
+     "--experimental-rerun /nonexistent/config.pickle: no such file"),
 ]
 
 

@@ -28,8 +28,12 @@ def test_omp_num_threads_above_the_usable_cores_is_capped_with_a_note():
     """Asking the OpenMP runtime for 100000 threads failed the run with a traceback ('Resource temporarily
     unavailable')."""
     plan = plan_threads({"OMP_NUM_THREADS": "100000"}, cores=4)
-    assert plan == ThreadPlan(4, 4, 1, True, "OMP_NUM_THREADS=100000 is more than the 4 CPU cores this process may "
-                                             "run on; using 4 threads")
+    assert plan == ThreadPlan(4, 4, 1, True, "OMP_NUM_THREADS=100000 is more than this rank's share of the 4 "
+                                             "usable CPU cores (1 rank(s) here); using 4 threads")
+    assert plan_threads({"OMP_NUM_THREADS": "100000", "LOCAL_WORLD_SIZE": "4"}, cores=8).threads == 2
+    for odd in ("²", "9" * 5000, "+4", "4.0"):  # '²'.isdigit() is true and int('²') fails
+        plan = plan_threads({"OMP_NUM_THREADS": odd}, cores=4)
+        assert plan.threads == 4 and not plan.from_env and "not a positive integer" in plan.note
 
 
 def test_competition_is_reported_only_when_others_take_cores_the_ranks_need():

@@ -10,6 +10,8 @@ composes the config once before Hydra runs, so that such a command line fails wi
 
 from __future__ import annotations
 
+import os
+
 from vffn_pretrain.config.errors import ConfigError
 from vffn_pretrain.config.paths import CONF_DIR
 from vffn_pretrain.process.exits import EXIT_BAD_CONFIG, fail
@@ -30,12 +32,12 @@ def compose_config(overrides: list[str]):
 
 
 def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool = True) -> None:
-    """Exit 2 with one line if `argv` (Hydra's flags and overrides) would not compose: a malformed flag, a
-    --config-path / --config-dir that is no directory, a --config-name found in none of them, or overrides that
-    do not compose. A sweep (-m), help and shell completion are left to Hydra, and so is composing with another
-    config directory or name once they exist."""
+    """Exit 2 with one line if `argv` (Hydra's flags and overrides) would not run: a malformed flag or a
+    combination Hydra refuses, a --config-path / --config-dir that is no directory, a --config-name found in
+    none of them, an --experimental-rerun file that does not exist, or overrides that do not compose (for a
+    sweep, -m, each swept value once). Help and shell completion are left to Hydra, and so is composing with
+    another config directory or name once they exist."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
     try:
         flags = _hydra_flags(argv)
@@ -46,41 +48,38 @@ def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool 
             or flags.config_path or flags.config_name or flags.config_dir):
         return
     try:
+        lines = _command_lines(flags.overrides, sweep=flags.multirun)
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
-            for overrides in _command_lines(flags.overrides, sweep=flags.multirun):
+            for overrides in lines:
                 compose("config", overrides=overrides)
-    except (ConfigCompositionException, OverrideParseException, MissingConfigException) as e:
-        reason = " ".join(str(e).split("Config search path")[0].split())
+    except Exception as e:  # noqa: BLE001 - anything Hydra or OmegaConf raise on the user's overrides
+        reason = " ".join(str(e).split("Config search path")[0].split()) or type(e).__name__
         fail(prog, f"bad config: {reason}", EXIT_BAD_CONFIG, show=show)
 
 
-MAX_SWEEP_CHECKS = 64
-
-
-def _command_lines(overrides: list[str], *, sweep: bool) -> list[list[str]]:
-    """The override lists to compose: `overrides` itself, or for a sweep (-m) its first job and, for each
-    swept key, every other value of it with the other keys at their first value (each value is composed once,
-    not every combination; at most MAX_SWEEP_CHECKS). Sweeps Hydra cannot enumerate here (interval, glob) are
-    left to the sweeper."""
-    if not sweep:
-        return [overrides]
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    choices = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if not override.is_sweep_override():
-            choices.append([override.input_line])
-            continue
-        try:
-            values = list(override.sweep_string_iterator())
-        except HydraException:
-            return []
-        key = override.get_key_element()
-        choices.append([f"{key}={value}" for value in values] or [override.input_line])
-    first = [values[0] for values in choices]
-    lines = [first] + [[*first[:i], value, *first[i + 1:]] for i, values in enumerate(choices) for value in values[1:]]
-    return lines[:MAX_SWEEP_CHECKS]
+def add_overrides(argv: list[str], extra: list[str]) -> list[str]:
+    """`argv` with the `extra` overrides after the user's, arranged so that Hydra's parser reads the same flags:
+    the flags, then `--`, then every override (an override after a flag that takes an optional value, or
+    between a flag and its value, would change what the flag reads)."""
+    if not extra:
+        return list(argv)
+    try:
+        flags = _hydra_flags(argv)
+    except BadHydraFlag:
+        return [*argv, *extra]  # Hydra reports the user's own mistake
+    given = list(flags.overrides)
+    rest = list(argv)
+    if given:
+        starts = [k for k in range(len(argv) - len(given), -1, -1) if argv[k:k + len(given)] == given]
+        if not starts:
+            return [*argv, *extra]
+        rest = argv[:starts[0]] + argv[starts[0] + len(given):]
+    arranged = [*(a for a in rest if a != "--"), "--", *given, *extra]
+    try:
+        same = vars(_hydra_flags(arranged)) == {**vars(flags), "overrides": [*given, *extra]}
+    except BadHydraFlag:
+        same = False
+    return arranged if same else [*argv, *extra]
 
 
 class BadHydraFlag(ValueError):
@@ -88,7 +87,8 @@ class BadHydraFlag(ValueError):
 
 
 def _hydra_flags(argv: list[str]):
-    """argv parsed by Hydra's own parser; BadHydraFlag (one line) instead of argparse's usage and exit."""
+    """argv parsed by Hydra's own parser; BadHydraFlag (one line) instead of argparse's usage and exit, and for
+    the combinations Hydra refuses with a traceback."""
     from hydra._internal.utils import get_args_parser
 
     parser = get_args_parser()
@@ -103,21 +103,26 @@ def _hydra_flags(argv: list[str]):
     if len(modes) > 1:
         raise BadHydraFlag(f"{' and '.join(modes)} given together; only one of --run, --multirun, --cfg, --info "
                            "and --shell-completion can be")
+    if flags.resolve and not (flags.cfg or flags.help):
+        raise BadHydraFlag("--resolve is for --cfg or --help (it prints the config with its values resolved)")
+    if flags.experimental_rerun is not None and not os.path.isfile(flags.experimental_rerun):
+        raise BadHydraFlag(f"--experimental-rerun {flags.experimental_rerun}: no such file (a run's "
+                           ".hydra/config.pickle)")
     return flags
 
 
 def _check_config_flags(flags, conf_dir: str) -> None:
     """BadHydraFlag naming the flag when --config-path or --config-dir is no directory, or --config-name names
-    no config in them. A relative --config-path is read from the package's directory, as Hydra reads it."""
-    import os
-
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    no config in them. --config-path must be absolute: Hydra reads a relative one from the package when run as
+    `vffn-pretrain` and from the module's folder when run as `python -m`, never from the current directory."""
     primary = conf_dir
     if flags.config_path is not None and not flags.config_path.startswith("pkg://"):
-        primary = os.path.normpath(os.path.join(package_dir, flags.config_path))
+        if not os.path.isabs(flags.config_path):
+            raise BadHydraFlag(f"--config-path {flags.config_path!r}: give an absolute path (Hydra does not read a "
+                               "relative one from the current directory; --config-dir adds one that it does)")
+        primary = flags.config_path
         if not os.path.isdir(primary):
-            where = "" if os.path.isabs(flags.config_path) else f" (a relative path is read from {package_dir})"
-            raise BadHydraFlag(f"--config-path {flags.config_path}: not a directory{where}")
+            raise BadHydraFlag(f"--config-path {flags.config_path}: not a directory")
     extra = []
     if flags.config_dir is not None:
         extra = [os.path.abspath(flags.config_dir)]
@@ -128,3 +133,39 @@ def _check_config_flags(flags, conf_dir: str) -> None:
         dirs = [primary, *extra]
         if not any(os.path.isfile(os.path.join(d, name)) for d in dirs):
             raise BadHydraFlag(f"--config-name {flags.config_name}: no {name} in {' or '.join(dirs)}")
+
+
+MAX_SWEEP_CHECKS = 16
+
+
+def _command_lines(overrides: list[str], *, sweep: bool) -> list[list[str]]:
+    """The override lists to compose: `overrides` itself, or for a sweep (-m) its first job and, for each
+    swept key, other values of it with the other keys at their first value (each value composed once, not
+    every combination; at most MAX_SWEEP_CHECKS lists). A sweep with no values runs no job: nothing to check.
+    Sweeps only a sweeper plugin enumerates (interval, glob) are left to it. ValueError for a sweep whose
+    values cannot be listed (``range(0,10,0)``)."""
+    if not sweep:
+        return [overrides]
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if not override.is_sweep_override():
+            choices.append([override.input_line])
+            continue
+        try:
+            values = list(itertools.islice(override.sweep_string_iterator(), MAX_SWEEP_CHECKS))
+        except HydraException:
+            return []
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{override.input_line}: {e}") from None
+        if not values:
+            return []
+        key = override.get_key_element()
+        choices.append([f"{key}={value}" for value in values])
+    first = [values[0] for values in choices]
+    lines = [first] + [[*first[:i], value, *first[i + 1:]] for i, values in enumerate(choices) for value in values[1:]]
+    return lines[:MAX_SWEEP_CHECKS]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -134,15 +135,40 @@ SAMPLES_KEY = {"train": "train.max_steps", "valid": "train.eval_iters", "test": 
 
 
 def index_bytes(epochs: float, documents: int, samples: int) -> int:
-    """About the memory megatron-core's GPTDataset needs to build a split's indices: its document index is made
-    from a (2, epochs, documents) int64 grid, then the sample and shuffle indices (16 bytes a sample)."""
-    return 16 * math.ceil(epochs) * documents + 16 * samples
+    """About the peak memory megatron-core's GPTDataset needs to build a split's indices: its document index is
+    made from a (2, epochs, documents) int64 grid and a copy of it, then the sample and shuffle indices (16 bytes
+    a sample)."""
+    return 24 * math.ceil(epochs) * documents + 16 * samples
 
 
-def available_memory() -> int:
+def memory_limit(cgroup_of_process: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 physical: int | None = None) -> int:
+    """The memory this process may use at most: the machine's physical memory, or its control group's limit
+    when that is lower (SLURM's --mem, a container's -m), which kills a process that goes over it."""
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    limits = [int(psutil.virtual_memory().total) if physical is None else physical]
+    try:
+        lines = cgroup_of_process.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2: this group and every group above it
+            files = [cgroup_root.joinpath(*Path(path).parts[1:i], "memory.max") for i in
+                     range(len(Path(path).parts), 0, -1)]
+        elif "memory" in controllers.split(","):  # cgroup v1
+            files = [cgroup_root.joinpath("memory", *Path(path).parts[1:], "memory.limit_in_bytes")]
+        else:
+            continue
+        for f in files:
+            try:
+                text = f.read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text))
+    return min(limits)
 
 
 def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split: str | None,
@@ -152,8 +178,9 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
 
     ``blends[i]`` is the blend of split i (the same blend thrice for ``paths`` + ``split``). Raises ValueError
     when a split must deliver samples but has no tokens (megatron-core would loop forever on it), and when the
-    indices megatron-core would build for a request exceed ``memory`` bytes (default: this machine's available
-    memory), naming the key that sets the request (``train.max_steps``, ``train.eval_iters``).
+    indices megatron-core would build for a request exceed ``memory`` bytes (default: ``memory_limit()``, what
+    this process may use at most), naming the key that sets the request (``train.max_steps``,
+    ``train.eval_iters``).
     """
     from vffn_pretrain.data.indexed import verify_prefix
 
@@ -186,12 +213,12 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
                                  f"({docs} documents) but {num_samples[i]} {name} samples are requested")
             epochs = (samples * seq_length + 1) / tokens if tokens else 0.0
             need = index_bytes(epochs, docs, samples)
-            memory = available_memory() if memory is None else memory
+            memory = memory_limit() if memory is None else memory
             if need > memory:
                 raise ValueError(f"{SAMPLES_KEY[name]}: {num_samples[i]:,} {name} samples of {seq_length} tokens are "
                                  f"{epochs:.3g} epochs of {prefix} ({docs:,} documents, {tokens:,} tokens); the "
                                  f"indices megatron-core builds for them need about {_size(need)}, more than the "
-                                 f"{_size(memory)} of memory available; ask for fewer samples or give more data")
+                                 f"{_size(memory)} of memory this process may use; ask for fewer samples or give more data")
             components.append(Component(prefix, w / total_w, docs, tokens, samples, epochs))
         plans.append(SplitPlan(name, num_samples[i], components) if components else None)
     return plans

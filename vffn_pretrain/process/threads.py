@@ -34,10 +34,10 @@ def usable_cores() -> int:
 
 
 def plan_threads(env: dict[str, str] | None = None, cores: int | None = None) -> ThreadPlan:
-    """The thread count for one rank: OMP_NUM_THREADS if set to a positive integer (at most the usable cores:
-    asking the OpenMP runtime for 100000 threads fails), else the usable cores split evenly between the node's
-    ranks (LOCAL_WORLD_SIZE, set by torchrun; 1 otherwise). `note` says when OMP_NUM_THREADS was capped or
-    ignored."""
+    """The thread count for one rank: the usable cores split evenly between the node's ranks (LOCAL_WORLD_SIZE,
+    set by torchrun; 1 otherwise), or OMP_NUM_THREADS when it is a positive integer no larger than that share
+    (a larger one is capped at it: asking the OpenMP runtime for 100000 threads fails, and more threads than
+    cores only slow the ranks down). `note` says when OMP_NUM_THREADS was capped or ignored."""
     env = os.environ if env is None else env
     cores = usable_cores() if cores is None else cores
     try:
@@ -45,16 +45,19 @@ def plan_threads(env: dict[str, str] | None = None, cores: int | None = None) ->
     except ValueError:
         local_ranks = 1
     given = env.get("OMP_NUM_THREADS", "").strip()
-    note = None
-    if given.isdigit() and int(given) > 0:
-        if int(given) <= cores:
-            return ThreadPlan(int(given), cores, local_ranks, from_env=True)
-        return ThreadPlan(cores, cores, local_ranks, from_env=True,
-                          note=f"OMP_NUM_THREADS={given} is more than the {cores} CPU cores this process may run "
-                               f"on; using {cores} threads")
-    if given:
-        note = f"OMP_NUM_THREADS={given!r} is not a positive integer; ignored"
-    return ThreadPlan(max(1, cores // local_ranks), cores, local_ranks, from_env=False, note=note)
+    share = max(1, cores // local_ranks)
+    try:
+        asked = int(given) if given.isascii() and given.isdigit() and len(given) <= 9 else 0
+    except ValueError:
+        asked = 0
+    if asked > 0:
+        if asked <= share:
+            return ThreadPlan(asked, cores, local_ranks, from_env=True)
+        return ThreadPlan(share, cores, local_ranks, from_env=True,
+                          note=f"OMP_NUM_THREADS={given} is more than this rank's share of the {cores} usable CPU "
+                               f"cores ({local_ranks} rank(s) here); using {share} threads")
+    note = f"OMP_NUM_THREADS={given!r} is not a positive integer; ignored" if given else None
+    return ThreadPlan(share, cores, local_ranks, from_env=False, note=note)
 
 
 class OtherLoad:

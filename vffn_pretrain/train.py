@@ -40,6 +40,27 @@ def _multirun_dir() -> str | None:
     return hc.runtime.output_dir if hc.mode == RunMode.MULTIRUN else None
 
 
+def _check_run_dir_is_not_a_config_dir(run_dir) -> None:
+    """ConfigError naming run_dir when it is a directory the config was composed from (conf/, --config-path,
+    --config-dir): the run writes its config.yaml there, over the primary config (and summary.json,
+    metrics.jsonl, checkpoints/ beside the config groups)."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        sources = HydraConfig.get().runtime.config_sources
+    except ValueError:  # not run by Hydra (a test calling the task)
+        return
+    for source in sources:
+        if source.provider in ("main", "command-line") and source.path and not source.path.startswith("pkg://"):
+            folder = Path(source.path.removeprefix("file://")).resolve()
+            if Path(run_dir).resolve() == folder:
+                raise ConfigError("run_dir", f"{run_dir} is a directory the config was composed from; the run would "
+                                             "write its config.yaml over the primary config there: choose another "
+                                             "run_dir")
+
+
 def _is_rank0() -> bool:
     """Rank 0 prints the one-line errors. A RANK that is not a number (empty, junk) counts as rank 0: an error
     must never go unsaid (the launcher's own check reports the bad RANK)."""
@@ -67,6 +88,7 @@ def _task(cfg: DictConfig) -> int:
         _fail(f"bad environment: {e}", EXIT_BAD_CONFIG)
     try:
         run_cfg = load_run_config(cfg, world_size=world_size, multirun_dir=_multirun_dir())
+        _check_run_dir_is_not_a_config_dir(run_cfg.run_dir)
         if os.environ.get("VFFN_CONFIG_CHECK") == "1":
             return 0  # launch/torchrun.sh checks the config once, before it starts the workers
         # Imported only now: the trainer brings in megatron-core (seconds), which the check above does not need.

@@ -187,6 +187,27 @@ def test_vffn_data_and_generate(tool, argv, code, named, files, tmp_path, capsys
     assert _nothing_left(tmp_path) == []
 
 
+def test_vffn_pretrain_refuses_a_run_dir_that_is_its_config_directory(files, tmp_path, capsys, monkeypatch):
+    """run_dir = the --config-path directory (or conf/, or a --config-dir): the run would write its config.yaml
+    over the primary config, and its summary and checkpoints among the config groups. (On a copy of conf/: were
+    the check gone, this test must not overwrite the repository's.)"""
+    import shutil
+
+    from vffn_pretrain.config.paths import CONF_DIR
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    before = {p: p.read_bytes() for p in conf.rglob("*") if p.is_file()}
+    argv = _fill([*TRAIN, "logging.wandb.enabled=false"], files, tmp_path) + [f"run_dir={conf}", "--config-path",
+                                                                              str(conf)]
+    out = run_cli("vffn-pretrain", argv, capsys, monkeypatch)
+    assert out.code == 2, out.out
+    assert out.one_line_error() == (f"vffn-pretrain: bad config: config key `run_dir`: {conf} is a directory the "
+                                    "config was composed from; the run would write its config.yaml over the "
+                                    "primary config there: choose another run_dir")
+    assert {p: p.read_bytes() for p in conf.rglob("*") if p.is_file()} == before
+
+
 def test_vffn_pretrain_out_of_host_memory_is_one_line(files, tmp_path, capsys, monkeypatch):
     """A MemoryError anywhere (here: building the datasets) is one line and exit 1, not a traceback."""
     import vffn_pretrain.data.builder as builder

@@ -40,25 +40,50 @@ def _multirun_dir() -> str | None:
     return hc.runtime.output_dir if hc.mode == RunMode.MULTIRUN else None
 
 
-def _check_run_dir_is_not_a_config_dir(run_dir) -> None:
-    """ConfigError naming run_dir when it is a directory the config was composed from (conf/, --config-path,
-    --config-dir): the run writes its config.yaml there, over the primary config (and summary.json,
-    metrics.jsonl, checkpoints/ beside the config groups)."""
+def _check_run_dir_holds_nothing_else(run_dir) -> None:
+    """ConfigError naming run_dir when the run would write over files that are not a run's: run_dir is a
+    directory the config was composed from (conf/, --config-path, --config-dir: its config.yaml is the primary
+    config), or holds a config.yaml that is not a run's config (one with Hydra's `defaults`, or without the
+    model, ffn and train groups) or a summary.json that is not a run's summary, where no run has been (no
+    metrics.jsonl, checkpoints/ or lock)."""
+    import json
     from pathlib import Path
 
-    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
+    run_dir = Path(run_dir)
     try:
+        from hydra.core.hydra_config import HydraConfig
+
         sources = HydraConfig.get().runtime.config_sources
     except ValueError:  # not run by Hydra (a test calling the task)
-        return
+        sources = []
     for source in sources:
         if source.provider in ("main", "command-line") and source.path and not source.path.startswith("pkg://"):
-            folder = Path(source.path.removeprefix("file://")).resolve()
-            if Path(run_dir).resolve() == folder:
+            if run_dir.resolve() == Path(source.path.removeprefix("file://")).resolve():
                 raise ConfigError("run_dir", f"{run_dir} is a directory the config was composed from; the run would "
                                              "write its config.yaml over the primary config there: choose another "
                                              "run_dir")
+    config, summary = run_dir / "config.yaml", run_dir / "summary.json"
+    if any((run_dir / mark).exists() for mark in ("metrics.jsonl", "checkpoints", "vffn-pretrain.lock")):
+        return  # an earlier run's directory: its files are the run's own, even damaged ones
+    if config.exists():
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(config))
+            ours = isinstance(loaded, dict) and "defaults" not in loaded and {"model", "ffn", "train"} <= set(loaded)
+        except Exception:  # noqa: BLE001 - unreadable YAML, a directory: not a run's config either way
+            ours = False
+        if not ours:
+            raise ConfigError("run_dir", f"{config} is not the config of a vffn-pretrain run; the run would write its "
+                                         "own over it: choose another run_dir")
+    if summary.exists():
+        try:
+            ours = "exit_code" in json.loads(summary.read_text())
+        except (OSError, ValueError, TypeError):
+            ours = False
+        if not ours:
+            raise ConfigError("run_dir", f"{summary} is not the summary of a vffn-pretrain run; the run would write "
+                                         "its own over it: choose another run_dir")
 
 
 def _is_rank0() -> bool:
@@ -88,7 +113,7 @@ def _task(cfg: DictConfig) -> int:
         _fail(f"bad environment: {e}", EXIT_BAD_CONFIG)
     try:
         run_cfg = load_run_config(cfg, world_size=world_size, multirun_dir=_multirun_dir())
-        _check_run_dir_is_not_a_config_dir(run_cfg.run_dir)
+        _check_run_dir_holds_nothing_else(run_cfg.run_dir)
         if os.environ.get("VFFN_CONFIG_CHECK") == "1":
             return 0  # launch/torchrun.sh checks the config once, before it starts the workers
         # Imported only now: the trainer brings in megatron-core (seconds), which the check above does not need.

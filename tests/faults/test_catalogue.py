@@ -30,6 +30,10 @@ def files(tmp_path_factory) -> dict[str, str]:
     (d / "words.jsonl").write_text('{"body": "1 2 3"}\n{"body": "4 5"}\n')
     (d / "ids.jsonl").write_text('{"text": "1 2 3"}\n{"text": "7 8"}\n')
     (d / "adir").mkdir()
+    (d / "foreign").mkdir()  # another application's directory
+    (d / "foreign" / "config.yaml").write_text("app: {port: 80}\n")
+    (d / "foreign2").mkdir()
+    (d / "foreign2" / "summary.json").write_text('{"score": 1}\n')
     trunc = d / "trunc"
     for ext in (".bin", ".idx"):
         (d / f"trunc{ext}").write_bytes(Path(good + ext).read_bytes())
@@ -69,6 +73,10 @@ PRETRAIN_CASES = [
     ("bad-split", ["data.split=abc"], 2, "data.split"),
     ("negative-eval-iters", ["train.eval_iters=-1"], 2, "train.eval_iters"),
     ("run-dir-is-a-file", ["run_dir={afile}"], 2, "run_dir"),
+    ("run-dir-holds-another-config", ["run_dir={dir}/foreign"], 2,
+     "`run_dir`: {dir}/foreign/config.yaml is not the config of a vffn-pretrain run"),
+    ("run-dir-holds-another-summary", ["run_dir={dir}/foreign2"], 2,
+     "`run_dir`: {dir}/foreign2/summary.json is not the summary of a vffn-pretrain run"),
     ("checkpoint-dir-under-a-file", ["checkpoint.dir={afile}/ckpts"], 2, "checkpoint.dir"),
     ("cache-dir-is-a-file", ["data.cache_dir={afile}"], 2, "data.cache_dir"),
     ("missing-prefix", ["data.paths={tmp}/nowhere"], 2, "nowhere.idx"),

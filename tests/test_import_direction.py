@@ -195,7 +195,7 @@ def test_ffn_kinds_are_asked_not_compared(tmp_path):
 
 
 HELP_WITHOUT_HEAVY_IMPORTS = r"""
-import contextlib, importlib, io, sys, tomllib
+import contextlib, importlib, inspect, io, sys, tomllib
 
 commands = tomllib.loads(open("pyproject.toml").read())["project"]["scripts"]
 subcommands = {"vffn-data": [["tokenize"], ["train-tokenizer"], ["merge"], ["inspect"], ["corpus", "build"]],
@@ -208,7 +208,7 @@ for name, target in commands.items():
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             try:
                 main = getattr(importlib.import_module(module), function)
-                code = main(sys.argv[1:]) if main.__code__.co_argcount else main()
+                code = main(sys.argv[1:]) if inspect.signature(main).parameters else main()
             except SystemExit as e:
                 code = e.code
         assert code in (0, None), (sys.argv, code, out.getvalue()[-500:])

@@ -10,26 +10,19 @@ this way: SIGTERM asks it to save and be requeued (exit 3), which it handles fro
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
+from functools import partial
 
-from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, STOP_SIGNALS, interrupted
-
-
-def _raise(signum, _frame) -> None:
-    from vffn_pretrain.process.interrupts import Interrupted
-
-    raise Interrupted(signal.Signals(signum).name)
+from vffn_pretrain.process.interrupts import EXIT_INTERRUPTED, interrupted, interruptible
 
 
 def run(prog: str, target: str) -> None:
     """Import `target` ("package.module:function") and call it with no arguments, exiting with what it returns;
-    a stop signal at any moment (while importing, working, or after the work) exits 130 with one line."""
-    for s in STOP_SIGNALS:
-        signal.signal(s, _raise)
+    a stop signal while it is imported or runs exits 130 with one line."""
     try:
-        module, function = target.split(":")
-        status = getattr(importlib.import_module(module), function)()
+        with interruptible():
+            module, function = target.split(":")
+            status = getattr(importlib.import_module(module), function)()
     except KeyboardInterrupt as stop:
         print(f"{prog}: {interrupted(stop)}", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
@@ -37,29 +30,10 @@ def run(prog: str, target: str) -> None:
 
 
 # The console scripts of pyproject.toml (vffn-data's is data_tools/entry.py: the library does not name its tools).
-def info() -> None:
-    run("vffn-info", "vffn_pretrain.info:main")
-
-
-def plan() -> None:
-    run("vffn-plan", "vffn_pretrain.planning.cli:main")
-
-
-def generate() -> None:
-    run("vffn-generate", "vffn_pretrain.generate:main")
-
-
-def export() -> None:
-    run("vffn-export", "vffn_pretrain.export.cli:main")
-
-
-def evaluate() -> None:
-    run("vffn-eval", "vffn_pretrain.evaluation.cli:main")
-
-
-def study() -> None:
-    run("vffn-study", "vffn_pretrain.study.cli:main")
-
-
-def scaling() -> None:
-    run("vffn-scaling", "vffn_pretrain.scaling.cli:main")
+info = partial(run, "vffn-info", "vffn_pretrain.info:main")
+plan = partial(run, "vffn-plan", "vffn_pretrain.planning.cli:main")
+generate = partial(run, "vffn-generate", "vffn_pretrain.generate:main")
+export = partial(run, "vffn-export", "vffn_pretrain.export.cli:main")
+evaluate = partial(run, "vffn-eval", "vffn_pretrain.evaluation.cli:main")
+study = partial(run, "vffn-study", "vffn_pretrain.study.cli:main")
+scaling = partial(run, "vffn-scaling", "vffn_pretrain.scaling.cli:main")

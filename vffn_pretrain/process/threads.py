@@ -46,10 +46,8 @@ def plan_threads(env: dict[str, str] | None = None, cores: int | None = None) ->
         local_ranks = 1
     given = env.get("OMP_NUM_THREADS", "").strip()
     share = max(1, cores // local_ranks)
-    try:
-        asked = int(given) if given.isascii() and given.isdigit() and len(given) <= 9 else 0
-    except ValueError:
-        asked = 0
+    # ASCII digits only ('²'.isdigit() is true and int('²') fails), and few enough for int() to read
+    asked = int(given) if given.isascii() and given.isdigit() and len(given) <= 9 else 0
     if asked > 0:
         if asked <= share:
             return ThreadPlan(asked, cores, local_ranks, from_env=True)

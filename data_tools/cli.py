@@ -11,6 +11,7 @@ Heavy imports (megatron-core, torch) happen inside the subcommands, so ``--help`
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import warnings
@@ -268,8 +269,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except (ValueError, OSError, readers.InputError, OutputInUse) as err:
         # Expected failures (bad input, existing output, corrupt dataset, strict-mode record): one clear line.
-        print(f"vffn-data: error: {err}", file=sys.stderr)
+        print(f"vffn-data: error: {_what_failed(err, args)}", file=sys.stderr)
         return 1
+
+
+def _what_failed(err: BaseException, args: argparse.Namespace) -> str:
+    """The error's text; a full disk names the output being written (a failed write() carries no file name)."""
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC and not err.filename:
+        for flag in ("output_prefix", "output", "out"):
+            if getattr(args, flag, None):
+                return (f"the disk is full while writing --{flag.replace('_', '-')} {getattr(args, flag)} "
+                        f"({err.strerror or err}); nothing was committed there")
+    return str(err)
 
 
 if __name__ == "__main__":

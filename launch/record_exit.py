@@ -20,9 +20,13 @@ import sys
 
 def _write(name: str, text: str) -> None:
     exit_dir = os.environ.get("VFFN_EXIT_DIR")
-    if exit_dir:
+    if not exit_dir:
+        return
+    try:
         with open(os.path.join(exit_dir, f"{name}-{os.environ.get('RANK', '0')}"), "w") as f:
             f.write(text)
+    except OSError:  # the launcher is gone and took its directory along: nobody is left to read the record
+        pass
 
 
 def _record(code: int) -> None:

@@ -139,7 +139,7 @@ echo "[torchrun.sh] $(hostname -s) node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE
 # Started with USR1 ignored (the disposition is inherited across exec), see the header; with_parent.py makes
 # torchrun's own PID the one waited for below, with a SIGTERM coming when this script dies.
 trap '' USR1
-"$PYTHON" "$REPO_ROOT/launch/with_parent.py" "$$" "$PYTHON" -m torch.distributed.run "${rdzv[@]}" \
+"$PYTHON" "$REPO_ROOT/launch/with_parent.py" "$$" "$PYTHON" "$REPO_ROOT/launch/torchrun_main.py" "${rdzv[@]}" \
   --nproc-per-node="$NPROC_PER_NODE" --max-restarts=0 --shutdown-timeout="$SHUTDOWN_TIMEOUT" \
   "$REPO_ROOT/launch/record_exit.py" "$TRAIN_MODULE" "$@" &
 torchrun_pid=$!

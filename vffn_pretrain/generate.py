@@ -44,11 +44,20 @@ def _temperature(text: str) -> float:
     return value
 
 
+def _utf8_text(text: str) -> str:
+    """Text the tokenizer can take: the bytes of an argument that is not UTF-8 reach Python as lone surrogates."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"is not UTF-8 text: {ascii(text)}") from None
+    return text
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vffn-generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint.dir (newest checkpoint that loads) or a step_* "
                                                        "directory")
-    p.add_argument("--prompt", default="", help="text to continue (default: start from end-of-document)")
+    p.add_argument("--prompt", type=_utf8_text, default="", help="text to continue (default: start from end-of-document)")
     p.add_argument("--max-new-tokens", type=_int_at_least(0), default=64)
     p.add_argument("--temperature", type=_temperature, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=_int_at_least(1), default=50)

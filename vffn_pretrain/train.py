@@ -46,12 +46,21 @@ def _check_run_dir_holds_nothing_else(run_dir) -> None:
     config), or holds a config.yaml that is not a run's config (one with Hydra's `defaults`, or without the
     model, ffn and train groups) or a summary.json that is not a run's summary, where no run has been (no
     metrics.jsonl, checkpoints/ or lock)."""
+    from pathlib import Path
+
+    run_dir = Path(run_dir)
+    try:
+        _check_files_of(run_dir)
+    except OSError as e:  # a name the file system refuses (too long), a file on the way: the key's problem
+        raise ConfigError("run_dir", f"{run_dir}: {e.strerror or e}") from None
+
+
+def _check_files_of(run_dir) -> None:
     import json
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    run_dir = Path(run_dir)
     try:
         from hydra.core.hydra_config import HydraConfig
 

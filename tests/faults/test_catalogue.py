@@ -90,6 +90,10 @@ PRETRAIN_CASES = [
     ("run-dir-cannot-be-written", ["run_dir=/sys/vffn-run"], 2, "`run_dir`: /sys/vffn-run cannot be written"),
     ("checkpoint-dir-cannot-be-written", ["checkpoint.dir=/sys/vffn-checkpoints"], 2,
      "`checkpoint.dir`: /sys/vffn-checkpoints cannot be written"),
+    # A name the file system refuses (a component over 255 bytes): an OSError traceback before.
+    *[(f"{key.replace('.', '-').replace('_', '-')}-name-too-long", [f"{key}={{tmp}}/{'x' * 300}"], 2,
+       f"`{key}`: {{tmp}}/{'x' * 300}: File name too long") for key in ("run_dir", "checkpoint.dir", "data.cache_dir")],
+    ("empty-tokenizer-file", ["data.tokenizer=tiktoken:{empty}"], 2, "`data.tokenizer`: "),  # was data.paths
     # Hydra's own flags (Hydra would print its multi-line report, or a traceback, and exit 1).
     ("config-name-missing", ["--config-name", "nope"], 2, "--config-name nope: no nope.yaml in"),
     ("config-dir-missing", ["--config-dir", "{dir}/nowhere"], 2, "--config-dir {dir}/nowhere: not a directory"),
@@ -111,7 +115,7 @@ def test_vffn_pretrain(overrides, code, named, files, tmp_path, capsys, monkeypa
     assert out.code == code, out.out
     # The data plan ("[data] train: ...") may come first when the error is found after it.
     error = out.one_line_error(ignore_prefix="[data] ")
-    assert error.startswith("vffn-pretrain: ") and named.format(**files) in error
+    assert error.startswith("vffn-pretrain: ") and named.format(tmp=tmp_path, **files) in error
     # No run directory (no config.yaml, lock or metrics); the sample-index cache holds only complete files.
     assert not any(p.startswith("run") for p in _nothing_left(tmp_path)), _nothing_left(tmp_path)
 
@@ -178,6 +182,8 @@ GENERATE_CASES = [
     ("negative-max-new-tokens", ["--checkpoint", "{adir}", "--max-new-tokens", "-1"], 2, "--max-new-tokens"),
     ("negative-seed", ["--checkpoint", "{adir}", "--seed", "-7"], 2, "--seed"),
     ("float-top-k", ["--checkpoint", "{adir}", "--top-k", "2.5"], 2, "--top-k"),
+    # bytes that are not UTF-8 ($'\xff\xfe' in bash) reach Python as lone surrogates: a tokenizer traceback before
+    ("prompt-not-utf8", ["--checkpoint", "{adir}", "--prompt", "\udcff\udcfe"], 2, "--prompt: is not UTF-8 text"),
 ]
 
 

@@ -99,6 +99,42 @@ def test_tokenize_through_a_symlink_onto_its_input_is_refused(d, capsys, monkeyp
     assert src.read_text() == "1 2 3\n"
 
 
+@pytest.mark.parametrize("name, text", [("out.bin", "plain text\n"), ("out.idx", "not an index\n"),
+                                        ("out.report.json", '{"mine": 1}\n')])
+def test_tokenize_overwrite_replaces_a_dataset_never_a_foreign_file_of_its_name(d, name, text, capsys,
+                                                                               monkeypatch):
+    """--overwrite replaces an earlier dataset of the prefix, never a file of another kind that has one of its
+    names (a text file called out.bin, a JSON of the user's called out.report.json)."""
+    foreign = d / name
+    foreign.write_text(text)
+    out = _run([*TOK, "--input", d / "ids.jsonl", "--output-prefix", d / "out", "--overwrite"], capsys, monkeypatch)
+    assert out.code == 1 and f"{foreign} already exists and is not a file of an indexed dataset" in \
+        out.one_line_error()
+    assert foreign.read_text() == text and sorted(p.name for p in d.iterdir()) == sorted(["ids.jsonl", name])
+    # A dataset of that prefix, written before, is replaced.
+    foreign.unlink()
+    assert _run([*TOK, "--input", d / "ids.jsonl", "--output-prefix", d / "out"], capsys, monkeypatch).code == 0
+    assert _run([*TOK, "--input", d / "ids.jsonl", "--output-prefix", d / "out", "--overwrite"], capsys,
+                monkeypatch).code == 0
+
+
+def test_a_full_disk_while_tokenizing_names_the_output_and_commits_nothing(d, capsys, monkeypatch):
+    """A write() that fails for a full disk carries no file name: the line names the output being written."""
+    import errno
+
+    from vffn_pretrain.data.tokenizing import writer
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(writer.CompactIndexedDatasetBuilder, "_write", full)
+    out = _run([*TOK, "--input", d / "ids.jsonl", "--output-prefix", d / "out"], capsys, monkeypatch)
+    assert out.code == 1
+    assert out.one_line_error() == (f"vffn-data: error: the disk is full while writing --output-prefix {d / 'out'} "
+                                    "(No space left on device); nothing was committed there")
+    assert sorted(p.name for p in d.iterdir()) == ["ids.jsonl"]
+
+
 def test_merge_into_its_own_input_is_refused(d, capsys, monkeypatch):
     prefix = cases.make_dataset(d, num_docs=5)
     before = Path(prefix + ".bin").read_bytes()

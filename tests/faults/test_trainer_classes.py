@@ -93,7 +93,55 @@ def test_a_finished_run_without_its_summary_writes_it_without_training(rank_pool
     written = json.loads((run / "summary.json").read_text())
     assert written["steps"] == 4 and written["exit_code"] == 0
     assert written["final_val_loss"] == pytest.approx(original["final_val_loss"], rel=1e-6)  # the same model
+    assert written["final_train_loss"] == original["final_train_loss"]  # from its metrics.jsonl: no step trained
     assert {k: v for k, v in _snapshot(run).items() if k.startswith("checkpoints")} == checkpoints
+
+
+@pytest.mark.parametrize("code", [3, 1])
+def test_a_run_stopped_during_its_final_evaluation_finishes_it_when_run_again(code, rank_pools, overrides, trained,
+                                                                               tmp_path):
+    """A SIGTERM (exit 3) or an error (exit 1) during the final evaluation leaves a summary.json of that exit and
+    no final validation loss: running it again is not "nothing to train" but the evaluation and summary it lacks."""
+    run = _copy(trained, tmp_path)
+    original = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**original, "exit_code": code, "final_val_loss": None}))
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", "checkpoint.interval=2")
+    assert out["exit_code"] == 0, out
+    assert any(f"a run that ended with exit code {code} before it finished" in line and "no training" in line
+               for line in out["said"]), out["said"]
+    written = json.loads((run / "summary.json").read_text())
+    assert written["exit_code"] == 0 and written["steps"] == 4
+    assert written["final_val_loss"] == pytest.approx(original["final_val_loss"], rel=1e-6)
+
+
+def test_a_stop_during_the_evaluation_of_a_run_without_summary_is_a_requeue(rank_pools, overrides, trained,
+                                                                            tmp_path):
+    """The evaluation a finished run without summary.json runs again, stopped by SIGTERM: exit 3 and a summary
+    saying so (not exit 0 with no validation loss); the next run finishes it."""
+    run = _copy(trained, tmp_path)
+    (run / "summary.json").unlink()
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", "checkpoint.interval=2",
+               patch={"evaluate": ("send_signal_first", "SIGTERM")})
+    assert out["exit_code"] == 3, out
+    assert json.loads((run / "summary.json").read_text())["exit_code"] == 3
+    again = _run(rank_pools, overrides, run, "train.max_steps=4", "checkpoint.interval=2")
+    assert again["exit_code"] == 0, again
+    written = json.loads((run / "summary.json").read_text())
+    assert written["exit_code"] == 0 and written["final_val_loss"] is not None
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")) == [STEP2, STEP4]
+
+
+def test_a_fresh_start_over_a_finished_runs_results_is_refused(rank_pools, overrides, trained, tmp_path):
+    """run_dir holds a finished run's summary and metrics, checkpoint.dir (changed) holds no checkpoint: a fresh
+    start there would replace the results; it is refused naming checkpoint.dir, every file as it was."""
+    run = _copy(trained, tmp_path)
+    before = _snapshot(run)
+    elsewhere = tmp_path / "elsewhere"
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", f"checkpoint.dir={elsewhere}")
+    assert out["exit_code"] == 2 and out["key"] == "checkpoint.dir", out
+    assert "holds the results of a run that trained 4 steps" in out["error"]
+    assert _snapshot(run) == before
+    assert not elsewhere.exists()  # created for the start, removed with the refusal
 
 
 def test_a_fresh_start_among_another_runs_checkpoints_is_refused(rank_pools, overrides, trained, tmp_path):
@@ -174,6 +222,7 @@ def test_a_sample_index_cut_off_by_a_kill_is_built_again(rank_pools, overrides, 
     (["ffn.max_loops=2"], "ffn.max_loops: 4 -> 2"),
     (["ffn.top_k=1"], "ffn.top_k: 2 -> 1"),
     (["model.rotary_base=500000"], "model.rotary_base: 10000 -> 500000"),
+    (["ffn.blend_in_steps=100"], "ffn.blend_in_steps: 0 -> 100"),  # the layer's output until step 100
     (["ffn.layers='dense,versatile,versatile,versatile'"],
      "ffn.layers: ['versatile', 'versatile', 'versatile', 'versatile'] -> ['dense', 'versatile', 'versatile', "
      "'versatile']"),
@@ -192,7 +241,10 @@ def test_a_resume_with_another_model_is_refused_naming_the_key(extra, named, ran
 def test_keys_that_do_not_change_the_model_resume(rank_pools, overrides, trained, tmp_path):
     # ffn.loops is the k-loop kind's: a versatile model does not read it; tau0 is a training schedule.
     run = _copy(trained, tmp_path)
-    out = _run(rank_pools, overrides, run, "train.max_steps=5", "ffn.loops=2", "ffn.tau0=3.0", "train.lr=1e-3")
+    # model.num_query_groups equal to the heads is what unset means: multi-head attention, the same model.
+    heads = next(o.split("=")[1] for o in overrides if o.startswith("model.num_attention_heads="))
+    out = _run(rank_pools, overrides, run, "train.max_steps=5", "ffn.loops=2", "ffn.tau0=3.0", "train.lr=1e-3",
+               f"model.num_query_groups={heads}")
     assert out["exit_code"] == 0, out
     assert out["step"] == 5 and not any("another model" in w for w in out["warnings"])
 
@@ -315,13 +367,25 @@ def test_a_run_in_which_no_step_succeeded_fails(rank_pools, overrides, tmp_path)
     assert out["exit_code"] == 2, out
     assert any(line.startswith("error: no optimizer step succeeded in steps 1-3") for line in out["said"])
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["exit_code"] == 2 and summary["final_train_loss"] is None
+    assert summary["exit_code"] == 2 and summary["final_train_loss"] == "nan"  # the last step's loss
     # Run again, it has nothing to train; it must not turn into a success either.
     before = _snapshot(run)
     again = _run(rank_pools, overrides, run, "train.max_steps=3", "train.max_skipped_steps=5")
     assert again["exit_code"] == 2, again
     assert any("(it did not succeed: its summary.json says exit code 2)" in line for line in again["said"]), again
     assert _snapshot(run) == before
+
+
+def test_a_run_whose_last_steps_were_skipped_fails(rank_pools, overrides, tmp_path):
+    """Step 1 trains, steps 2-3 are NaN and skipped (fewer than train.max_skipped_steps): the final training loss
+    is NaN, not step 1's loss passed off as the final one, and the run did not succeed."""
+    run = tmp_path / "run"
+    out = _run(rank_pools, overrides, run, "train.max_steps=3", "train.max_skipped_steps=5", nan_steps=(2, 3))
+    assert out["exit_code"] == 2, out
+    assert any(line.startswith("error: the final training loss (step 3) is nan: the last 2 step(s) were skipped")
+               for line in out["said"]), out["said"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["exit_code"] == 2 and summary["final_train_loss"] == "nan"
 
 
 def test_a_run_whose_final_validation_loss_is_not_finite_fails(rank_pools, overrides, tmp_path):
@@ -406,6 +470,19 @@ def test_rank_0_alone_chooses_the_checkpoint_to_resume(rank_pools, overrides, tm
 
 
 # ------------------------------------------------------------------------------------ 8. storage
+@pytest.mark.parametrize("errno_name, said", [("ENOSPC", "the disk is full: "), ("EROFS", "")])
+def test_a_data_cache_that_cannot_take_the_indices_is_one_line_naming_it(errno_name, said, rank_pools, overrides,
+                                                                         tmp_path):
+    """megatron-core wraps a failed write of its sample indices in a bare Exception: a traceback before. Now the
+    one line of a config error naming data.cache_dir and the file, nothing left behind."""
+    out = _run(rank_pools, overrides, tmp_path / "run", "train.max_steps=2",
+               patch={"_build_datasets": ("index_write_failing", errno_name)})
+    assert out["exit_code"] == 2 and out["key"] == "data.cache_dir", out
+    assert f"`data.cache_dir`: {said}/" in out["error"] and "0123-document_index.npy cannot be written" in \
+        out["error"], out
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("where", ["metrics", "console"])
 def test_a_full_disk_while_logging_saves_stops_and_says_so(where, rank_pools, overrides, tmp_path):
     run = tmp_path / "run"

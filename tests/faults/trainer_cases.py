@@ -221,3 +221,26 @@ def train_with_faults(overrides: list[str], faults: dict) -> dict:
             return cases.train(overrides)
         finally:
             _reset_parallel_state()
+
+
+def index_write_failing(errno_name: str):
+    """A patch wrapper for _build_datasets: writing the sample indices into data.cache_dir fails with `errno_name`,
+    wrapped in a bare Exception as megatron-core's dataset builder wraps it."""
+    import errno
+    import os
+
+    def wrapper(original, self):
+        from vffn_pretrain.data import builder
+
+        def failing(cfg, **kwargs):
+            code = getattr(errno, errno_name)
+            cause = OSError(code, os.strerror(code), str(builder.index_cache_dir(cfg) / "0123-document_index.npy"))
+            raise Exception("Failed to write dataset materials to the data cache directory") from cause
+
+        saved, builder.build_datasets = builder.build_datasets, failing
+        try:
+            return original(self)
+        finally:
+            builder.build_datasets = saved
+
+    return wrapper

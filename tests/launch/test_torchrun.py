@@ -104,6 +104,9 @@ def test_launcher_passes_the_requeue_code_through(tiny, tmp_path):
     assert done.returncode == 3, helpers.tail(done.output)
     assert "[torchrun.sh] got SIGUSR1, forwarding it to the workers" in done.output
     assert "[torchrun.sh] a worker exited 3: requeue requested" in done.output
+    # torchrun's report of the "failed" workers is one line, not its ChildFailedError traceback
+    assert "Traceback" not in done.output and "ChildFailedError" not in done.output, helpers.tail(done.output)
+    assert "[torchrun] worker rank 0 (local rank 0, PID" in done.output and "exited with 3" in done.output
     steps = helpers.summary(tmp_path / "run")["steps"]
     assert 2 <= steps < 400
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"

@@ -173,9 +173,14 @@ def load_run_config(cfg: DictConfig | dict, world_size: int, multirun_dir: str |
 
 
 def _check_directory_path(key: str, path: Path) -> None:
-    """A directory the run will create or reuse must not be, or lie under, a regular file."""
+    """A directory the run will create or reuse must not be, or lie under, a regular file, and its name must be
+    one the file system takes (no component longer than it allows, say)."""
     for p in (path, *path.parents):
-        if p.exists():
+        try:
+            exists = p.exists()
+        except OSError as e:
+            raise ConfigError(key, f"{path}: {e.strerror or e}") from None
+        if exists:
             if not p.is_dir():
                 what = "is" if p == path else f"lies under {p}, which is"
                 raise ConfigError(key, f"{path} {what} a file, not a directory")

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vffn_pretrain.data.prefix import bin_path, idx_path
+from vffn_pretrain.data.prefix import INDEX_MAGIC, bin_path, idx_path
 
 # The .idx layout, as written by megatron-core's _IndexWriter (megatron/core/datasets/indexed_dataset.py).
-_MAGIC = b"MMIDIDX\x00\x00"
 _HEADER_BYTES = 9 + 8 + 1 + 8 + 8
 # megatron-core's DType codes.
 _DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32,
@@ -65,7 +64,7 @@ def verify_prefix(prefix: str | os.PathLike) -> PrefixInfo:
                                   f"{_HEADER_BYTES}-byte header")
     with open(idx_path, "rb") as f:
         header = f.read(_HEADER_BYTES)
-    if header[:9] != _MAGIC:
+    if header[:len(INDEX_MAGIC)] != INDEX_MAGIC:
         raise CorruptDatasetError(f"{idx_path}: not a megatron indexed dataset index (bad magic {header[:9]!r})")
     (version,) = struct.unpack("<Q", header[9:17])
     if version != 1:

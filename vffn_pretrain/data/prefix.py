@@ -9,6 +9,11 @@ import os
 
 import numpy as np
 
+from vffn_pretrain.outputs.apart import check_replaceable
+
+# The first bytes of every megatron-core index file (.idx).
+INDEX_MAGIC = b"MMIDIDX\x00\x00"
+
 
 def bin_path(prefix: str | os.PathLike) -> str:
     return f"{prefix}.bin"
@@ -65,3 +70,29 @@ def check_output(prefix: str | os.PathLike, overwrite: bool) -> None:
     if existing and not overwrite:
         raise OutputExistsError(f"output prefix {prefix} already exists ({', '.join(existing)}); "
                                 f"pass --overwrite to replace it")
+    for path in existing:  # --overwrite replaces a dataset, never a file of another kind that has its name
+        check_replaceable(path, ours=lambda p, prefix=prefix: _is_dataset_file(p, prefix),
+                          what="a file of an indexed dataset", flag="--output-prefix")
+
+
+def _is_dataset_file(path, prefix) -> bool:
+    """Whether `path` (one of `prefix`'s files) is what vffn-data writes there: an index with megatron-core's
+    header, a .bin next to such an index, a report with the reports' version and command."""
+    def is_index(idx: str) -> bool:
+        try:
+            with open(idx, "rb") as f:
+                return f.read(len(INDEX_MAGIC)) == INDEX_MAGIC
+        except OSError:
+            return False
+
+    path = os.fspath(path)
+    if path == report_path(prefix):
+        import json
+
+        try:
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+        except (OSError, ValueError):
+            return False
+        return isinstance(report, dict) and {"report_version", "command"} <= set(report)
+    return is_index(idx_path(prefix))

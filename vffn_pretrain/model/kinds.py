@@ -64,6 +64,13 @@ class KindTraits:
         keys += ("max_loops",) if self.adaptive_depth else ()
         return keys + (("loops",) if self.fixed_loops else ())
 
+    @property
+    def model_settings(self) -> tuple[str, ...]:
+        """The `ffn.*` keys whose value changes what this kind computes: its shape keys, and for a kind built on
+        the dense weights the conversion ramp (`blend_in_steps`: the layer's output depends on it until the ramp
+        ends). A resume compares these."""
+        return self.settings + (("blend_in_steps",) if self.shared_weights else ())
+
     def loop_count(self, ffn) -> int:
         """How many passes of the shared FFN a token can run at most: `ffn.max_loops` for an adaptive kind,
         `ffn.loops` for k-loop, 1 otherwise. `ffn` is anything with those attributes (FFNConfig, FFNShape)."""

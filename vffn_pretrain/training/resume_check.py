@@ -29,9 +29,17 @@ def _saved_group(cls, values):
         return None
 
 
+def _value(config, name: str):
+    """The value a key means: `model.num_query_groups` unset is one group per attention head."""
+    value = getattr(config, name)
+    if name == "num_query_groups" and value is None:
+        return config.num_attention_heads
+    return value
+
+
 def _changed(group: str, names, old, new) -> list[str]:
     return [f"{group}.{n}: {getattr(old, n)!r} -> {getattr(new, n)!r}" for n in names
-            if getattr(old, n) != getattr(new, n)]
+            if _value(old, n) != _value(new, n)]
 
 
 def _layer_kinds(ffn: FFNConfig, num_layers: int) -> list[str] | None:
@@ -53,7 +61,7 @@ def model_changes(saved: dict, model: ModelConfig, ffn: FFNConfig) -> list[str]:
             out.append(f"ffn.kind: {old_ffn.kind!r} -> {ffn.kind!r}")
         else:
             out.append(f"ffn.layers: {old_kinds} -> {new_kinds}")
-    read = {key for kind in set(new_kinds) | set(old_kinds or ()) for key in traits(kind).settings}
+    read = {key for kind in set(new_kinds) | set(old_kinds or ()) for key in traits(kind).model_settings}
     out += _changed("ffn", [n for n in keys_that_change(FFNConfig, MODEL) if n in read], old_ffn, ffn)
     return out
 

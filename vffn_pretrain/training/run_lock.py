@@ -160,11 +160,11 @@ class RunDirectories:
         """Raises RunDirLocked (another trainer holds one) or OSError naming the key (e.g. `checkpoint.dir`)."""
         seen = set()
         for key, path in self.directories:
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
-            missing = [p for p in (path, *path.parents) if not p.exists()]
-            try:
+            try:  # a name the file system refuses (too long, say) is that key's problem too
+                if path.resolve() in seen:
+                    continue
+                seen.add(path.resolve())
+                missing = [p for p in (path, *path.parents) if not p.exists()]
                 path.mkdir(parents=True, exist_ok=True)
                 self.created += reversed(missing)
                 lock = RunLock(path, key)

@@ -11,6 +11,7 @@ in megatron-core and `vffn_pretrain.parallel`.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -182,20 +183,25 @@ class Trainer:
                        "dp": self.dp_size, "world": self.world}
         loaded = self._phase("set-up (loading a checkpoint)", self._resume if cfg.checkpoint.resume
                              else self._refuse_fresh_start_over_checkpoints)
+        if loaded is None:
+            decided_by_rank0(self._refuse_fresh_start_over_results)
         if loaded is None and t.init_from:
             self._phase("set-up (loading train.init_from)", self._init_from_dense)
         self.start_step = self.step
         if self.rank == 0 and self.device.type == "cpu":
             self._report_cpu_threads(threads, others.busy_cores())
-        self.summary_missing = self.step >= t.max_steps and not decided_by_rank0(
-            lambda: (cfg.run_dir / "summary.json").is_file())
-        if self.summary_missing:  # it stopped after its last checkpoint, before its summary: finish that
-            self._print(f"vffn-pretrain: {self.last_checkpoint} is at step {self.step} but {cfg.run_dir} has no "
-                        "summary.json (the run stopped before writing it): evaluating and writing it, no training")
+        recorded = decided_by_rank0(self._recorded_exit_code) if self.step >= t.max_steps else None
+        # At train.max_steps without a summary of its end (none, or one of a stop or an error during the final
+        # evaluation or save): finish that, with no training.
+        self.summary_missing = self.step >= t.max_steps and recorded not in (EXIT_OK, EXIT_DIVERGED)
+        if self.summary_missing:
+            why = ("has no summary.json (the run stopped before writing it)" if recorded is None else
+                   f"has a summary.json of a run that ended with exit code {recorded} before it finished")
+            self._print(f"vffn-pretrain: {self.last_checkpoint} is at step {self.step} but {cfg.run_dir} {why}: "
+                        "evaluating and writing the summary, no training")
         elif self.step >= t.max_steps:
-            self.already_done = decided_by_rank0(self._recorded_outcome)
-            failed = f" (it did not succeed: its summary.json says exit code {self.already_done})" \
-                if self.already_done else ""
+            self.already_done = recorded
+            failed = f" (it did not succeed: its summary.json says exit code {recorded})" if recorded else ""
             self._print(f"vffn-pretrain: nothing to train: {self.last_checkpoint} is at step {self.step} and "
                         f"train.max_steps={t.max_steps}; summary.json, metrics.jsonl and the checkpoints are left "
                         f"as they were{failed} (raise train.max_steps to train on)")
@@ -214,14 +220,34 @@ class Trainer:
             self.callbacks = Callbacks(callbacks)
             self._emit("on_train_start", self.info)
 
-    def _recorded_outcome(self) -> int:
-        """The exit code of a finished run as its summary.json records it, when that says it did not succeed
-        (EXIT_DIVERGED); else EXIT_OK: running it again must not turn a failed run into a success."""
+    def _recorded_exit_code(self) -> int | None:
+        """The exit code run_dir/summary.json records, or None when there is none (missing, unreadable, not an
+        integer). Running a finished run again must keep its outcome: a failed run (EXIT_DIVERGED) stays failed,
+        and a run that stopped during its final evaluation (EXIT_REQUEUE, EXIT_ERROR) is not finished."""
         try:
             recorded = json.loads((self.cfg.run_dir / "summary.json").read_text()).get("exit_code")
         except (OSError, ValueError, AttributeError):
-            return EXIT_OK
-        return EXIT_DIVERGED if recorded == EXIT_DIVERGED else EXIT_OK
+            return None
+        return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+
+    def _recorded_final_train_loss(self) -> float | None:
+        """The training loss metrics.jsonl records for this step (its last such record), None when none does."""
+        loss = None
+        try:
+            with open(self.cfg.run_dir / "metrics.jsonl", errors="replace") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut off by a kill
+                    if isinstance(record, dict) and record.get("step") == self.step and "loss" in record:
+                        loss = record["loss"]
+        except OSError:
+            return None
+        try:
+            return float(loss) if loss is not None and not isinstance(loss, bool) else None
+        except (TypeError, ValueError):  # a non-finite loss is recorded as a string ("nan")
+            return None
 
     def _phase(self, name: str, work):
         """Run one set-up step; then every rank stops together if a stop signal came (to any rank) meanwhile."""
@@ -335,6 +361,23 @@ class Trainer:
                                                        "checkpoint.dir (or run_dir), or move them away")
         decided_by_rank0(check)
 
+    def _refuse_fresh_start_over_results(self) -> None:
+        """A fresh start (no checkpoint loaded) in a run_dir whose summary.json records a run that trained steps
+        and succeeded or saved (exit 0 or 3): its metrics and summary would be replaced by this run's, while its
+        checkpoints are elsewhere (checkpoint.dir changed, or moved away). A run that failed (exit 1, 2, 130)
+        may start again in place: that is how a diverged run is retried."""
+        try:
+            recorded = json.loads((self.cfg.run_dir / "summary.json").read_text())
+            steps, code = int(recorded.get("steps") or 0), recorded.get("exit_code")
+        except (OSError, ValueError, TypeError, AttributeError):
+            return
+        if steps > 0 and code in (EXIT_OK, EXIT_REQUEUE):
+            raise ConfigError("checkpoint.dir", f"{self.cfg.checkpoint_dir} holds no checkpoint to resume, but "
+                                                f"{self.cfg.run_dir} holds the results of a run that trained {steps} "
+                                                "steps (summary.json, metrics.jsonl): starting anew would replace "
+                                                "them. Point checkpoint.dir at that run's checkpoints, or choose "
+                                                "another run_dir")
+
     def _init_from_dense(self) -> None:
         """Continued pretraining: train.init_from names a dense checkpoint of this model's shape to start from."""
         from vffn_pretrain.training.convert import load_dense_into, resolve_checkpoint
@@ -426,21 +469,37 @@ class Trainer:
         num_samples = (t.max_steps * t.global_batch_size, max(1, t.eval_iters * t.global_batch_size), 0)
         try:
             self.tokenizer = build_tokenizer(cfg.data.tokenizer)
+        except (ValueError, OSError) as e:
+            raise self._data_error(e, "data.tokenizer") from None
+        try:
             self.train_ds, self.valid_ds, _ = build_datasets(
                 cfg.data, seq_length=t.seq_length, seed=cfg.data.seed if cfg.data.seed is not None else t.seed,
                 num_samples=num_samples, tokenizer=self.tokenizer,
                 padded_vocab_size=cfg.model.padded_vocab_size(cfg.parallel.tp))
-        except (ValueError, OSError) as e:
-            key, sep, reason = str(e).partition(": ")
-            cache = str(Path(cfg.data.cache_dir).expanduser().resolve())
-            if isinstance(e, OSError) and str(getattr(e, "filename", "") or "").startswith(cache):
-                key, reason = "data.cache_dir", str(e)
-            elif not (sep and key.startswith(("data.", "train."))):
-                key, reason = "data.tokenizer" if "okenizer" in str(e) else "data.paths", str(e)
-            raise ConfigError(key, reason) from None
+        except Exception as e:  # noqa: BLE001 - megatron-core wraps a failed write of its indices in an Exception
+            if isinstance(e, (ValueError, OSError)):
+                raise self._data_error(e, "data.tokenizer" if "okenizer" in str(e) else "data.paths") from None
+            if isinstance(e.__cause__, OSError):  # "Failed to write dataset materials to the data cache ..."
+                raise self._data_error(e.__cause__, "data.cache_dir") from None
+            raise
         if t.eval_iters > 0 and self.valid_ds is None and self.rank == 0:
             log.warning("no validation data (data.split=%r gives the valid split no documents, or data.valid_paths "
                         "is unset): evaluation is skipped; set train.eval_iters=0 to silence this", cfg.data.split)
+
+    def _data_error(self, e: ValueError | OSError, key: str) -> ConfigError:
+        """The ConfigError for a data problem: the key its message starts with (`data.paths: ...`), else
+        data.cache_dir for a file in the data cache that cannot be written (a full disk said so), else `key`."""
+        named, sep, reason = str(e).partition(": ")
+        if sep and named.startswith(("data.", "train.")):
+            return ConfigError(named, reason)
+        if isinstance(e, OSError):
+            cache = str(Path(self.cfg.data.cache_dir).expanduser().resolve())
+            where = str(getattr(e, "filename", "") or "")
+            if key == "data.cache_dir" or where.startswith(cache):
+                full = "the disk is full: " if e.errno == errno.ENOSPC else ""
+                return ConfigError("data.cache_dir", f"{full}{where or cache} cannot be written "
+                                                     f"({e.strerror or e})")
+        return ConfigError(key, str(e))
 
     def _loader(self, dataset, consumed: int, cycle: bool):
         from vffn_pretrain.data.loader import build_dataloader
@@ -499,13 +558,18 @@ class Trainer:
             self._end()
             return self.already_done
         self._start_fit()
+        if self.summary_missing:  # no step is trained: the final training loss is the one the records hold
+            self.final_train_loss = decided_by_rank0(self._recorded_final_train_loss)
         exit_code = EXIT_OK
         try:
             if self.evaluator.should_evaluate_at_start(self.step) or (
                     self.summary_missing and self.evaluator.should_evaluate(self.step, t.max_steps)):
                 with self.speed.paused():
                     self.evaluate()
-            while self.step < t.max_steps:
+                stop_code = self._stop_code()  # a stop signal during it: the evaluation was abandoned
+                if stop_code is not None:
+                    exit_code = stop_code
+            while exit_code == EXIT_OK and self.step < t.max_steps:
                 self.stop.phase = TRAINING
                 result = self.train_one_step()
                 if self.guard.should_stop(self.step, result, self.last_checkpoint):
@@ -555,7 +619,7 @@ class Trainer:
 
     def _check_outcome(self) -> int:
         """EXIT_OK, or EXIT_DIVERGED (with one line) when this run trained steps of which none succeeded, or the
-        final validation loss is not finite: such a run did not succeed."""
+        final validation or training loss is not finite: such a run did not succeed."""
         last_eval = self.evaluator.last or {}
         val_loss = last_eval.get("val_loss")
         if self.step > self.start_step and self.steps_succeeded == 0:
@@ -564,6 +628,10 @@ class Trainer:
                        "Too high a train.lr or a vocab/tokenizer mismatch are the usual causes.")
         elif val_loss is not None and not np.isfinite(val_loss):
             problem = f"the final validation loss at step {last_eval.get('step')} is {val_loss}"
+        elif self.step > self.start_step and not np.isfinite(self.final_train_loss):
+            problem = (f"the final training loss (step {self.step}) is {self.final_train_loss}: the last "
+                       f"{self.guard.skipped_in_a_row} step(s) were skipped (NaN/Inf), the model is not trained to "
+                       "the end. Too high a train.lr is the usual cause.")
         else:
             return EXIT_OK
         self._say(f"error: {problem}; exiting with {EXIT_DIVERGED}")
@@ -582,10 +650,10 @@ class Trainer:
         self.step += 1
         self.consumed_samples += t.global_batch_size
         self.consumed_tokens += t.global_batch_size * t.seq_length
+        self.final_train_loss = result.loss  # the last step's, even a skipped one: its NaN must not pass for success
         if not result.skipped:
             self.steps_succeeded += 1
             self.window_losses.append(result.loss)
-            self.final_train_loss = result.loss
         self.speed.step_done()
         return result
 

@@ -54,7 +54,9 @@
 # any worker failure into exit code 1, so each worker's real exit code is recorded by
 # launch/record_exit.py and this script exits 2 when any worker on this node exited 2 (bad config or
 # data: never requeue those), else 3 when any exited 3, else 130 when any exited 130, else with torchrun's
-# own exit code. The config itself is checked before torchrun starts (exit 2, one line, from node 0). Killed
+# own exit code. torchrun runs through launch/torchrun_main.py, which reports the workers that exited non-zero
+# in one line instead of torchrun's ChildFailedError traceback. The config itself is checked before torchrun
+# starts (exit 2, one line, from node 0). Killed
 # outright (kill -9), this script leaves nothing running: torchrun is started through launch/with_parent.py and
 # gets SIGTERM when the script dies (it stops its workers, which save and exit), and a worker whose torchrun is
 # killed outright saves and exits too (launch/record_exit.py).

@@ -93,45 +93,17 @@ class GenerateError(RuntimeError):
     """No checkpoint to sample from: printed as one line."""
 
 
-def _candidates(path: str) -> list:
-    """The checkpoints to try, newest first: `path` itself if it is one, else the complete ones inside it."""
-    from pathlib import Path
-
-    from vffn_pretrain.training.checkpointing import CheckpointManager
-
-    p = Path(path)
-    if not p.exists():
-        raise GenerateError(f"--checkpoint {path}: no such file or directory")
-    if not p.is_dir():
-        raise GenerateError(f"--checkpoint {path}: not a directory (give a checkpoint.dir or a step_* directory)")
-    if (p / "metadata.json").is_file():
-        return [p]
-    manager = CheckpointManager(p)
-    manager.check_marker()
-    found = manager.complete_checkpoints()
-    if not found:
-        raise GenerateError(f"--checkpoint {path}: neither a checkpoint nor a directory of complete checkpoints")
-    return found
-
-
 def _load_newest(path: str, seed: int):
     """(RunConfig, model in eval mode, padded vocabulary) of the newest checkpoint that loads; each one that
     fails is reported and the previous one is tried, as the trainer does on resume."""
-    from torch.distributed.checkpoint.api import CheckpointException
+    from vffn_pretrain.training.inference_loading import NoLoadableCheckpoint, load_newest_for_inference
 
-    from vffn_pretrain.training.inference_loading import load_checkpoint_for_inference
-
-    candidates = _candidates(path)
-    for ckpt in candidates:
-        try:
-            loaded = load_checkpoint_for_inference(ckpt, seed=seed)
-            return loaded.cfg, loaded.model, loaded.padded_vocab_size
-        except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            more = "; trying the previous one" if ckpt != candidates[-1] else ""
-            print(f"vffn-generate: checkpoint {ckpt} failed to load ({reason}){more}", file=sys.stderr)
-    raise GenerateError(f"--checkpoint {path}: no checkpoint could be loaded (tried "
-                        f"{', '.join(c.name for c in candidates)})")
+    try:
+        loaded = load_newest_for_inference(path, seed=seed,
+                                           say=lambda line: print(f"vffn-generate: {line}", file=sys.stderr))
+    except NoLoadableCheckpoint as e:
+        raise GenerateError(f"--checkpoint {e}") from None
+    return loaded.cfg, loaded.model, loaded.padded_vocab_size
 
 
 def generate(argv: list[str] | None = None) -> str:

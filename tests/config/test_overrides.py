@@ -38,3 +38,14 @@ def test_added_overrides_leave_every_flag_as_it_was(argv):
 ])
 def test_sweeps_and_flags_hydra_runs_pass_the_check(argv):
     precheck_overrides("tool", str(CONF_DIR), argv)  # no SystemExit
+
+
+def test_an_error_that_names_no_override_is_given_the_one_at_fault(capsys):
+    """Python's own refusal of a 5000-digit number names no key: the line names the override that fails."""
+    huge = "9" * 5000
+    with pytest.raises(SystemExit) as stop:
+        precheck_overrides("tool", str(CONF_DIR), ["model=tiny", f"model.hidden_size={huge}", "train.lr=1e-3"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"tool: bad config: model.hidden_size={huge[:42]}...: "), err
+    assert "4300 digits" in err

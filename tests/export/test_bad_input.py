@@ -36,8 +36,34 @@ def test_export_of_an_incomplete_checkpoint_leaves_nothing(rank_pools, tp2pp2_ch
     result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli",
                                ["--checkpoint", str(broken), "--out", str(out)])[0]
     assert result["code"] == 2
-    assert "cannot be loaded" in _one_line(result)
+    assert f"{broken}: no checkpoint could be loaded ({step.name}: " in _one_line(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # no output, no staging directory
+
+
+@pytest.mark.parametrize("damage", ["metadata", "shards"])
+def test_export_falls_back_past_a_damaged_newest_checkpoint(damage, rank_pools, tp2pp2_checkpoints, tmp_path):
+    """A checkpoint.dir whose newest checkpoint is damaged exports the previous one, as the trainer resumes and
+    vffn-generate samples: one line says which failed and why, a damaged JSON file named by its path."""
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(tp2pp2_checkpoints["dense"], checkpoints)
+    newest = checkpoints / "step_0000099"
+    shutil.copytree(sorted(checkpoints.glob("step_*"))[-1], newest)
+    if damage == "metadata":
+        (newest / "metadata.json").write_text("garbage")
+    else:
+        for shard in newest.glob("*.distcp"):
+            shard.write_bytes(shard.read_bytes()[:100])
+    out = tmp_path / "hf"
+    result = rank_pools(1).run(cases.run_cli, "vffn_pretrain.export.cli",
+                               ["--checkpoint", str(checkpoints), "--out", str(out)])[0]
+    assert result["code"] == 0, result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    [line] = [line for line in result["stderr"].splitlines() if "failed to load" in line]
+    assert line.startswith(f"vffn-export: checkpoint {newest} failed to load (") and \
+        line.endswith("; trying the previous one"), line
+    if damage == "metadata":
+        assert f"({newest / 'metadata.json'}: JSONDecodeError: " in line
+    assert (out / "model.safetensors").is_file()
 
 
 def test_export_refuses_an_existing_output_unless_overwrite(rank_pools, tp2pp2_checkpoints, tmp_path):

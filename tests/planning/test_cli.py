@@ -109,6 +109,7 @@ HOSTILE = [  # (arguments, what the one line must name)
     (["--calibration", "{string_rate}"], "seconds_per_flop.forward.default"),
     (["--calibration", "{nan_rate}"], "finite number"), (["--calibration", "{no_key}"], "seconds_per_flop"),
     (["--calibration", "{bad_json}"], "not JSON"), (["--calibration", "{dir}"], "is a directory"),
+    (["--calibration", "{binary}"], "binary.json: not JSON"),  # bytes that are not UTF-8: the file named
     (["--calibration", "{dir}/absent.json"], "does not exist"), (["--calibration", "/dev/zero"], "regular file"),
     (["--calibration", "{bad_slowdown_key}"], "shared_slowdown"),
     (["--metrics", "{dir}/absent.jsonl"], "--metrics"), (["--metrics", "{dir}"], "--metrics"),
@@ -140,6 +141,7 @@ def test_hostile_input_is_one_line_naming_it_exit_2(capsys, tmp_path, extra, wor
                                                   '"backward": {"default": 1e-9}}}'),
         "no_key": _write(tmp_path / "nokey.json", {"device": "x"}),
         "bad_json": _write(tmp_path / "bad.json", "{bad"),
+        "binary": str(tmp_path / "binary.json"),
         "bad_slowdown_key": _write(tmp_path / "slow.json", {**RATES, "shared_slowdown": {"two": 1.5}}),
         "metrics_text_hist": _metrics(tmp_path, {"1": {"loop_hist": ["a", "b", "c", "d"]}}),
         "ckpt_other_max_loops": _stats(tmp_path, [1, 2, 3, 4, 5, 6]),
@@ -150,6 +152,7 @@ def test_hostile_input_is_one_line_naming_it_exit_2(capsys, tmp_path, extra, wor
     (tmp_path / "m4").mkdir()
     files["metrics_layer"] = _metrics(tmp_path / "m4", {"9": {"loop_hist": [1, 2, 3, 4]}})
     files["metrics_none"] = _write(tmp_path / "none.jsonl", json.dumps({"step": 1, "loss": 2.0}))
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe{}")
     args = [a.format(**files) for a in extra]
     if not any(a.startswith("parallel.pp") for a in args):
         args.append("parallel.pp=2")

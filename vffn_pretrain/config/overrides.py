@@ -47,6 +47,7 @@ def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool 
     if (flags.help or flags.hydra_help or flags.shell_completion or flags.experimental_rerun
             or flags.config_path or flags.config_name or flags.config_dir):
         return
+    overrides: list[str] = []
     try:
         lines = _command_lines(flags.overrides, sweep=flags.multirun)
         with initialize_config_dir(config_dir=conf_dir, version_base=None):
@@ -54,7 +55,24 @@ def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool 
                 compose("config", overrides=overrides)
     except Exception as e:  # noqa: BLE001 - anything Hydra or OmegaConf raise on the user's overrides
         reason = " ".join(str(e).split("Config search path")[0].split()) or type(e).__name__
-        fail(prog, f"bad config: {reason}", EXIT_BAD_CONFIG, show=show)
+        culprit = _culprit(conf_dir, overrides, reason)
+        fail(prog, f"bad config: {culprit}{reason}", EXIT_BAD_CONFIG, show=show)
+
+
+def _culprit(conf_dir: str, overrides: list[str], reason: str) -> str:
+    """"OVERRIDE: " for the first of `overrides` that fails to compose on its own, when the error `reason` names
+    none of them (Python's "Exceeds the limit (4300 digits)" for a huge number, say); "" otherwise."""
+    from hydra import compose, initialize_config_dir
+
+    if any(o.split("=", 1)[0].lstrip("+~") in reason for o in overrides):
+        return ""
+    with initialize_config_dir(config_dir=conf_dir, version_base=None):
+        for override in overrides:
+            try:
+                compose("config", overrides=[override])
+            except Exception:  # noqa: BLE001 - the one at fault
+                return f"{override if len(override) <= 80 else override[:60] + '...'}: "
+    return ""
 
 
 def add_overrides(argv: list[str], extra: list[str]) -> list[str]:

@@ -129,24 +129,22 @@ def export_checkpoint(checkpoint: str, out: Path, dtype: str = "fp32", overwrite
     from vffn_pretrain.model.ffn import state as ffn_state
     from vffn_pretrain.outputs.atomic import make_partial_dir, publish_dir, sweep_stale_partials
     from vffn_pretrain.outputs.lock import claim_output
-    from vffn_pretrain.training.inference_loading import inference_tokenizer, load_checkpoint_for_inference
+    from vffn_pretrain.training.inference_loading import (
+        NoLoadableCheckpoint,
+        inference_tokenizer,
+        load_newest_for_inference,
+    )
 
     check_checkpoint_path(checkpoint)
     check_output(out, overwrite, checkpoint, tokenizer)
     lock = claim_output(out, "--out", prog)
     try:
         sweep_stale_partials(out, warn=lambda message: print(f"{prog}: {message}", file=sys.stderr))
-        try:
-            loaded = load_checkpoint_for_inference(checkpoint)
-        except FileNotFoundError:
-            raise ExportError(f"--checkpoint {checkpoint}: neither a checkpoint (no metadata.json) nor a "
-                              "checkpoint.dir holding a complete step_* checkpoint") from None
-        except BaseException as e:  # noqa: BLE001 - torch's CheckpointException is a BaseException
-            if isinstance(e, KeyboardInterrupt | SystemExit):
-                raise
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"--checkpoint {checkpoint}: cannot be loaded (incomplete or damaged?): {first}") \
-                from None
+        try:  # the newest that loads; a damaged one is reported and the previous one exported
+            loaded = load_newest_for_inference(checkpoint, say=lambda line: print(f"{prog}: {line}",
+                                                                                   file=sys.stderr))
+        except NoLoadableCheckpoint as e:
+            raise ExportError(f"--checkpoint {e}") from None
         blend = ffn_state.blend_weight(loaded.cfg.ffn, loaded.step)
         if blend < 1.0:
             raise ExportError(f"--checkpoint {checkpoint}: saved at step {loaded.step}, inside its "

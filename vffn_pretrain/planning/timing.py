@@ -69,10 +69,10 @@ class Timing:
     def load(cls, path: str | Path) -> Timing:
         """Read a calibration file, checking every field it uses (ValueError or OSError naming the file and the
         field): a JSON object, finite rates >= 0 (a "default" rate in both tables), slowdowns >= 1."""
-        text = regular_file(path, MAX_CALIBRATION_BYTES).read_text()
+        file = regular_file(path, MAX_CALIBRATION_BYTES)
         try:
-            data = json.loads(text)
-        except ValueError as e:
+            data = json.loads(file.read_text())
+        except ValueError as e:  # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
             raise ValueError(f"{path}: not JSON ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: must hold a JSON object, got {type(data).__name__}")

@@ -358,7 +358,7 @@ class CheckpointManager:
         except LayoutRefused as e:  # every rank reads the same layout: no fallback would load either
             raise LayoutRefused(e.key, f"checkpoint {path}: {e}") from None
         except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
-            error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            error = load_error_text(e, path)
         failed = torch.tensor([1.0 if error else 0.0], device=rank_device())  # NCCL takes no CPU tensors
         dist.all_reduce(failed, op=dist.ReduceOp.MAX)
         if failed.item():
@@ -381,6 +381,24 @@ class CheckpointManager:
         pruned = [p for p in self.root.iterdir() if p.name.startswith(PRUNED_PREFIX) and p.is_dir()]
         _delete_all(partial + pruned)
         return partial
+
+
+def load_error_text(e: BaseException, path: Path) -> str:
+    """Why checkpoint `path` failed to load, in one line: torch's CheckpointException unwrapped to the first
+    rank's own error (its text is a list of ranks and tracebacks), a JSON error named by its file."""
+    if isinstance(e, CheckpointException) and e.failures:
+        first = next(iter(e.failures.values()))
+        e = first[0] if isinstance(first, tuple) else first
+    where = ""
+    if isinstance(e, json.JSONDecodeError):  # which of the checkpoint's JSON files is it?
+        for candidate in sorted(Path(path).glob("*.json")):
+            try:
+                json.loads(candidate.read_text())
+            except (OSError, ValueError):
+                where = f"{candidate}: "
+                break
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{where}{type(e).__name__}: {text}"
 
 
 def _delete_all(paths: list[Path]) -> None:
@@ -411,7 +429,7 @@ def _common_problem(path: Path, check: Callable[[dict], None] | None) -> str | N
         common = read_common(path)
         _check_common(common)
     except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged
-        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return load_error_text(e, path)
     if check is not None:
         check(common)
     return None

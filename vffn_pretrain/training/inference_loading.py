@@ -66,6 +66,44 @@ def load_checkpoint_for_inference(checkpoint: str | Path, seed: int = 0) -> Load
     return LoadedModel(chunks[0].eval(), cfg, ckpt, step)
 
 
+class NoLoadableCheckpoint(FileNotFoundError):
+    """`checkpoint` is no checkpoint, holds none, or none of those it holds loads (the message says which)."""
+
+
+def load_newest_for_inference(checkpoint: str | Path, seed: int = 0, say=None) -> LoadedModel:
+    """`checkpoint` itself when it is a step directory; else the newest complete checkpoint in it that loads,
+    each one that does not reported through `say(line)` before the previous one is tried, as the trainer does
+    on resume. NoLoadableCheckpoint when there is nothing to load."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from vffn_pretrain.training.checkpointing import CheckpointManager, load_error_text
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise NoLoadableCheckpoint(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise NoLoadableCheckpoint(f"{path}: not a directory (give a checkpoint.dir or a step_* directory)")
+    if (path / "metadata.json").is_file():
+        candidates = [path]
+    else:
+        manager = CheckpointManager(path)
+        manager.check_marker()
+        candidates = manager.complete_checkpoints()
+    if not candidates:
+        raise NoLoadableCheckpoint(f"{path}: neither a checkpoint (no metadata.json) nor a checkpoint.dir holding "
+                                   "a complete step_* checkpoint")
+    failures = []
+    for ckpt in candidates:
+        try:
+            return load_checkpoint_for_inference(ckpt, seed=seed)
+        except (Exception, CheckpointException) as e:  # noqa: BLE001 - damaged: report it, fall back
+            why = load_error_text(e, ckpt)
+            failures.append(f"{ckpt.name}: {why}")
+            if say is not None and ckpt != candidates[-1]:  # the last one's failure is in the error raised
+                say(f"checkpoint {ckpt} failed to load ({why}); trying the previous one")
+    raise NoLoadableCheckpoint(f"{path}: no checkpoint could be loaded ({'; '.join(failures)})")
+
+
 def inference_tokenizer(cfg, padded_vocab_size: int, override: str | None = None):
     """The tokenizer of a loaded checkpoint: `override` (a tool's --tokenizer, when the run's tokenizer file has
     moved) or the run's `data.tokenizer`. ValueError, one line naming it (with the --tokenizer hint), when it

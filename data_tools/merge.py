@@ -37,9 +37,9 @@ def run_merge(opts: MergeOptions) -> dict:
 
     if len(opts.inputs) < 1:
         raise MergeError("merge needs at least one input prefix")
-    check_output(opts.output_prefix, opts.overwrite)
     check_apart({"--output-prefix": prefix_files(opts.output_prefix)},
                 {"--input": [f for p in opts.inputs for f in prefix_files(p)]})
+    check_output(opts.output_prefix, opts.overwrite)
     t0 = time.perf_counter()
     report = base_report("merge", opts.argv)
     infos = [verify_prefix(p) for p in opts.inputs]

@@ -25,7 +25,7 @@ def _write(name: str, text: str) -> None:
     try:
         with open(os.path.join(exit_dir, f"{name}-{os.environ.get('RANK', '0')}"), "w") as f:
             f.write(text)
-    except OSError:  # the launcher is gone and took its directory along: nobody is left to read the record
+    except FileNotFoundError:  # the launcher is gone and took its directory along: nobody is left to read it
         pass
 
 

@@ -49,7 +49,7 @@ def _utf8_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise argparse.ArgumentTypeError(f"is not UTF-8 text: {ascii(text)}") from None
+        raise argparse.ArgumentTypeError(f"is not UTF-8 text: {ascii(text)[:80]}") from None
     return text
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vffn_pretrain.config.errors import ConfigError
@@ -46,8 +47,6 @@ def _check_run_dir_holds_nothing_else(run_dir) -> None:
     config), or holds a config.yaml that is not a run's config (one with Hydra's `defaults`, or without the
     model, ffn and train groups) or a summary.json that is not a run's summary, where no run has been (no
     metrics.jsonl, checkpoints/ or lock)."""
-    from pathlib import Path
-
     run_dir = Path(run_dir)
     try:
         _check_files_of(run_dir)
@@ -57,7 +56,6 @@ def _check_run_dir_holds_nothing_else(run_dir) -> None:
 
 def _check_files_of(run_dir) -> None:
     import json
-    from pathlib import Path
 
     from omegaconf import OmegaConf
 

@@ -131,6 +131,37 @@ def test_a_stop_during_the_evaluation_of_a_run_without_summary_is_a_requeue(rank
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_")) == [STEP2, STEP4]
 
 
+def test_a_summary_of_an_earlier_part_of_the_run_does_not_decide_its_end(rank_pools, overrides, trained, tmp_path):
+    """summary.json of step 2 (a diverged first attempt, retried from an earlier checkpoint) beside a checkpoint at
+    train.max_steps: not "nothing to train, exit 2" for good, but the end's evaluation and summary."""
+    run = _copy(trained, tmp_path)
+    original = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**original, "steps": 2, "exit_code": 2}))
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", "checkpoint.interval=2")
+    assert out["exit_code"] == 0, out
+    written = json.loads((run / "summary.json").read_text())
+    assert written["steps"] == 4 and written["exit_code"] == 0
+
+
+def test_a_run_finished_without_training_fails_on_a_nan_final_training_loss(rank_pools, overrides, trained,
+                                                                             tmp_path):
+    """Its last step was skipped as NaN and a stop came during the final evaluation: the run that finishes it
+    reads the final training loss back from metrics.jsonl, and a NaN one fails the run there too."""
+    run = _copy(trained, tmp_path)
+    original = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**original, "exit_code": 3, "final_val_loss": None}))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in records:
+        if r.get("step") == 4 and "loss" in r:
+            r["loss"] = "nan"
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", "checkpoint.interval=2")
+    assert out["exit_code"] == 2, out
+    assert any("the final training loss (step 4) is nan" in line for line in out["said"]), out["said"]
+    written = json.loads((run / "summary.json").read_text())
+    assert written["exit_code"] == 2 and written["final_train_loss"] == "nan"
+
+
 def test_a_fresh_start_over_a_finished_runs_results_is_refused(rank_pools, overrides, trained, tmp_path):
     """run_dir holds a finished run's summary and metrics, checkpoint.dir (changed) holds no checkpoint: a fresh
     start there would replace the results; it is refused naming checkpoint.dir, every file as it was."""
@@ -142,6 +173,10 @@ def test_a_fresh_start_over_a_finished_runs_results_is_refused(rank_pools, overr
     assert "holds the results of a run that trained 4 steps" in out["error"]
     assert _snapshot(run) == before
     assert not elsewhere.exists()  # created for the start, removed with the refusal
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", f"checkpoint.dir={elsewhere}",
+               "checkpoint.resume=false")  # asked not to resume: refused all the same, naming that key
+    assert out["exit_code"] == 2 and out["key"] == "checkpoint.resume", out
+    assert "start anew in another run_dir" in out["error"] and _snapshot(run) == before
 
 
 def test_a_fresh_start_among_another_runs_checkpoints_is_refused(rank_pools, overrides, trained, tmp_path):
@@ -243,8 +278,9 @@ def test_keys_that_do_not_change_the_model_resume(rank_pools, overrides, trained
     run = _copy(trained, tmp_path)
     # model.num_query_groups equal to the heads is what unset means: multi-head attention, the same model.
     heads = next(o.split("=")[1] for o in overrides if o.startswith("model.num_attention_heads="))
+    # A conversion ramp over by the checkpoint's step (4) in both configs changes nothing any more.
     out = _run(rank_pools, overrides, run, "train.max_steps=5", "ffn.loops=2", "ffn.tau0=3.0", "train.lr=1e-3",
-               f"model.num_query_groups={heads}")
+               f"model.num_query_groups={heads}", "ffn.blend_in_steps=3")
     assert out["exit_code"] == 0, out
     assert out["step"] == 5 and not any("another model" in w for w in out["warnings"])
 
@@ -372,7 +408,7 @@ def test_a_run_in_which_no_step_succeeded_fails(rank_pools, overrides, tmp_path)
     before = _snapshot(run)
     again = _run(rank_pools, overrides, run, "train.max_steps=3", "train.max_skipped_steps=5")
     assert again["exit_code"] == 2, again
-    assert any("(it did not succeed: its summary.json says exit code 2)" in line for line in again["said"]), again
+    assert any("(it did not succeed: its summary.json says exit code 2;" in line for line in again["said"]), again
     assert _snapshot(run) == before
 
 
@@ -382,10 +418,19 @@ def test_a_run_whose_last_steps_were_skipped_fails(rank_pools, overrides, tmp_pa
     run = tmp_path / "run"
     out = _run(rank_pools, overrides, run, "train.max_steps=3", "train.max_skipped_steps=5", nan_steps=(2, 3))
     assert out["exit_code"] == 2, out
-    assert any(line.startswith("error: the final training loss (step 3) is nan: the last 2 step(s) were skipped")
+    assert any(line.startswith("error: the final training loss (step 3) is nan: the last step was skipped")
                for line in out["said"]), out["said"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["exit_code"] == 2 and summary["final_train_loss"] == "nan"
+
+
+def test_a_part_of_a_run_ending_on_a_skipped_step_is_no_failure(rank_pools, overrides, tmp_path):
+    """train.exit_interval ends a part of the run at step 2, which was skipped as NaN: a skipped step mid-run is
+    what train.max_skipped_steps tolerates, so the part ends 0 (a chain of jobs goes on), not 2."""
+    run = tmp_path / "run"
+    out = _run(rank_pools, overrides, run, "train.max_steps=4", "train.exit_interval=2", "train.max_skipped_steps=5",
+               nan_steps=(2,))
+    assert out["exit_code"] == 0 and out["step"] == 2, out
 
 
 def test_a_run_whose_final_validation_loss_is_not_finite_fails(rank_pools, overrides, tmp_path):

@@ -60,18 +60,22 @@ def precheck_overrides(prog: str, conf_dir: str, argv: list[str], *, show: bool 
 
 
 def _culprit(conf_dir: str, overrides: list[str], reason: str) -> str:
-    """"OVERRIDE: " for the first of `overrides` that fails to compose on its own, when the error `reason` names
-    none of them (Python's "Exceeds the limit (4300 digits)" for a huge number, say); "" otherwise."""
+    """"OVERRIDE: " for the override without which the others compose, when the error `reason` names none of
+    them (Python's "Exceeds the limit (4300 digits)" for a huge number, say); "" when none is found so."""
     from hydra import compose, initialize_config_dir
 
     if any(o.split("=", 1)[0].lstrip("+~") in reason for o in overrides):
         return ""
-    with initialize_config_dir(config_dir=conf_dir, version_base=None):
-        for override in overrides:
-            try:
-                compose("config", overrides=[override])
-            except Exception:  # noqa: BLE001 - the one at fault
+    try:
+        with initialize_config_dir(config_dir=conf_dir, version_base=None):
+            for i, override in enumerate(overrides):
+                try:
+                    compose("config", overrides=overrides[:i] + overrides[i + 1:])
+                except Exception:  # noqa: BLE001 - the fault is elsewhere (too)
+                    continue
                 return f"{override if len(override) <= 80 else override[:60] + '...'}: "
+    except Exception:  # noqa: BLE001 - no better line than the error itself
+        pass
     return ""
 
 

@@ -49,8 +49,9 @@ def _layer_kinds(ffn: FFNConfig, num_layers: int) -> list[str] | None:
         return None
 
 
-def model_changes(saved: dict, model: ModelConfig, ffn: FFNConfig) -> list[str]:
-    """The MODEL keys whose values in the saved config `saved` differ from `model` / `ffn`."""
+def model_changes(saved: dict, model: ModelConfig, ffn: FFNConfig, step: int = 0) -> list[str]:
+    """The MODEL keys whose values in the saved config `saved` differ from `model` / `ffn`, for a checkpoint of
+    optimizer step `step` (a conversion ramp both configs have finished by then changes nothing any more)."""
     old_model, old_ffn = _saved_group(ModelConfig, saved.get("model")), _saved_group(FFNConfig, saved.get("ffn"))
     if old_model is None or old_ffn is None:
         return ["model/ffn: the checkpoint's config cannot be read"]
@@ -62,6 +63,8 @@ def model_changes(saved: dict, model: ModelConfig, ffn: FFNConfig) -> list[str]:
         else:
             out.append(f"ffn.layers: {old_kinds} -> {new_kinds}")
     read = {key for kind in set(new_kinds) | set(old_kinds or ()) for key in traits(kind).model_settings}
+    if step >= max(old_ffn.blend_in_steps or 0, ffn.blend_in_steps or 0):
+        read.discard("blend_in_steps")  # s = 1 from this step on in both
     out += _changed("ffn", [n for n in keys_that_change(FFNConfig, MODEL) if n in read], old_ffn, ffn)
     return out
 

@@ -138,7 +138,7 @@ class Trainer:
         self.window_losses: list[float] = []  # finite losses since the last log record
         self.final_train_loss: float | None = None
         self.already_done: int | None = None  # nothing to train (the checkpoint is at train.max_steps): the exit code
-        self.summary_missing = False  # at train.max_steps without a summary.json: evaluate and write it, no steps
+        self.summary_missing = False  # at train.max_steps without a summary of its end: evaluate and write it
         self.summary: dict | None = None  # after fit()
 
     @property
@@ -191,17 +191,20 @@ class Trainer:
         if self.rank == 0 and self.device.type == "cpu":
             self._report_cpu_threads(threads, others.busy_cores())
         recorded = decided_by_rank0(self._recorded_exit_code) if self.step >= t.max_steps else None
-        # At train.max_steps without a summary of its end (none, or one of a stop or an error during the final
-        # evaluation or save): finish that, with no training.
-        self.summary_missing = self.step >= t.max_steps and recorded not in (EXIT_OK, EXIT_DIVERGED)
+        # At train.max_steps without a summary of this step's end (none, one of an earlier part of the run, or one
+        # of a stop or an error during the final evaluation or save): finish that, with no training. Beyond
+        # train.max_steps (lowered below the checkpoint) a summary of this step stands as it is.
+        self.summary_missing = self.step >= t.max_steps and (
+            recorded is None or (recorded not in (EXIT_OK, EXIT_DIVERGED) and self.step == t.max_steps))
         if self.summary_missing:
-            why = ("has no summary.json (the run stopped before writing it)" if recorded is None else
+            why = ("has no summary.json of this step (the run stopped before writing it)" if recorded is None else
                    f"has a summary.json of a run that ended with exit code {recorded} before it finished")
             self._print(f"vffn-pretrain: {self.last_checkpoint} is at step {self.step} but {cfg.run_dir} {why}: "
                         "evaluating and writing the summary, no training")
         elif self.step >= t.max_steps:
-            self.already_done = recorded
-            failed = f" (it did not succeed: its summary.json says exit code {recorded})" if recorded else ""
+            self.already_done = EXIT_DIVERGED if recorded == EXIT_DIVERGED else EXIT_OK  # never "requeue me"
+            failed = (f" (it did not succeed: its summary.json says exit code {recorded}; to train its last steps "
+                      "again, move the newest checkpoints away)") if recorded == EXIT_DIVERGED else ""
             self._print(f"vffn-pretrain: nothing to train: {self.last_checkpoint} is at step {self.step} and "
                         f"train.max_steps={t.max_steps}; summary.json, metrics.jsonl and the checkpoints are left "
                         f"as they were{failed} (raise train.max_steps to train on)")
@@ -220,15 +223,24 @@ class Trainer:
             self.callbacks = Callbacks(callbacks)
             self._emit("on_train_start", self.info)
 
-    def _recorded_exit_code(self) -> int | None:
-        """The exit code run_dir/summary.json records, or None when there is none (missing, unreadable, not an
-        integer). Running a finished run again must keep its outcome: a failed run (EXIT_DIVERGED) stays failed,
-        and a run that stopped during its final evaluation (EXIT_REQUEUE, EXIT_ERROR) is not finished."""
+    def _read_summary(self) -> dict | None:
+        """run_dir/summary.json as a dict, None when there is none or it cannot be read."""
         try:
-            recorded = json.loads((self.cfg.run_dir / "summary.json").read_text()).get("exit_code")
-        except (OSError, ValueError, AttributeError):
+            summary = json.loads((self.cfg.run_dir / "summary.json").read_text())
+        except (OSError, ValueError):
             return None
-        return recorded if isinstance(recorded, int) and not isinstance(recorded, bool) else None
+        return summary if isinstance(summary, dict) else None
+
+    def _recorded_exit_code(self) -> int | None:
+        """The exit code run_dir/summary.json records for this step, or None when there is none (missing,
+        unreadable, written at another step: an earlier part of the run). Running a finished run again keeps its
+        outcome: a failed run (EXIT_DIVERGED) stays failed, and one that stopped during its final evaluation
+        (EXIT_REQUEUE, EXIT_ERROR) is not finished."""
+        summary = self._read_summary() or {}
+        recorded = summary.get("exit_code")
+        if summary.get("steps") != self.step or not isinstance(recorded, int) or isinstance(recorded, bool):
+            return None
+        return recorded
 
     def _recorded_final_train_loss(self) -> float | None:
         """The training loss metrics.jsonl records for this step (its last such record), None when none does."""
@@ -246,7 +258,7 @@ class Trainer:
             return None
         try:
             return float(loss) if loss is not None and not isinstance(loss, bool) else None
-        except (TypeError, ValueError):  # a non-finite loss is recorded as a string ("nan")
+        except (TypeError, ValueError):  # not a number
             return None
 
     def _phase(self, name: str, work):
@@ -335,7 +347,7 @@ class Trainer:
         if not isinstance(saved, dict):
             return  # saved without its config: nothing to compare
         cfg = self.cfg
-        changed = model_changes(saved, cfg.model, cfg.ffn)
+        changed = model_changes(saved, cfg.model, cfg.ffn, step=int(common.get("step", 0) or 0))
         if changed and not cfg.checkpoint.allow_model_change:
             raise ConfigError("model", f"the checkpoint to resume was saved with another model: {'; '.join(changed)}"
                                        ". Resume with the saved values, start anew in another run_dir (or "
@@ -366,17 +378,19 @@ class Trainer:
         and succeeded or saved (exit 0 or 3): its metrics and summary would be replaced by this run's, while its
         checkpoints are elsewhere (checkpoint.dir changed, or moved away). A run that failed (exit 1, 2, 130)
         may start again in place: that is how a diverged run is retried."""
+        recorded = self._read_summary() or {}
         try:
-            recorded = json.loads((self.cfg.run_dir / "summary.json").read_text())
             steps, code = int(recorded.get("steps") or 0), recorded.get("exit_code")
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (TypeError, ValueError):
             return
-        if steps > 0 and code in (EXIT_OK, EXIT_REQUEUE):
-            raise ConfigError("checkpoint.dir", f"{self.cfg.checkpoint_dir} holds no checkpoint to resume, but "
-                                                f"{self.cfg.run_dir} holds the results of a run that trained {steps} "
-                                                "steps (summary.json, metrics.jsonl): starting anew would replace "
-                                                "them. Point checkpoint.dir at that run's checkpoints, or choose "
-                                                "another run_dir")
+        if steps <= 0 or code not in (EXIT_OK, EXIT_REQUEUE):
+            return
+        results = (f"{self.cfg.run_dir} holds the results of a run that trained {steps} steps (summary.json, "
+                   "metrics.jsonl): starting anew would replace them")
+        if not self.cfg.checkpoint.resume:
+            raise ConfigError("checkpoint.resume", f"false, but {results}; start anew in another run_dir")
+        raise ConfigError("checkpoint.dir", f"{self.cfg.checkpoint_dir} holds no checkpoint to resume, but {results}. "
+                                            "Point checkpoint.dir at that run's checkpoints, or choose another run_dir")
 
     def _init_from_dense(self) -> None:
         """Continued pretraining: train.init_from names a dense checkpoint of this model's shape to start from."""
@@ -628,10 +642,11 @@ class Trainer:
                        "Too high a train.lr or a vocab/tokenizer mismatch are the usual causes.")
         elif val_loss is not None and not np.isfinite(val_loss):
             problem = f"the final validation loss at step {last_eval.get('step')} is {val_loss}"
-        elif self.step > self.start_step and not np.isfinite(self.final_train_loss):
-            problem = (f"the final training loss (step {self.step}) is {self.final_train_loss}: the last "
-                       f"{self.guard.skipped_in_a_row} step(s) were skipped (NaN/Inf), the model is not trained to "
-                       "the end. Too high a train.lr is the usual cause.")
+        elif (self.step >= self.cfg.train.max_steps and self.final_train_loss is not None
+              and not np.isfinite(self.final_train_loss)):  # at the end only: train.exit_interval stops mid-run
+            problem = (f"the final training loss (step {self.step}) is {self.final_train_loss}: the last step was "
+                       "skipped (NaN/Inf), the model is not trained to the end. Too high a train.lr is the usual "
+                       "cause.")
         else:
             return EXIT_OK
         self._say(f"error: {problem}; exiting with {EXIT_DIVERGED}")

@@ -192,10 +192,11 @@ def run_tokenize(opts: TokenizeOptions) -> dict:
     report = base_report("tokenize", opts.argv)
     # Every error that needs no work comes before any output or worker exists.
     files = readers.resolve_inputs(opts.inputs, opts.format)
-    check_output(opts.output_prefix, opts.overwrite)
     tokenizer = build_tokenizer(opts.tokenizer)
+    # An output that is one of the inputs is said so first (check_output would call it a foreign file).
     check_apart({"--output-prefix": prefix_files(opts.output_prefix)},
                 {"--input": [f.path for f in files], "the tokenizer": getattr(tokenizer, "path", None)})
+    check_output(opts.output_prefix, opts.overwrite)
     workers, why = useful_workers(opts.workers, files, opts.chunk_bytes)
     if why:
         print(f"vffn-data: {why}", file=sys.stderr)

@@ -244,18 +244,12 @@ class Trainer:
 
     def _recorded_final_train_loss(self) -> float | None:
         """The training loss metrics.jsonl records for this step (its last such record), None when none does."""
+        from vffn_pretrain.training.callbacks.metrics_file import records
+
         loss = None
-        try:
-            with open(self.cfg.run_dir / "metrics.jsonl", errors="replace") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut off by a kill
-                    if isinstance(record, dict) and record.get("step") == self.step and "loss" in record:
-                        loss = record["loss"]
-        except OSError:
-            return None
+        for record in records(self.cfg.run_dir / "metrics.jsonl"):
+            if record.get("step") == self.step and "loss" in record:
+                loss = record["loss"]
         try:
             return float(loss) if loss is not None and not isinstance(loss, bool) else None
         except (TypeError, ValueError):  # not a number

@@ -15,6 +15,22 @@ from pathlib import Path
 from vffn_pretrain.training.callbacks.base import Callback
 
 
+def records(path: str | Path):
+    """The records of a metrics.jsonl, in file order: each line that is a JSON object (a line cut off by a kill,
+    or not an object, is skipped). Nothing when the file cannot be read."""
+    try:
+        with open(path, errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    yield record
+    except OSError:
+        return
+
+
 def json_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Inf

@@ -153,3 +153,22 @@ def test_requires_a_process_group(tmp_path):
         pytest.skip("a process group is already set up in this session")
     with pytest.raises(RuntimeError, match="process group"):
         _build({"paths": "/nonexistent"}, tmp_path)
+
+
+def test_indices_that_fit_one_by_one_but_not_together_are_refused_naming_the_key(tmp_path):
+    """Every blend component's indices stay in memory for the whole run: a request is refused when their sum
+    (plus the largest one's building) exceeds the memory, even though each component alone fits."""
+    from vffn_pretrain.data.checks import index_bytes, plan_splits
+
+    prefixes = [_corpus(tmp_path, f"c{i}", 0, 100, seed=i) for i in range(4)]
+    blend = (prefixes, [1.0] * 4)
+    samples, seq = (40_000, 0, 0), 16
+    plans = plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=2**40)
+    one = max(index_bytes(c.epochs, c.documents, c.samples) for c in plans[0].components)
+    total = sum(index_bytes(c.epochs, c.documents, c.samples) for c in plans[0].components)
+    assert total > 2 * one  # so a memory between them separates the two checks
+    with pytest.raises(ValueError) as err:
+        plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=one + 1)
+    assert str(err.value).startswith("train.max_steps: the indices megatron-core builds for every split"), err.value
+    assert "more than the" in str(err.value)
+    assert plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=2 * total)

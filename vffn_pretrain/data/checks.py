@@ -141,6 +141,12 @@ def index_bytes(epochs: float, documents: int, samples: int) -> int:
     return 24 * math.ceil(epochs) * documents + 16 * samples
 
 
+def resident_index_bytes(epochs: float, documents: int, samples: int) -> int:
+    """About the memory a split's indices keep once built: the document index (int32 per document and epoch)
+    and the sample and shuffle indices; every component's stay in memory for the whole run."""
+    return 4 * math.ceil(epochs) * documents + 16 * samples
+
+
 def memory_limit(cgroup_of_process: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup"),
                  physical: int | None = None) -> int:
     """The memory this process may use at most: the machine's physical memory, or its control group's limit
@@ -186,6 +192,8 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
 
     infos: dict[str, tuple[np.ndarray, int]] = {}
     plans: list[SplitPlan | None] = []
+    resident: dict[str, int] = {}  # per split: the memory its built indices keep
+    transient = 0  # the most any one component needs above what it keeps, while it is built
     for i, name in enumerate(SPLIT_NAMES):
         blend = blends[i]
         if blend is None:
@@ -214,6 +222,8 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
             epochs = (samples * seq_length + 1) / tokens if tokens else 0.0
             need = index_bytes(epochs, docs, samples)
             memory = memory_limit() if memory is None else memory
+            resident[name] = resident.get(name, 0) + resident_index_bytes(epochs, docs, samples)
+            transient = max(transient, need - resident_index_bytes(epochs, docs, samples))
             if need > memory:
                 raise ValueError(f"{SAMPLES_KEY[name]}: {num_samples[i]:,} {name} samples of {seq_length} tokens are "
                                  f"{epochs:.3g} epochs of {prefix} ({docs:,} documents, {tokens:,} tokens); the "
@@ -221,6 +231,14 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
                                  f"{_size(memory)} of memory this process may use; ask for fewer samples or give more data")
             components.append(Component(prefix, w / total_w, docs, tokens, samples, epochs))
         plans.append(SplitPlan(name, num_samples[i], components) if components else None)
+    total = sum(resident.values()) + transient
+    if memory is not None and total > memory:  # each component fits, all of them together do not
+        largest = max(resident, key=resident.get)
+        shares = ", ".join(f"{n} {_size(b)}" for n, b in resident.items())
+        raise ValueError(f"{SAMPLES_KEY[largest]}: the indices megatron-core builds for every split and blend "
+                         f"component together need about {_size(total)} ({shares}, plus {_size(transient)} while "
+                         f"one is built), more than the {_size(memory)} of memory this process may use; ask for "
+                         f"fewer samples or give more data")
     return plans
 
 

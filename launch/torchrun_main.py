@@ -5,24 +5,47 @@
 torchrun ends any run in which a worker exited non-zero by raising ChildFailedError, a traceback with a table of
 the failures. launch/torchrun.sh reads each worker's own exit code (launch/record_exit.py) and says what it
 means (3: a requeue, 2: a bad config), and each worker has already printed its own error, so this prints one
-line naming the first worker that failed and exits 1, as torchrun does.
+line naming the workers that failed and exits 1, as torchrun does. torchrun's own log lines about a failed
+worker ("failed (exitcode: ...)", "Sending process ... closing signal ...") say the same again, and are dropped.
 """
 
+import logging
 import sys
+
+# The records of torch.distributed.elastic's process API that this launcher's one line replaces.
+_SAID_BY_OUR_LINE = ("failed (exitcode: ", "Sending process ")
+
+
+class _DropFailureRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_SAID_BY_OUR_LINE)
 
 
 def main() -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").addFilter(_DropFailureRecords())
     try:
         torchrun()
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        more = f" ({len(e.failures) - 1} more after it)" if len(e.failures) > 1 else ""
-        print(f"[torchrun] worker rank {rank} (local rank {failure.local_rank}, PID {failure.pid}) exited with "
-              f"{failure.exitcode}{more}", file=sys.stderr)
+        print(f"[torchrun] {_failures(e.failures)}", file=sys.stderr)
         sys.exit(1)
+
+
+def _failures(failures: dict) -> str:
+    """Every failed worker in one line, the cause first: a worker killed by a signal (the OOM killer, kill -9)
+    takes the others down with it in their next collective, and torchrun's timestamps (whole seconds, the same
+    for workers without an error file) cannot tell who went first."""
+    order = sorted(failures, key=lambda r: (failures[r].exitcode >= 0, failures[r].timestamp, r))
+    parts = []
+    for i, rank in enumerate(order):
+        f = failures[rank]
+        code = f"{f.exitcode} ({f.signal_name()})" if f.exitcode < 0 else str(f.exitcode)
+        head = "worker rank" if i == 0 else "then rank"
+        parts.append(f"{head} {rank} (local rank {f.local_rank}, PID {f.pid}) {'exited with' if i == 0 else 'with'} "
+                     f"{code}")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":

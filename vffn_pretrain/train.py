@@ -118,6 +118,7 @@ def _task(cfg: DictConfig) -> int:
         world_size = launcher_world_size()
     except ValueError as e:
         _fail(f"bad environment: {e}", EXIT_BAD_CONFIG)
+    run_cfg = None
     try:
         run_cfg = load_run_config(cfg, world_size=world_size, multirun_dir=_multirun_dir())
         _check_run_dir_holds_nothing_else(run_cfg.run_dir)
@@ -137,6 +138,13 @@ def _task(cfg: DictConfig) -> int:
         _fail("interrupted before training started; nothing was saved", EXIT_INTERRUPTED)
     except MemoryError as e:  # the host's memory, not a device's: one line, the checkpoints as they were
         _fail(f"error: out of memory{f' ({e})' if str(e) else ''}; the checkpoints already saved are intact", 1)
+    except Exception as e:
+        from vffn_pretrain.parallel.collective_failure import describe
+
+        lost = describe(e, run_cfg.parallel.collective_timeout_min if run_cfg else None)
+        if lost is None:
+            raise
+        _fail(f"error: {lost}", 1)
     if code:
         sys.exit(code)
     return code

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.launch import launcher_runs as helpers
 from vffn_pretrain.parallel.init import free_port
 
@@ -162,3 +164,25 @@ def test_a_killed_launcher_leaves_no_process_and_the_run_saved(tiny, tmp_path):
     steps = helpers.summary(tmp_path / "run")["steps"]
     assert 2 <= steps < 400  # saved on the way out
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == f"step_{steps:07d}"
+
+
+@pytest.mark.parametrize("victim", [0, 1])
+def test_a_worker_killed_mid_run_ends_the_run_with_one_line_per_cause(tiny, tmp_path, victim):
+    """A worker killed outright (the OOM killer, kill -9) in step 3: the other finds out in its next collective.
+    No traceback: the survivor says in one line that it lost contact (rank 0 speaks for the run, so a surviving
+    rank 1 says nothing more), and the launcher's line names the killed worker first. The checkpoint saved before
+    is intact; the run is not requeued (exit 1)."""
+    run = tmp_path / "run"
+    done = helpers.torchrun([*tiny, "train.max_steps=8", "checkpoint.interval=2", f"run_dir={run}"],
+                            tmp_path / "run.log",
+                            env={"NPROC_PER_NODE": "2", "VFFN_FAULT_KILL_RANK": f"{victim}:3"}).wait(timeout=240)
+    out = done.output
+    assert done.returncode == 1, helpers.tail(out)
+    assert "Traceback" not in out and "Error executing job" not in out, helpers.tail(out)
+    # torchrun's own log lines about the failure say what the one line says
+    assert "failed (exitcode" not in out and "closing signal" not in out, helpers.tail(out)
+    assert re.search(rf"^\[torchrun\] worker rank {victim} \(local rank {victim}, PID \d+\) exited with -9 "
+                     rf"\(SIGKILL\); then rank {1 - victim} ", out, re.MULTILINE), helpers.tail(out)
+    lost = "vffn-pretrain: error: lost contact with another rank in a collective ("
+    assert out.count(lost) == (1 if victim == 1 else 0), helpers.tail(out)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000002"

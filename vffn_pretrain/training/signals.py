@@ -10,7 +10,7 @@ Ctrl-C; SIGHUP is a closed terminal (left alone when the trainer was started und
 | set-up (run directory, data, model, checkpoint loading) | stop when the current set-up step ends, every rank together |
 | training, saving a checkpoint          | finish the step or the save, save, stop                             |
 | evaluation                             | abandon it at the next validation batch, save, stop                 |
-| finishing (the summary), after the end | a line; the run's own exit code stands                              |
+| finishing (the summary), after the end or an error | a line; the run's own exit code stands                  |
 
 A stop before training (the first two rows) has nothing new to save: the last checkpoint, if any, is intact.
 Every stop exits with EXIT_REQUEUE (3: the same command resumes; the launchers requeue under SLURM), except a
@@ -36,6 +36,7 @@ START_UP = "start-up"
 TRAINING = "training"
 FINISHING = "finishing"  # the summary is being written: the outcome is decided
 ENDED = "after the run ended"
+FAILED = "after the run failed"  # an error is on its way out: nothing can be saved any more
 
 
 def say(text: str) -> None:
@@ -115,9 +116,9 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if self.phase in (FINISHING, ENDED):
-            say(f"{name} received {'while finishing' if self.phase == FINISHING else 'after the run ended'}; the "
-                "run's exit code stands")
+        if self.phase in (FINISHING, ENDED, FAILED):
+            say(f"{name} received {'while finishing' if self.phase == FINISHING else self.phase}; the run's exit "
+                "code stands")
             return
         if self.signal_name is None:
             self.signal_name, self.arrived_in = name, self.phase

@@ -9,6 +9,8 @@ DP ranks, which is what the parallel-equivalence tests rely on.
 from __future__ import annotations
 
 import math
+import os
+import signal
 from dataclasses import dataclass
 from functools import partial
 
@@ -55,6 +57,8 @@ def forward_step(data_iterator, model, *, noise_seed: int | None = None):
     )
     if batch["mb_key"][0] + 1 in FAULTS.nan_steps:  # test hook (training.faults)
         output = output * float("nan")
+    if FAULTS.kill_rank == (dist.get_rank(), batch["mb_key"][0] + 1):  # test hook: a worker lost mid-step
+        os.kill(os.getpid(), signal.SIGKILL)
     return output, partial(lm_loss_func, batch["loss_mask"])
 
 

@@ -71,6 +71,7 @@ from vffn_pretrain.training.run_lock import CacheLock, RunDirectories, RunDirLoc
 from vffn_pretrain.training.signals import (
     ENDED,
     EXIT_REQUEUE,
+    FAILED,
     FINISHING,
     STOP,
     TRAINING,
@@ -813,6 +814,9 @@ def run(cfg: RunConfig) -> int:
         trainer.setup()
         failed = False
         return trainer.fit()
+    except BaseException:
+        trainer.stop.phase = FAILED  # a stop signal from now on (torchrun's, after another rank died) saves nothing
+        raise
     finally:
         trainer.release(failed)
 

@@ -158,17 +158,59 @@ def test_requires_a_process_group(tmp_path):
 def test_indices_that_fit_one_by_one_but_not_together_are_refused_naming_the_key(tmp_path):
     """Every blend component's indices stay in memory for the whole run: a request is refused when their sum
     (plus the largest one's building) exceeds the memory, even though each component alone fits."""
-    from vffn_pretrain.data.checks import index_bytes, plan_splits
+    from vffn_pretrain.data.checks import index_memory, plan_splits
 
     prefixes = [_corpus(tmp_path, f"c{i}", 0, 100, seed=i) for i in range(4)]
     blend = (prefixes, [1.0] * 4)
     samples, seq = (40_000, 0, 0), 16
     plans = plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=2**40)
-    one = max(index_bytes(c.epochs, c.documents, c.samples) for c in plans[0].components)
-    total = sum(index_bytes(c.epochs, c.documents, c.samples) for c in plans[0].components)
-    assert total > 2 * one  # so a memory between them separates the two checks
+    each = [index_memory(c.epochs, c.documents, c.tokens, c.samples, seq) for c in plans[0].components]
+    one = max(m.peak for m in each)  # what the check of one component at a time asks for
+    together = sum(m.resident for m in each) + max(m.peak - m.resident for m in each)
+    assert together > one
     with pytest.raises(ValueError) as err:
-        plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=one + 1)
+        plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=one)
     assert str(err.value).startswith("train.max_steps: the indices megatron-core builds for every split"), err.value
     assert "more than the" in str(err.value)
-    assert plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=2 * total)
+    assert plan_splits([blend] * 3, "100,0,0", samples, seq, key="data.paths", memory=2 * together)
+
+
+def _index_arrays(dataset) -> list[np.ndarray]:
+    """The index arrays megatron-core holds for a (blended) GPTDataset."""
+    if hasattr(dataset, "datasets"):  # BlendedDataset
+        return [dataset.dataset_index, dataset.dataset_sample_index,
+                *[a for d in dataset.datasets for a in _index_arrays(d)]]
+    return [dataset.document_index, dataset.sample_index, dataset.shuffle_index]
+
+
+@pytest.mark.parametrize("samples", [100, 2600])
+def test_the_index_estimate_bounds_what_megatron_core_builds_and_a_cache_hit_costs_nothing(tmp_path, gloo_group,
+                                                                                          samples):
+    """The estimate against megatron-core's real arrays on a cache miss: never below them (a check that
+    underestimates lets a run into the OOM killer), within a small factor (one that overestimates refuses runs
+    that fit). A request megatron-core will find in its cache is memory-mapped and passes with any memory."""
+    from vffn_pretrain.data import builder, checks
+
+    prefixes = [_corpus(tmp_path, f"c{i}", 0, 100, seed=i) for i in range(2)]
+    cfg = DataConfig.from_dict({"cache_dir": str(tmp_path / "cache"), "tokenizer": NULL, "paths": prefixes,
+                                "split": "100,0,0"})
+    seq, seed = 16, 1
+    train, _, _ = build_datasets(cfg, seq_length=seq, seed=seed, num_samples=(samples, 0, 0),
+                                 tokenizer=build_tokenizer(NULL), padded_vocab_size=1024)
+    actual = sum(int(np.asarray(a).nbytes) for a in _index_arrays(train))
+    blend = builder._explicit_weights((prefixes, None))
+    plans = checks.plan_splits([blend] * 3, "100,0,0", (samples, 0, 0), seq, key="data.paths", memory=2**40)
+    c = plans[0].components
+    estimate = sum(checks.index_memory(x.epochs, x.documents, x.tokens, x.samples, seq).resident for x in c) + \
+        checks.blend_index_bytes(samples, len(c))
+    assert actual <= estimate <= 3 * actual + 4096, (actual, estimate)
+
+    cached = builder._cached_indices(cfg, seed, seq, "100,0,0")
+    assert all(cached(p, "train", x.samples) for p, x in zip(prefixes, c))
+    assert not cached(prefixes[0], "train", 10 * samples) and not builder._cached_indices(cfg, seed + 1, seq,
+                                                                                         "100,0,0")(
+        prefixes[0], "train", c[0].samples)
+    with pytest.raises(ValueError):
+        checks.plan_splits([blend] * 3, "100,0,0", (samples, 0, 0), seq, key="data.paths", memory=estimate // 4)
+    assert checks.plan_splits([blend] * 3, "100,0,0", (samples, 0, 0), seq, key="data.paths", memory=1,
+                              cached=cached)

@@ -70,8 +70,10 @@ def _verify_all(blends: list[Blend | None], key: str) -> None:
                                  f"{info.num_tokens} tokens): re-tokenize its input or leave it out")
 
 
-def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int, num_samples, materialize: bool):
-    """Resolve prefixes (tokenizing the bundled corpus when ``materialize``), run the checks, plan the splits."""
+def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int, num_samples, materialize: bool,
+             seed: int | None = None):
+    """Resolve prefixes (tokenizing the bundled corpus when ``materialize``), run the checks, plan the splits
+    (``seed``: the data seed, which tells which of the cached indices megatron-core will reuse)."""
     blend, per_split = cfg.blends()
     key = "data.paths" if per_split is None else "data.train_paths"
     blend = _resolve_blend(blend, cfg, tokenizer, materialize)
@@ -89,14 +91,44 @@ def _prepare(cfg: DataConfig, tokenizer, padded_vocab_size: int, seq_length: int
             checks.check_report_tokenizer(prefix, tokenizer)
         if cfg.check_token_ids:
             checks.check_token_ids(prefix, tokenizer, padded_vocab_size, key=key)
-    plans = checks.plan_splits([blend] * 3 if per_split is None else per_split,
-                               cfg.split if per_split is None else None, num_samples, seq_length, key=key)
+    split = cfg.split if per_split is None else None
+    plans = checks.plan_splits([blend] * 3 if per_split is None else per_split, split, num_samples, seq_length,
+                               key=key, cached=_cached_indices(cfg, seed, seq_length, split))
     return blend, per_split, plans
 
 
 def index_cache_dir(cfg: DataConfig) -> Path:
     """Where megatron-core caches the sample indices of this data config."""
     return Path(cfg.cache_dir).expanduser().resolve() / "indices"
+
+
+def _cached_indices(cfg: DataConfig, seed: int | None, seq_length: int, split: str | None):
+    """`cached(prefix, split name, samples)`: whether megatron-core's cache holds the indices of that request, by
+    the descriptions it writes next to them (the file names are a hash of the same description). A blend
+    component asks megatron-core for a little more than its share (its `mid_level_dataset_surplus`), hence the
+    1% of slack on the sample count."""
+    import json
+    import math
+
+    found = []
+    directory = index_cache_dir(cfg)
+    for text in sorted(directory.glob("*-GPTDataset-*-description.txt")) if directory.is_dir() else []:
+        stem = text.name.removesuffix("-description.txt")
+        if not all((directory / f"{stem}-{what}.npy").is_file() for what in
+                   ("document_index", "sample_index", "shuffle_index")):
+            continue
+        try:
+            found.append(json.loads(text.read_text()))
+        except (OSError, ValueError):
+            continue
+
+    def cached(prefix: str, split_name: str, samples: int) -> bool:
+        return any(isinstance(d, dict) and d.get("dataset_path") == prefix and d.get("index_split") == split_name
+                   and d.get("random_seed") == seed and d.get("sequence_length") == seq_length
+                   and d.get("split") == split
+                   and isinstance(d.get("num_samples"), int)
+                   and samples <= d["num_samples"] <= math.ceil(samples * 1.01) + 1 for d in found)
+    return cached
 
 
 def remove_torn_index_files(cfg: DataConfig) -> list[Path]:
@@ -164,7 +196,8 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, num_samples: 
     data_seed = cfg.seed if cfg.seed is not None else seed
 
     def prepare_on_rank0():
-        _, _, plans = _prepare(cfg, tokenizer, padded_vocab_size, seq_length, num_samples, materialize=True)
+        _, _, plans = _prepare(cfg, tokenizer, padded_vocab_size, seq_length, num_samples, materialize=True,
+                               seed=data_seed)
         for plan in plans:
             if plan is not None:
                 print(plan.describe(seq_length), flush=True)

@@ -16,6 +16,7 @@ Errors are ``ValueError`` naming the config key to fix (``data.tokenizer``, ``da
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,17 +135,29 @@ class SplitPlan:
 SAMPLES_KEY = {"train": "train.max_steps", "valid": "train.eval_iters", "test": "train.eval_iters"}
 
 
-def index_bytes(epochs: float, documents: int, samples: int) -> int:
-    """About the peak memory megatron-core's GPTDataset needs to build a split's indices: its document index is
-    made from a (2, epochs, documents) int64 grid and a copy of it, then the sample and shuffle indices (16 bytes
-    a sample)."""
-    return 24 * math.ceil(epochs) * documents + 16 * samples
+@dataclass(frozen=True)
+class IndexMemory:
+    """About the memory megatron-core's GPTDataset needs for one split of one prefix when it builds the indices
+    (rank 0, on a cache miss): `peak` while it builds them, `resident` for as long as the run lasts (the arrays
+    stay in memory on the rank that built them; cached ones are memory-mapped, and cost nothing here)."""
+    peak: int
+    resident: int
 
 
-def resident_index_bytes(epochs: float, documents: int, samples: int) -> int:
-    """About the memory a split's indices keep once built: the document index (int32 per document and epoch)
-    and the sample and shuffle indices; every component's stay in memory for the whole run."""
-    return 4 * math.ceil(epochs) * documents + 16 * samples
+def index_memory(epochs: float, documents: int, tokens: int, samples: int, seq_length: int) -> IndexMemory:
+    """megatron-core builds its indices over whole epochs: the document index (int32, a document per epoch, made
+    from an int64 (2, epochs, documents) grid and a copy of it), then a sample index row (two int32, or int64) and a
+    shuffle entry (uint32, or int64) per sample of those epochs, which may be far more samples than asked for (a tiny
+    validation request over a large corpus still indexes its whole epoch)."""
+    full_epochs = max(1, math.ceil(epochs))
+    built_samples = max(samples, full_epochs * tokens // seq_length)
+    resident = 4 * full_epochs * documents + 16 * (built_samples + 1)  # int64 rows past 2**31 tokens
+    return IndexMemory(peak=resident + 24 * full_epochs * documents, resident=resident)
+
+
+def blend_index_bytes(samples: int, components: int) -> int:
+    """The BlendedDataset's own indices (an int16 dataset id and an int64 sample id per sample), resident."""
+    return 10 * samples if components > 1 else 0
 
 
 def memory_limit(cgroup_of_process: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup"),
@@ -179,14 +192,17 @@ def memory_limit(cgroup_of_process: Path = Path("/proc/self/cgroup"), cgroup_roo
 
 def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split: str | None,
                 num_samples: tuple[int, int, int], seq_length: int, *, key: str,
-                memory: int | None = None) -> list[SplitPlan | None]:
+                memory: int | None = None,
+                cached: Callable[[str, str, int], bool] | None = None) -> list[SplitPlan | None]:
     """Per split, the documents and tokens each prefix contributes and the epochs the request implies.
 
     ``blends[i]`` is the blend of split i (the same blend thrice for ``paths`` + ``split``). Raises ValueError
     when a split must deliver samples but has no tokens (megatron-core would loop forever on it), and when the
     indices megatron-core would build for a request exceed ``memory`` bytes (default: ``memory_limit()``, what
     this process may use at most), naming the key that sets the request (``train.max_steps``,
-    ``train.eval_iters``).
+    ``train.eval_iters``). The indices of all splits and components are counted together, as they stay in
+    memory together; those `cached(prefix, split name, samples)` says megatron-core will find in its cache are
+    memory-mapped and not counted.
     """
     from vffn_pretrain.data.indexed import verify_prefix
 
@@ -203,6 +219,7 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
         weights = weights or [1.0] * len(prefixes)
         total_w = sum(weights)
         components = []
+        built_here = False  # some component of this split misses the cache: its blend indices are built too
         for prefix, w in zip(prefixes, weights):
             if prefix not in infos:
                 info = verify_prefix(prefix)
@@ -220,17 +237,22 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
                 raise ValueError(f"{key if not split else 'data.split'}: {where}{prefix} has no tokens "
                                  f"({docs} documents) but {num_samples[i]} {name} samples are requested")
             epochs = (samples * seq_length + 1) / tokens if tokens else 0.0
-            need = index_bytes(epochs, docs, samples)
             memory = memory_limit() if memory is None else memory
-            resident[name] = resident.get(name, 0) + resident_index_bytes(epochs, docs, samples)
-            transient = max(transient, need - resident_index_bytes(epochs, docs, samples))
-            if need > memory:
+            hit = cached is not None and cached(prefix, name, samples)
+            built_here = built_here or not hit
+            need = IndexMemory(0, 0) if hit else index_memory(epochs, docs, tokens, samples, seq_length)
+            resident[name] = resident.get(name, 0) + need.resident
+            transient = max(transient, need.peak - need.resident)
+            if need.peak > memory:
                 raise ValueError(f"{SAMPLES_KEY[name]}: {num_samples[i]:,} {name} samples of {seq_length} tokens are "
                                  f"{epochs:.3g} epochs of {prefix} ({docs:,} documents, {tokens:,} tokens); the "
-                                 f"indices megatron-core builds for them need about {_size(need)}, more than the "
-                                 f"{_size(memory)} of memory this process may use; ask for fewer samples or give more data")
+                                 f"indices megatron-core builds for them need about {_size(need.peak)}, more than "
+                                 f"the {_size(memory)} of memory this process may use; ask for fewer samples, or "
+                                 f"run where more memory is available")
             components.append(Component(prefix, w / total_w, docs, tokens, samples, epochs))
         plans.append(SplitPlan(name, num_samples[i], components) if components else None)
+        if built_here:
+            resident[name] = resident.get(name, 0) + blend_index_bytes(num_samples[i], len(components))
     total = sum(resident.values()) + transient
     if memory is not None and total > memory:  # each component fits, all of them together do not
         largest = max(resident, key=resident.get)
@@ -238,7 +260,7 @@ def plan_splits(blends: list[tuple[list[str], list[float] | None] | None], split
         raise ValueError(f"{SAMPLES_KEY[largest]}: the indices megatron-core builds for every split and blend "
                          f"component together need about {_size(total)} ({shares}, plus {_size(transient)} while "
                          f"one is built), more than the {_size(memory)} of memory this process may use; ask for "
-                         f"fewer samples or give more data")
+                         f"fewer samples, or run where more memory is available")
     return plans
 
 

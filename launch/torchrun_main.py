@@ -5,15 +5,15 @@
 torchrun ends any run in which a worker exited non-zero by raising ChildFailedError, a traceback with a table of
 the failures. launch/torchrun.sh reads each worker's own exit code (launch/record_exit.py) and says what it
 means (3: a requeue, 2: a bad config), and each worker has already printed its own error, so this prints one
-line naming the workers that failed and exits 1, as torchrun does. torchrun's own log lines about a failed
-worker ("failed (exitcode: ...)", "Sending process ... closing signal ...") say the same again, and are dropped.
+line naming the workers that failed and exits 1, as torchrun does. torchrun's own log line about a failed worker
+("failed (exitcode: ...) local_rank: ...") says the same again, and is dropped.
 """
 
 import logging
 import sys
 
 # The records of torch.distributed.elastic's process API that this launcher's one line replaces.
-_SAID_BY_OUR_LINE = ("failed (exitcode: ", "Sending process ")
+_SAID_BY_OUR_LINE = ("failed (exitcode: ",)
 
 
 class _DropFailureRecords(logging.Filter):
@@ -34,10 +34,10 @@ def main() -> None:
 
 
 def _failures(failures: dict) -> str:
-    """Every failed worker in one line, the cause first: a worker killed by a signal (the OOM killer, kill -9)
-    takes the others down with it in their next collective, and torchrun's timestamps (whole seconds, the same
-    for workers without an error file) cannot tell who went first."""
-    order = sorted(failures, key=lambda r: (failures[r].exitcode >= 0, failures[r].timestamp, r))
+    """Every failed worker in one line, the first to fail first. torchrun's timestamps are whole seconds (the same
+    for workers that fail together); within one, a worker killed by a signal (the OOM killer, kill -9) goes
+    first: it takes the others down with it in their next collective."""
+    order = sorted(failures, key=lambda r: (failures[r].timestamp, failures[r].exitcode >= 0, r))
     parts = []
     for i, rank in enumerate(order):
         f = failures[rank]

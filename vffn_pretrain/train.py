@@ -141,7 +141,7 @@ def _task(cfg: DictConfig) -> int:
     except Exception as e:
         from vffn_pretrain.parallel.collective_failure import describe
 
-        lost = describe(e, run_cfg.parallel.collective_timeout_min if run_cfg else None)
+        lost = describe(e, run_cfg.parallel.collective_timeout_min if run_cfg else None) if world_size > 1 else None
         if lost is None:
             raise
         _fail(f"error: {lost}", 1)

@@ -179,8 +179,7 @@ def test_a_worker_killed_mid_run_ends_the_run_with_one_line_per_cause(tiny, tmp_
     out = done.output
     assert done.returncode == 1, helpers.tail(out)
     assert "Traceback" not in out and "Error executing job" not in out, helpers.tail(out)
-    # torchrun's own log lines about the failure say what the one line says
-    assert "failed (exitcode" not in out and "closing signal" not in out, helpers.tail(out)
+    assert "failed (exitcode" not in out, helpers.tail(out)  # torchrun's own log line says what ours says
     assert re.search(rf"^\[torchrun\] worker rank {victim} \(local rank {victim}, PID \d+\) exited with -9 "
                      rf"\(SIGKILL\); then rank {1 - victim} ", out, re.MULTILINE), helpers.tail(out)
     lost = "vffn-pretrain: error: lost contact with another rank in a collective ("

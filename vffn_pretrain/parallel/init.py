@@ -93,6 +93,16 @@ def set_collective_timeout(minutes: float) -> None:
     # torch has no public setter; this one (torch >= 2.4) changes the timeout of the group's gloo/NCCL backends
     # for every collective issued afterwards.
     dist.distributed_c10d._set_pg_timeout(datetime.timedelta(minutes=minutes))
+    _COLLECTIVES["started"] = True
+
+
+# Whether the run's collectives have begun (set_collective_timeout was called): from then on a failed collective
+# is most likely another rank's end (parallel.collective_failure), before it an error of joining the world.
+_COLLECTIVES = {"started": False}
+
+
+def collectives_started() -> bool:
+    return _COLLECTIVES["started"]
 
 
 def _env_from_slurm_tasks() -> None:

@@ -10,7 +10,8 @@ Ctrl-C; SIGHUP is a closed terminal (left alone when the trainer was started und
 | set-up (run directory, data, model, checkpoint loading) | stop when the current set-up step ends, every rank together |
 | training, saving a checkpoint          | finish the step or the save, save, stop                             |
 | evaluation                             | abandon it at the next validation batch, save, stop                 |
-| finishing (the summary), after the end or an error | a line; the run's own exit code stands                  |
+| finishing (the summary), after the end | a line; the run's own exit code stands                              |
+| after an error (on its way out)        | a line, the error's exit code stands; Ctrl-C aborts at once (130)   |
 
 A stop before training (the first two rows) has nothing new to save: the last checkpoint, if any, is intact.
 Every stop exits with EXIT_REQUEUE (3: the same command resumes; the launchers requeue under SLURM), except a
@@ -116,6 +117,9 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.phase == FAILED:  # nothing is left to save: whoever waits may go
+            say("SIGINT after the run failed: aborting")
+            os._exit(EXIT_INTERRUPTED)
         if self.phase in (FINISHING, ENDED, FAILED):
             say(f"{name} received {'while finishing' if self.phase == FINISHING else self.phase}; the run's exit "
                 "code stands")

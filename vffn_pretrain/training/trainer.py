@@ -814,7 +814,7 @@ def run(cfg: RunConfig) -> int:
         trainer.setup()
         failed = False
         return trainer.fit()
-    except BaseException:
+    except Exception:
         trainer.stop.phase = FAILED  # a stop signal from now on (torchrun's, after another rank died) saves nothing
         raise
     finally:

@@ -74,12 +74,17 @@ def test_the_runs_collectives_start_with_their_timeout():
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
-def test_a_stop_signal_after_the_run_failed_promises_no_save(capsys):
-    """torchrun sends SIGTERM to the survivors of a killed worker, often after their error is on its way out:
-    the line must not promise a checkpoint."""
+def _stop_after_a_failure() -> StopSignals:
     stop = StopSignals()
     stop.start_run()
     stop.phase, stop.immediate = FAILED, False
+    return stop
+
+
+def test_a_stop_signal_after_the_run_failed_promises_no_save(capsys):
+    """torchrun sends SIGTERM to the survivors of a killed worker, often after their error is on its way out:
+    the line must not promise a checkpoint."""
+    stop = _stop_after_a_failure()
     stop._handle(signal.SIGTERM, None)
     err = capsys.readouterr().err
     assert err.strip() == "SIGTERM received after the run failed; the run's exit code stands", err
@@ -91,10 +96,7 @@ def test_ctrl_c_after_the_run_failed_aborts_at_once(monkeypatch, capsys):
 
     exits = []
     monkeypatch.setattr(signals.os, "_exit", exits.append)
-    stop = StopSignals()
-    stop.start_run()
-    stop.phase, stop.immediate = FAILED, False
-    stop._handle(signal.SIGINT, None)
+    _stop_after_a_failure()._handle(signal.SIGINT, None)
     assert exits == [130] and "SIGINT after the run failed: aborting" in capsys.readouterr().err
 
 
@@ -104,26 +106,20 @@ def test_an_error_leaving_the_run_marks_it_failed(monkeypatch, raised, phase):
     before training, a stop signal) keeps its phase."""
     from vffn_pretrain.training import trainer as trainer_module
 
+    seen = {}
+
     class Broken(trainer_module.Trainer):
         def __init__(self, cfg):
-            self.stop, self.ckpt = StopSignals(), None
+            self.stop = StopSignals()
             self.stop.start_run()
 
         def setup(self):
             raise raised
 
-        def release(self, failed):
-            pass
+        def release(self, failed):  # what the run's clean-up sees
+            seen["phase"] = self.stop.phase
 
     monkeypatch.setattr(trainer_module, "Trainer", Broken)
-    seen = {}
-    original = Broken.release
-
-    def release(self, failed):
-        seen["phase"] = self.stop.phase
-        original(self, failed)
-
-    monkeypatch.setattr(Broken, "release", release)
     with pytest.raises(type(raised)):
         trainer_module.run(None)
     assert seen["phase"] == phase
